@@ -1,0 +1,45 @@
+# The README's two commands: `make run` and `make test`. Each installs what it needs first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
+
+.PHONY: run test quick lint system-deps install tiny-model sample-data clean
+
+run: install
+	$(VENV)/bin/loradeck up
+
+test: install system-deps lint
+	$(PY) -m pytest -p no:cacheprovider
+
+# The inner loop: no browser, no long training runs.
+quick: install
+	$(PY) -m pytest -m "not browser and not slow" -q
+
+lint: install
+	$(VENV)/bin/ruff check app worker tests bench migrations
+	$(VENV)/bin/ruff format --check app worker tests bench migrations
+	$(VENV)/bin/mypy app worker
+
+install: $(STAMP)
+
+$(STAMP):
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+# Redis and Chromium for the tests (as root, from Debian's packages; a no-op when present).
+system-deps:
+	bash scripts/system-deps.sh
+
+# Rebuild the bundled tiny model and sample dataset (both are committed; this reproduces them).
+tiny-model: install
+	$(PY) -m worker.tiny_model --out assets/tiny-llama
+
+sample-data: install
+	$(PY) -m worker.sample_data --out assets/datasets/tw-address
+
+clean:
+	rm -rf $(VENV) data

@@ -1,0 +1,81 @@
+"""Artifacts on disk: per-file checksums and a deterministic, streamed tar archive.
+
+The archive is built on the fly while it is sent (no temporary copy on disk), and it is the same
+bytes every time, so its size is known up front and its sha256 can be published before download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+BLOCK = tarfile.BLOCKSIZE  # 512
+CHUNK = 1 << 20
+
+
+def list_files(root: Path) -> list[str]:
+    """Relative paths of the regular files below root, sorted; links and special files are skipped."""
+    return sorted(
+        str(path.relative_to(root))
+        for path in root.rglob("*")
+        if path.is_file() and not path.is_symlink()
+    )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _header(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o644
+    info.mtime = 0
+    info.uname = info.gname = ""
+    return info.tobuf(format=tarfile.PAX_FORMAT)
+
+
+def tar_size(root: Path, files: list[str], prefix: str) -> int:
+    """Exact byte length of `tar_stream(root, files, prefix)`."""
+    total = 0
+    for name in files:
+        size = (root / name).stat().st_size
+        total += len(_header(f"{prefix}/{name}", size)) + size + (-size % BLOCK)
+    return total + 2 * BLOCK
+
+
+def tar_stream(root: Path, files: list[str], prefix: str) -> Iterator[bytes]:
+    """Yield a tar archive of `files` (relative to root), each under `prefix/`, chunk by chunk."""
+    for name in files:
+        path = root / name
+        size = path.stat().st_size
+        yield _header(f"{prefix}/{name}", size)
+        sent = 0
+        with path.open("rb") as handle:
+            while sent < size and (chunk := handle.read(min(CHUNK, size - sent))):
+                sent += len(chunk)
+                yield chunk
+        if sent != size:
+            raise OSError(f"{path} changed size while it was being archived")
+        if size % BLOCK:
+            yield b"\0" * (BLOCK - size % BLOCK)
+    yield b"\0" * (2 * BLOCK)
+
+
+def describe_tree(root: Path, prefix: str) -> dict[str, Any]:
+    """Files with sizes and sha256, plus the size and sha256 of the archive that downloads them."""
+    files = list_files(root)
+    entries = [
+        {"name": name, "size": (root / name).stat().st_size, "sha256": file_sha256(root / name)} for name in files
+    ]
+    digest = hashlib.sha256()
+    for chunk in tar_stream(root, files, prefix):
+        digest.update(chunk)
+    return {"files": entries, "archive_size": tar_size(root, files, prefix), "archive_sha256": digest.hexdigest()}

@@ -1,0 +1,147 @@
+"""The `loradeck` command: `up` starts everything on embedded defaults; `web`, `worker`, `migrate` one part each."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from app.config import REPO_ROOT, get_settings
+from app.services import start_redis, wait_for_redis
+
+WORKER_QUEUES = "train,merge"
+
+
+def worker_command() -> list[str]:
+    """One worker process for both queues, one task at a time (one training run per GPU process)."""
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        "-Q", WORKER_QUEUES, "--pool", "solo", "--concurrency", "1",
+        "--hostname", f"loradeck-{os.getpid()}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+
+
+def web_command(host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", "app.main:app", "--host", host, "--port", str(port)]
+
+
+def cmd_migrate(_: argparse.Namespace) -> int:
+    from app.db import migrate
+
+    migrate()
+    print(f"database at head: {get_settings().resolved_database_url}")
+    return 0
+
+
+def cmd_worker(_: argparse.Namespace) -> int:
+    os.execv(sys.executable, worker_command())
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    os.execv(sys.executable, web_command(args.host or settings.host, args.port or settings.port))
+
+
+class Supervisor:
+    """Starts the children of `loradeck up`, restarts a worker that dies, stops them all in order."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.stopping = False
+
+    def spawn(self, name: str, args: list[str]) -> None:
+        # Own session: Ctrl-C reaches only `up`, which then stops the children in a safe order.
+        self.children[name] = subprocess.Popen(args, env=self.env, cwd=REPO_ROOT, start_new_session=True)
+
+    def stop(self, *_: object) -> None:
+        self.stopping = True
+
+    def shutdown(self) -> None:
+        for name in ("web", "worker", "redis"):
+            process = self.children.get(name)
+            if process is None or process.poll() is not None:
+                continue
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                print(f"loradeck: {name} did not stop within 20 s; killing it", file=sys.stderr)
+                process.kill()
+                process.wait()
+
+
+def wait_for_web(url: str, web: subprocess.Popen[bytes], timeout: float = 60.0) -> bool:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and web.poll() is None:
+        try:
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    return False
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    host, port = args.host or settings.host, args.port or settings.port
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    from app.db import migrate
+
+    migrate()
+    env = dict(os.environ, PYTHONUNBUFFERED="1", REDIS_URL=settings.redis_url)
+    supervisor = Supervisor(env)
+    signal.signal(signal.SIGINT, supervisor.stop)
+    signal.signal(signal.SIGTERM, supervisor.stop)
+    try:
+        if "REDIS_URL" in os.environ:
+            wait_for_redis(settings.redis_url)
+        else:
+            redis_port = urlparse(settings.redis_url).port or 6390
+            supervisor.children["redis"] = start_redis(port=redis_port, directory=settings.data_dir / "redis")
+        supervisor.spawn("worker", worker_command())
+        supervisor.spawn("web", web_command(host, port))
+        url = f"http://{host}:{port}"
+        if not wait_for_web(url, supervisor.children["web"]):
+            print("loradeck: the web app did not start; see the messages above", file=sys.stderr)
+            return 1
+        print(f"\n  loradeck is up: {url}\n  data dir: {settings.data_dir.resolve()}\n  Ctrl-C stops it.\n", flush=True)
+        while not supervisor.stopping:
+            time.sleep(0.5)
+            if supervisor.children["web"].poll() is not None:
+                print("loradeck: the web app exited; stopping", file=sys.stderr)
+                return 1
+            if supervisor.children["worker"].poll() is not None and not supervisor.stopping:
+                print("loradeck: the worker exited; starting a new one", file=sys.stderr)
+                time.sleep(2)
+                supervisor.spawn("worker", worker_command())
+        return 0
+    finally:
+        supervisor.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="loradeck", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="start Redis, a worker and the web app on embedded defaults")
+    web = commands.add_parser("web", help="serve the web app only")
+    for sub in (up, web):
+        sub.add_argument("--host", help="address to bind (default: the host setting, 127.0.0.1)")
+        sub.add_argument("--port", type=int, help="port to listen on (default: the port setting, 8000)")
+    commands.add_parser("worker", help="run one Celery worker for the train and merge queues")
+    commands.add_parser("migrate", help="apply the database migrations")
+    args = parser.parse_args(argv)
+    handlers = {"up": cmd_up, "web": cmd_web, "worker": cmd_worker, "migrate": cmd_migrate}
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

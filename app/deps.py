@@ -1,0 +1,22 @@
+"""Dependency aliases and the template engine, in one place."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm import Session
+
+from app.config import REPO_ROOT, Settings, get_settings
+from app.db import get_db
+
+SessionDep = Annotated[Session, Depends(get_db)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+templates = Jinja2Templates(directory=str(REPO_ROOT / "templates"))
+
+
+def is_htmx(request: Request) -> bool:
+    """True when htmx sent the request, so the answer is a fragment rather than a whole page."""
+    return request.headers.get("HX-Request") == "true"

@@ -1,0 +1,76 @@
+"""Live events: one Redis Stream per run.
+
+The worker appends (`publish`); the web follows a stream for server-sent events (`follow`). Each
+event's stream id is its SSE `id:`, so a client that reconnects with `Last-Event-ID` misses nothing.
+The database keeps every metric, so losing Redis loses no data, only the live feed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+EVENT_TYPES = ("status", "params", "metric", "log", "checkpoint", "artifact", "done")
+
+
+def stream_key(run_id: str) -> str:
+    return f"loradeck:run:{run_id}:events"
+
+
+@dataclass(frozen=True)
+class Event:
+    id: str
+    event: str
+    data: dict[str, Any]
+
+    def to_sse(self) -> str:
+        return f"id: {self.id}\nevent: {self.event}\ndata: {json.dumps(self.data, separators=(',', ':'))}\n\n"
+
+
+def publish(client: redis.Redis, run_id: str, event: str, data: dict[str, Any], *, maxlen: int) -> str:
+    """Append one event to the run's stream; the stream keeps about `maxlen` of the newest."""
+    if event not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {event!r}; expected one of {EVENT_TYPES}")
+    fields = {"event": event, "data": json.dumps(data, separators=(",", ":"))}
+    stream_id = client.xadd(stream_key(run_id), fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+    return stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
+
+
+def _decode(entry_id: Any, fields: dict[Any, Any]) -> Event:
+    def text(value: Any) -> str:
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    decoded = {text(k): text(v) for k, v in fields.items()}
+    return Event(id=text(entry_id), event=decoded.get("event", "log"), data=json.loads(decoded.get("data", "{}")))
+
+
+def last_event_id(client: redis.Redis, run_id: str) -> str:
+    """The id of the newest event in the run's stream, or "0-0" when there is none."""
+    newest = client.xrevrange(stream_key(run_id), count=1)
+    if not newest:
+        return "0-0"
+    entry_id = newest[0][0]  # type: ignore[index]
+    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
+async def follow(
+    client: aioredis.Redis, run_id: str, after_id: str, *, block_ms: int = 15_000
+) -> AsyncIterator[Event | None]:
+    """Yield the run's events after `after_id`, forever; None after each quiet `block_ms` (a heartbeat)."""
+    key = stream_key(run_id)
+    cursor = after_id or "0-0"
+    while True:
+        reply = await client.xread({key: cursor}, block=block_ms, count=500)
+        if not reply:
+            yield None
+            continue
+        for _key, entries in reply:
+            for entry_id, fields in entries:
+                event = _decode(entry_id, fields)
+                cursor = event.id
+                yield event

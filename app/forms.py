@@ -1,0 +1,128 @@
+"""The new-run form, rendered from RunSpec itself: labels, help text, widgets and limits."""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Literal
+
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import ValidationError
+from starlette.datastructures import FormData
+
+from app.schemas import RunSpec
+
+BASIC_FIELDS = (
+    "name",
+    "base_model",
+    "dataset",
+    "method",
+    "r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "learning_rate",
+    "max_steps",
+    "per_device_train_batch_size",
+)
+
+
+@dataclass
+class FormField:
+    name: str
+    label: str
+    help: str
+    widget: str  # text, number, select, checkbox
+    value: Any
+    choices: list[str] = field(default_factory=list)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def _choices(annotation: Any) -> list[str]:
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return [str(member.value) for member in annotation]
+    if typing.get_origin(annotation) is Literal:
+        return [str(arg) for arg in typing.get_args(annotation)]
+    return []
+
+
+def _display(value: Any) -> Any:
+    if isinstance(value, list):
+        return ", ".join(str(item) for item in value)
+    if isinstance(value, Enum):
+        return value.value
+    return value
+
+
+def build_fields(values: dict[str, Any], errors: dict[str, str] | None = None) -> list[FormField]:
+    """Every RunSpec field as a form field, basic ones first, holding the given (or default) values."""
+    errors = errors or {}
+    defaults = RunSpec.model_construct().model_dump()
+    fields = []
+    ordered = list(BASIC_FIELDS) + [name for name in RunSpec.model_fields if name not in BASIC_FIELDS]
+    for name in ordered:
+        info = RunSpec.model_fields[name]
+        annotation = info.annotation
+        choices = _choices(annotation)
+        attrs: dict[str, Any] = {}
+        if choices:
+            widget = "select"
+        elif annotation is bool:
+            widget = "checkbox"
+        elif annotation in (int, float):
+            widget = "number"
+            attrs["step"] = "1" if annotation is int else "any"
+            for meta in info.metadata:
+                if isinstance(meta, Ge | Gt):
+                    attrs["min"] = meta.ge if isinstance(meta, Ge) else meta.gt
+                if isinstance(meta, Le | Lt) and isinstance(meta, Le):
+                    attrs["max"] = meta.le
+        else:
+            widget = "text"
+        value = values.get(name, defaults.get(name))
+        fields.append(
+            FormField(
+                name=name,
+                label=name,
+                help=info.description or "",
+                widget=widget,
+                value=_display(value),
+                choices=choices,
+                attrs=attrs,
+                error=errors.get(name),
+            )
+        )
+    return fields
+
+
+def form_context(values: dict[str, Any], errors: dict[str, str] | None = None) -> dict[str, Any]:
+    """What the form templates need: the basic and the advanced fields, and the errors."""
+    fields = build_fields(values, errors)
+    return {
+        "basic": fields[: len(BASIC_FIELDS)],
+        "advanced": fields[len(BASIC_FIELDS) :],
+        "errors": errors or {},
+    }
+
+
+def form_values(form: FormData) -> dict[str, Any]:
+    """The submitted values. For a checkbox the browser sends a hidden "false" then "true" when checked."""
+    values: dict[str, Any] = {}
+    for name in RunSpec.model_fields:
+        submitted = form.getlist(name)
+        if submitted:
+            values[name] = submitted[-1]
+    return values
+
+
+def validation_errors(exc: ValidationError) -> dict[str, str]:
+    """Field name -> a message a person can act on."""
+    errors: dict[str, str] = {}
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else "form"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        errors.setdefault(name, message)
+    return errors
+

@@ -1,0 +1,23 @@
+"""The web app: `uvicorn app.main:app`. Pages, the JSON API, and a health check."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from app.config import REPO_ROOT
+from app.health import health
+from app.routes import api, pages
+
+app = FastAPI(title="loradeck", version="0.1.0", docs_url="/api/docs", openapi_url="/api/v1/openapi.json")
+app.mount("/static", StaticFiles(directory=REPO_ROOT / "static"), name="static")
+app.include_router(api.router)
+app.include_router(pages.router)
+
+
+@app.get("/healthz", tags=["api"])
+def healthz() -> JSONResponse:
+    """Web, database and Redis reachable."""
+    report = health()
+    return JSONResponse(report, status_code=200 if report["ok"] else 503)

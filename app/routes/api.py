@@ -1,0 +1,170 @@
+"""The JSON API under /api/v1: the contract of design.md. The pages call the same functions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Annotated
+
+import redis
+import redis.asyncio as aioredis
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from app import runs
+from app.deps import SessionDep, SettingsDep
+from app.downloads import download_response
+from app.events import Event, follow
+from app.models import Artifact, Metric, Run, RunStatus
+from app.queue import enqueue_merge, enqueue_train
+from app.schemas import ArtifactOut, MergeRequest, MetricOut, RunOut, RunSpec
+
+router = APIRouter(prefix="/api/v1", tags=["api"])
+
+
+def artifact_out(artifact: Artifact) -> ArtifactOut:
+    out = ArtifactOut.model_validate(artifact)
+    if artifact.status == "ready":
+        out.download_url = f"/api/v1/artifacts/{artifact.id}/download"
+    return out
+
+
+def submit_run(*, session: SessionDep, spec: RunSpec) -> Run:
+    """Store the run and queue it. If the queue is unreachable, nothing is kept and the caller is told."""
+    run = runs.create_run(session=session, spec=spec)
+    try:
+        enqueue_train(run.id)
+    except (redis.RedisError, OSError) as exc:
+        session.delete(run)
+        session.commit()
+        raise HTTPException(503, f"the task queue (Redis) is unreachable, so the run was not created: {exc}") from exc
+    return run
+
+
+def lookup_run(session: SessionDep, run_id: str) -> Run:
+    try:
+        return runs.get_run(session=session, run_id=run_id)
+    except runs.NotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
+
+
+@router.post("/runs", status_code=201)
+def create_run(spec: RunSpec, session: SessionDep) -> RunOut:
+    """Create a run from a RunSpec and queue it for training."""
+    return RunOut.model_validate(submit_run(session=session, spec=spec))
+
+
+@router.get("/runs")
+def list_runs(
+    session: SessionDep, status: RunStatus | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> list[RunOut]:
+    """Runs, newest first, optionally only those in one status."""
+    return [RunOut.model_validate(run) for run in runs.list_runs(session=session, status=status, limit=limit)]
+
+
+@router.get("/runs/{run_id}")
+def get_run(run_id: str, session: SessionDep) -> RunOut:
+    """One run: status, spec, parameter counts, progress and error."""
+    return RunOut.model_validate(lookup_run(session, run_id))
+
+
+@router.get("/runs/{run_id}/metrics")
+def get_metrics(run_id: str, session: SessionDep, after_step: int = -1) -> list[MetricOut]:
+    """The run's metric points so far, by step; `after_step` returns only the newer ones."""
+    lookup_run(session, run_id)
+    points: Sequence[Metric] = runs.list_metrics(session=session, run_id=run_id, after_step=after_step)
+    return [MetricOut.model_validate(point) for point in points]
+
+
+@router.get("/runs/{run_id}/events")
+async def run_events(
+    run_id: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    last_event_id: Annotated[str | None, Query()] = None,
+    last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> StreamingResponse:
+    """Server-sent events of the run: status, params, metric, log, checkpoint, artifact, done."""
+    run = lookup_run(session, run_id)
+    finished = RunStatus(run.status).finished
+    session.close()
+    after = last_event_id_header or last_event_id or "0-0"
+
+    async def stream() -> AsyncIterator[str]:
+        client = aioredis.Redis.from_url(settings.redis_url)
+        try:
+            yield "retry: 2000\n\n"
+            # A finished run's stream is complete: send what is left and close, never wait.
+            async for event in follow(client, run_id, after, block_ms=1 if finished else 15_000):
+                if event is None:
+                    if finished:
+                        yield Event(id=after, event="done", data={"status": run.status}).to_sse()
+                        return
+                    yield ": keep-alive\n\n"
+                    continue
+                yield event.to_sse()
+                if event.event == "done":
+                    return
+        except (redis.RedisError, OSError):
+            # Redis went away: end the stream; the browser reconnects with Last-Event-ID.
+            return
+        except asyncio.CancelledError:
+            raise
+        finally:
+            await client.aclose()
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
+
+@router.post("/runs/{run_id}/cancel")
+def cancel_run(run_id: str, session: SessionDep) -> RunOut:
+    """Ask the run to stop: a queued run is cancelled at once, a running one at its next step."""
+    lookup_run(session, run_id)
+    try:
+        return RunOut.model_validate(runs.request_cancel(session=session, run_id=run_id))
+    except runs.Conflict as exc:
+        raise HTTPException(409, str(exc)) from exc
+
+
+def start_merge(*, session: SessionDep, run_id: str, dtype: str) -> Artifact:
+    lookup_run(session, run_id)
+    try:
+        artifact, new = runs.request_merge(session=session, run_id=run_id, dtype=dtype)
+    except runs.Conflict as exc:
+        raise HTTPException(409, str(exc)) from exc
+    if new:
+        try:
+            enqueue_merge(artifact.id)
+        except (redis.RedisError, OSError) as exc:
+            session.delete(artifact)
+            session.commit()
+            raise HTTPException(503, f"the task queue (Redis) is unreachable, so no merge was queued: {exc}") from exc
+    return artifact
+
+
+@router.post("/runs/{run_id}/merge", status_code=202)
+def merge_run(run_id: str, session: SessionDep, request: MergeRequest | None = None) -> ArtifactOut:
+    """Queue a merge of the run's adapter into full-precision base weights."""
+    dtype = request.dtype if request else "auto"
+    return artifact_out(start_merge(session=session, run_id=run_id, dtype=dtype))
+
+
+@router.get("/runs/{run_id}/artifacts")
+def list_artifacts(run_id: str, session: SessionDep) -> list[ArtifactOut]:
+    """The run's adapter, merged model and checkpoints, with sizes and sha256."""
+    lookup_run(session, run_id)
+    return [artifact_out(artifact) for artifact in runs.list_artifacts(session=session, run_id=run_id)]
+
+
+@router.get("/artifacts/{artifact_id}/download", response_model=None)
+def download_artifact(
+    artifact_id: str, session: SessionDep, settings: SettingsDep, file: str | None = None
+) -> Response:
+    """The artifact as one streamed tar archive, or one of its files (`?file=`, with Range support)."""
+    try:
+        artifact = runs.get_artifact(session=session, artifact_id=artifact_id)
+    except runs.NotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
+    return download_response(artifact, settings, file)

@@ -1,0 +1,106 @@
+"""HTML pages (Jinja2 + htmx), built on the same functions as the JSON API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
+
+from app import runs
+from app.deps import SessionDep, SettingsDep, is_htmx, templates
+from app.events import last_event_id
+from app.forms import form_context, form_values, validation_errors
+from app.models import RunStatus
+from app.routes.api import artifact_out, lookup_run, start_merge, submit_run
+from app.schemas import RunSpec
+
+router = APIRouter(include_in_schema=False)
+
+
+def render(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
+    return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+
+@router.get("/", response_class=HTMLResponse)
+def runs_page(request: Request, session: SessionDep, status: str | None = None) -> HTMLResponse:
+    """All runs, newest first."""
+    return render(
+        request,
+        "runs.html",
+        {"runs": runs.list_runs(session=session, status=status, limit=200), "status": status, "statuses": RunStatus},
+    )
+
+
+@router.get("/runs/new", response_class=HTMLResponse)
+def new_run_page(request: Request) -> HTMLResponse:
+    """The new-run form, filled with RunSpec's defaults."""
+    return render(request, "new_run.html", form_context({}))
+
+
+@router.post("/runs", response_class=HTMLResponse, response_model=None)
+async def submit_run_form(request: Request, session: SessionDep) -> Response:
+    """Validate the form into a RunSpec, store and queue the run, then open its page."""
+    values = form_values(await request.form())
+    try:
+        spec = RunSpec.model_validate(values)
+    except ValidationError as exc:
+        errors = validation_errors(exc)
+        # Everything the user typed stays in the form; each error sits under its field.
+        template = "_run_form.html" if is_htmx(request) else "new_run.html"
+        return render(request, template, form_context(values, errors), 422)
+    try:
+        run = submit_run(session=session, spec=spec)
+    except HTTPException as exc:
+        errors = {"form": str(exc.detail)}
+        template = "_run_form.html" if is_htmx(request) else "new_run.html"
+        return render(request, template, form_context(values, errors), exc.status_code)
+    url = f"/runs/{run.id}"
+    if is_htmx(request):
+        return Response(status_code=204, headers={"HX-Redirect": url})
+    return RedirectResponse(url, status_code=303)
+
+
+@router.get("/runs/{run_id}", response_class=HTMLResponse)
+def run_page(request: Request, run_id: str, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
+    """One run: status, parameter card, live loss chart, artifacts."""
+    run = lookup_run(session, run_id)
+    # The chart first draws the stored metrics, then follows the live stream from this id on.
+    try:
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
+        stream_id = last_event_id(client, run_id)
+        client.close()
+    except redis.RedisError:
+        stream_id = "0-0"
+    artifacts = [artifact_out(a) for a in runs.list_artifacts(session=session, run_id=run_id)]
+    return render(request, "run.html", {"run": run, "artifacts": artifacts, "stream_id": stream_id})
+
+
+@router.get("/runs/{run_id}/artifacts", response_class=HTMLResponse)
+def artifacts_fragment(request: Request, run_id: str, session: SessionDep) -> HTMLResponse:
+    """The artifacts panel, refreshed by htmx when an artifact event arrives."""
+    run = lookup_run(session, run_id)
+    artifacts = [artifact_out(a) for a in runs.list_artifacts(session=session, run_id=run_id)]
+    return render(request, "_artifacts.html", {"run": run, "artifacts": artifacts})
+
+
+@router.post("/runs/{run_id}/merge", response_class=HTMLResponse, response_model=None)
+def merge_form(request: Request, run_id: str, session: SessionDep) -> Response:
+    """"Merge & download": queue the merge; the panel shows its progress and then the download."""
+    start_merge(session=session, run_id=run_id, dtype="auto")
+    if not is_htmx(request):
+        return RedirectResponse(f"/runs/{run_id}", status_code=303)
+    return artifacts_fragment(request, run_id, session)
+
+
+@router.post("/runs/{run_id}/cancel", response_class=HTMLResponse, response_model=None)
+def cancel_form(request: Request, run_id: str, session: SessionDep) -> Response:
+    """Cancel from the run page."""
+    lookup_run(session, run_id)
+    try:
+        runs.request_cancel(session=session, run_id=run_id)
+    except runs.Conflict as exc:
+        raise HTTPException(409, str(exc)) from exc
+    return RedirectResponse(f"/runs/{run_id}", status_code=303)

@@ -1,0 +1,159 @@
+"""Run, metric and artifact operations, shared by the web routes and the worker.
+
+Functions take the session and keyword-only arguments, so the web and the worker call the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from app.models import Artifact, ArtifactKind, ArtifactStatus, Metric, Run, RunStatus, utcnow
+from app.schemas import RunSpec
+
+METRIC_FIELDS = ("epoch", "loss", "learning_rate", "grad_norm", "tokens_per_sec", "tokens_seen")
+
+
+class NotFound(LookupError):
+    """No such run or artifact."""
+
+
+class Conflict(RuntimeError):
+    """The request does not fit the run's current state."""
+
+
+def create_run(*, session: Session, spec: RunSpec) -> Run:
+    run = Run(name=spec.name, spec=spec.model_dump(mode="json"), status=RunStatus.queued, max_steps=spec.max_steps)
+    session.add(run)
+    session.commit()
+    return run
+
+
+def get_run(*, session: Session, run_id: str) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFound(f"no run with id {run_id}")
+    return run
+
+
+def list_runs(*, session: Session, status: str | None = None, limit: int = 100, offset: int = 0) -> Sequence[Run]:
+    query = select(Run).order_by(Run.created_at.desc(), Run.id.desc()).limit(limit).offset(offset)
+    if status:
+        query = query.where(Run.status == status)
+    return session.scalars(query).all()
+
+
+def list_metrics(*, session: Session, run_id: str, after_step: int = -1) -> Sequence[Metric]:
+    query = (
+        select(Metric)
+        .where(Metric.run_id == run_id, Metric.step > after_step)
+        .order_by(Metric.step, Metric.id)
+    )
+    return session.scalars(query).all()
+
+
+def claim_run(*, session: Session, run_id: str, worker: str) -> bool:
+    """Move a run from queued or interrupted to running, atomically: only one worker ever wins."""
+    result = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status.in_([RunStatus.queued, RunStatus.interrupted]))
+        .where(Run.cancel_requested.is_(False))
+        .values(status=RunStatus.running, worker=worker, started_at=utcnow())
+    )
+    session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def finish_run(*, session: Session, run_id: str, status: RunStatus, error: str | None = None) -> None:
+    session.execute(
+        update(Run).where(Run.id == run_id).values(status=status, error=error, finished_at=datetime.now(UTC))
+    )
+    session.commit()
+
+
+def record_params(*, session: Session, run_id: str, params_all: int, params_trainable: int) -> None:
+    session.execute(
+        update(Run).where(Run.id == run_id).values(params_all=params_all, params_trainable=params_trainable)
+    )
+    session.commit()
+
+
+def add_metrics(*, session: Session, run_id: str, points: Sequence[dict[str, Any]]) -> None:
+    """Insert a batch of metric points and move the run's progress to the newest one."""
+    if not points:
+        return
+    session.add_all(
+        Metric(
+            run_id=run_id,
+            step=int(point["step"]),
+            kind=point.get("kind", "train"),
+            time=float(point["time"]),
+            **{name: point.get(name) for name in METRIC_FIELDS},
+        )
+        for point in points
+    )
+    newest = max(points, key=lambda point: point["step"])
+    values: dict[str, Any] = {"step": int(newest["step"])}
+    losses = [point for point in points if point.get("loss") is not None and point.get("kind", "train") == "train"]
+    if losses:
+        values["last_loss"] = float(max(losses, key=lambda point: point["step"])["loss"])
+    session.execute(update(Run).where(Run.id == run_id).values(**values))
+    session.commit()
+
+
+def request_cancel(*, session: Session, run_id: str) -> Run:
+    """Ask a run to stop. A queued run is cancelled at once; a running one at its next step."""
+    run = get_run(session=session, run_id=run_id)
+    if RunStatus(run.status).finished:
+        raise Conflict(f"run {run_id} has already {run.status}")
+    run.cancel_requested = True
+    if run.status == RunStatus.queued:
+        run.status = RunStatus.cancelled
+        run.finished_at = utcnow()
+    session.commit()
+    return run
+
+
+def cancel_requested(*, session: Session, run_id: str) -> bool:
+    return bool(session.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
+
+
+def list_artifacts(*, session: Session, run_id: str) -> Sequence[Artifact]:
+    query = select(Artifact).where(Artifact.run_id == run_id).order_by(Artifact.created_at, Artifact.id)
+    return session.scalars(query).all()
+
+
+def get_artifact(*, session: Session, artifact_id: str) -> Artifact:
+    artifact = session.get(Artifact, artifact_id)
+    if artifact is None:
+        raise NotFound(f"no artifact with id {artifact_id}")
+    return artifact
+
+
+def request_merge(*, session: Session, run_id: str, dtype: str) -> tuple[Artifact, bool]:
+    """The run's merged-model artifact, created pending if there is none; True when it is new."""
+    run = get_run(session=session, run_id=run_id)
+    if run.status != RunStatus.succeeded:
+        raise Conflict(f"run {run_id} is {run.status}: only a succeeded run can be merged")
+    existing = session.scalar(
+        select(Artifact)
+        .where(Artifact.run_id == run_id, Artifact.kind == ArtifactKind.merged)
+        .where(Artifact.status != ArtifactStatus.failed)
+    )
+    if existing is not None:
+        return existing, False
+    artifact = Artifact(run_id=run_id, kind=ArtifactKind.merged, status=ArtifactStatus.pending, details={"dtype": dtype})
+    session.add(artifact)
+    session.commit()
+    return artifact, True
+
+
+def count_runs(*, session: Session, status: str | None = None) -> int:
+    query = select(func.count()).select_from(Run)
+    if status:
+        query = query.where(Run.status == status)
+    return int(session.scalar(query) or 0)

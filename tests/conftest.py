@@ -1,0 +1,125 @@
+"""Shared fixtures: a real redis-server, a fresh data dir and database, and the whole stack as processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from app.services import free_port, start_redis
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a free loopback port, for the whole test session."""
+    port = free_port()
+    process = start_redis(port=port, directory=tmp_path_factory.mktemp("redis"), persist=False)
+    yield f"redis://127.0.0.1:{port}/0"
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def _clear_caches() -> None:
+    from app.config import get_settings
+    from app.db import get_engine, get_sessionmaker
+    from app.queue import get_celery
+
+    for cached in (get_settings, get_engine, get_sessionmaker, get_celery):
+        cached.cache_clear()
+
+
+@pytest.fixture
+def loradeck_env(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """Settings pointing at a fresh data dir (SQLite, migrated) and the session's Redis."""
+    env = {
+        "LORADECK_DATA_DIR": str(tmp_path / "data"),
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": os.environ.get("LORADECK_TEST_DATABASE_URL", ""),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    _clear_caches()
+    redis.Redis.from_url(redis_url).flushdb()
+    from app.db import migrate
+
+    migrate()
+    yield env
+    from app.db import get_engine
+
+    get_engine().dispose()
+    _clear_caches()
+
+
+@dataclass
+class Stack:
+    url: str
+    env: dict[str, str]
+    data_dir: Path
+    worker_log: Path
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30)
+
+
+def _wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"web server exited with code {process.returncode}")
+        try:
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Stack]:
+    """The whole thing as a user runs it: migrations, a Celery worker process and uvicorn, as subprocesses."""
+    root = tmp_path_factory.mktemp("stack")
+    data_dir = root / "data"
+    port = free_port()
+    # Each module gets its own Redis database, so queued tasks never leak between stacks.
+    db_index = port % 15 + 1
+    env = {
+        **os.environ,
+        "LORADECK_DATA_DIR": str(data_dir),
+        "REDIS_URL": redis_url.rsplit("/", 1)[0] + f"/{db_index}",
+        "DATABASE_URL": os.environ.get("LORADECK_TEST_DATABASE_URL", ""),
+        "PYTHONUNBUFFERED": "1",
+    }
+    subprocess.run([sys.executable, "-m", "app.cli", "migrate"], env=env, cwd=REPO, check=True)
+    worker_log = root / "worker.log"
+    with worker_log.open("wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker"], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+        )
+    web = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        cwd=REPO,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(url, web)
+        yield Stack(url=url, env=env, data_dir=data_dir, worker_log=worker_log)
+    finally:
+        for process in (web, worker):
+            process.terminate()
+        for process in (web, worker):
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
