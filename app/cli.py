@@ -1,4 +1,7 @@
-"""The `loradeck` command: `up` starts everything on embedded defaults; `web`, `worker`, `migrate` one part each."""
+"""The `loradeck` command.
+
+`up` starts everything on embedded defaults; `web`, `worker` and `migrate` run one part each.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from urllib.parse import urlparse
 
 from app.config import REPO_ROOT, get_settings
@@ -22,7 +24,8 @@ def worker_command() -> list[str]:
     return [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
         "-Q", WORKER_QUEUES, "--pool", "solo", "--concurrency", "1",
-        "--hostname", f"loradeck-{os.getpid()}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+        "--hostname", f"loradeck-{os.getpid()}@%h", "--loglevel", "INFO",
+        "--without-gossip", "--without-mingle",
     ]  # fmt: skip
 
 
@@ -113,7 +116,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         if not wait_for_web(url, supervisor.children["web"]):
             print("loradeck: the web app did not start; see the messages above", file=sys.stderr)
             return 1
-        print(f"\n  loradeck is up: {url}\n  data dir: {settings.data_dir.resolve()}\n  Ctrl-C stops it.\n", flush=True)
+        print(
+            f"\n  loradeck is up: {url}\n  data dir: {settings.data_dir.resolve()}\n  Ctrl-C stops it.\n",
+            flush=True,
+        )
         while not supervisor.stopping:
             time.sleep(0.5)
             if supervisor.children["web"].poll() is not None:

@@ -46,7 +46,9 @@ def _decode(entry_id: Any, fields: dict[Any, Any]) -> Event:
         return value.decode() if isinstance(value, bytes) else str(value)
 
     decoded = {text(k): text(v) for k, v in fields.items()}
-    return Event(id=text(entry_id), event=decoded.get("event", "log"), data=json.loads(decoded.get("data", "{}")))
+    return Event(
+        id=text(entry_id), event=decoded.get("event", "log"), data=json.loads(decoded.get("data", "{}"))
+    )
 
 
 def last_event_id(client: redis.Redis, run_id: str) -> str:
@@ -65,7 +67,7 @@ async def follow(
     key = stream_key(run_id)
     cursor = after_id or "0-0"
     while True:
-        reply = await client.xread({key: cursor}, block=block_ms, count=500)
+        reply: Any = await client.xread({key: cursor}, block=block_ms, count=500)
         if not reply:
             yield None
             continue

@@ -125,4 +125,3 @@ def validation_errors(exc: ValidationError) -> dict[str, str]:
         message = str(error["msg"]).removeprefix("Value error, ")
         errors.setdefault(name, message)
     return errors
-

@@ -27,7 +27,9 @@ class Conflict(RuntimeError):
 
 
 def create_run(*, session: Session, spec: RunSpec) -> Run:
-    run = Run(name=spec.name, spec=spec.model_dump(mode="json"), status=RunStatus.queued, max_steps=spec.max_steps)
+    run = Run(
+        name=spec.name, spec=spec.model_dump(mode="json"), status=RunStatus.queued, max_steps=spec.max_steps
+    )
     session.add(run)
     session.commit()
     return run
@@ -40,7 +42,9 @@ def get_run(*, session: Session, run_id: str) -> Run:
     return run
 
 
-def list_runs(*, session: Session, status: str | None = None, limit: int = 100, offset: int = 0) -> Sequence[Run]:
+def list_runs(
+    *, session: Session, status: str | None = None, limit: int = 100, offset: int = 0
+) -> Sequence[Run]:
     query = select(Run).order_by(Run.created_at.desc(), Run.id.desc()).limit(limit).offset(offset)
     if status:
         query = query.where(Run.status == status)
@@ -98,7 +102,9 @@ def add_metrics(*, session: Session, run_id: str, points: Sequence[dict[str, Any
     )
     newest = max(points, key=lambda point: point["step"])
     values: dict[str, Any] = {"step": int(newest["step"])}
-    losses = [point for point in points if point.get("loss") is not None and point.get("kind", "train") == "train"]
+    losses = [
+        point for point in points if point.get("loss") is not None and point.get("kind", "train") == "train"
+    ]
     if losses:
         values["last_loss"] = float(max(losses, key=lambda point: point["step"])["loss"])
     session.execute(update(Run).where(Run.id == run_id).values(**values))
@@ -146,7 +152,9 @@ def request_merge(*, session: Session, run_id: str, dtype: str) -> tuple[Artifac
     )
     if existing is not None:
         return existing, False
-    artifact = Artifact(run_id=run_id, kind=ArtifactKind.merged, status=ArtifactStatus.pending, details={"dtype": dtype})
+    artifact = Artifact(
+        run_id=run_id, kind=ArtifactKind.merged, status=ArtifactStatus.pending, details={"dtype": dtype}
+    )
     session.add(artifact)
     session.commit()
     return artifact, True

@@ -55,7 +55,9 @@ class RunSpec(BaseModel):
     lora_alpha: int = Field(
         default=16, ge=1, le=4096, description="LoRA scaling: the update is scaled by lora_alpha / r."
     )
-    lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA layers' input.")
+    lora_dropout: float = Field(
+        default=0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA layers' input."
+    )
     target_modules: list[str] = Field(
         default_factory=lambda: ["all-linear"],
         description="Module names to adapt, e.g. q_proj, v_proj; or all-linear for every linear layer "

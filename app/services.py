@@ -33,7 +33,7 @@ def free_port() -> int:
 
 
 def start_redis(*, port: int, directory: Path, persist: bool = True) -> subprocess.Popen[bytes]:
-    """Start a private redis-server on 127.0.0.1:port, with its files in `directory`; wait until it answers."""
+    """Start a private redis-server on 127.0.0.1:port, files in `directory`; return once it answers."""
     directory.mkdir(parents=True, exist_ok=True)
     args = [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
     args += ["--appendonly", "yes"] if persist else ["--save", "", "--appendonly", "no"]
@@ -42,7 +42,9 @@ def start_redis(*, port: int, directory: Path, persist: bool = True) -> subproce
     return process
 
 
-def wait_for_redis(url: str, *, process: subprocess.Popen[bytes] | None = None, timeout: float = 15.0) -> None:
+def wait_for_redis(
+    url: str, *, process: subprocess.Popen[bytes] | None = None, timeout: float = 15.0
+) -> None:
     client = redis.Redis.from_url(url)
     deadline = time.monotonic() + timeout
     while True:

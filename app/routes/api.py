@@ -37,7 +37,9 @@ def submit_run(*, session: SessionDep, spec: RunSpec) -> Run:
     except (redis.RedisError, OSError) as exc:
         session.delete(run)
         session.commit()
-        raise HTTPException(503, f"the task queue (Redis) is unreachable, so the run was not created: {exc}") from exc
+        raise HTTPException(
+            503, f"the task queue (Redis) is unreachable, so the run was not created: {exc}"
+        ) from exc
     return run
 
 
@@ -140,7 +142,9 @@ def start_merge(*, session: SessionDep, run_id: str, dtype: str) -> Artifact:
         except (redis.RedisError, OSError) as exc:
             session.delete(artifact)
             session.commit()
-            raise HTTPException(503, f"the task queue (Redis) is unreachable, so no merge was queued: {exc}") from exc
+            raise HTTPException(
+                503, f"the task queue (Redis) is unreachable, so no merge was queued: {exc}"
+            ) from exc
     return artifact
 
 

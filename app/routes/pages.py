@@ -30,7 +30,11 @@ def runs_page(request: Request, session: SessionDep, status: str | None = None) 
     return render(
         request,
         "runs.html",
-        {"runs": runs.list_runs(session=session, status=status, limit=200), "status": status, "statuses": RunStatus},
+        {
+            "runs": runs.list_runs(session=session, status=status, limit=200),
+            "status": status,
+            "statuses": RunStatus,
+        },
     )
 
 
@@ -88,7 +92,7 @@ def artifacts_fragment(request: Request, run_id: str, session: SessionDep) -> HT
 
 @router.post("/runs/{run_id}/merge", response_class=HTMLResponse, response_model=None)
 def merge_form(request: Request, run_id: str, session: SessionDep) -> Response:
-    """"Merge & download": queue the merge; the panel shows its progress and then the download."""
+    """ "Merge & download": queue the merge; the panel shows its progress and then the download."""
     start_merge(session=session, run_id=run_id, dtype="auto")
     if not is_htmx(request):
         return RedirectResponse(f"/runs/{run_id}", status_code=303)

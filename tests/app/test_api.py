@@ -56,7 +56,12 @@ def test_create_run_stores_it_and_queues_training(client: TestClient, loradeck_e
 def test_bad_spec_is_refused_naming_each_field_and_nothing_is_stored(client: TestClient) -> None:
     response = client.post(
         "/api/v1/runs",
-        json={"r": 0, "base_model": "no such model", "dataset": "/nowhere.jsonl", "target_modules": "q_proj;x"},
+        json={
+            "r": 0,
+            "base_model": "no such model",
+            "dataset": "/nowhere.jsonl",
+            "target_modules": "q_proj;x",
+        },
     )
     assert response.status_code == 422
     problems = {tuple(error["loc"][1:]): error["msg"] for error in response.json()["detail"]}

@@ -1,0 +1,171 @@
+"""The three journeys end to end, on real parts: a real redis-server, a real Celery worker process and
+uvicorn as subprocesses, real QLoRA training of the tiny model, and the merged model loaded with stock
+transformers after it came through the download."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR
+from tests.conftest import Stack
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
+class SSECollector(threading.Thread):
+    """Reads a run's event stream as a browser would, noting the run's status when each metric arrives."""
+
+    def __init__(self, stack: Stack, run_id: str) -> None:
+        super().__init__(daemon=True)
+        self.stack, self.run_id = stack, run_id
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+        self.status_at_metric: list[str] = []
+
+    def run(self) -> None:
+        with (
+            httpx.Client(base_url=self.stack.url, timeout=httpx.Timeout(5, read=60)) as client,
+            client.stream("GET", f"/api/v1/runs/{self.run_id}/events") as response,
+        ):
+            event_id, name = "", ""
+            for line in response.iter_lines():
+                if line.startswith("id: "):
+                    event_id = line[4:]
+                elif line.startswith("event: "):
+                    name = line[7:]
+                elif line.startswith("data: "):
+                    data = json.loads(line[6:])
+                    self.events.append((event_id, name, data))
+                    if name == "metric" and len(self.status_at_metric) < 3:
+                        self.status_at_metric.append(
+                            client.get(f"/api/v1/runs/{self.run_id}").json()["status"]
+                        )
+                    if name == "done":
+                        return
+
+
+def _download(client: httpx.Client, url: str, into: Path) -> Path:
+    response = client.get(url)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/x-tar"
+    assert int(response.headers["content-length"]) == len(response.content)
+    with tarfile.open(fileobj=io.BytesIO(response.content)) as archive:
+        archive.extractall(into, filter="data")
+    (top,) = list(into.iterdir())
+    return top
+
+
+def _logits(model: Any, tokenizer: Any, prompts: list[str]) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model(**tokenizer(p, return_tensors="pt")).logits[0] for p in prompts]).float()
+
+
+def test_qlora_run_streams_metrics_then_merges_and_downloads(stack: Stack, tmp_path: Path) -> None:
+    client = stack.client()
+    spec = {"name": "e2e qlora", "method": "qlora", "max_steps": 30, "per_device_train_batch_size": 4}
+    run = client.post("/api/v1/runs", json=spec).json()
+    collector = SSECollector(stack, run["id"])
+    collector.start()
+
+    final = wait_for(
+        lambda: (
+            (r := client.get(f"/api/v1/runs/{run['id']}").json())["status"] in ("succeeded", "failed") and r
+        ),
+        timeout=300,
+        what="the run to finish",
+    )
+    assert final["status"] == "succeeded", f"{final['error']}\n{stack.worker_log.read_text()[-3000:]}"
+    collector.join(timeout=30)
+
+    # Live: metric events came over SSE while the run was still running, each with its stream id.
+    names = [name for _, name, _ in collector.events]
+    assert names.count("metric") == 30 and names[-1] == "done"
+    assert "running" in collector.status_at_metric
+    params = next(data for _, name, data in collector.events if name == "params")
+    assert params["trainable"] == final["params_trainable"] > 0
+    assert params["all"] == final["params_all"]
+    ids = [event_id for event_id, _, _ in collector.events]
+    assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
+
+    # The stored history equals what was streamed, step by step.
+    metrics = client.get(f"/api/v1/runs/{run['id']}/metrics").json()
+    assert [m["step"] for m in metrics] == list(range(1, 31))
+    streamed = [data["loss"] for _, name, data in collector.events if name == "metric"]
+    assert [m["loss"] for m in metrics] == pytest.approx(streamed)
+
+    # The adapter downloads and loads with stock PEFT.
+    artifacts = client.get(f"/api/v1/runs/{run['id']}/artifacts").json()
+    adapter = next(a for a in artifacts if a["kind"] == "adapter")
+    adapter_dir = _download(client, adapter["download_url"], tmp_path / "adapter")
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in adapter_dir.iterdir()}
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL_DIR)
+    base = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, dtype=torch.float32)
+    prompts = [json.loads(line)["prompt"] for line in (SAMPLE_DATASET_DIR / "eval.jsonl").open()][:3]
+    base_logits = _logits(base, tokenizer, prompts)
+    adapted = PeftModel.from_pretrained(base, adapter_dir)
+    adapted_logits = _logits(adapted, tokenizer, prompts)
+
+    # One click: merge, wait for the check, download the merged model.
+    merge = client.post(f"/api/v1/runs/{run['id']}/merge")
+    assert merge.status_code == 202
+    merged_artifact = wait_for(
+        lambda: next(
+            (a for a in client.get(f"/api/v1/runs/{run['id']}/artifacts").json()
+             if a["kind"] == "merged" and a["status"] in ("ready", "failed")),
+            None,
+        ),
+        timeout=180,
+        what="the merge",
+    )  # fmt: skip
+    assert merged_artifact["status"] == "ready", merged_artifact["error"]
+    merged_dir = _download(client, merged_artifact["download_url"], tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
+    merged_logits = _logits(merged, AutoTokenizer.from_pretrained(merged_dir), prompts)
+    assert (merged_logits - adapted_logits).abs().max().item() < 1e-3
+    assert (merged_logits - base_logits).abs().max().item() > 1e-3
+    assert merged_artifact["details"]["max_abs_diff"] < 1e-3
+
+
+def test_events_resume_after_last_event_id(stack: Stack) -> None:
+    """A reconnect with Last-Event-ID gets exactly the events after it, nothing twice."""
+    client = stack.client()
+    run = client.post(
+        "/api/v1/runs", json={"method": "lora", "max_steps": 5, "per_device_train_batch_size": 2}
+    ).json()
+    wait_for(
+        lambda: client.get(f"/api/v1/runs/{run['id']}").json()["status"] in ("succeeded", "failed"),
+        timeout=180,
+        what="the run to finish",
+    )
+    everything = SSECollector(stack, run["id"])
+    everything.run()
+    middle = len(everything.events) // 2
+    resumed = []
+    with client.stream(
+        "GET", f"/api/v1/runs/{run['id']}/events", headers={"Last-Event-ID": everything.events[middle][0]}
+    ) as response:
+        for line in response.iter_lines():
+            if line.startswith("id: "):
+                resumed.append(line[4:])
+    assert resumed == [event_id for event_id, _, _ in everything.events[middle + 1 :]]
