@@ -1,0 +1,100 @@
+import json
+from pathlib import Path
+from typing import cast
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from worker.sample_data import generate_rows
+from worker.tiny_model import CHAT_TEMPLATE, build_tiny_model, render_chat
+
+MODEL_DIR = Path(__file__).resolve().parents[2] / "assets" / "tiny-llama"
+ADDRESS = "臺北市大安區復興南路一段390號2樓"
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(MODEL_DIR)
+
+
+@pytest.fixture(scope="module")
+def model() -> LlamaForCausalLM:
+    return LlamaForCausalLM.from_pretrained(MODEL_DIR)
+
+
+def test_committed_model_loads_with_every_weight() -> None:
+    loaded = AutoModelForCausalLM.from_pretrained(MODEL_DIR, output_loading_info=True)
+    model, info = cast(tuple[PreTrainedModel, dict[str, list[str]]], loaded)
+    assert not any(info.values()), info
+    assert model.dtype == torch.float32
+    assert 2_500_000 < sum(p.numel() for p in model.parameters()) < 3_500_000
+
+
+def test_every_linear_dimension_is_a_multiple_of_64(model: LlamaForCausalLM) -> None:
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears
+    for linear in linears:
+        assert linear.in_features % 64 == 0 and linear.out_features % 64 == 0, linear
+
+
+def test_config_names_the_special_tokens(tokenizer: PreTrainedTokenizerBase) -> None:
+    config = json.loads((MODEL_DIR / "config.json").read_text())
+    assert config["bos_token_id"] == tokenizer.bos_token_id == 1
+    assert config["eos_token_id"] == tokenizer.eos_token_id == 2
+    assert config["pad_token_id"] == tokenizer.pad_token_id == 0
+    assert config["vocab_size"] % 64 == 0 and config["vocab_size"] >= len(tokenizer)
+
+
+def test_tokenizer_round_trips_text_and_prepends_bos(tokenizer: PreTrainedTokenizerBase) -> None:
+    for text in [ADDRESS, "新北市板橋區文化路二段182巷3弄7之1號地下1樓", 'Hi, 你好 🙂\n  {"a":null}', "齉龘"]:
+        ids = tokenizer(text)["input_ids"]
+        assert ids[0] == tokenizer.bos_token_id
+        assert ids.count(tokenizer.bos_token_id) == 1
+        assert tokenizer.decode(ids, skip_special_tokens=True) == text
+
+
+def test_tokenizer_is_compact_on_addresses(tokenizer: PreTrainedTokenizerBase) -> None:
+    # The corpus taught it the place names: far fewer tokens than UTF-8 bytes.
+    ids = tokenizer(ADDRESS, add_special_tokens=False)["input_ids"]
+    assert len(ids) < len(ADDRESS)
+
+
+def test_chat_template_renders_with_a_generation_prompt(tokenizer: PreTrainedTokenizerBase) -> None:
+    messages = [{"role": "user", "content": f"解析地址：{ADDRESS}"}]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert text == f"<s><|user|>\n解析地址：{ADDRESS}\n<|assistant|>\n"
+    assert text == render_chat(messages, add_generation_prompt=True)
+    assert tokenizer.chat_template == CHAT_TEMPLATE
+    full = messages + [{"role": "assistant", "content": "{}"}]
+    rendered = tokenizer.apply_chat_template(full, tokenize=False)
+    assert isinstance(rendered, str) and rendered.endswith("<|assistant|>\n{}</s>\n")
+
+
+def test_greedy_generation_looks_like_the_task(
+    tokenizer: PreTrainedTokenizerBase, model: LlamaForCausalLM
+) -> None:
+    prompt = generate_rows(1, seed=99)[0]["prompt"]
+    inputs = tokenizer(prompt, return_tensors="pt")
+    output = model.generate(**inputs, max_new_tokens=80, do_sample=False)
+    completion = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert isinstance(completion, str) and completion.startswith('{"city":"'), completion
+
+
+def test_quick_build_is_loadable_and_deterministic(tmp_path: Path) -> None:
+    first = build_tiny_model(tmp_path / "a", steps=3)
+    second = build_tiny_model(tmp_path / "b", steps=3)
+    for name in ("model.safetensors", "tokenizer.json", "config.json", "generation_config.json"):
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    model = AutoModelForCausalLM.from_pretrained(first)
+    tokenizer = AutoTokenizer.from_pretrained(first)
+    inputs = tokenizer(ADDRESS, return_tensors="pt")
+    assert model(**inputs).logits.shape[-1] == model.config.vocab_size
+    # The committed tokenizer came from the same recipe: a rebuild gives the same vocabulary.
+    assert (first / "tokenizer.json").read_bytes() == (MODEL_DIR / "tokenizer.json").read_bytes()
