@@ -1,0 +1,57 @@
+"""`loradeck up`: migrations, a private Redis, a worker and the web app; Ctrl-C stops every child."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from app.services import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_up_serves_the_form_and_ctrl_c_stops_every_child(tmp_path: Path) -> None:
+    web_port, redis_port = free_port(), free_port()
+    env = {key: value for key, value in os.environ.items() if key not in ("REDIS_URL", "DATABASE_URL")} | {
+        "LORADECK_DATA_DIR": str(tmp_path / "data"),
+        "LORADECK_PORT": str(web_port),
+        # Not REDIS_URL: `up` reads the private Redis's port from this setting and starts that server.
+        "LORADECK_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+    }
+    up = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "up"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{web_port}"
+        output = b""
+        deadline = time.monotonic() + 90
+        while b"loradeck is up" not in output:
+            assert time.monotonic() < deadline and up.poll() is None, output.decode()
+            output += up.stdout.readline()  # type: ignore[union-attr]
+        assert url.encode() in output
+        page = httpx.get(url + "/runs/new", timeout=10)
+        assert page.status_code == 200 and 'name="lora_alpha"' in page.text
+        assert httpx.get(url + "/healthz", timeout=10).json()["ok"] is True
+        children = psutil.Process(up.pid).children(recursive=True)
+        names = " ".join(" ".join(child.cmdline()) for child in children)
+        assert "redis-server" in names and "celery" in names and "uvicorn" in names
+        assert (tmp_path / "data" / "loradeck.db").is_file()
+
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=60) == 0
+        gone, alive = psutil.wait_procs(children, timeout=10)
+        assert alive == [], f"still running after Ctrl-C: {[p.cmdline() for p in alive]}"
+    finally:
+        if up.poll() is None:
+            up.kill()
