@@ -16,6 +16,9 @@ import redis
 
 from app.services import free_port, start_redis
 
+# Set before any test imports torch: spinning OpenMP threads crawl on a shared 2-core machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 REPO = Path(__file__).resolve().parent.parent
 
 

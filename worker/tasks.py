@@ -1,0 +1,26 @@
+"""Celery tasks: each one takes an id, imports its heavy code when it runs, and calls a domain function.
+
+Progress goes to the database and the run's Redis Stream, never to a Celery result backend.
+"""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from app.queue import MERGE_TASK, TRAIN_TASK, Queue
+
+
+@shared_task(name=TRAIN_TASK, queue=Queue.train.value, acks_late=True, ignore_result=True)
+def train_run(run_id: str) -> None:
+    """Train one queued run to succeeded, failed or cancelled."""
+    from worker.train import run_training
+
+    run_training(run_id)
+
+
+@shared_task(name=MERGE_TASK, queue=Queue.merge.value, acks_late=True, ignore_result=True)
+def merge_artifact(artifact_id: str) -> None:
+    """Merge a run's adapter into its base model and check the result."""
+    from worker.merge import merge_artifact as merge
+
+    merge(artifact_id)
