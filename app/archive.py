@@ -18,9 +18,7 @@ CHUNK = 1 << 20
 
 def list_files(root: Path) -> list[str]:
     """Relative paths of the regular files below root, sorted; links and special files are skipped."""
-    return sorted(
-        str(path.relative_to(root)) for path in root.rglob("*") if path.is_file() and not path.is_symlink()
-    )
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file() and not path.is_symlink())
 
 
 def file_sha256(path: Path) -> str:
@@ -71,8 +69,7 @@ def describe_tree(root: Path, prefix: str) -> dict[str, Any]:
     """Files with sizes and sha256, plus the size and sha256 of the archive that downloads them."""
     files = list_files(root)
     entries = [
-        {"name": name, "size": (root / name).stat().st_size, "sha256": file_sha256(root / name)}
-        for name in files
+        {"name": name, "size": (root / name).stat().st_size, "sha256": file_sha256(root / name)} for name in files
     ]
     digest = hashlib.sha256()
     for chunk in tar_stream(root, files, prefix):

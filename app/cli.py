@@ -16,16 +16,19 @@ from urllib.parse import urlparse
 from app.config import REPO_ROOT, get_settings
 from app.services import start_redis, wait_for_redis
 
-WORKER_QUEUES = "train,merge"
+TRAINER_QUEUES = "train,merge"
+INSPECTOR_QUEUES = "inspect"
+# Commands that need the ML libraries run in the worker package, in a process of their own.
+WORKER_COMMANDS = ("train", "estimate", "validate-dataset")
 
 
-def worker_command() -> list[str]:
-    """One worker process for both queues, one task at a time (one training run per GPU process)."""
+def worker_command(queues: str = TRAINER_QUEUES, name: str = "trainer") -> list[str]:
+    """A Celery worker. Training and merging run one task at a time (a run per GPU process); the
+    inspect queue (estimates, dataset descriptions) is quick work served by a few threads."""
+    pool = ["--pool", "threads", "--concurrency", "2"] if queues == INSPECTOR_QUEUES else ["--pool", "solo"]
     return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "-Q", WORKER_QUEUES, "--pool", "solo", "--concurrency", "1",
-        "--hostname", f"loradeck-{os.getpid()}@%h", "--loglevel", "INFO",
-        "--without-gossip", "--without-mingle",
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queues, *pool,
+        "--hostname", f"{name}-{os.getpid()}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
     ]  # fmt: skip
 
 
@@ -41,8 +44,12 @@ def cmd_migrate(_: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_worker(_: argparse.Namespace) -> int:
-    os.execv(sys.executable, worker_command())
+def cmd_worker(args: argparse.Namespace) -> int:
+    os.execv(sys.executable, worker_command(args.queues, name="inspector" if args.queues == "inspect" else "worker"))
+
+
+def run_in_worker_package(command: str, argv: list[str]) -> int:
+    os.execv(sys.executable, [sys.executable, "-m", "worker.cli", command, *argv])
 
 
 def cmd_web(args: argparse.Namespace) -> int:
@@ -66,7 +73,7 @@ class Supervisor:
         self.stopping = True
 
     def shutdown(self) -> None:
-        for name in ("web", "worker", "redis"):
+        for name in ("web", "inspector", "trainer", "redis"):
             process = self.children.get(name)
             if process is None or process.poll() is not None:
                 continue
@@ -110,7 +117,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         else:
             redis_port = urlparse(settings.redis_url).port or 6390
             supervisor.children["redis"] = start_redis(port=redis_port, directory=settings.data_dir / "redis")
-        supervisor.spawn("worker", worker_command())
+        supervisor.spawn("trainer", worker_command(TRAINER_QUEUES, "trainer"))
+        supervisor.spawn("inspector", worker_command(INSPECTOR_QUEUES, "inspector"))
         supervisor.spawn("web", web_command(host, port))
         url = f"http://{host}:{port}"
         if not wait_for_web(url, supervisor.children["web"]):
@@ -125,10 +133,11 @@ def cmd_up(args: argparse.Namespace) -> int:
             if supervisor.children["web"].poll() is not None:
                 print("loradeck: the web app exited; stopping", file=sys.stderr)
                 return 1
-            if supervisor.children["worker"].poll() is not None and not supervisor.stopping:
-                print("loradeck: the worker exited; starting a new one", file=sys.stderr)
-                time.sleep(2)
-                supervisor.spawn("worker", worker_command())
+            for name, queues in (("trainer", TRAINER_QUEUES), ("inspector", INSPECTOR_QUEUES)):
+                if supervisor.children[name].poll() is not None and not supervisor.stopping:
+                    print(f"loradeck: the {name} worker exited; starting a new one", file=sys.stderr)
+                    time.sleep(2)
+                    supervisor.spawn(name, worker_command(queues, name))
         return 0
     finally:
         supervisor.shutdown()
@@ -142,8 +151,19 @@ def main(argv: list[str] | None = None) -> int:
     for sub in (up, web):
         sub.add_argument("--host", help="address to bind (default: the host setting, 127.0.0.1)")
         sub.add_argument("--port", type=int, help="port to listen on (default: the port setting, 8000)")
-    commands.add_parser("worker", help="run one Celery worker for the train and merge queues")
+    worker = commands.add_parser("worker", help="run one Celery worker")
+    worker.add_argument(
+        "--queues",
+        default=TRAINER_QUEUES,
+        help=f"comma-separated queues: {TRAINER_QUEUES} (default; one task at a time) or {INSPECTOR_QUEUES}",
+    )
     commands.add_parser("migrate", help="apply the database migrations")
+    commands.add_parser("train", help="train a run from a spec file (YAML or JSON), without the web", add_help=False)
+    commands.add_parser("estimate", help="parameter counts and memory estimate for a spec file", add_help=False)
+    commands.add_parser("validate-dataset", help="check a dataset file row by row and describe it", add_help=False)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in WORKER_COMMANDS:
+        return run_in_worker_package(argv[0], argv[1:])
     args = parser.parse_args(argv)
     handlers = {"up": cmd_up, "web": cmd_web, "worker": cmd_worker, "migrate": cmd_migrate}
     return handlers[args.command](args)

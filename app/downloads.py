@@ -27,9 +27,7 @@ def archive_name(artifact: Artifact) -> str:
     return f"{artifact.run_id}-{artifact.kind}"
 
 
-def download_response(
-    artifact: Artifact, settings: Settings, file: str | None
-) -> FileResponse | StreamingResponse:
+def download_response(artifact: Artifact, settings: Settings, file: str | None) -> FileResponse | StreamingResponse:
     root = artifact_root(artifact, settings)
     if file:
         # One file on its own: FileResponse answers Range requests, so a broken download resumes.

@@ -46,9 +46,7 @@ def _decode(entry_id: Any, fields: dict[Any, Any]) -> Event:
         return value.decode() if isinstance(value, bytes) else str(value)
 
     decoded = {text(k): text(v) for k, v in fields.items()}
-    return Event(
-        id=text(entry_id), event=decoded.get("event", "log"), data=json.loads(decoded.get("data", "{}"))
-    )
+    return Event(id=text(entry_id), event=decoded.get("event", "log"), data=json.loads(decoded.get("data", "{}")))
 
 
 def last_event_id(client: redis.Redis, run_id: str) -> str:

@@ -12,12 +12,16 @@ from app.config import Settings, get_settings
 
 
 class Queue(StrEnum):
-    train = "train"
-    merge = "merge"
+    train = "train"  # one process per GPU, one run at a time
+    merge = "merge"  # CPU and RAM work
+    inspect = "inspect"  # quick answers the web waits for: estimates, dataset descriptions
 
 
 TRAIN_TASK = "loradeck.train_run"
 MERGE_TASK = "loradeck.merge_artifact"
+ESTIMATE_TASK = "loradeck.estimate"
+DESCRIBE_DATASET_TASK = "loradeck.describe_dataset"
+INSPECT_TIMEOUT_S = 30.0
 
 # A run can train for days; Redis re-delivers an unacknowledged task after the visibility timeout,
 # so it must outlast the longest run (the database claim still stops a second copy from training).
@@ -27,13 +31,20 @@ VISIBILITY_TIMEOUT_S = 7 * 24 * 3600
 def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.redis_url,
-        "result_backend": None,
+        # Only the inspect tasks keep results (the web waits for them); progress never goes through Celery.
+        "result_backend": settings.redis_url,
+        "result_expires": 600,
         "task_ignore_result": True,
         "task_acks_late": True,
         "task_reject_on_worker_lost": False,
         "worker_prefetch_multiplier": 1,
         "task_default_queue": Queue.train.value,
-        "task_routes": {TRAIN_TASK: {"queue": Queue.train.value}, MERGE_TASK: {"queue": Queue.merge.value}},
+        "task_routes": {
+            TRAIN_TASK: {"queue": Queue.train.value},
+            MERGE_TASK: {"queue": Queue.merge.value},
+            ESTIMATE_TASK: {"queue": Queue.inspect.value},
+            DESCRIBE_DATASET_TASK: {"queue": Queue.inspect.value},
+        },
         "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
@@ -53,3 +64,25 @@ def enqueue_train(run_id: str) -> None:
 
 def enqueue_merge(artifact_id: str) -> None:
     get_celery().send_task(MERGE_TASK, args=[artifact_id], queue=Queue.merge.value)
+
+
+class InspectUnavailable(RuntimeError):
+    """No worker answered an inspect task in time."""
+
+
+def ask_inspector(task: str, payload: dict[str, Any], *, timeout: float = INSPECT_TIMEOUT_S) -> dict[str, Any]:
+    """Run a quick inspect task on a worker and wait for its answer (the web never loads models itself)."""
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    result = get_celery().send_task(task, args=[payload], queue=Queue.inspect.value, ignore_result=False)
+    try:
+        answer = result.get(timeout=timeout, propagate=True)
+    except CeleryTimeout as exc:
+        result.revoke()
+        raise InspectUnavailable(
+            f"no worker answered on the {Queue.inspect.value} queue within {timeout:.0f} s: "
+            "start one with `loradeck up` or `loradeck worker --queues inspect`"
+        ) from exc
+    finally:
+        result.forget()
+    return dict(answer)

@@ -27,9 +27,7 @@ class Conflict(RuntimeError):
 
 
 def create_run(*, session: Session, spec: RunSpec) -> Run:
-    run = Run(
-        name=spec.name, spec=spec.model_dump(mode="json"), status=RunStatus.queued, max_steps=spec.max_steps
-    )
+    run = Run(name=spec.name, spec=spec.model_dump(mode="json"), status=RunStatus.queued, max_steps=spec.max_steps)
     session.add(run)
     session.commit()
     return run
@@ -42,9 +40,7 @@ def get_run(*, session: Session, run_id: str) -> Run:
     return run
 
 
-def list_runs(
-    *, session: Session, status: str | None = None, limit: int = 100, offset: int = 0
-) -> Sequence[Run]:
+def list_runs(*, session: Session, status: str | None = None, limit: int = 100, offset: int = 0) -> Sequence[Run]:
     query = select(Run).order_by(Run.created_at.desc(), Run.id.desc()).limit(limit).offset(offset)
     if status:
         query = query.where(Run.status == status)
@@ -52,11 +48,7 @@ def list_runs(
 
 
 def list_metrics(*, session: Session, run_id: str, after_step: int = -1) -> Sequence[Metric]:
-    query = (
-        select(Metric)
-        .where(Metric.run_id == run_id, Metric.step > after_step)
-        .order_by(Metric.step, Metric.id)
-    )
+    query = select(Metric).where(Metric.run_id == run_id, Metric.step > after_step).order_by(Metric.step, Metric.id)
     return session.scalars(query).all()
 
 
@@ -102,9 +94,7 @@ def add_metrics(*, session: Session, run_id: str, points: Sequence[dict[str, Any
     )
     newest = max(points, key=lambda point: point["step"])
     values: dict[str, Any] = {"step": int(newest["step"])}
-    losses = [
-        point for point in points if point.get("loss") is not None and point.get("kind", "train") == "train"
-    ]
+    losses = [point for point in points if point.get("loss") is not None and point.get("kind", "train") == "train"]
     if losses:
         values["last_loss"] = float(max(losses, key=lambda point: point["step"])["loss"])
     session.execute(update(Run).where(Run.id == run_id).values(**values))

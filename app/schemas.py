@@ -1,36 +1,44 @@
-"""RunSpec and the API's response shapes.
+"""RunSpec: everything a run is, validated once and frozen into the database at creation.
 
-RunSpec field names follow PEFT's `LoraConfig`, transformers' `TrainingArguments` and
-`BitsAndBytesConfig`, so a spec reads like the code it configures. Every field has a description:
-the new-run form shows it as help text, and a test checks the README or the form documents it.
+Field names follow PEFT's `LoraConfig` / `IA3Config` / `PromptTuningConfig`, transformers'
+`TrainingArguments` and `BitsAndBytesConfig`, so a spec reads like the code it configures. Every field
+has a description (the form shows it as help text, the README documents it), and every rule between
+fields lives in one validator below that names the fields in its message.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from app.config import get_settings
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 MODULE_NAME = re.compile(r"^[A-Za-z_][\w.]*$")
+DATASET_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+CHAT_TEMPLATES = ("auto", "chatml", "llama-3", "zephyr", "alpaca")
 
 
 class Method(StrEnum):
     lora = "lora"
     qlora = "qlora"
+    ia3 = "ia3"
+    prompt_tuning = "prompt_tuning"
+
+
+LORA_METHODS = (Method.lora.value, Method.qlora.value)
 
 
 class RunSpec(BaseModel):
-    """Everything a run needs, validated once and frozen into the database at creation."""
+    """A fine-tuning run: base model, data, PEFT method, quantization, training and checkpoints."""
 
     model_config = ConfigDict(extra="forbid", use_enum_values=True)
 
+    # --- what and on what
     name: str = Field(default="", max_length=200, description="A name to find the run by; empty: made up.")
     base_model: str = Field(
         default_factory=lambda: get_settings().default_base_model,
@@ -39,31 +47,65 @@ class RunSpec(BaseModel):
     )
     dataset: str = Field(
         default_factory=lambda: get_settings().default_dataset,
-        description='A JSONL file of {"prompt": ..., "completion": ...} rows. The loss is on completions.',
+        description="Training data: a JSONL, CSV or Parquet file of prompt/completion, messages or text rows.",
     )
-    eval_dataset: str = Field(
-        default="",
-        description="An optional second JSONL file for the eval loss; empty: none.",
+    eval_dataset: str = Field(default="", description="A second file for evaluation; empty: none (or eval_split).")
+    eval_split: float = Field(
+        default=0.0, ge=0.0, le=0.5, description="Share of the dataset held out for evaluation (0: none)."
     )
+    train_on_prompt: bool = Field(
+        default=False, description="Also compute the loss on prompts and user turns, not only on the answers."
+    )
+    chat_template: Literal["auto", "chatml", "llama-3", "zephyr", "alpaca"] = Field(
+        default="auto",
+        description="How messages rows are rendered: auto uses the tokenizer's own chat template, else chatml.",
+    )
+    # --- PEFT method
     method: Method = Field(
         default=Method.qlora,
-        description="qlora: the base is loaded 4-bit (NF4) and frozen, LoRA adapters train on top. "
-        "lora: the base stays in its full precision.",
+        description="qlora: LoRA on a 4-bit (NF4) frozen base. lora: LoRA on the base in full precision. "
+        "ia3: (IA)³ scaling vectors. prompt_tuning: trained virtual tokens before each input.",
     )
-    # --- PEFT LoraConfig
+    quantization: Literal["auto", "none", "8bit", "4bit"] = Field(
+        default="auto",
+        description="How the frozen base is loaded: 4bit or 8bit through bitsandbytes, or none. "
+        "auto: 4bit for qlora, none for the other methods.",
+    )
     r: int = Field(default=8, ge=1, le=1024, description="LoRA attention dimension (the adapter's rank).")
     lora_alpha: int = Field(
         default=16, ge=1, le=4096, description="LoRA scaling: the update is scaled by lora_alpha / r."
     )
-    lora_dropout: float = Field(
-        default=0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA layers' input."
-    )
+    lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA layers' input.")
     target_modules: list[str] = Field(
         default_factory=lambda: ["all-linear"],
         description="Module names to adapt, e.g. q_proj, v_proj; or all-linear for every linear layer "
         "except the output head (what QLoRA recommends).",
     )
-    # --- BitsAndBytesConfig (qlora only)
+    use_dora: bool = Field(
+        default=False, description="DoRA: split each update into magnitude and direction (lora/qlora only)."
+    )
+    use_rslora: bool = Field(
+        default=False, description="rsLoRA: scale by lora_alpha / sqrt(r), steadier at high rank (lora/qlora only)."
+    )
+    bias: Literal["none", "all", "lora_only"] = Field(
+        default="none", description="Which biases train: none, all, or those of adapted layers (lora_only)."
+    )
+    modules_to_save: list[str] = Field(
+        default_factory=list,
+        description="Modules trained in full and saved with the adapter, e.g. lm_head, embed_tokens.",
+    )
+    feedforward_modules: list[str] = Field(
+        default_factory=list,
+        description="(IA)³ only: which target_modules are feed-forward layers; empty: PEFT's default.",
+    )
+    num_virtual_tokens: int = Field(
+        default=16, ge=1, le=4096, description="Prompt tuning only: how many virtual tokens are trained."
+    )
+    prompt_tuning_init_text: str = Field(
+        default="",
+        description="Prompt tuning only: text whose token embeddings start the virtual tokens; empty: random.",
+    )
+    # --- quantization (bitsandbytes)
     bnb_4bit_quant_type: Literal["nf4", "fp4"] = Field(
         default="nf4", description="4-bit data type for the frozen base weights (QLoRA: nf4)."
     )
@@ -74,28 +116,60 @@ class RunSpec(BaseModel):
         default="auto",
         description="Dtype the 4-bit layers compute in; auto: bfloat16 on a GPU that has it, else float32.",
     )
-    # --- TrainingArguments
-    learning_rate: float = Field(default=2e-4, gt=0.0, le=1.0, description="Initial AdamW learning rate.")
-    max_steps: int = Field(default=60, ge=1, le=10_000_000, description="Optimizer steps to train for.")
+    # --- training (TrainingArguments)
+    learning_rate: float = Field(default=2e-4, gt=0.0, le=1.0, description="Initial learning rate.")
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        default="linear", description="How the learning rate changes over the run."
+    )
+    warmup_ratio: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Share of the steps spent ramping the learning rate up."
+    )
+    num_train_epochs: float = Field(
+        default=1.0, ge=0.0, le=10_000, description="Passes over the data; used when max_steps is -1."
+    )
+    max_steps: int = Field(
+        default=60, ge=-1, le=10_000_000, description="Optimizer steps to train for; -1: num_train_epochs decides."
+    )
     per_device_train_batch_size: int = Field(
         default=8, ge=1, le=4096, description="Examples per device in each forward/backward pass."
     )
     gradient_accumulation_steps: int = Field(
         default=1, ge=1, le=4096, description="Passes whose gradients add up into one optimizer step."
     )
-    warmup_ratio: float = Field(
-        default=0.0, ge=0.0, le=1.0, description="Share of max_steps spent ramping the learning rate up."
+    optim: Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd"] = Field(
+        default="adamw_torch", description="Optimizer; the 8-bit and paged AdamW variants save GPU memory."
     )
-    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
-        default="linear", description="How the learning rate changes over the run."
+    weight_decay: float = Field(default=0.0, ge=0.0, le=10.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(default=1.0, ge=0.0, description="Gradients are clipped to this norm; 0: no clipping.")
+    gradient_checkpointing: bool = Field(
+        default=False, description="Recompute activations in the backward pass: less memory, ~30% slower."
     )
-    max_seq_length: int = Field(
-        default=256, ge=8, le=1_048_576, description="Examples are cut to this many tokens."
+    max_seq_length: int = Field(default=256, ge=8, le=1_048_576, description="Examples are cut to this many tokens.")
+    packing: bool = Field(
+        default=False, description="Pack several short examples into each sequence, without cross-attention."
+    )
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        default="auto", description="Mixed precision for training; auto: bf16 on a GPU that has it, else fp32."
     )
     logging_steps: int = Field(default=1, ge=1, description="A metric point every this many steps.")
     seed: int = Field(default=42, ge=0, description="Seed for weights init, data order and dropout.")
+    # --- evaluation and checkpoints
+    eval_steps: int = Field(
+        default=0, ge=0, description="Evaluate every this many steps; 0: once at the end (with eval data)."
+    )
+    early_stopping_patience: int = Field(
+        default=0,
+        ge=0,
+        description="Stop after this many evaluations without a better eval loss and keep the best "
+        "checkpoint as the result; 0: off.",
+    )
+    save_steps: int = Field(
+        default=100, ge=0, description="Save a checkpoint (to resume from) every this many steps; 0: never."
+    )
+    save_total_limit: int = Field(default=2, ge=1, description="Checkpoints kept; older ones are deleted.")
 
-    @field_validator("name", "base_model", "dataset", "eval_dataset")
+    # --- single fields
+    @field_validator("name", "base_model", "dataset", "eval_dataset", "prompt_tuning_init_text")
     @classmethod
     def _strip(cls, value: str) -> str:
         return value.strip()
@@ -116,99 +190,98 @@ class RunSpec(BaseModel):
 
     @field_validator("dataset", "eval_dataset")
     @classmethod
-    def _dataset_exists(cls, value: str, info: Any) -> str:
+    def _dataset_exists(cls, value: str, info: ValidationInfo) -> str:
         if not value and info.field_name == "eval_dataset":
             return value
         path = Path(value).expanduser()
         if not path.is_file():
             raise ValueError(f"{info.field_name}: no file at {value}")
-        if path.suffix != ".jsonl":
-            raise ValueError(f"{info.field_name}: {path.name} is not a .jsonl file")
+        if path.suffix.lower() not in DATASET_SUFFIXES:
+            raise ValueError(f"{info.field_name}: {path.name} is not one of {', '.join(DATASET_SUFFIXES)}")
         return str(path.resolve())
 
-    @field_validator("target_modules", mode="before")
+    @field_validator("target_modules", "modules_to_save", "feedforward_modules", mode="before")
     @classmethod
-    def _split_modules(cls, value: Any) -> Any:
+    def _split_names(cls, value: Any) -> Any:
         # The form sends one comma-separated string; the API may send either.
         if isinstance(value, str):
             value = [part for part in re.split(r"[,\s]+", value) if part]
         return value
 
+    @field_validator("target_modules", "modules_to_save", "feedforward_modules")
+    @classmethod
+    def _module_names(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        bad = [name for name in value if name != "all-linear" and not MODULE_NAME.match(name)]
+        if bad:
+            raise ValueError(f"{info.field_name}: {', '.join(bad)} are not module names")
+        return value
+
     @field_validator("target_modules")
     @classmethod
-    def _check_modules(cls, value: list[str]) -> list[str]:
+    def _target_modules(cls, value: list[str]) -> list[str]:
         if not value:
             raise ValueError("target_modules is empty: name modules such as q_proj, v_proj, or all-linear")
         if "all-linear" in value and len(value) > 1:
             raise ValueError("target_modules: all-linear already covers every linear layer; give it alone")
-        bad = [name for name in value if name != "all-linear" and not MODULE_NAME.match(name)]
-        if bad:
-            raise ValueError(f"target_modules: {', '.join(bad)} are not module names")
         return value
+
+    # --- rules between fields, one each
+    @model_validator(mode="after")
+    def _quantization_fits_method(self) -> RunSpec:
+        if self.method == Method.qlora and self.quantization in ("none", "8bit"):
+            raise ValueError(
+                f"quantization: method qlora trains on a 4-bit base, not {self.quantization}; "
+                "set quantization to 4bit (or auto), or choose method lora"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _lora_only_options(self) -> RunSpec:
+        if self.method not in LORA_METHODS:
+            used = [name for name in ("use_dora", "use_rslora") if getattr(self, name)]
+            if used:
+                raise ValueError(f"{', '.join(used)}: only for methods lora and qlora, not {self.method}")
+        return self
+
+    @model_validator(mode="after")
+    def _feedforward_within_targets(self) -> RunSpec:
+        if self.feedforward_modules and self.method != Method.ia3:
+            raise ValueError(f"feedforward_modules: only for method ia3, not {self.method}")
+        if self.feedforward_modules and self.target_modules != ["all-linear"]:
+            outside = sorted(set(self.feedforward_modules) - set(self.target_modules))
+            if outside:
+                raise ValueError(f"feedforward_modules: {', '.join(outside)} must also be in target_modules")
+        return self
+
+    @model_validator(mode="after")
+    def _length_of_training(self) -> RunSpec:
+        if self.max_steps == 0:
+            raise ValueError("max_steps: 0 trains nothing; give a step count, or -1 to train num_train_epochs")
+        if self.max_steps == -1 and self.num_train_epochs <= 0:
+            raise ValueError("num_train_epochs: must be above 0 when max_steps is -1")
+        return self
+
+    @model_validator(mode="after")
+    def _evaluation(self) -> RunSpec:
+        if self.eval_dataset and self.eval_split:
+            raise ValueError("eval_split: give either eval_dataset or eval_split, not both")
+        has_eval = bool(self.eval_dataset or self.eval_split)
+        if self.eval_steps and not has_eval:
+            raise ValueError("eval_steps: there is nothing to evaluate; set eval_dataset or eval_split")
+        if self.early_stopping_patience:
+            if not self.eval_steps:
+                raise ValueError("early_stopping_patience: needs eval_steps (and eval data) to watch the eval loss")
+            if not self.save_steps or self.save_steps % self.eval_steps:
+                raise ValueError(
+                    "save_steps: with early stopping it must be a multiple of eval_steps, "
+                    "so the best evaluation has a checkpoint to keep"
+                )
+        return self
 
     @model_validator(mode="after")
     def _default_name(self) -> RunSpec:
         if not self.name:
             model = Path(self.base_model).name or self.base_model
-            self.name = f"{self.method}-{model}-r{self.r}"
+            rank = f"-r{self.r}" if self.method in LORA_METHODS else ""
+            self.name = f"{self.method}-{model}{rank}"
         return self
-
-
-class RunOut(BaseModel):
-    """A run as the API returns it."""
-
-    model_config = ConfigDict(from_attributes=True)
-
-    id: str
-    name: str
-    status: str
-    spec: dict[str, Any]
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    error: str | None
-    worker: str | None
-    params_all: int | None
-    params_trainable: int | None
-    params_percent: float | None
-    step: int
-    max_steps: int | None
-    last_loss: float | None
-
-
-class MetricOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    step: int
-    kind: str
-    time: float
-    epoch: float | None
-    loss: float | None
-    learning_rate: float | None
-    grad_norm: float | None
-    tokens_per_sec: float | None
-    tokens_seen: int | None
-
-
-class ArtifactOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: str
-    run_id: str
-    kind: str
-    status: str
-    size_bytes: int | None
-    sha256: str | None
-    files: list[dict[str, Any]] | None
-    details: dict[str, Any] | None
-    error: str | None
-    created_at: datetime
-    download_url: str | None = None
-
-
-class MergeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        default="auto", description="dtype of the merged weights; auto: the base model's own dtype."
-    )

@@ -42,9 +42,7 @@ def start_redis(*, port: int, directory: Path, persist: bool = True) -> subproce
     return process
 
 
-def wait_for_redis(
-    url: str, *, process: subprocess.Popen[bytes] | None = None, timeout: float = 15.0
-) -> None:
+def wait_for_redis(url: str, *, process: subprocess.Popen[bytes] | None = None, timeout: float = 15.0) -> None:
     client = redis.Redis.from_url(url)
     deadline = time.monotonic() + timeout
     while True:

@@ -107,7 +107,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
     worker_log = root / "worker.log"
     with worker_log.open("wb") as log:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker"],
+            [sys.executable, "-m", "app.cli", "worker"], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+        )
+        inspector = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker", "--queues", "inspect"],
             env=env,
             cwd=REPO,
             stdout=log,
@@ -123,9 +126,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
         _wait_http(url, web)
         yield Stack(url=url, env=env, data_dir=data_dir, worker_log=worker_log)
     finally:
-        for process in (web, worker):
+        for process in (web, worker, inspector):
             process.terminate()
-        for process in (web, worker):
+        for process in (web, worker, inspector):
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:

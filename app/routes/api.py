@@ -12,12 +12,13 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from app import runs
+from app.api_models import ArtifactOut, MergeRequest, MetricOut, RunOut
 from app.deps import SessionDep, SettingsDep
 from app.downloads import download_response
 from app.events import Event, follow
 from app.models import Artifact, Metric, Run, RunStatus
 from app.queue import enqueue_merge, enqueue_train
-from app.schemas import ArtifactOut, MergeRequest, MetricOut, RunOut, RunSpec
+from app.schemas import RunSpec
 
 router = APIRouter(prefix="/api/v1", tags=["api"])
 
@@ -37,9 +38,7 @@ def submit_run(*, session: SessionDep, spec: RunSpec) -> Run:
     except (redis.RedisError, OSError) as exc:
         session.delete(run)
         session.commit()
-        raise HTTPException(
-            503, f"the task queue (Redis) is unreachable, so the run was not created: {exc}"
-        ) from exc
+        raise HTTPException(503, f"the task queue (Redis) is unreachable, so the run was not created: {exc}") from exc
     return run
 
 
@@ -142,9 +141,7 @@ def start_merge(*, session: SessionDep, run_id: str, dtype: str) -> Artifact:
         except (redis.RedisError, OSError) as exc:
             session.delete(artifact)
             session.commit()
-            raise HTTPException(
-                503, f"the task queue (Redis) is unreachable, so no merge was queued: {exc}"
-            ) from exc
+            raise HTTPException(503, f"the task queue (Redis) is unreachable, so no merge was queued: {exc}") from exc
     return artifact
 
 

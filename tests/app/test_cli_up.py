@@ -45,7 +45,8 @@ def test_up_serves_the_form_and_ctrl_c_stops_every_child(tmp_path: Path) -> None
         assert httpx.get(url + "/healthz", timeout=10).json()["ok"] is True
         children = psutil.Process(up.pid).children(recursive=True)
         names = " ".join(" ".join(child.cmdline()) for child in children)
-        assert "redis-server" in names and "celery" in names and "uvicorn" in names
+        assert "redis-server" in names and "uvicorn" in names
+        assert "-Q train,merge" in names and "-Q inspect" in names
         assert (tmp_path / "data" / "loradeck.db").is_file()
 
         up.send_signal(signal.SIGINT)

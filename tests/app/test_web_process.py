@@ -15,9 +15,6 @@ def test_importing_the_web_app_imports_no_ml_library() -> None:
 
 
 def test_app_never_imports_worker() -> None:
-    code = (
-        "import sys, app.main, app.cli; "
-        "print(any(m == 'worker' or m.startswith('worker.') for m in sys.modules))"
-    )
+    code = "import sys, app.main, app.cli; print(any(m == 'worker' or m.startswith('worker.') for m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

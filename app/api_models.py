@@ -1,0 +1,68 @@
+"""Shapes of the JSON API's answers (RunSpec, what a run is made of, lives in app/schemas.py)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RunOut(BaseModel):
+    """A run as the API returns it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    status: str
+    spec: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    worker: str | None
+    params_all: int | None
+    params_trainable: int | None
+    params_percent: float | None
+    step: int
+    max_steps: int | None
+    last_loss: float | None
+
+
+class MetricOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    step: int
+    kind: str
+    time: float
+    epoch: float | None
+    loss: float | None
+    learning_rate: float | None
+    grad_norm: float | None
+    tokens_per_sec: float | None
+    tokens_seen: int | None
+
+
+class ArtifactOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    run_id: str
+    kind: str
+    status: str
+    size_bytes: int | None
+    sha256: str | None
+    files: list[dict[str, Any]] | None
+    details: dict[str, Any] | None
+    error: str | None
+    created_at: datetime
+    download_url: str | None = None
+
+
+class MergeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="auto", description="dtype of the merged weights; auto: the base model's own dtype."
+    )
