@@ -18,8 +18,8 @@ quick: install
 	$(PY) -m pytest -m "not browser and not slow" -q
 
 lint: install
-	$(VENV)/bin/ruff check app worker tests bench migrations
-	$(VENV)/bin/ruff format --check app worker tests bench migrations
+	$(VENV)/bin/ruff check app worker tests migrations $(wildcard bench)
+	$(VENV)/bin/ruff format --check app worker tests migrations $(wildcard bench)
 	$(VENV)/bin/mypy app worker
 
 install: $(STAMP)

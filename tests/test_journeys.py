@@ -58,9 +58,7 @@ class SSECollector(threading.Thread):
                     data = json.loads(line[6:])
                     self.events.append((event_id, name, data))
                     if name == "metric" and len(self.status_at_metric) < 3:
-                        self.status_at_metric.append(
-                            client.get(f"/api/v1/runs/{self.run_id}").json()["status"]
-                        )
+                        self.status_at_metric.append(client.get(f"/api/v1/runs/{self.run_id}").json()["status"])
                     if name == "done":
                         return
 
@@ -89,9 +87,7 @@ def test_qlora_run_streams_metrics_then_merges_and_downloads(stack: Stack, tmp_p
     collector.start()
 
     final = wait_for(
-        lambda: (
-            (r := client.get(f"/api/v1/runs/{run['id']}").json())["status"] in ("succeeded", "failed") and r
-        ),
+        lambda: (r := client.get(f"/api/v1/runs/{run['id']}").json())["status"] in ("succeeded", "failed") and r,
         timeout=300,
         what="the run to finish",
     )
@@ -150,9 +146,7 @@ def test_qlora_run_streams_metrics_then_merges_and_downloads(stack: Stack, tmp_p
 def test_events_resume_after_last_event_id(stack: Stack) -> None:
     """A reconnect with Last-Event-ID gets exactly the events after it, nothing twice."""
     client = stack.client()
-    run = client.post(
-        "/api/v1/runs", json={"method": "lora", "max_steps": 5, "per_device_train_batch_size": 2}
-    ).json()
+    run = client.post("/api/v1/runs", json={"method": "lora", "max_steps": 5, "per_device_train_batch_size": 2}).json()
     wait_for(
         lambda: client.get(f"/api/v1/runs/{run['id']}").json()["status"] in ("succeeded", "failed"),
         timeout=180,

@@ -44,9 +44,7 @@ class EventPublisher:
             events.publish(self.client, self.run_id, event, data, maxlen=self.maxlen)
         except redis.RedisError as exc:
             if self._down_since is None:
-                log.warning(
-                    "live events paused, Redis is unreachable (%s); the database keeps the metrics", exc
-                )
+                log.warning("live events paused, Redis is unreachable (%s); the database keeps the metrics", exc)
             self._down_since = now
             return
         if self._down_since is not None:
@@ -93,9 +91,7 @@ class MetricsCallback(TrainerCallback):
         point = self.point_from_log(state, logs or {})
         if point is None:
             return
-        log.info(
-            "step %d %s loss %s lr %s", point["step"], point["kind"], point["loss"], point["learning_rate"]
-        )
+        log.info("step %d %s loss %s lr %s", point["step"], point["kind"], point["loss"], point["learning_rate"])
         self.publisher.publish("metric", point)
         self._pending.append(point)
         if time.monotonic() - self._last_flush >= FLUSH_EVERY_S:
@@ -139,9 +135,7 @@ class MetricsCallback(TrainerCallback):
         with self.sessions() as session:
             runs.add_metrics(session=session, run_id=self.run_id, points=points)
 
-    def on_step_end(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> None:
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         now = time.monotonic()
         if now - self._last_cancel_check < CANCEL_CHECK_EVERY_S:
             return

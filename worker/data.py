@@ -48,9 +48,7 @@ def read_rows(path: str | Path, limit: int | None = None) -> list[Row]:
             if len(rows) == limit:
                 break
     if not rows:
-        raise DatasetError(
-            f"dataset {path.name}: no rows; each line should be a JSON object with prompt, completion"
-        )
+        raise DatasetError(f"dataset {path.name}: no rows; each line should be a JSON object with prompt, completion")
     return rows
 
 
@@ -106,9 +104,7 @@ class TokenizedDataset(Dataset[dict[str, list[int]]]):
         return self.examples[index]
 
 
-def load_dataset(
-    path: str | Path, tokenizer: PreTrainedTokenizerBase, max_seq_length: int
-) -> TokenizedDataset:
+def load_dataset(path: str | Path, tokenizer: PreTrainedTokenizerBase, max_seq_length: int) -> TokenizedDataset:
     """Read, check and tokenize a JSONL dataset. Rows whose prompt fills max_seq_length are dropped."""
     examples: list[dict[str, list[int]]] = []
     dropped: list[int] = []

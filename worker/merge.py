@@ -57,9 +57,7 @@ def merge_artifact(artifact_id: str) -> None:
         run_id, spec, dtype = run.id, dict(run.spec), (artifact.details or {}).get("dtype", "auto")
 
     publisher = EventPublisher(settings.redis_url, run_id, maxlen=settings.stream_maxlen)
-    publisher.publish(
-        "artifact", {"id": artifact_id, "kind": artifact.kind, "status": ArtifactStatus.running}
-    )
+    publisher.publish("artifact", {"id": artifact_id, "kind": artifact.kind, "status": ArtifactStatus.running})
     values: dict[str, Any]
     try:
         values = _merge(run_id, spec, dtype, settings.runs_dir / run_id, settings.allow_trust_remote_code)
@@ -110,9 +108,7 @@ def _merge(run_id: str, spec: dict[str, Any], dtype: str, run_dir: Path, trust: 
 
     max_abs_diff = max(float((m - a).abs().max()) for m, a in zip(merged_logits, adapter_logits, strict=True))
     base_diff = max(float((m - b).abs().max()) for m, b in zip(merged_logits, base_logits, strict=True))
-    log.info(
-        "merge check, %d prompts: max_abs_diff=%.3g base_diff=%.3g", len(inputs), max_abs_diff, base_diff
-    )
+    log.info("merge check, %d prompts: max_abs_diff=%.3g base_diff=%.3g", len(inputs), max_abs_diff, base_diff)
     if not max_abs_diff < SAME_TOLERANCE:
         raise MergeError(
             f"the merged model's logits differ from adapter-on-base by {max_abs_diff:.3g} "

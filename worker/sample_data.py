@@ -182,9 +182,7 @@ def format_address(fields: dict[str, str | None]) -> str:
 
 
 def format_row(fields: dict[str, str | None]) -> dict[str, str]:
-    completion = json.dumps(
-        {name: fields[name] for name in FIELDS}, ensure_ascii=False, separators=(",", ":")
-    )
+    completion = json.dumps({name: fields[name] for name in FIELDS}, ensure_ascii=False, separators=(",", ":"))
     return {"prompt": f"{PROMPT_PREFIX}{format_address(fields)}\n", "completion": completion}
 
 
@@ -235,9 +233,7 @@ def _write_jsonl(path: Path, rows: list[dict[str, str]]) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def write_sample_dataset(
-    out_dir: Path, *, n_train: int = 2000, n_eval: int = 200, seed: int = 1234
-) -> dict[str, Path]:
+def write_sample_dataset(out_dir: Path, *, n_train: int = 2000, n_eval: int = 200, seed: int = 1234) -> dict[str, Path]:
     """Write train.jsonl and eval.jsonl under out_dir; returns {"train": path, "eval": path}."""
     out_dir.mkdir(parents=True, exist_ok=True)
     train, eval_ = dataset_splits(n_train=n_train, n_eval=n_eval, seed=seed)

@@ -18,9 +18,7 @@ def plotted_points(page: Page) -> int:
     return int(page.locator("#loss-chart").get_attribute("data-points") or 0)
 
 
-def test_form_starts_a_qlora_run_the_chart_grows_and_merge_downloads(
-    stack: Stack, page: Page, tmp_path: Path
-) -> None:
+def test_form_starts_a_qlora_run_the_chart_grows_and_merge_downloads(stack: Stack, page: Page, tmp_path: Path) -> None:
     page.goto(stack.url + "/runs/new")
     expect(page.locator("#f-method")).to_have_value("qlora")
     page.fill("#f-name", "browser qlora")
@@ -31,14 +29,10 @@ def test_form_starts_a_qlora_run_the_chart_grows_and_merge_downloads(
     expect(page.locator("h1")).to_have_text("browser qlora")
 
     # The chart gains points while the run trains, not only at the end.
-    page.wait_for_function(
-        "Number(document.querySelector('#loss-chart').dataset.points) >= 2", timeout=180_000
-    )
+    page.wait_for_function("Number(document.querySelector('#loss-chart').dataset.points) >= 2", timeout=180_000)
     first = plotted_points(page)
     expect(page.locator("#run-status")).to_have_text("running")
-    page.wait_for_function(
-        f"Number(document.querySelector('#loss-chart').dataset.points) > {first}", timeout=60_000
-    )
+    page.wait_for_function(f"Number(document.querySelector('#loss-chart').dataset.points) > {first}", timeout=60_000)
     expect(page.locator("#params-trainable")).not_to_have_text("–")
     expect(page.locator("#run-status")).to_have_text("succeeded", timeout=180_000)
     assert plotted_points(page) == 40

@@ -53,9 +53,7 @@ def test_long_rows_are_cut_to_max_seq_length(tokenizer: PreTrainedTokenizerBase)
     assert tokenizer.eos_token_id not in example["input_ids"]
 
 
-def test_rows_with_no_room_for_the_completion_are_skipped(
-    tokenizer: PreTrainedTokenizerBase, tmp_path: Path
-) -> None:
+def test_rows_with_no_room_for_the_completion_are_skipped(tokenizer: PreTrainedTokenizerBase, tmp_path: Path) -> None:
     short = json.dumps({"prompt": "臺北\n", "completion": "{}"}, ensure_ascii=False)
     long = json.dumps({"prompt": PROMPT * 4, "completion": COMPLETION}, ensure_ascii=False)
     path = _write_jsonl(tmp_path / "train.jsonl", [short, long])
@@ -75,9 +73,7 @@ def test_rows_with_no_room_for_the_completion_are_skipped(
         ('["x", "y"]', "expected a JSON object"),
     ],
 )
-def test_a_bad_line_is_reported_with_its_file_and_line_number(
-    tmp_path: Path, bad_line: str, why: str
-) -> None:
+def test_a_bad_line_is_reported_with_its_file_and_line_number(tmp_path: Path, bad_line: str, why: str) -> None:
     good = json.dumps({"prompt": PROMPT, "completion": COMPLETION}, ensure_ascii=False)
     path = _write_jsonl(tmp_path / "train.jsonl", [good, "", bad_line, good])
 

@@ -68,9 +68,7 @@ def test_merged_model_loads_with_stock_transformers_and_matches_adapter_on_base(
         merged_logits = AutoModelForCausalLM.from_pretrained(run_dir / "merged").eval()(input_ids=ids).logits
         base = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, dtype=torch.float32).eval()
         base_logits = base(input_ids=ids).logits
-        adapter_logits = (
-            PeftModel.from_pretrained(base, str(run_dir / "adapter")).eval()(input_ids=ids).logits
-        )
+        adapter_logits = PeftModel.from_pretrained(base, str(run_dir / "adapter")).eval()(input_ids=ids).logits
     assert (merged_logits - adapter_logits).abs().max() < 1e-3
     assert (merged_logits - base_logits).abs().max() > 1e-6
 

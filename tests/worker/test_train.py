@@ -62,13 +62,9 @@ def _stock_qlora_counts() -> tuple[int, int]:
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.float32,
     )
-    base = AutoModelForCausalLM.from_pretrained(
-        TINY_MODEL_DIR, quantization_config=quantization, device_map="cpu"
-    )
+    base = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, quantization_config=quantization, device_map="cpu")
     base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
-    config = LoraConfig(
-        r=8, lora_alpha=16, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"
-    )
+    config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
     return get_peft_model(base, config).get_nb_trainable_parameters()
 
 
@@ -180,9 +176,7 @@ def test_unknown_target_module_fails_with_the_models_module_names(loradeck_env: 
     assert "params" not in kinds and kinds[-3:] == ["log", "status", "done"]
 
 
-def test_a_bad_dataset_line_fails_the_run_naming_the_line(
-    loradeck_env: dict[str, str], tmp_path: Path
-) -> None:
+def test_a_bad_dataset_line_fails_the_run_naming_the_line(loradeck_env: dict[str, str], tmp_path: Path) -> None:
     lines = TRAIN.read_text(encoding="utf-8").splitlines()[:5]
     lines[3] = '{"prompt": "解析地址：臺北市\\n", "answer": "{}"}'
     dataset = tmp_path / "broken.jsonl"
@@ -196,9 +190,7 @@ def test_a_bad_dataset_line_fails_the_run_naming_the_line(
     assert run.error == "dataset broken.jsonl line 4: missing completion"
 
 
-def test_training_goes_on_when_redis_is_down(
-    loradeck_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_training_goes_on_when_redis_is_down(loradeck_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     run_id = _create_run(max_steps=4)
     monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     get_settings.cache_clear()
