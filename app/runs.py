@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.models import Artifact, ArtifactKind, ArtifactStatus, Metric, Run, RunStatus, utcnow
@@ -99,6 +99,15 @@ def add_metrics(*, session: Session, run_id: str, points: Sequence[dict[str, Any
         values["last_loss"] = float(max(losses, key=lambda point: point["step"])["loss"])
     session.execute(update(Run).where(Run.id == run_id).values(**values))
     session.commit()
+
+
+def truncate_metrics(*, session: Session, run_id: str, after_step: int) -> int:
+    """Drop the metric points past `after_step` (steps a resumed run will train again); returns how many."""
+    result = session.execute(delete(Metric).where(Metric.run_id == run_id, Metric.step > after_step))
+    newest = session.scalar(select(func.max(Metric.step)).where(Metric.run_id == run_id))
+    session.execute(update(Run).where(Run.id == run_id).values(step=newest or 0))
+    session.commit()
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def request_cancel(*, session: Session, run_id: str) -> Run:
