@@ -20,7 +20,7 @@ quick: install
 lint: install
 	$(VENV)/bin/ruff check app worker tests migrations $(wildcard bench)
 	$(VENV)/bin/ruff format --check app worker tests migrations $(wildcard bench)
-	$(VENV)/bin/mypy app worker
+	$(VENV)/bin/mypy app worker $(wildcard bench)
 
 install: $(STAMP)
 
