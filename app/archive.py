@@ -38,31 +38,58 @@ def _header(name: str, size: int) -> bytes:
     return info.tobuf(format=tarfile.PAX_FORMAT)
 
 
-def tar_size(root: Path, files: list[str], prefix: str) -> int:
-    """Exact byte length of `tar_stream(root, files, prefix)`."""
-    total = 0
-    for name in files:
-        size = (root / name).stat().st_size
-        total += len(_header(f"{prefix}/{name}", size)) + size + (-size % BLOCK)
-    return total + 2 * BLOCK
+Segment = tuple[bytes, None] | tuple[Path, int]
 
 
-def tar_stream(root: Path, files: list[str], prefix: str) -> Iterator[bytes]:
-    """Yield a tar archive of `files` (relative to root), each under `prefix/`, chunk by chunk."""
+def _segments(root: Path, files: list[str], prefix: str) -> Iterator[Segment]:
+    """The archive as a sequence of literal bytes (headers, padding) and whole files (path, size)."""
     for name in files:
         path = root / name
         size = path.stat().st_size
-        yield _header(f"{prefix}/{name}", size)
-        sent = 0
-        with path.open("rb") as handle:
-            while sent < size and (chunk := handle.read(min(CHUNK, size - sent))):
-                sent += len(chunk)
-                yield chunk
-        if sent != size:
-            raise OSError(f"{path} changed size while it was being archived")
+        yield _header(f"{prefix}/{name}", size), None
+        yield path, size
         if size % BLOCK:
-            yield b"\0" * (BLOCK - size % BLOCK)
-    yield b"\0" * (2 * BLOCK)
+            yield b"\0" * (BLOCK - size % BLOCK), None
+    yield b"\0" * (2 * BLOCK), None
+
+
+def _length(segment: Segment) -> int:
+    data, size = segment
+    return len(data) if isinstance(data, bytes) else int(size or 0)
+
+
+def tar_size(root: Path, files: list[str], prefix: str) -> int:
+    """Exact byte length of `tar_stream(root, files, prefix)`."""
+    return sum(_length(segment) for segment in _segments(root, files, prefix))
+
+
+def tar_stream(root: Path, files: list[str], prefix: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    """Yield bytes [start, end) of a tar archive of `files` (relative to root), each under `prefix/`.
+
+    The archive is the same bytes every time, so a broken download resumes with a Range request.
+    """
+    position = 0
+    for segment in _segments(root, files, prefix):
+        length = _length(segment)
+        lo, hi = max(start - position, 0), length if end is None else min(end - position, length)
+        position += length
+        if lo >= hi:
+            if end is not None and position >= end:
+                return
+            continue
+        data, _ = segment
+        if isinstance(data, bytes):
+            yield data[lo:hi]
+            continue
+        with data.open("rb") as handle:
+            handle.seek(lo)
+            remaining = hi - lo
+            while remaining > 0:
+                chunk = handle.read(min(CHUNK, remaining))
+                if not chunk:
+                    raise OSError(f"{data} shrank while it was being archived")
+                remaining -= len(chunk)
+                yield chunk
 
 
 def describe_tree(root: Path, prefix: str) -> dict[str, Any]:

@@ -161,11 +161,11 @@ def list_artifacts(run_id: str, session: SessionDep) -> list[ArtifactOut]:
 
 @router.get("/artifacts/{artifact_id}/download", response_model=None)
 def download_artifact(
-    artifact_id: str, session: SessionDep, settings: SettingsDep, file: str | None = None
+    artifact_id: str, request: Request, session: SessionDep, settings: SettingsDep, file: str | None = None
 ) -> Response:
     """The artifact as one streamed tar archive, or one of its files (`?file=`, with Range support)."""
     try:
         artifact = runs.get_artifact(session=session, artifact_id=artifact_id)
     except runs.NotFound as exc:
         raise HTTPException(404, str(exc)) from exc
-    return download_response(artifact, settings, file)
+    return download_response(artifact, settings, request, file)
