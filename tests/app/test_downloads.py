@@ -114,8 +114,8 @@ def test_downloads_stay_inside_the_artifact(server: str, artifact: Artifact, lor
         for name in ("../../../loradeck.db", "/etc/passwd", "link", "missing.bin"):
             response = client.get("/api/v1/artifacts/art1/download", params={"file": name})
             assert response.status_code == 404, name
-        archive = tarfile.open(fileobj=io.BytesIO(client.get("/api/v1/artifacts/art1/download").content))
-        assert archive.getnames() == ["run1-merged/config.json", "run1-merged/model.safetensors"]
+        with tarfile.open(fileobj=io.BytesIO(client.get("/api/v1/artifacts/art1/download").content)) as archive:
+            assert archive.getnames() == ["run1-merged/config.json", "run1-merged/model.safetensors"]
         assert client.get("/api/v1/artifacts/nope/download").status_code == 404
 
 
