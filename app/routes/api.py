@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from typing import Annotated
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
 import redis
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from app import runs
 from app.api_models import ArtifactOut, MergeRequest, MetricOut, RunOut
 from app.deps import SessionDep, SettingsDep
 from app.downloads import download_response
 from app.events import Event, follow
-from app.models import Artifact, Metric, Run, RunStatus
+from app.metrics import metric_points
+from app.models import Artifact, Run, RunStatus
 from app.queue import enqueue_merge, enqueue_train
+from app.run_files import checkpoints, log_tail
 from app.schemas import RunSpec
 
 router = APIRouter(prefix="/api/v1", tags=["api"])
@@ -69,12 +71,33 @@ def get_run(run_id: str, session: SessionDep) -> RunOut:
     return RunOut.model_validate(lookup_run(session, run_id))
 
 
-@router.get("/runs/{run_id}/metrics")
-def get_metrics(run_id: str, session: SessionDep, after_step: int = -1) -> list[MetricOut]:
-    """The run's metric points so far, by step; `after_step` returns only the newer ones."""
+@router.get("/runs/{run_id}/metrics", response_model=list[MetricOut])
+def get_metrics(
+    run_id: str,
+    session: SessionDep,
+    after_step: int = -1,
+    max_points: Annotated[int | None, Query(ge=10, le=100_000)] = None,
+) -> JSONResponse:
+    """The run's metric points so far, by step; `after_step` returns only the newer ones, `max_points`
+    averages a long history into that many buckets for drawing (the database keeps every point)."""
     lookup_run(session, run_id)
-    points: Sequence[Metric] = runs.list_metrics(session=session, run_id=run_id, after_step=after_step)
-    return [MetricOut.model_validate(point) for point in points]
+    return JSONResponse(metric_points(session=session, run_id=run_id, after_step=after_step, max_points=max_points))
+
+
+@router.get("/runs/{run_id}/log")
+def get_log(
+    run_id: str, session: SessionDep, settings: SettingsDep, lines: Annotated[int, Query(ge=1, le=5000)] = 200
+) -> dict[str, list[str]]:
+    """The last lines of the run's training log."""
+    lookup_run(session, run_id)
+    return {"lines": log_tail(settings, run_id, lines)}
+
+
+@router.get("/runs/{run_id}/checkpoints")
+def get_checkpoints(run_id: str, session: SessionDep, settings: SettingsDep) -> list[dict[str, Any]]:
+    """The run's checkpoints (to resume from), oldest first, with step and size."""
+    lookup_run(session, run_id)
+    return checkpoints(settings, run_id)
 
 
 @router.get("/runs/{run_id}/events")
