@@ -10,11 +10,14 @@ from sqlalchemy.orm import Session
 
 from app.config import REPO_ROOT, Settings, get_settings
 from app.db import get_db
+from app.runs import duration, progress_of
 
 SessionDep = Annotated[Session, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 templates = Jinja2Templates(directory=str(REPO_ROOT / "templates"))
+templates.env.globals["progress_of"] = progress_of
+templates.env.filters["duration"] = duration
 
 
 def is_htmx(request: Request) -> bool:

@@ -28,6 +28,24 @@ BASIC_FIELDS = (
 )
 
 
+# Starting points offered above the form; each is RunSpec's defaults plus these values.
+PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "qlora": ("QLoRA (default)", {}),
+    "lora": ("LoRA", {"method": "lora", "quantization": "none", "r": 16, "lora_alpha": 32}),
+    "smoke": (
+        "Quick smoke test",
+        {"max_steps": 5, "per_device_train_batch_size": 2, "max_seq_length": 64, "save_steps": 0},
+    ),
+}
+
+
+def preset_values() -> dict[str, dict[str, Any]]:
+    """Every preset as the full set of form values it puts in the form."""
+    defaults = {name: _display(value) for name, value in RunSpec.model_construct().model_dump().items()}
+    defaults.pop("name")  # a preset keeps the name the user typed
+    return {key: defaults | {k: _display(v) for k, v in values.items()} for key, (_, values) in PRESETS.items()}
+
+
 @dataclass
 class FormField:
     name: str
@@ -104,6 +122,8 @@ def form_context(values: dict[str, Any], errors: dict[str, str] | None = None) -
         "basic": fields[: len(BASIC_FIELDS)],
         "advanced": fields[len(BASIC_FIELDS) :],
         "errors": errors or {},
+        "presets": [(key, label) for key, (label, _) in PRESETS.items()],
+        "preset_values": preset_values(),
     }
 
 

@@ -8,12 +8,14 @@ from fastapi.staticfiles import StaticFiles
 
 from app.config import REPO_ROOT
 from app.health import health
-from app.routes import api, pages
+from app.routes import api, compare, pages, workers
 
 app = FastAPI(title="loradeck", version="0.1.0", docs_url="/api/docs", openapi_url="/api/v1/openapi.json")
 app.mount("/static", StaticFiles(directory=REPO_ROOT / "static"), name="static")
 app.include_router(api.router)
 app.include_router(pages.router)
+app.include_router(compare.router)
+app.include_router(workers.router)
 
 
 @app.get("/healthz", tags=["api"])

@@ -40,11 +40,25 @@ def get_run(*, session: Session, run_id: str) -> Run:
     return run
 
 
-def list_runs(*, session: Session, status: str | None = None, limit: int = 100, offset: int = 0) -> Sequence[Run]:
+def list_runs(
+    *, session: Session, status: str | None = None, search: str | None = None, limit: int = 100, offset: int = 0
+) -> Sequence[Run]:
+    """Runs, newest first; `search` matches part of the name, case-insensitively."""
     query = select(Run).order_by(Run.created_at.desc(), Run.id.desc()).limit(limit).offset(offset)
     if status:
         query = query.where(Run.status == status)
+    if search:
+        escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(Run.name.ilike(f"%{escaped}%", escape="\\"))
     return session.scalars(query).all()
+
+
+def queue_positions(*, session: Session) -> dict[str, int]:
+    """Queued run id -> its place in the queue (1 trains next)."""
+    queued = session.scalars(
+        select(Run.id).where(Run.status == RunStatus.queued).order_by(Run.created_at, Run.id)
+    ).all()
+    return {run_id: position for position, run_id in enumerate(queued, start=1)}
 
 
 def list_metrics(*, session: Session, run_id: str, after_step: int = -1) -> Sequence[Metric]:
@@ -164,3 +178,30 @@ def count_runs(*, session: Session, status: str | None = None) -> int:
     if status:
         query = query.where(Run.status == status)
     return int(session.scalar(query) or 0)
+
+
+def progress_of(run: Run, now: datetime) -> dict[str, float | None]:
+    """Share done, seconds elapsed and an ETA from the pace so far (None where it cannot be known)."""
+    total = run.max_steps if run.max_steps and run.max_steps > 0 else None
+    percent = min(100.0, 100.0 * run.step / total) if total else None
+    if run.started_at is None:
+        return {"percent": percent, "elapsed": None, "eta": None}
+    started = run.started_at if run.started_at.tzinfo else run.started_at.replace(tzinfo=UTC)
+    finished = run.finished_at or now
+    finished = finished if finished.tzinfo else finished.replace(tzinfo=UTC)
+    elapsed = max(0.0, (finished - started).total_seconds())
+    eta = None
+    if run.status == RunStatus.running and total and run.step:
+        eta = elapsed / run.step * (total - run.step)
+    return {"percent": percent, "elapsed": elapsed, "eta": eta}
+
+
+def duration(seconds: float | None) -> str:
+    """12s, 3m 04s, 2h 05m."""
+    if seconds is None:
+        return "–"
+    whole = int(seconds)
+    hours, minutes, secs = whole // 3600, whole % 3600 // 60, whole % 60
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"

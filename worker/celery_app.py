@@ -9,8 +9,10 @@ broker always agree. No ML library is imported here: the tasks import them when 
 from __future__ import annotations
 
 import os
+import time
+from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
 from app.config import get_settings
 from app.queue import celery_config
@@ -23,3 +25,35 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 app = Celery("loradeck", include=["worker.tasks"])
 app.conf.update(celery_config(get_settings()))
+
+
+_heartbeat: Any = None
+
+
+@signals.worker_ready.connect
+def _register(sender: Any, **_: Any) -> None:
+    """Announce this worker (queues, GPUs) and keep announcing it while it lives."""
+    global _heartbeat
+    from worker.registry import Heartbeat
+
+    queues = sorted(queue.name for queue in sender.task_consumer.queues)
+    _heartbeat = Heartbeat(sender.hostname, queues)
+    _heartbeat.start()
+
+
+@signals.worker_shutdown.connect
+def _unregister(**_: Any) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()
+
+
+@signals.task_prerun.connect
+def _task_started(task: Any = None, args: Any = None, **_: Any) -> None:
+    if _heartbeat is not None and task is not None:
+        _heartbeat.set_task({"name": task.name, "args": list(args or []), "since": time.time()})
+
+
+@signals.task_postrun.connect
+def _task_finished(**_: Any) -> None:
+    if _heartbeat is not None:
+        _heartbeat.set_task(None)

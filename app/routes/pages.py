@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import redis
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
@@ -13,8 +13,9 @@ from app import runs
 from app.deps import SessionDep, SettingsDep, is_htmx, templates
 from app.events import last_event_id
 from app.forms import form_context, form_values, validation_errors
-from app.models import RunStatus
+from app.models import RunStatus, utcnow
 from app.routes.api import artifact_out, lookup_run, start_merge, submit_run
+from app.run_files import checkpoints, log_tail
 from app.schemas import RunSpec
 
 router = APIRouter(include_in_schema=False)
@@ -24,24 +25,40 @@ def render(request: Request, name: str, context: dict[str, Any], status_code: in
     return templates.TemplateResponse(request, name, context, status_code=status_code)
 
 
+def runs_context(session: SessionDep, status: str | None, q: str | None) -> dict[str, Any]:
+    listed = runs.list_runs(session=session, status=status or None, search=q or None, limit=200)
+    return {
+        "runs": listed,
+        "positions": runs.queue_positions(session=session),
+        "status": status or "",
+        "q": q or "",
+        "statuses": RunStatus,
+        "now": utcnow(),
+    }
+
+
 @router.get("/", response_class=HTMLResponse)
-def runs_page(request: Request, session: SessionDep, status: str | None = None) -> HTMLResponse:
-    """All runs, newest first."""
-    return render(
-        request,
-        "runs.html",
-        {
-            "runs": runs.list_runs(session=session, status=status, limit=200),
-            "status": status,
-            "statuses": RunStatus,
-        },
-    )
+def runs_page(request: Request, session: SessionDep, status: str | None = None, q: str | None = None) -> HTMLResponse:
+    """All runs, newest first, with filters; the table refreshes itself."""
+    return render(request, "runs.html", runs_context(session, status, q))
+
+
+@router.get("/runs/table", response_class=HTMLResponse)
+def runs_table(request: Request, session: SessionDep, status: str | None = None, q: str | None = None) -> HTMLResponse:
+    """The runs table alone, polled by the runs page."""
+    return render(request, "_runs_table.html", runs_context(session, status, q))
 
 
 @router.get("/runs/new", response_class=HTMLResponse)
-def new_run_page(request: Request) -> HTMLResponse:
-    """The new-run form, filled with RunSpec's defaults."""
-    return render(request, "new_run.html", form_context({}))
+def new_run_page(
+    request: Request, session: SessionDep, from_run: Annotated[str | None, Query(alias="from")] = None
+) -> HTMLResponse:
+    """The new-run form, with RunSpec's defaults or, to duplicate a run, with that run's spec."""
+    values: dict[str, Any] = {}
+    if from_run:
+        source = lookup_run(session, from_run)
+        values = dict(source.spec) | {"name": f"{source.name} (copy)"}
+    return render(request, "new_run.html", form_context(values) | {"source": from_run})
 
 
 @router.post("/runs", response_class=HTMLResponse, response_model=None)
@@ -70,7 +87,7 @@ async def submit_run_form(request: Request, session: SessionDep) -> Response:
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
 def run_page(request: Request, run_id: str, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
     """One run: status, parameter card, live loss chart, artifacts."""
-    run = lookup_run(session, run_id)
+    lookup_run(session, run_id)
     # The chart first draws the stored metrics, then follows the live stream from this id on.
     try:
         client = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
@@ -78,25 +95,36 @@ def run_page(request: Request, run_id: str, session: SessionDep, settings: Setti
         client.close()
     except redis.RedisError:
         stream_id = "0-0"
+    context = artifacts_context(session, settings, run_id) | {"stream_id": stream_id}
+    return render(request, "run.html", context)
+
+
+def artifacts_context(session: SessionDep, settings: SettingsDep, run_id: str) -> dict[str, Any]:
+    run = lookup_run(session, run_id)
     artifacts = [artifact_out(a) for a in runs.list_artifacts(session=session, run_id=run_id)]
-    return render(request, "run.html", {"run": run, "artifacts": artifacts, "stream_id": stream_id})
+    return {"run": run, "artifacts": artifacts, "checkpoints": checkpoints(settings, run_id)}
 
 
 @router.get("/runs/{run_id}/artifacts", response_class=HTMLResponse)
-def artifacts_fragment(request: Request, run_id: str, session: SessionDep) -> HTMLResponse:
-    """The artifacts panel, refreshed by htmx when an artifact event arrives."""
-    run = lookup_run(session, run_id)
-    artifacts = [artifact_out(a) for a in runs.list_artifacts(session=session, run_id=run_id)]
-    return render(request, "_artifacts.html", {"run": run, "artifacts": artifacts})
+def artifacts_fragment(request: Request, run_id: str, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
+    """The artifacts and checkpoints panel, refreshed by htmx when an artifact event arrives."""
+    return render(request, "_artifacts.html", artifacts_context(session, settings, run_id))
+
+
+@router.get("/runs/{run_id}/log", response_class=HTMLResponse)
+def log_fragment(request: Request, run_id: str, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
+    """The last lines of the run's training log."""
+    lookup_run(session, run_id)
+    return render(request, "_log.html", {"lines": log_tail(settings, run_id, 80)})
 
 
 @router.post("/runs/{run_id}/merge", response_class=HTMLResponse, response_model=None)
-def merge_form(request: Request, run_id: str, session: SessionDep) -> Response:
+def merge_form(request: Request, run_id: str, session: SessionDep, settings: SettingsDep) -> Response:
     """ "Merge & download": queue the merge; the panel shows its progress and then the download."""
     start_merge(session=session, run_id=run_id, dtype="auto")
     if not is_htmx(request):
         return RedirectResponse(f"/runs/{run_id}", status_code=303)
-    return artifacts_fragment(request, run_id, session)
+    return artifacts_fragment(request, run_id, session, settings)
 
 
 @router.post("/runs/{run_id}/cancel", response_class=HTMLResponse, response_model=None)

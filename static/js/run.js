@@ -1,100 +1,186 @@
-// The run page: draws the stored loss history, then follows the run's server-sent events.
+// The run page: draws the stored history, then follows the run's server-sent events.
 // Points are deduplicated by step, so the overlap between the history and the stream is harmless.
 (function () {
   "use strict";
   const root = document.getElementById("run");
   if (!root) return;
   const runId = root.dataset.runId;
-  const chartEl = document.getElementById("loss-chart");
-  const series = { train: { steps: [], loss: [] }, eval: { steps: [], loss: [] } };
+  const FINISHED = ["succeeded", "failed", "cancelled"];
+  const points = { train: [], eval: [] };
   const lastStep = { train: -1, eval: -1 };
-  let chart = null;
+  const charts = {};
   let redrawQueued = false;
   let mergeRequested = false;
 
-  function fmt(value, digits) {
-    return value === null || value === undefined ? "–" : Number(value).toFixed(digits);
+  const $ = (id) => document.getElementById(id);
+  const fmt = (v, digits) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
+
+  function duration(seconds) {
+    if (!isFinite(seconds) || seconds < 0) return "–";
+    const h = Math.floor(seconds / 3600), m = Math.floor((seconds % 3600) / 60), s = Math.floor(seconds % 60);
+    return h ? `${h}h ${m}m` : m ? `${m}m ${s}s` : `${s}s`;
   }
 
-  function chartData() {
-    // uPlot wants one shared x array: merge train and eval steps, with nulls where a series has no point.
-    const steps = Array.from(new Set(series.train.steps.concat(series.eval.steps))).sort((a, b) => a - b);
-    const lookup = (s) => {
-      const byStep = new Map(s.steps.map((step, i) => [step, s.loss[i]]));
-      return steps.map((step) => (byStep.has(step) ? byStep.get(step) : null));
-    };
-    return [steps, lookup(series.train), lookup(series.eval)];
+  // --- chart data -------------------------------------------------------------------------------
+  function xOf(p) {
+    const mode = $("x-axis").value;
+    if (mode === "time") return p.time;
+    if (mode === "tokens") return p.tokens_seen;
+    return p.step;
   }
 
-  function makeChart() {
-    const width = Math.max(320, chartEl.clientWidth || 640);
-    chart = new uPlot(
+  function ema(values, alpha) {
+    // Debiased exponential moving average, as TensorBoard draws it.
+    const out = [];
+    let last = 0, weight = 0;
+    for (const v of values) {
+      if (v === null) { out.push(null); continue; }
+      last = alpha * last + (1 - alpha) * v;
+      weight = alpha * weight + (1 - alpha);
+      out.push(last / weight);
+    }
+    return out;
+  }
+
+  function lossData() {
+    // uPlot wants one shared, sorted x array: train and eval points merge on it, nulls where absent.
+    const rows = points.train.map((p) => [xOf(p), p.loss, null]).concat(points.eval.map((p) => [xOf(p), null, p.loss]));
+    const usable = rows.filter((r) => r[0] !== null && r[0] !== undefined).sort((a, b) => a[0] - b[0]);
+    const train = usable.map((r) => r[1]);
+    const alpha = Number($("smoothing").value);
+    const smooth = ema(train, alpha).map((v, i) => (train[i] === null ? null : v));
+    return [usable.map((r) => r[0]), train, smooth, usable.map((r) => r[2])];
+  }
+
+  function panelData(field) {
+    const usable = points.train.filter((p) => p[field] !== null && p[field] !== undefined && xOf(p) !== null);
+    return [usable.map(xOf), usable.map((p) => p[field])];
+  }
+
+  function xLabel() {
+    return { step: "step", time: "seconds", tokens: "tokens seen" }[$("x-axis").value];
+  }
+
+  function makeLossChart() {
+    const el = $("loss-chart");
+    const log = $("y-scale").value === "log";
+    return new uPlot(
       {
-        width: width,
-        height: 300,
-        scales: { x: { time: false } },
-        axes: [{ label: "step" }, { label: "loss" }],
+        width: Math.max(320, el.clientWidth || 640),
+        height: 320,
+        scales: { x: { time: false }, y: log ? { distr: 3 } : {} },
+        axes: [{ label: xLabel() }, { label: "loss" }],
         series: [
-          { label: "step" },
-          { label: "train loss", stroke: "#2563eb", width: 2, spanGaps: true },
-          { label: "eval loss", stroke: "#dc2626", width: 2, spanGaps: true, points: { show: true } },
+          { label: xLabel() },
+          { label: "train loss (raw)", stroke: "rgba(37,99,235,0.35)", width: 1, spanGaps: true },
+          { label: "train loss (smoothed)", stroke: "#2563eb", width: 2, spanGaps: true },
+          { label: "eval loss", stroke: "#dc2626", width: 2, spanGaps: true, points: { show: true, size: 6 } },
         ],
       },
-      chartData(),
-      chartEl
+      lossData(),
+      el
     );
-    window.addEventListener("resize", () => chart.setSize({ width: Math.max(320, chartEl.clientWidth), height: 300 }));
+  }
+
+  function makePanel(id, field, label, color) {
+    const el = $(id);
+    return new uPlot(
+      {
+        width: Math.max(240, el.clientWidth || 300),
+        height: 160,
+        scales: { x: { time: false } },
+        legend: { show: false },
+        axes: [{}, { size: 60 }],
+        series: [{ label: xLabel() }, { label: label, stroke: color, width: 1.5, spanGaps: true }],
+      },
+      panelData(field),
+      el
+    );
+  }
+
+  const PANELS = [
+    ["lr-chart", "learning_rate", "learning rate", "#7c3aed"],
+    ["grad-chart", "grad_norm", "grad norm", "#059669"],
+    ["tps-chart", "tokens_per_sec", "tokens/s", "#d97706"],
+  ];
+
+  function rebuild() {
+    // Axis mode or scale changes rebuild the charts; new points only replace their data.
+    for (const key of Object.keys(charts)) { charts[key].destroy(); delete charts[key]; }
+    redraw();
   }
 
   function redraw() {
     redrawQueued = false;
-    if (!chart) makeChart();
-    else chart.setData(chartData());
-    chartEl.dataset.points = String(series.train.steps.length + series.eval.steps.length);
+    if (!charts.loss) {
+      charts.loss = makeLossChart();
+      for (const [id, field, label, color] of PANELS) charts[id] = makePanel(id, field, label, color);
+    } else {
+      charts.loss.setData(lossData());
+      for (const [id, field] of PANELS) charts[id].setData(panelData(field));
+    }
+    $("loss-chart").dataset.points = String(points.train.length + points.eval.length);
   }
 
-  function addPoint(point) {
-    const kind = point.kind === "eval" ? "eval" : "train";
-    if (point.loss === null || point.loss === undefined || point.step <= lastStep[kind]) return;
-    lastStep[kind] = point.step;
-    series[kind].steps.push(point.step);
-    series[kind].loss.push(point.loss);
+  function queueRedraw() {
+    if (!redrawQueued) { redrawQueued = true; requestAnimationFrame(redraw); }
+  }
+
+  window.addEventListener("resize", () => {
+    if (charts.loss) charts.loss.setSize({ width: Math.max(320, $("loss-chart").clientWidth), height: 320 });
+    for (const [id] of PANELS) if (charts[id]) charts[id].setSize({ width: Math.max(240, $(id).clientWidth), height: 160 });
+  });
+
+  // --- live state -------------------------------------------------------------------------------
+  function addPoint(p) {
+    const kind = p.kind === "eval" ? "eval" : "train";
+    if (p.step <= lastStep[kind]) return;
+    lastStep[kind] = p.step;
+    points[kind].push(p);
     if (kind === "train") {
-      document.getElementById("run-step").textContent = point.step;
-      document.getElementById("run-loss").textContent = fmt(point.loss, 4);
-      if (point.tokens_per_sec) document.getElementById("run-throughput").textContent = fmt(point.tokens_per_sec, 0);
+      $("run-step").textContent = p.step;
+      if (p.loss !== null) $("run-loss").textContent = fmt(p.loss, 4);
+      if (p.tokens_per_sec) $("run-throughput").textContent = fmt(p.tokens_per_sec, 0);
+      updateEta(p);
     }
-    if (!redrawQueued) {
-      redrawQueued = true;
-      requestAnimationFrame(redraw);
-    }
+    queueRedraw();
+  }
+
+  function updateEta(p) {
+    const max = Number(root.dataset.maxSteps || 0);
+    if (!max || !p.time || !p.step) return;
+    $("run-elapsed").textContent = duration(p.time);
+    $("run-eta").textContent = FINISHED.includes(root.dataset.status) ? "–" : duration((p.time / p.step) * (max - p.step));
+    const bar = $("run-progress");
+    if (bar) bar.value = p.step;
   }
 
   function setStatus(status, error) {
     root.dataset.status = status;
-    const badge = document.getElementById("run-status");
+    const badge = $("run-status");
     badge.textContent = status;
     badge.className = "badge badge-" + status;
     if (error) {
-      const box = document.getElementById("run-error");
-      box.textContent = error;
-      box.hidden = false;
+      $("run-error").textContent = error;
+      $("run-error").hidden = false;
     }
-    if (!["queued", "running", "interrupted"].includes(status)) {
-      const cancel = document.getElementById("cancel-form");
+    if (FINISHED.includes(status)) {
+      const cancel = $("cancel-form");
       if (cancel) cancel.remove();
+      $("run-eta").textContent = "–";
+      refresh("log-tail");
     }
   }
 
   function setParams(p) {
-    document.getElementById("params-all").textContent = Number(p.all).toLocaleString("en-US");
-    document.getElementById("params-trainable").textContent = Number(p.trainable).toLocaleString("en-US");
-    document.getElementById("params-percent").textContent = fmt(p.percent, 4);
+    $("params-all").textContent = Number(p.all).toLocaleString("en-US");
+    $("params-trainable").textContent = Number(p.trainable).toLocaleString("en-US");
+    $("params-percent").textContent = fmt(p.percent, 4);
   }
 
-  function refreshArtifacts() {
-    const panel = document.getElementById("artifacts");
-    if (window.htmx) htmx.trigger(panel, "refresh");
+  function refresh(id) {
+    const el = $(id);
+    if (el && window.htmx) htmx.trigger(el, "refresh");
   }
 
   // "Merge & download" is one click: once the merged model is ready, its download starts by itself.
@@ -103,11 +189,8 @@
   });
   document.body.addEventListener("htmx:afterSwap", (e) => {
     if (!mergeRequested || e.target.id !== "artifacts") return;
-    const link = document.getElementById("download-merged");
-    if (link) {
-      mergeRequested = false;
-      link.click();
-    }
+    const link = $("download-merged");
+    if (link) { mergeRequested = false; link.click(); }
   });
 
   function follow(afterId) {
@@ -117,30 +200,38 @@
     source.addEventListener("status", (e) => {
       const data = JSON.parse(e.data);
       setStatus(data.status, data.error);
-      if (data.status !== "running") refreshArtifacts();
     });
-    source.addEventListener("artifact", () => refreshArtifacts());
+    source.addEventListener("log", () => refresh("log-tail"));
+    source.addEventListener("checkpoint", () => refresh("artifacts"));
+    source.addEventListener("artifact", () => refresh("artifacts"));
     source.addEventListener("done", (e) => {
       const data = JSON.parse(e.data);
       if (data.status) setStatus(data.status, data.error);
-      refreshArtifacts();
+      refresh("artifacts");
       source.close();
     });
-    return source;
   }
 
   async function start() {
     const afterId = root.dataset.streamId || "0-0";
-    const response = await fetch(`/api/v1/runs/${runId}/metrics`);
+    // Long histories come bucketed for drawing; the live tail then adds every new point.
+    const response = await fetch(`/api/v1/runs/${runId}/metrics?max_points=2000`);
     if (response.ok) (await response.json()).forEach(addPoint);
     redraw();
-    if (!["succeeded", "failed", "cancelled"].includes(root.dataset.status)) follow(afterId);
+    if (!FINISHED.includes(root.dataset.status)) follow(afterId);
   }
 
-  // A merge reports after the run's stream has ended: refresh the panel while one is in progress.
+  for (const id of ["x-axis", "y-scale"]) $(id).addEventListener("change", rebuild);
+  $("smoothing").addEventListener("input", () => {
+    $("smoothing-value").textContent = Number($("smoothing").value).toFixed(2);
+    queueRedraw();
+  });
+
+  // A merge reports after the run's stream has ended, and the log grows while it runs: poll both.
   setInterval(() => {
-    if (document.getElementById("merge-progress")) refreshArtifacts();
-  }, 1500);
+    if ($("merge-progress")) refresh("artifacts");
+    if (!FINISHED.includes(root.dataset.status)) refresh("log-tail");
+  }, 2000);
 
   start();
 })();
