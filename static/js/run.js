@@ -90,12 +90,19 @@
         height: 160,
         scales: { x: { time: false } },
         legend: { show: false },
-        axes: [{}, { size: 60 }],
+        axes: [{}, { size: 64, values: (u, vals) => vals.map(tick) }],
         series: [{ label: xLabel() }, { label: label, stroke: color, width: 1.5, spanGaps: true }],
       },
       panelData(field),
       el
     );
+  }
+
+  function tick(v) {
+    // Learning rates live around 1e-4: plain decimals would print them all as 0.
+    if (v === null) return "";
+    const a = Math.abs(v);
+    return a !== 0 && (a < 0.01 || a >= 1e5) ? v.toExponential(1) : String(+v.toFixed(3));
   }
 
   const PANELS = [
