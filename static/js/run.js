@@ -195,6 +195,10 @@
     if (e.target && e.target.id === "merge-button") mergeRequested = true;
   });
   document.body.addEventListener("htmx:afterSwap", (e) => {
+    if (e.target.id === "log-tail") {
+      const pre = e.target.querySelector("pre");
+      if (pre) pre.scrollTop = pre.scrollHeight; // follow the newest lines
+    }
     if (!mergeRequested || e.target.id !== "artifacts") return;
     const link = $("download-merged");
     if (link) { mergeRequested = false; link.click(); }
