@@ -47,6 +47,10 @@ class Settings(BaseSettings):
         default=False,
         description="Let runs load models whose code lives in the model repository. Off: only stock code.",
     )
+    max_upload_bytes: int = Field(
+        default=2 * 1024**3,
+        description="Largest dataset file an upload may be; a larger one is refused before it is stored.",
+    )
     stream_maxlen: int = Field(
         default=20_000,
         description="Events kept per run in its Redis Stream (older ones stay in the database).",
@@ -61,6 +65,10 @@ class Settings(BaseSettings):
     @property
     def runs_dir(self) -> Path:
         return self.data_dir.resolve() / "runs"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir.resolve() / "datasets"
 
 
 @lru_cache

@@ -8,7 +8,7 @@ from fastapi.staticfiles import StaticFiles
 
 from app.config import REPO_ROOT
 from app.health import health
-from app.routes import api, compare, pages, workers
+from app.routes import api, compare, datasets, pages, workers
 
 app = FastAPI(title="loradeck", version="0.1.0", docs_url="/api/docs", openapi_url="/api/v1/openapi.json")
 app.mount("/static", StaticFiles(directory=REPO_ROOT / "static"), name="static")
@@ -16,6 +16,7 @@ app.include_router(api.router)
 app.include_router(pages.router)
 app.include_router(compare.router)
 app.include_router(workers.router)
+app.include_router(datasets.router)
 
 
 @app.get("/healthz", tags=["api"])

@@ -23,6 +23,20 @@ DATASET_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 CHAT_TEMPLATES = ("auto", "chatml", "llama-3", "zephyr", "alpaca")
 
 
+def check_base_model(value: str) -> str:
+    """A local model directory (resolved) or a hub id; anything else is refused with what to give."""
+    if not value:
+        raise ValueError("base_model is empty: give a local model directory or a hub id like org/name")
+    path = Path(value).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"base_model: {value} is a directory without config.json")
+        return str(path.resolve())
+    if HUB_ID.match(value) and not value.startswith((".", "/")):
+        return value
+    raise ValueError(f"base_model: {value} is neither a local model directory nor a hub id (org/name)")
+
+
 class Method(StrEnum):
     lora = "lora"
     qlora = "qlora"
@@ -177,16 +191,7 @@ class RunSpec(BaseModel):
     @field_validator("base_model")
     @classmethod
     def _base_model_exists(cls, value: str) -> str:
-        if not value:
-            raise ValueError("base_model is empty: give a local model directory or a hub id like org/name")
-        path = Path(value).expanduser()
-        if path.is_dir():
-            if not (path / "config.json").is_file():
-                raise ValueError(f"base_model: {value} is a directory without config.json")
-            return str(path.resolve())
-        if HUB_ID.match(value) and not value.startswith((".", "/")):
-            return value
-        raise ValueError(f"base_model: {value} is neither a local model directory nor a hub id (org/name)")
+        return check_base_model(value)
 
     @field_validator("dataset", "eval_dataset")
     @classmethod

@@ -102,6 +102,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
         "REDIS_URL": redis_url.rsplit("/", 1)[0] + f"/{db_index}",
         "DATABASE_URL": os.environ.get("LORADECK_TEST_DATABASE_URL", ""),
         "PYTHONUNBUFFERED": "1",
+        "LORADECK_MAX_UPLOAD_BYTES": str(5 * 1024**2),
     }
     subprocess.run([sys.executable, "-m", "app.cli", "migrate"], env=env, cwd=REPO, check=True)
     worker_log = root / "worker.log"

@@ -23,7 +23,7 @@ from app.queue import celery_config
 # and about 10% longer when the cores are free. An operator's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-app = Celery("loradeck", include=["worker.tasks"])
+app = Celery("loradeck", include=["worker.tasks", "worker.dataset_tasks"])
 app.conf.update(celery_config(get_settings()))
 
 

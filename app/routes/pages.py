@@ -15,6 +15,7 @@ from app.events import last_event_id
 from app.forms import form_context, form_values, validation_errors
 from app.models import RunStatus, utcnow
 from app.routes.api import artifact_out, lookup_run, start_merge, submit_run
+from app.routes.datasets import dataset_choices
 from app.run_files import checkpoints, log_tail
 from app.schemas import RunSpec
 
@@ -53,12 +54,18 @@ def runs_table(request: Request, session: SessionDep, status: str | None = None,
 def new_run_page(
     request: Request, session: SessionDep, from_run: Annotated[str | None, Query(alias="from")] = None
 ) -> HTMLResponse:
-    """The new-run form, with RunSpec's defaults or, to duplicate a run, with that run's spec."""
+    """The new-run form: RunSpec's defaults, a past run's spec (duplicate), or fields given in the query."""
     values: dict[str, Any] = {}
     if from_run:
         source = lookup_run(session, from_run)
         values = dict(source.spec) | {"name": f"{source.name} (copy)"}
-    return render(request, "new_run.html", form_context(values) | {"source": from_run})
+    values |= {name: request.query_params[name] for name in RunSpec.model_fields if name in request.query_params}
+    return render(request, "new_run.html", form_context(values) | {"source": from_run} | choices(session))
+
+
+def choices(session: SessionDep) -> dict[str, Any]:
+    """Suggestions for the form's path fields: the sample and the uploaded datasets."""
+    return {"datalists": {"dataset": dataset_choices(session), "eval_dataset": dataset_choices(session)}}
 
 
 @router.post("/runs", response_class=HTMLResponse, response_model=None)
@@ -71,13 +78,13 @@ async def submit_run_form(request: Request, session: SessionDep) -> Response:
         errors = validation_errors(exc)
         # Everything the user typed stays in the form; each error sits under its field.
         template = "_run_form.html" if is_htmx(request) else "new_run.html"
-        return render(request, template, form_context(values, errors), 422)
+        return render(request, template, form_context(values, errors) | choices(session), 422)
     try:
         run = submit_run(session=session, spec=spec)
     except HTTPException as exc:
         errors = {"form": str(exc.detail)}
         template = "_run_form.html" if is_htmx(request) else "new_run.html"
-        return render(request, template, form_context(values, errors), exc.status_code)
+        return render(request, template, form_context(values, errors) | choices(session), exc.status_code)
     url = f"/runs/{run.id}"
     if is_htmx(request):
         return Response(status_code=204, headers={"HX-Redirect": url})

@@ -1,0 +1,96 @@
+"""Uploaded datasets: streamed to disk with a size limit, stored once by content hash, described by a worker."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.models import Dataset
+
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+SAFE_NAME = re.compile(r"[^\w.\- ]+")
+
+
+class UploadRefused(ValueError):
+    """The upload cannot be stored; the message says what to fix."""
+
+
+def clean_filename(filename: str) -> tuple[str, str]:
+    """A display name and the file's suffix, from an uploaded file name (any path in it is dropped)."""
+    base = Path(filename.replace("\\", "/")).name.strip()
+    suffix = Path(base).suffix.lower()
+    if suffix not in SUFFIXES:
+        raise UploadRefused(f"file: {base or 'the file'} is not one of {', '.join(SUFFIXES)}")
+    return SAFE_NAME.sub("_", base)[:200], suffix
+
+
+async def store_upload(
+    *, chunks: AsyncIterator[bytes], filename: str, settings: Settings
+) -> tuple[Path, str, int, str]:
+    """Write the upload to a temporary file while hashing and counting it; refuse it past the size limit.
+
+    Returns (temporary path, sha256, size, suffix); the caller moves it into place or deletes it.
+    """
+    _, suffix = clean_filename(filename)
+    settings.datasets_dir.mkdir(parents=True, exist_ok=True)
+    digest, size = hashlib.sha256(), 0
+    handle, name = tempfile.mkstemp(dir=settings.datasets_dir, prefix=".upload-", suffix=suffix)
+    temporary = Path(name)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > settings.max_upload_bytes:
+                    limit = settings.max_upload_bytes / 1024**2
+                    raise UploadRefused(f"file: larger than the {limit:,.0f} MiB upload limit (max_upload_bytes)")
+                digest.update(chunk)
+                out.write(chunk)
+        if size == 0:
+            raise UploadRefused("file: the file is empty")
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return temporary, digest.hexdigest(), size, suffix
+
+
+def final_path(settings: Settings, sha256: str, suffix: str) -> Path:
+    return settings.datasets_dir / f"{sha256}{suffix}"
+
+
+def find_by_hash(*, session: Session, sha256: str) -> Dataset | None:
+    return session.scalar(select(Dataset).where(Dataset.sha256 == sha256))
+
+
+def add_dataset(
+    *, session: Session, name: str, filename: str, sha256: str, path: Path, size: int, description: dict[str, Any]
+) -> Dataset:
+    dataset = Dataset(
+        name=name,
+        filename=filename,
+        sha256=sha256,
+        path=str(path),
+        size_bytes=size,
+        rows=description.get("rows"),
+        shape=description.get("shape"),
+        description=description,
+    )
+    session.add(dataset)
+    session.commit()
+    return dataset
+
+
+def list_datasets(*, session: Session) -> Sequence[Dataset]:
+    return session.scalars(select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id)).all()
+
+
+def get_dataset(*, session: Session, dataset_id: str) -> Dataset | None:
+    return session.get(Dataset, dataset_id)
