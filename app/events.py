@@ -74,3 +74,25 @@ async def follow(
                 event = _decode(entry_id, fields)
                 cursor = event.id
                 yield event
+
+
+async def position_before_step(client: aioredis.Redis, run_id: str, step: int, *, page: int = 500) -> str:
+    """A stream id from which following replays every metric past `step` (and a few before it, which the
+    page skips by step): the newest metric event below `step`, found by reading the stream backwards.
+
+    The page draws the stored history first; the database lags the stream by up to a flush interval, so
+    following from "after the newest event when the page was drawn" would skip the points in that gap.
+    """
+    key = stream_key(run_id)
+    upper = "+"
+    while True:
+        entries: Any = await client.xrevrange(key, max=upper, min="-", count=page)
+        if not entries:
+            return "0-0"
+        for entry_id, fields in entries:
+            event = _decode(entry_id, fields)
+            if event.event == "metric" and int(event.data.get("step", 0)) < step:
+                return event.id
+        if len(entries) < page:
+            return "0-0"
+        upper = "(" + _decode(*entries[-1]).id

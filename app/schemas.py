@@ -259,6 +259,13 @@ class RunSpec(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _packing_needs_positions(self) -> RunSpec:
+        # Packed rows are kept apart by their position ids, which prompt tuning's virtual tokens discard.
+        if self.packing and self.method == Method.prompt_tuning:
+            raise ValueError("packing: not with method prompt_tuning (its virtual tokens drop position ids)")
+        return self
+
+    @model_validator(mode="after")
     def _length_of_training(self) -> RunSpec:
         if self.max_steps == 0:
             raise ValueError("max_steps: 0 trains nothing; give a step count, or -1 to train num_train_epochs")

@@ -15,7 +15,7 @@ from app import runs
 from app.api_models import ArtifactOut, MergeRequest, MetricOut, RunOut
 from app.deps import SessionDep, SettingsDep
 from app.downloads import download_response
-from app.events import Event, follow
+from app.events import Event, follow, position_before_step
 from app.metrics import metric_points
 from app.models import Artifact, Run, RunStatus
 from app.queue import enqueue_merge, enqueue_train
@@ -107,17 +107,24 @@ async def run_events(
     session: SessionDep,
     settings: SettingsDep,
     last_event_id: Annotated[str | None, Query()] = None,
+    after_step: Annotated[int | None, Query(ge=0)] = None,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> StreamingResponse:
-    """Server-sent events of the run: status, params, metric, log, checkpoint, artifact, done."""
+    """Server-sent events of the run: status, params, metric, log, checkpoint, artifact, done.
+
+    Resumes after `Last-Event-ID` (or `?last_event_id=`); `?after_step=N` starts just before the metric
+    points past step N, for a page that has drawn the stored history up to N."""
     run = lookup_run(session, run_id)
     finished = RunStatus(run.status).finished
     session.close()
     after = last_event_id_header or last_event_id or "0-0"
 
     async def stream() -> AsyncIterator[str]:
+        nonlocal after
         client = aioredis.Redis.from_url(settings.redis_url)
         try:
+            if after_step is not None and not last_event_id_header:
+                after = await position_before_step(client, run_id, after_step)
             yield "retry: 2000\n\n"
             # A finished run's stream is complete: send what is left and close, never wait.
             async for event in follow(client, run_id, after, block_ms=1 if finished else 15_000):

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import redis
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
 from app import runs
 from app.deps import SessionDep, SettingsDep, is_htmx, templates
-from app.events import last_event_id
 from app.forms import form_context, form_values, validation_errors
 from app.models import RunStatus, utcnow
 from app.routes.api import artifact_out, lookup_run, start_merge, submit_run
@@ -94,16 +92,8 @@ async def submit_run_form(request: Request, session: SessionDep) -> Response:
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
 def run_page(request: Request, run_id: str, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
     """One run: status, parameter card, live loss chart, artifacts."""
-    lookup_run(session, run_id)
-    # The chart first draws the stored metrics, then follows the live stream from this id on.
-    try:
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
-        stream_id = last_event_id(client, run_id)
-        client.close()
-    except redis.RedisError:
-        stream_id = "0-0"
-    context = artifacts_context(session, settings, run_id) | {"stream_id": stream_id}
-    return render(request, "run.html", context)
+    # The page draws the stored metrics, then follows the live stream from the newest stored step.
+    return render(request, "run.html", artifacts_context(session, settings, run_id))
 
 
 def artifacts_context(session: SessionDep, settings: SettingsDep, run_id: str) -> dict[str, Any]:

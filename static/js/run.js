@@ -145,6 +145,7 @@
     lastStep[kind] = p.step;
     points[kind].push(p);
     if (kind === "train") {
+      if (root.dataset.status === "queued") setStatus("running");
       $("run-step").textContent = p.step;
       if (p.loss !== null) $("run-loss").textContent = fmt(p.loss, 4);
       if (p.tokens_per_sec) $("run-throughput").textContent = fmt(p.tokens_per_sec, 0);
@@ -204,8 +205,9 @@
     if (link) { mergeRequested = false; link.click(); }
   });
 
-  function follow(afterId) {
-    const source = new EventSource(`/api/v1/runs/${runId}/events?last_event_id=${encodeURIComponent(afterId)}`);
+  function follow() {
+    // From just before the newest stored point: the stream replays what the database has not caught up on.
+    const source = new EventSource(`/api/v1/runs/${runId}/events?after_step=${Math.max(0, lastStep.train)}`);
     source.addEventListener("metric", (e) => addPoint(JSON.parse(e.data)));
     source.addEventListener("params", (e) => setParams(JSON.parse(e.data)));
     source.addEventListener("status", (e) => {
@@ -224,12 +226,11 @@
   }
 
   async function start() {
-    const afterId = root.dataset.streamId || "0-0";
     // Long histories come bucketed for drawing; the live tail then adds every new point.
     const response = await fetch(`/api/v1/runs/${runId}/metrics?max_points=2000`);
     if (response.ok) (await response.json()).forEach(addPoint);
     redraw();
-    if (!FINISHED.includes(root.dataset.status)) follow(afterId);
+    if (!FINISHED.includes(root.dataset.status)) follow();
   }
 
   for (const id of ["x-axis", "y-scale"]) $(id).addEventListener("change", rebuild);

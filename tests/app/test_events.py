@@ -1,0 +1,62 @@
+"""The run's event stream against a real Redis: publishing, following, and where a page resumes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis
+import redis.asyncio as aioredis
+
+from app.events import Event, follow, position_before_step, publish
+
+
+def _fill(client: redis.Redis, run_id: str) -> None:
+    client.delete(f"loradeck:run:{run_id}:events")
+    publish(client, run_id, "status", {"status": "running"}, maxlen=10_000)
+    for step in range(1, 1201):
+        publish(client, run_id, "metric", {"step": step, "kind": "train", "loss": 1.0}, maxlen=10_000)
+        if step % 400 == 0:
+            publish(client, run_id, "metric", {"step": step, "kind": "eval", "loss": 2.0}, maxlen=10_000)
+    publish(client, run_id, "done", {"status": "succeeded"}, maxlen=10_000)
+
+
+async def _collect(url: str, run_id: str, after: str) -> list[Event]:
+    client = aioredis.Redis.from_url(url)
+    events = []
+    async for event in follow(client, run_id, after, block_ms=1):
+        if event is None:
+            break
+        events.append(event)
+    await client.aclose()
+    return events
+
+
+async def _position(url: str, run_id: str, step: int) -> str:
+    client = aioredis.Redis.from_url(url)
+    try:
+        return await position_before_step(client, run_id, step)
+    finally:
+        await client.aclose()
+
+
+def test_following_from_a_step_replays_every_later_point_once(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    _fill(client, "s1")
+    for drawn_up_to in (0, 1, 30, 799, 800, 1199):
+        position = asyncio.run(_position(redis_url, "s1", drawn_up_to))
+        events = asyncio.run(_collect(redis_url, "s1", position))
+        train = [e.data["step"] for e in events if e.event == "metric" and e.data["kind"] == "train"]
+        # Starts right after the newest point below the drawn one: the drawn step itself (skipped by the
+        # page), then every later point; nothing past it is missed.
+        assert train == list(range(max(drawn_up_to, 1), 1201))
+        assert events[-1].event == "done"
+
+
+def test_publish_refuses_unknown_event_types(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        publish(client, "s2", "metrics", {}, maxlen=10)
+    except ValueError as exc:
+        assert "unknown event type 'metrics'" in str(exc)
+    else:
+        raise AssertionError("an unknown event type was published")
