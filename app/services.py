@@ -32,9 +32,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def start_redis(*, port: int, directory: Path, persist: bool = True) -> subprocess.Popen[bytes]:
     """Start a private redis-server on 127.0.0.1:port, files in `directory`; return once it answers."""
     directory.mkdir(parents=True, exist_ok=True)
+    if not port_is_free(port):
+        raise RuntimeError(
+            f"port {port} is already in use, so loradeck cannot start its private Redis there: stop what "
+            f"listens on it, or set REDIS_URL to a Redis server to use instead"
+        )
     args = [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
     args += ["--appendonly", "yes"] if persist else ["--save", "", "--appendonly", "no"]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
