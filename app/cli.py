@@ -52,9 +52,46 @@ def run_in_worker_package(command: str, argv: list[str]) -> int:
     os.execv(sys.executable, [sys.executable, "-m", "worker.cli", command, *argv])
 
 
-def cmd_web(args: argparse.Namespace) -> int:
+def bind(args: argparse.Namespace) -> tuple[str, int]:
+    """Where the web app listens; the web process reads the same host to decide whether login is needed."""
+    from app.security import login_problem
+
     settings = get_settings()
-    os.execv(sys.executable, web_command(args.host or settings.host, args.port or settings.port))
+    host, port = args.host or settings.host, args.port or settings.port
+    os.environ["LORADECK_HOST"] = host
+    get_settings.cache_clear()
+    problem = login_problem(get_settings())
+    if problem:
+        raise SystemExit(f"loradeck: {problem}")
+    return host, port
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    host, port = bind(args)
+    os.execv(sys.executable, web_command(host, port))
+
+
+def cmd_hash_password(_: argparse.Namespace) -> int:
+    import getpass
+
+    from app.security import hash_password
+
+    password = getpass.getpass("admin password: ")
+    if len(password) < 12:
+        raise SystemExit("loradeck: use at least 12 characters")
+    if getpass.getpass("again: ") != password:
+        raise SystemExit("loradeck: the two passwords differ")
+    print(f"LORADECK_ADMIN_PASSWORD_HASH='{hash_password(password)}'")
+    return 0
+
+
+def cmd_token(_: argparse.Namespace) -> int:
+    from app.security import new_api_token
+
+    token, digest = new_api_token()
+    print(f"API token (shown once; send as `Authorization: Bearer <token>`):\n  {token}")
+    print(f"add its digest to LORADECK_API_TOKEN_HASHES (comma-separated):\n  {digest}")
+    return 0
 
 
 class Supervisor:
@@ -101,8 +138,8 @@ def wait_for_web(url: str, web: subprocess.Popen[bytes], timeout: float = 60.0) 
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    host, port = bind(args)
     settings = get_settings()
-    host, port = args.host or settings.host, args.port or settings.port
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     from app.db import migrate
 
@@ -158,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated queues: {TRAINER_QUEUES} (default; one task at a time) or {INSPECTOR_QUEUES}",
     )
     commands.add_parser("migrate", help="apply the database migrations")
+    commands.add_parser("hash-password", help="hash an admin password for LORADECK_ADMIN_PASSWORD_HASH")
+    commands.add_parser("token", help="make an API token and the digest to allow it")
     commands.add_parser("train", help="train a run from a spec file (YAML or JSON), without the web", add_help=False)
     commands.add_parser("estimate", help="parameter counts and memory estimate for a spec file", add_help=False)
     commands.add_parser("validate-dataset", help="check a dataset file row by row and describe it", add_help=False)
@@ -165,7 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in WORKER_COMMANDS:
         return run_in_worker_package(argv[0], argv[1:])
     args = parser.parse_args(argv)
-    handlers = {"up": cmd_up, "web": cmd_web, "worker": cmd_worker, "migrate": cmd_migrate}
+    handlers = {
+        "up": cmd_up,
+        "web": cmd_web,
+        "worker": cmd_worker,
+        "migrate": cmd_migrate,
+        "hash-password": cmd_hash_password,
+        "token": cmd_token,
+    }
     return handlers[args.command](args)
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSETS_DIR = REPO_ROOT / "assets"
@@ -51,10 +52,58 @@ class Settings(BaseSettings):
         default=2 * 1024**3,
         description="Largest dataset file an upload may be; a larger one is refused before it is stored.",
     )
+    allow_pickle_weights: bool = Field(
+        default=False,
+        description="Let runs read weights from pickle files (.bin, .pt), which can run code. Off: safetensors only.",
+    )
+    model_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Extra directories local base models may lie under (comma-separated), beside assets/ "
+        "and the data dir; any other local path is refused. Hub ids are always allowed.",
+    )
+    dataset_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Extra directories dataset files may lie under (comma-separated), beside assets/ and the "
+        "data dir; any other path is refused.",
+    )
+    require_login: bool = Field(
+        default=False,
+        description="Ask for the admin password (pages) or an API token (JSON API) even on 127.0.0.1. "
+        "Always on when the web app is bound to any other address.",
+    )
+    admin_password_hash: str = Field(
+        default="",
+        description="The admin password, hashed by `loradeck hash-password` (scrypt). Needed to bind beyond 127.0.0.1.",
+    )
+    api_token_hashes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="sha256 digests of the API tokens the JSON API accepts (comma-separated); "
+        "`loradeck token` makes a token and its digest.",
+    )
     stream_maxlen: int = Field(
         default=20_000,
         description="Events kept per run in its Redis Stream (older ones stay in the database).",
     )
+
+    @field_validator("model_roots", "dataset_roots", "api_token_hashes", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def allowed_model_roots(self) -> list[Path]:
+        return [
+            ASSETS_DIR.resolve(),
+            self.data_dir.resolve(),
+            *(root.expanduser().resolve() for root in self.model_roots),
+        ]
+
+    @property
+    def allowed_dataset_roots(self) -> list[Path]:
+        extra = [root.expanduser().resolve() for root in self.dataset_roots]
+        return [ASSETS_DIR.resolve(), self.data_dir.resolve(), *extra]
 
     @property
     def resolved_database_url(self) -> str:

@@ -42,12 +42,17 @@ def _clear_caches() -> None:
 
 
 @pytest.fixture
-def loradeck_env(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    """Settings pointing at a fresh data dir (SQLite, migrated) and the session's Redis."""
+def loradeck_env(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, str]]:
+    """Settings pointing at a fresh data dir (SQLite, migrated) and the session's Redis; models and
+    datasets that tests write to their temporary directories are allowed."""
     env = {
         "LORADECK_DATA_DIR": str(tmp_path / "data"),
         "REDIS_URL": redis_url,
         "DATABASE_URL": os.environ.get("LORADECK_TEST_DATABASE_URL", ""),
+        "LORADECK_MODEL_ROOTS": str(tmp_path_factory.getbasetemp()),
+        "LORADECK_DATASET_ROOTS": str(tmp_path_factory.getbasetemp()),
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -103,6 +108,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
         "DATABASE_URL": os.environ.get("LORADECK_TEST_DATABASE_URL", ""),
         "PYTHONUNBUFFERED": "1",
         "LORADECK_MAX_UPLOAD_BYTES": str(5 * 1024**2),
+        "LORADECK_MODEL_ROOTS": str(tmp_path_factory.getbasetemp()),
+        "LORADECK_DATASET_ROOTS": str(tmp_path_factory.getbasetemp()),
     }
     subprocess.run([sys.executable, "-m", "app.cli", "migrate"], env=env, cwd=REPO, check=True)
     worker_log = root / "worker.log"

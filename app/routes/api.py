@@ -13,11 +13,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from app import runs
 from app.api_models import ArtifactOut, MergeRequest, MetricOut, RunOut
+from app.config import get_settings
 from app.deps import SessionDep, SettingsDep
 from app.downloads import download_response
 from app.events import Event, follow, position_before_step
 from app.metrics import metric_points
 from app.models import Artifact, Run, RunStatus
+from app.paths import spec_path_problems
 from app.queue import enqueue_merge, enqueue_train
 from app.run_files import checkpoints, log_tail
 from app.schemas import RunSpec
@@ -32,8 +34,17 @@ def artifact_out(artifact: Artifact) -> ArtifactOut:
     return out
 
 
+def refuse_paths_outside_roots(spec: RunSpec) -> None:
+    """422 in the shape of a validation error, naming each field whose path lies outside the allowed roots."""
+    problems = spec_path_problems(spec, get_settings())
+    if problems:
+        detail = [{"loc": ["body", name], "msg": message, "type": "value_error"} for name, message in problems.items()]
+        raise HTTPException(422, detail)
+
+
 def submit_run(*, session: SessionDep, spec: RunSpec) -> Run:
     """Store the run and queue it. If the queue is unreachable, nothing is kept and the caller is told."""
+    refuse_paths_outside_roots(spec)
     run = runs.create_run(session=session, spec=spec)
     try:
         enqueue_train(run.id)

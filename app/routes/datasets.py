@@ -12,9 +12,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
 from app import datasets
-from app.config import SAMPLE_DATASET_DIR, Settings
+from app.config import SAMPLE_DATASET_DIR, Settings, get_settings
 from app.deps import SessionDep, SettingsDep, is_htmx, templates
 from app.models import Dataset
+from app.paths import model_path_problem
 from app.queue import DESCRIBE_DATASET_TASK, InspectUnavailable, ask_inspector
 from app.schemas import check_base_model
 
@@ -43,6 +44,9 @@ def _describe(path: Path, filename: str, base_model: str, max_seq_length: int) -
         base_model = check_base_model(base_model)
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from exc
+    outside = model_path_problem(base_model, get_settings())
+    if outside:
+        raise HTTPException(422, outside)
     if not 8 <= max_seq_length <= 1_048_576:
         raise HTTPException(422, "max_seq_length: must be between 8 and 1048576")
     payload = {"path": str(path), "base_model": base_model, "max_seq_length": max_seq_length}

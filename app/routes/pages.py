@@ -80,7 +80,11 @@ async def submit_run_form(request: Request, session: SessionDep) -> Response:
     try:
         run = submit_run(session=session, spec=spec)
     except HTTPException as exc:
-        errors = {"form": str(exc.detail)}
+        detail = exc.detail
+        if isinstance(detail, list):  # fields refused after validation, e.g. a path outside the roots
+            errors = {str(item["loc"][-1]): str(item["msg"]) for item in detail}
+        else:
+            errors = {"form": str(detail)}
         template = "_run_form.html" if is_htmx(request) else "new_run.html"
         return render(request, template, form_context(values, errors) | choices(session), exc.status_code)
     url = f"/runs/{run.id}"
