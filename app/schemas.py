@@ -9,6 +9,7 @@ fields lives in one validator below that names the fields in its message.
 from __future__ import annotations
 
 import re
+import unicodedata
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -187,6 +188,16 @@ class RunSpec(BaseModel):
     @classmethod
     def _strip(cls, value: str) -> str:
         return value.strip()
+
+    @field_validator("name", "prompt_tuning_init_text")
+    @classmethod
+    def _printable(cls, value: str, info: ValidationInfo) -> str:
+        # Control and bidirectional-override characters hide what a name says; refuse them.
+        hidden = [ch for ch in value if unicodedata.category(ch) in ("Cc", "Cf") and ch not in "\n\t"]
+        if hidden:
+            codes = ", ".join(f"U+{ord(ch):04X}" for ch in dict.fromkeys(hidden))
+            raise ValueError(f"{info.field_name}: contains invisible control characters ({codes})")
+        return value
 
     @field_validator("base_model")
     @classmethod

@@ -29,8 +29,9 @@ def train_default(method: str) -> tuple[Path, float]:
     from app.schemas import RunSpec
     from worker.train import run_training
 
+    spec = RunSpec.model_validate({"method": method, "name": f"bench-{method}"})
     with get_sessionmaker()() as session:
-        run = runs.create_run(session=session, spec=RunSpec.model_validate({"method": method, "name": f"bench-{method}"}))
+        run = runs.create_run(session=session, spec=spec)
     started = time.perf_counter()
     run_training(run.id)
     elapsed = time.perf_counter() - started

@@ -66,12 +66,22 @@ class Heartbeat:
         except redis.RedisError as exc:
             log.warning("worker heartbeat not written: %s", exc)
 
+    def _warm_up(self) -> None:
+        # The web waits for inspect answers: import the heavy libraries now, not on the first request.
+        try:
+            import worker.data  # noqa: F401
+            import worker.estimate  # noqa: F401
+        except Exception as exc:
+            log.warning("inspect warm-up failed: %s", exc)
+
     def stop(self) -> None:
         self.stopped.set()
         with contextlib.suppress(redis.RedisError):
             self.client.delete(worker_key(self.record["name"]))
 
     def _loop(self) -> None:
+        if "inspect" in self.record["queues"]:
+            self._warm_up()
         try:
             self.record["gpus"] = gpus()
         except Exception as exc:  # a broken driver must not stop the worker from serving

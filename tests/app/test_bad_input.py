@@ -1,0 +1,140 @@
+"""Bad input, case by case: each gets a 4xx whose message names what to fix, and nothing is stored.
+
+Across the JSON API, the new-run form and dataset uploads: wrong types, out-of-range values, malformed and
+oversized files, path traversal in every path-like field, and encoded and unicode tricks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from app.models import Artifact, Dataset, Metric, Run
+
+# (what, method, path, keyword arguments for the request, status, words the message must contain)
+RUN_SPEC_CASES: list[tuple[str, dict[str, Any], str]] = [
+    ("rank of the wrong type", {"r": "x"}, "valid integer"),
+    ("rank zero", {"r": 0}, "greater than or equal to 1"),
+    ("rank too large", {"r": 2000}, "less than or equal to 1024"),
+    ("dropout of 1.5", {"lora_dropout": 1.5}, "less than 1"),
+    ("negative learning rate", {"learning_rate": -1}, "greater than 0"),
+    ("zero steps", {"max_steps": 0}, "max_steps: 0 trains nothing"),
+    ("negative steps", {"max_steps": -5}, "greater than or equal to -1"),
+    ("zero batch", {"per_device_train_batch_size": 0}, "greater than or equal to 1"),
+    ("unknown method", {"method": "full"}, "'lora', 'qlora', 'ia3' or 'prompt_tuning'"),
+    ("unknown quantization", {"quantization": "3bit"}, "'auto', 'none', '8bit' or '4bit'"),
+    ("empty target modules", {"target_modules": ""}, "target_modules is empty"),
+    ("shell in a module name", {"target_modules": ["q_proj;rm -rf /"]}, "are not module names"),
+    ("all-linear with others", {"target_modules": ["all-linear", "q_proj"]}, "give it alone"),
+    ("base model traversal", {"base_model": "../../etc"}, "directory without config.json"),
+    ("base model without config", {"base_model": "/etc"}, "directory without config.json"),
+    ("encoded traversal", {"base_model": "%2e%2e/%2e%2e/etc"}, "neither a local model directory"),
+    ("fullwidth slash hub id", {"base_model": "org\uff0fmodel"}, "neither a local model directory"),
+    ("dataset outside the roots", {"dataset": "/etc/passwd"}, "is not one of .jsonl"),
+    ("dataset traversal", {"dataset": "../../../etc/passwd.jsonl"}, "no file at"),
+    ("dataset through assets", {"dataset": "assets/../../../../etc/hosts"}, "hosts is not one of"),
+    ("device file as dataset", {"dataset": "/dev/null"}, "no file at /dev/null"),
+    ("eval dataset from /proc", {"eval_dataset": "/proc/self/environ"}, "is not one of"),
+    ("unknown field", {"lora_rank": 8}, "Extra inputs are not permitted"),
+    ("name too long", {"name": "n" * 300}, "at most 200 characters"),
+    ("NUL in the name", {"name": "a\x00b"}, "invisible control characters (U+0000)"),
+    ("right-to-left override", {"name": "safe\u202etxt.exe"}, "invisible control characters (U+202E)"),
+    ("qlora on an unquantized base", {"method": "qlora", "quantization": "none"}, "trains on a 4-bit base"),
+    ("DoRA with (IA)3", {"method": "ia3", "use_dora": True}, "use_dora: only for methods lora and qlora"),
+    ("early stopping without evals", {"early_stopping_patience": 2}, "needs eval_steps"),
+    ("eval split too large", {"eval_split": 0.9}, "less than or equal to 0.5"),
+    ("two eval sources", {"eval_split": 0.1, "eval_dataset": "assets/datasets/tw-address/eval.jsonl"}, "not both"),
+    ("huge sequence length", {"max_seq_length": 10**12}, "less than or equal to 1048576"),
+    ("negative seed", {"seed": -1}, "greater than or equal to 0"),
+    ("boolean as prose", {"use_dora": "maybe"}, "valid boolean"),
+    ("packing with prompt tuning", {"method": "prompt_tuning", "packing": True}, "packing: not with"),
+]
+
+# The form sends only RunSpec's fields, so an unknown one cannot be typed into it.
+API_ONLY = {"unknown field"}
+
+OTHER_CASES: list[tuple[str, str, str, dict[str, Any], int, str]] = [
+    ("body that is not JSON", "POST", "/api/v1/runs", {"content": b"garbage", "headers": {"content-type": "application/json"}}, 422, "JSON decode error"),
+    ("body that is a list", "POST", "/api/v1/runs", {"json": [1, 2]}, 422, "valid dictionary"),
+    ("unknown status filter", "GET", "/api/v1/runs?status=bogus", {}, 422, "'queued', 'running'"),
+    ("zero list limit", "GET", "/api/v1/runs?limit=0", {}, 422, "greater than or equal to 1"),
+    ("too few chart points", "GET", "/api/v1/runs/RUN/metrics?max_points=5", {}, 422, "greater than or equal to 10"),
+    ("log of a million lines", "GET", "/api/v1/runs/RUN/log?lines=1000000", {}, 422, "less than or equal to 5000"),
+    ("run id traversal", "GET", "/api/v1/runs/..%2F..%2Fetc%2Fpasswd", {}, 404, "Not Found"),
+    ("artifact id traversal", "GET", "/api/v1/artifacts/..%2Fsecret/download", {}, 404, "Not Found"),
+    ("artifact id with dots", "GET", "/api/v1/artifacts/..secret/download", {}, 404, "no artifact with id"),
+    ("cancel an unknown run", "POST", "/api/v1/runs/nope/cancel", {}, 404, "no run with id nope"),
+    ("merge into int4", "POST", "/api/v1/runs/RUN/merge", {"json": {"dtype": "int4"}}, 422, "'auto', 'bfloat16'"),
+    ("merge a queued run", "POST", "/api/v1/runs/RUN/merge", {}, 409, "only a succeeded run can be merged"),
+    ("unknown dataset", "GET", "/api/v1/datasets/nope", {}, 404, "no dataset with id nope"),
+    ("upload with a bad type", "POST", "/api/v1/datasets", {"files": {"file": ("x.exe", b"MZ")}}, 422, "is not one of .jsonl"),
+    ("pickle upload", "POST", "/api/v1/datasets", {"files": {"file": ("w.pkl", b"\x80\x04K.")}}, 422, "is not one of"),
+    ("empty upload", "POST", "/api/v1/datasets", {"files": {"file": ("e.jsonl", b"")}}, 422, "the file is empty"),
+    ("oversized upload", "POST", "/api/v1/datasets", {"files": {"file": ("big.jsonl", b"x" * 4096)}}, 413, "upload limit"),
+    ("upload without a file", "POST", "/api/v1/datasets", {"data": {"name": "x"}}, 422, "file"),
+    ("upload with a text length", "POST", "/api/v1/datasets", {"files": {"file": ("a.jsonl", b"{}")}, "data": {"max_seq_length": "abc"}}, 422, "valid integer"),
+    ("upload for a model elsewhere", "POST", "/api/v1/datasets", {"files": {"file": ("a.jsonl", b'{"text":"a"}')}, "data": {"base_model": "/etc"}}, 422, "directory without config.json"),
+]  # fmt: skip
+
+
+@pytest.fixture
+def client(loradeck_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    monkeypatch.setenv("LORADECK_MAX_UPLOAD_BYTES", "1024")
+    from app.config import get_settings
+    from app.main import app
+
+    get_settings.cache_clear()
+    with TestClient(app) as test_client:
+        yield test_client
+    get_settings.cache_clear()
+
+
+def _state(data_dir: Path) -> tuple[dict[str, int], list[str]]:
+    from app.db import get_sessionmaker
+
+    with get_sessionmaker()() as session:
+        counts = {
+            m.__tablename__: session.scalar(select(func.count()).select_from(m)) or 0
+            for m in (Run, Metric, Artifact, Dataset)
+        }
+    files = sorted(
+        str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if p.is_file() and "loradeck.db" not in p.name
+    )
+    return counts, files
+
+
+def _message(response: Any) -> str:
+    return str(response.json())
+
+
+def test_every_bad_input_gets_a_4xx_naming_what_to_fix_and_stores_nothing(
+    client: TestClient, loradeck_env: dict[str, str]
+) -> None:
+    run = client.post("/api/v1/runs", json={"name": "the only run", "max_steps": 5}).json()
+    data_dir = Path(loradeck_env["LORADECK_DATA_DIR"])
+    before = _state(data_dir)
+    failures = []
+    for what, body, words in RUN_SPEC_CASES:
+        response = client.post("/api/v1/runs", json={"max_steps": 5} | body)
+        if response.status_code != 422 or words not in _message(response):
+            failures.append(f"API {what}: {response.status_code} {response.text[:300]}")
+        if what in API_ONLY:
+            continue
+        # The same values typed into the new-run form: lists as comma-separated text, booleans as checkboxes.
+        form = {k: ", ".join(v) if isinstance(v, list) else str(v).lower() if isinstance(v, bool) else str(v)
+                for k, v in ({"max_steps": 5} | body).items()}  # fmt: skip
+        page = client.post("/runs", data=form, headers={"HX-Request": "true"})
+        if page.status_code != 422 or 'role="alert"' not in page.text:
+            failures.append(f"form {what}: {page.status_code}")
+    for what, method, path, kwargs, status, words in OTHER_CASES:
+        response = client.request(method, path.replace("RUN", run["id"]), **kwargs)
+        if response.status_code != status or words not in _message(response):
+            failures.append(f"{what}: {response.status_code} {response.text[:300]}")
+    assert failures == [], "\n".join(failures)
+    assert _state(data_dir) == before
+    assert len(RUN_SPEC_CASES) + len(OTHER_CASES) >= 40
