@@ -8,7 +8,7 @@ from fastapi.staticfiles import StaticFiles
 
 from app.config import REPO_ROOT
 from app.health import health
-from app.routes import api, auth, compare, datasets, pages, workers
+from app.routes import api, auth, compare, datasets, estimate, pages, workers
 from app.security import SecurityMiddleware
 
 app = FastAPI(title="loradeck", version="0.1.0", docs_url="/api/docs", openapi_url="/api/v1/openapi.json")
@@ -16,6 +16,7 @@ app.add_middleware(SecurityMiddleware)
 app.mount("/static", StaticFiles(directory=REPO_ROOT / "static"), name="static")
 app.include_router(api.router)
 app.include_router(pages.router)
+app.include_router(estimate.router)
 app.include_router(compare.router)
 app.include_router(workers.router)
 app.include_router(datasets.router)

@@ -81,7 +81,10 @@ class Metric(Base):
     """One logged point: a train log (loss, learning rate, grad norm, throughput) or an eval."""
 
     __tablename__ = "metrics"
-    __table_args__ = (Index("ix_metrics_run_step", "run_id", "step"),)
+    __table_args__ = (
+        Index("ix_metrics_run_step", "run_id", "step"),
+        Index("ix_metrics_run_kind_step", "run_id", "kind", "step"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
