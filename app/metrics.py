@@ -37,11 +37,14 @@ def _kind_points(session: Session, run_id: str, kind: str, after_step: int, max_
     # Points come every `logging_steps` (or `eval_steps`): sample on that grid, so each pick is a real step.
     every = math.gcd(*(b - a for a, b in zip(first, first[1:], strict=False))) or 1
     logged = (high - first[0]) // every + 1
-    query = select(*COLUMNS).where(*where).order_by(Metric.step, Metric.id)
-    if logged > max_points:
+    if logged <= max_points:
+        query = select(*COLUMNS).where(*where).order_by(Metric.step, Metric.id)
+    else:
         stride = math.ceil(logged / max_points) * every
         picks = sorted({*range(first[0], high + 1, stride), high})
-        query = query.where(Metric.step.in_(picks))
+        # Only equality on step: with a range beside it, SQLite scans the range instead of seeking each pick.
+        query = select(*COLUMNS).where(Metric.run_id == run_id, Metric.kind == kind, Metric.step.in_(picks))
+        query = query.order_by(Metric.step, Metric.id)
     return [_row(*row) for row in session.execute(query)]
 
 

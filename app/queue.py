@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from celery import Celery
+if TYPE_CHECKING:
+    from celery import Celery
 
 from app.config import Settings, get_settings
 
@@ -53,6 +54,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 @lru_cache
 def get_celery() -> Celery:
+    # Imported on first use: the web starts faster without loading Celery until it sends a task.
+    from celery import Celery
+
     app = Celery("loradeck")
     app.conf.update(celery_config(get_settings()))
     return app
