@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import redis
-import redis.asyncio as aioredis
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -16,7 +14,8 @@ from app.api_models import ArtifactOut, MergeRequest, MetricOut, RunOut
 from app.config import get_settings
 from app.deps import SessionDep, SettingsDep
 from app.downloads import download_response
-from app.events import Event, follow, position_before_step
+from app.events import Event, position_before_step
+from app.live import live_hub
 from app.metrics import metric_points
 from app.models import Artifact, Run, RunStatus
 from app.paths import spec_path_problems
@@ -132,29 +131,24 @@ async def run_events(
 
     async def stream() -> AsyncIterator[str]:
         nonlocal after
-        client = aioredis.Redis.from_url(settings.redis_url)
+        hub = live_hub(settings.redis_url)
         try:
             if after_step is not None and not last_event_id_header:
-                after = await position_before_step(client, run_id, after_step)
+                after = await position_before_step(hub.client, run_id, after_step)
             yield "retry: 2000\n\n"
-            # A finished run's stream is complete: send what is left and close, never wait.
-            async for event in follow(client, run_id, after, block_ms=1 if finished else 15_000):
+            async for event in hub.follow(run_id, after, finished=finished):
                 if event is None:
-                    if finished:
-                        yield Event(id=after, event="done", data={"status": run.status}).to_sse()
-                        return
                     yield ": keep-alive\n\n"
                     continue
                 yield event.to_sse()
                 if event.event == "done":
                     return
+            if finished:
+                # A finished run's stream is complete (or gone with Redis): say so, so the page stops listening.
+                yield Event(id=after, event="done", data={"status": run.status}).to_sse()
         except (redis.RedisError, OSError):
-            # Redis went away: end the stream; the browser reconnects with Last-Event-ID.
+            # Redis went away: end the stream; the browser reconnects with Last-Event-ID and catches up.
             return
-        except asyncio.CancelledError:
-            raise
-        finally:
-            await client.aclose()
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)

@@ -139,17 +139,24 @@
   });
 
   // --- live state -------------------------------------------------------------------------------
+  const seen = { train: new Set(), eval: new Set() };
+
   function addPoint(p) {
     const kind = p.kind === "eval" ? "eval" : "train";
-    if (p.step <= lastStep[kind]) return;
-    lastStep[kind] = p.step;
+    if (seen[kind].has(p.step)) return; // the history and the stream overlap: each step once
+    seen[kind].add(p.step);
     points[kind].push(p);
-    if (kind === "train") {
-      if (root.dataset.status === "queued") setStatus("running");
-      $("run-step").textContent = p.step;
-      if (p.loss !== null) $("run-loss").textContent = fmt(p.loss, 4);
-      if (p.tokens_per_sec) $("run-throughput").textContent = fmt(p.tokens_per_sec, 0);
-      updateEta(p);
+    if (p.step < lastStep[kind]) {
+      points[kind].sort((a, b) => a.step - b.step); // a gap filled after a reconnect
+    } else {
+      lastStep[kind] = p.step;
+      if (kind === "train") {
+        if (root.dataset.status === "queued") setStatus("running");
+        $("run-step").textContent = p.step;
+        if (p.loss !== null) $("run-loss").textContent = fmt(p.loss, 4);
+        if (p.tokens_per_sec) $("run-throughput").textContent = fmt(p.tokens_per_sec, 0);
+        updateEta(p);
+      }
     }
     queueRedraw();
   }
@@ -208,6 +215,17 @@
   function follow() {
     // From just before the newest stored point: the stream replays what the database has not caught up on.
     const source = new EventSource(`/api/v1/runs/${runId}/events?after_step=${Math.max(0, lastStep.train)}`);
+    // After a dropped connection (web restart, Redis restart) the browser reconnects by itself; points
+    // published while the stream was down are only in the database, so fetch those on reconnect.
+    let dropped = false;
+    source.addEventListener("error", () => { dropped = true; });
+    source.addEventListener("open", async () => {
+      if (!dropped) return;
+      dropped = false;
+      const since = Math.max(-1, lastStep.train - 1000); // recent enough to hold any gap; repeats are skipped
+      const response = await fetch(`/api/v1/runs/${runId}/metrics?after_step=${since}`);
+      if (response.ok) (await response.json()).forEach(addPoint);
+    });
     source.addEventListener("metric", (e) => addPoint(JSON.parse(e.data)));
     source.addEventListener("params", (e) => setParams(JSON.parse(e.data)));
     source.addEventListener("status", (e) => {
