@@ -29,10 +29,12 @@ def test_form_starts_a_qlora_run_the_chart_grows_and_merge_downloads(stack: Stac
     expect(page.locator("h1")).to_have_text("browser qlora")
 
     # The chart gains points while the run trains, not only at the end.
-    page.wait_for_function("Number(document.querySelector('#loss-chart').dataset.points) >= 2", timeout=180_000)
+    page.wait_for_function("() => Number(document.querySelector('#loss-chart').dataset.points) >= 2", timeout=180_000)
     first = plotted_points(page)
     expect(page.locator("#run-status")).to_have_text("running")
-    page.wait_for_function(f"Number(document.querySelector('#loss-chart').dataset.points) > {first}", timeout=60_000)
+    page.wait_for_function(
+        f"() => Number(document.querySelector('#loss-chart').dataset.points) > {first}", timeout=60_000
+    )
     expect(page.locator("#params-trainable")).not_to_have_text("–")
     expect(page.locator("#run-status")).to_have_text("succeeded", timeout=180_000)
     assert plotted_points(page) == 40
@@ -41,7 +43,7 @@ def test_form_starts_a_qlora_run_the_chart_grows_and_merge_downloads(stack: Stac
     # A second browser tab draws the same curve from the stored history.
     other = page.context.new_page()
     other.goto(page.url)
-    other.wait_for_function("Number(document.querySelector('#loss-chart').dataset.points) === 40")
+    other.wait_for_function("() => Number(document.querySelector('#loss-chart').dataset.points) === 40")
     other.close()
 
     # One click: merge, then the merged model downloads by itself.
