@@ -1,37 +1,51 @@
-"""Merge a run's adapter into its base model, prove the merge is faithful, and save it as safetensors.
+"""Merge a run's adapter into its base model, prove the merge is faithful, and offer it for download.
 
-The base is reloaded in fp32 (never the 4-bit copy QLoRA trained on): merging into quantized weights
-would round the update away. Before saving, the merged model must give the same logits as the
-adapter on top of the base (it is the same function), and different logits from the bare base
-(otherwise the adapter changed nothing).
+The merge itself streams (`worker.streaming_merge`): tensor by tensor onto the full-precision base
+(never the 4-bit copy QLoRA trained on: merging into quantized weights would round the update away),
+in memory bounded by the largest tensor. Then the proof, before the artifact turns ready: a few prompts
+of the run's own data go through the merged model, loaded from its folder by stock transformers, and
+through the adapter on its base. Their logits must agree (it is the same function) and differ from the
+bare base's (else the adapter changed nothing). Only then are the model card and SHA256SUMS written and
+the folder moved to `merged`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import json
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
-from sqlalchemy import update
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from app import runs
 from app.archive import describe_tree
 from app.config import get_settings
 from app.db import get_sessionmaker
-from app.models import Artifact, ArtifactStatus
+from app.models import Artifact, ArtifactStatus, Metric
 from worker.callbacks import EventPublisher
-from worker.data import encode_prompt, read_rows
+from worker.data import read_rows
+from worker.model_card import render_model_card, write_sha256sums
+from worker.streaming_merge import merge_adapter_streaming
 
 log = logging.getLogger(__name__)
 
-SAME_TOLERANCE = 1e-3  # merged vs adapter-on-base, fp32 logits: only summation order may differ
+# Merged vs adapter-on-base, both run in fp32. For an fp32 merge only summation order differs. A bf16 or
+# fp16 merge rounds every adapted weight once (bf16 keeps 8 significant bits, fp16 11), which moves the
+# logits of a small model by ~1e-2 at most; the tolerance allows that and still catches a wrong merge,
+# whose error is the size of the adapter's own effect.
+TOLERANCES = {"float32": 1e-3, "bfloat16": 5e-2, "float16": 1e-2}
 CHANGED_THRESHOLD = 1e-6  # merged vs base: below this the adapter did nothing
 CHECK_PROMPTS = 3
+CHECK_TOKENS = 256  # prompts are cut to this many tokens: the check is about weights, not long contexts
+PARTIAL = "merged.partial"
+TEXT_CHARS = 200  # a row without a prompt contributes the start of its text
 
 
 class MergeError(RuntimeError):
@@ -55,18 +69,24 @@ def merge_artifact(artifact_id: str) -> None:
             return
         run = runs.get_run(session=session, run_id=artifact.run_id)
         run_id, spec, dtype = run.id, dict(run.spec), (artifact.details or {}).get("dtype", "auto")
+        training = {
+            "steps": run.step,
+            "train_loss": _last_loss(session, run_id, "train"),
+            "eval_loss": _last_loss(session, run_id, "eval"),
+        }
 
     publisher = EventPublisher(settings.redis_url, run_id, maxlen=settings.stream_maxlen)
     publisher.publish("artifact", {"id": artifact_id, "kind": artifact.kind, "status": ArtifactStatus.running})
     values: dict[str, Any]
     try:
-        values = _merge(run_id, spec, dtype, settings.runs_dir / run_id, settings.allow_trust_remote_code)
+        values = _merge(run_id, spec, dtype, settings.runs_dir / run_id, settings.allow_trust_remote_code, training)
         values["status"] = ArtifactStatus.ready
     except Exception as exc:
         log.exception("merge of run %s failed", run_id)
-        plain = isinstance(exc, MergeError | OSError | ValueError)
+        plain = isinstance(exc, MergeError | OSError | ValueError)  # UnmergeableAdapter is a ValueError
         error = str(exc) if plain else f"{type(exc).__name__}: {exc}"
         values = {"status": ArtifactStatus.failed, "error": error}
+        shutil.rmtree(settings.runs_dir / run_id / PARTIAL, ignore_errors=True)  # no half model left behind
     finally:
         gc.collect()
 
@@ -87,75 +107,161 @@ def merge_artifact(artifact_id: str) -> None:
     publisher.close()
 
 
-def _merge(run_id: str, spec: dict[str, Any], dtype: str, run_dir: Path, trust: bool) -> dict[str, Any]:
+def _merge(
+    run_id: str, spec: dict[str, Any], dtype: str, run_dir: Path, trust: bool, training: dict[str, Any]
+) -> dict[str, Any]:
+    started = time.perf_counter()
     adapter_dir = run_dir / "adapter"
     if not (adapter_dir / "adapter_config.json").is_file():
         raise MergeError(f"run {run_id} has no saved adapter at {adapter_dir}; train it to success first")
-    base_model = spec["base_model"]
-    tokenizer = AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust)
-    save_dtype = _save_dtype(dtype, base_model, trust)
-    prompts = [row.prompt for row in read_rows(spec["dataset"], limit=CHECK_PROMPTS)]
-    inputs = [torch.tensor([encode_prompt(tokenizer, prompt)]) for prompt in prompts]
+    adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    base_dir = local_model_dir(spec["base_model"])
+    prompts = check_prompts(spec["dataset"])
 
-    model = AutoModelForCausalLM.from_pretrained(
-        base_model, dtype=torch.float32, device_map={"": "cpu"}, use_safetensors=True, trust_remote_code=trust
-    )
-    base_logits = _logits(model, inputs)
-    with_adapter = PeftModel.from_pretrained(model, str(adapter_dir))
-    adapter_logits = _logits(with_adapter, inputs)
-    merged = with_adapter.merge_and_unload()
-    merged_logits = _logits(merged, inputs)
-
-    max_abs_diff = max(float((m - a).abs().max()) for m, a in zip(merged_logits, adapter_logits, strict=True))
-    base_diff = max(float((m - b).abs().max()) for m, b in zip(merged_logits, base_logits, strict=True))
-    log.info("merge check, %d prompts: max_abs_diff=%.3g base_diff=%.3g", len(inputs), max_abs_diff, base_diff)
-    if not max_abs_diff < SAME_TOLERANCE:
+    partial = run_dir / PARTIAL  # a crash mid-save must never leave a half model under `merged`
+    shutil.rmtree(partial, ignore_errors=True)
+    _reset_peak_rss()
+    summary = merge_adapter_streaming(base_dir, adapter_dir, partial, dtype=dtype)
+    peak_rss = _peak_rss()
+    check = check_merge(base_dir, adapter_dir, partial, prompts, trust=trust)
+    tolerance = TOLERANCES[summary["dtype"]]
+    log.info("merge check: max_abs_diff=%.3g base_diff=%.3g", check["max_abs_diff"], check["base_diff"])
+    if not check["max_abs_diff"] < tolerance:
         raise MergeError(
-            f"the merged model's logits differ from adapter-on-base by {max_abs_diff:.3g} "
-            f"(allowed: {SAME_TOLERANCE:g}); the merge is not faithful"
+            f"the merged model's logits differ from adapter-on-base by {check['max_abs_diff']:.3g} "
+            f"(allowed in {summary['dtype']}: {tolerance:g}); the merge is not faithful"
         )
-    if not base_diff > CHANGED_THRESHOLD:
+    if not check["base_diff"] > CHANGED_THRESHOLD:
         raise MergeError(
-            f"the merged model gives the same logits as the base (difference {base_diff:.3g}): "
+            f"the merged model gives the same logits as the base (difference {check['base_diff']:.3g}): "
             "the adapter changes nothing, so there is nothing to merge"
         )
 
+    vllm_reason = vllm_lora_incompatibility(adapter_config)
+    details = {
+        **check,
+        "tolerance": tolerance,
+        "dtype": summary["dtype"],
+        "shards": summary["shards"],
+        "prompts": prompts,
+        "merged_tensors": summary["merged_tensors"],
+        "untied_embeddings": summary["untied_embeddings"],
+        "merge_seconds": summary["seconds"],
+        "peak_rss_bytes": peak_rss,
+        "vllm_lora_compatible": vllm_reason is None,
+        **({"vllm_reason": vllm_reason} if vllm_reason else {}),
+    }
+    card = render_model_card(spec=spec, adapter_config=adapter_config, check=details, **training)
+    (partial / "README.md").write_text(card, encoding="utf-8")
+    write_sha256sums(partial, known=summary["sha256"])  # last: it covers every other file
     target = run_dir / "merged"
-    partial = run_dir / "merged.partial"  # a crash mid-save must never leave a half model under `merged`
-    shutil.rmtree(partial, ignore_errors=True)
-    merged.to(save_dtype).save_pretrained(str(partial), safe_serialization=True)
-    tokenizer.save_pretrained(str(partial))
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
-    del model, with_adapter, merged
-
     tree = describe_tree(target, prefix=f"{run_id}-merged")
+    details["seconds"] = round(time.perf_counter() - started, 3)
     return {
         "path": f"{run_id}/merged",
         "size_bytes": tree["archive_size"],
         "sha256": tree["archive_sha256"],
         "files": tree["files"],
-        "details": {
-            "dtype": str(save_dtype).removeprefix("torch."),
-            "max_abs_diff": max_abs_diff,
-            "base_diff": base_diff,
-            "prompts": prompts,
-        },
+        "details": details,
     }
 
 
-def _save_dtype(name: str, base_model: str, trust: bool) -> torch.dtype:
-    """The dtype to save in; auto is the dtype the base's config declares (its checkpoint's dtype)."""
-    if name != "auto":
-        return getattr(torch, name)  # type: ignore[no-any-return]
-    # Read before loading: loading in fp32 rewrites the in-memory config's dtype to fp32.
-    declared = getattr(AutoConfig.from_pretrained(base_model, trust_remote_code=trust), "dtype", None)
-    if isinstance(declared, str):
-        declared = getattr(torch, declared, None)
-    return declared if isinstance(declared, torch.dtype) else torch.float32
+def check_merge(
+    base_dir: Path, adapter_dir: Path, merged_dir: Path, prompts: list[str], *, trust: bool
+) -> dict[str, float]:
+    """Largest logit difference of the merged model (stock transformers, fp32, from its folder) against
+    adapter-on-base (`max_abs_diff`) and against the bare base (`base_diff`), over the prompts."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir, trust_remote_code=trust)
+    inputs = [tokenizer(prompt, return_tensors="pt").input_ids[:, :CHECK_TOKENS] for prompt in prompts]
+    inputs = [ids for ids in inputs if ids.numel()]
+    if not inputs:
+        raise MergeError("the dataset's first rows tokenize to nothing, so the merge cannot be checked")
+    load = {"dtype": torch.float32, "device_map": {"": "cpu"}, "use_safetensors": True, "trust_remote_code": trust}
+    # One model in memory at a time: the base, then the same base with the adapter, then the merged one.
+    base = AutoModelForCausalLM.from_pretrained(base_dir, **load)
+    base_logits = _logits(base, inputs)
+    adapter_logits = _logits(PeftModel.from_pretrained(base, str(adapter_dir)), inputs)
+    del base
+    gc.collect()
+    merged_logits = _logits(AutoModelForCausalLM.from_pretrained(merged_dir, **load), inputs)
+    gc.collect()
+    return {
+        "max_abs_diff": max(float((m - a).abs().max()) for m, a in zip(merged_logits, adapter_logits, strict=True)),
+        "base_diff": max(float((m - b).abs().max()) for m, b in zip(merged_logits, base_logits, strict=True)),
+    }
 
 
 @torch.no_grad()
 def _logits(model: torch.nn.Module, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-    model.eval()  # dropout off: the three models must be compared as the same function
+    model.eval()  # dropout off: the models must be compared as the same function
     return [model(input_ids=ids).logits.float() for ids in inputs]
+
+
+def check_prompts(dataset: str | Path, limit: int = CHECK_PROMPTS) -> list[str]:
+    """The first rows of the run's dataset as prompts: a row's prompt, else the start of its text (a text
+    row's text, a conversation's turns joined)."""
+    prompts = []
+    for row in read_rows(dataset, limit=limit):
+        if row.shape == "prompt_completion":
+            prompts.append(row.prompt)
+        elif row.shape == "messages":
+            prompts.append("\n".join(message.get("content", "") for message in row.messages)[:TEXT_CHARS])
+        else:
+            prompts.append(row.text[:TEXT_CHARS])
+    return prompts
+
+
+def vllm_lora_incompatibility(adapter_config: dict[str, Any]) -> str | None:
+    """Why vLLM could not serve this adapter as a LoRA on the base (the merged model it can always serve)."""
+    if adapter_config.get("peft_type") != "LORA":
+        return f"vLLM serves LoRA adapters only, not {adapter_config.get('peft_type')}"
+    if adapter_config.get("modules_to_save"):
+        return (
+            f"it trains whole modules ({', '.join(adapter_config['modules_to_save'])} in modules_to_save), "
+            "which vLLM's LoRA loading cannot apply"
+        )
+    if adapter_config.get("use_dora"):
+        return "vLLM's LoRA serving does not implement DoRA"
+    return None
+
+
+def local_model_dir(base_model: str) -> Path:
+    """The base's folder: a local path as given, a hub id fetched (safetensors and configs only) or cached."""
+    if Path(base_model).is_dir():
+        return Path(base_model)
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.safetensors", "*.json", "*.model", "*.txt", "*.jinja", "LICENSE*", "NOTICE*", "USE_POLICY*"]
+    return Path(snapshot_download(base_model, allow_patterns=patterns))
+
+
+def _last_loss(session: Session, run_id: str, kind: str) -> float | None:
+    # One indexed row, not the run's whole history (which may hold a million points).
+    query = (
+        select(Metric.loss)
+        .where(Metric.run_id == run_id, Metric.kind == kind, Metric.loss.is_not(None))
+        .order_by(Metric.step.desc(), Metric.id.desc())
+        .limit(1)
+    )
+    return session.scalar(query)
+
+
+def _reset_peak_rss() -> None:
+    # Linux: writing 5 to clear_refs resets this process's peak RSS (VmHWM), so the figure is the merge's
+    # own and not that of a training run the same worker process did before.
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_rss() -> int | None:
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    line = next((line for line in status.splitlines() if line.startswith("VmHWM:")), None)
+    return int(line.split()[1]) * 1024 if line else None

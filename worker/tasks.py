@@ -5,9 +5,11 @@ Progress goes to the database and the run's Redis Stream, never to a Celery resu
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import shared_task
 
-from app.queue import MERGE_TASK, TRAIN_TASK, Queue
+from app.queue import ESTIMATE_TASK, MERGE_TASK, TRAIN_TASK, Queue
 
 
 @shared_task(name=TRAIN_TASK, queue=Queue.train.value, acks_late=True, ignore_result=True)
@@ -24,3 +26,14 @@ def merge_artifact(artifact_id: str) -> None:
     from worker.merge import merge_artifact as merge
 
     merge(artifact_id)
+
+
+@shared_task(name=ESTIMATE_TASK, queue=Queue.inspect.value, ignore_result=False)
+def estimate(spec: dict[str, Any]) -> dict[str, Any]:
+    """Parameter counts and a memory estimate for a spec. A refusal comes back as data, never raised."""
+    try:
+        from worker.estimate import answer_estimate
+
+        return answer_estimate(spec)
+    except Exception as exc:  # raised, it would reach the web as a bare 500
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}

@@ -1,34 +1,37 @@
-"""Merging a trained adapter into its base: the saved model must behave exactly like adapter-on-base."""
+"""Merging a run's adapter as the merge task does: through the database, with the proof before the download."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import redis
 import torch
-from peft import PeftModel
+from peft import LoraConfig, PeftConfig, PeftModel, PromptTuningConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app import runs
 from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, get_settings
 from app.db import get_sessionmaker
 from app.events import stream_key
-from app.models import ArtifactKind, ArtifactStatus, RunStatus
+from app.models import Artifact, ArtifactKind, ArtifactStatus, RunStatus
 from app.schemas import RunSpec
 from worker.merge import merge_artifact
 from worker.train import run_training
 
 
-def _spec() -> RunSpec:
-    return RunSpec(
-        base_model=str(TINY_MODEL_DIR),
-        dataset=str(SAMPLE_DATASET_DIR / "train.jsonl"),
-        method="qlora",
-        max_steps=8,
-        per_device_train_batch_size=4,
-        learning_rate=2e-3,
-        max_seq_length=128,
-    )
+def _spec(**overrides: object) -> RunSpec:
+    fields: dict[str, object] = {
+        "base_model": str(TINY_MODEL_DIR),
+        "dataset": str(SAMPLE_DATASET_DIR / "train.jsonl"),
+        "method": "qlora",
+        "max_steps": 8,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 2e-3,
+        "max_seq_length": 128,
+    }
+    return RunSpec.model_validate(fields | overrides)
 
 
 def _trained_run() -> str:
@@ -40,35 +43,68 @@ def _trained_run() -> str:
     return run_id
 
 
-def test_merged_model_loads_with_stock_transformers_and_matches_adapter_on_base(
-    loradeck_env: dict[str, str],
-) -> None:
-    run_id = _trained_run()
+def _run_with_adapter(config: PeftConfig, metrics: list[dict[str, object]] | None = None, **spec: object) -> str:
+    """A succeeded run whose adapter is built directly with PEFT (random, non-zero), not trained."""
     with get_sessionmaker()() as session:
-        artifact, created = runs.request_merge(session=session, run_id=run_id, dtype="auto")
+        run_id = runs.create_run(session=session, spec=_spec(**spec)).id
+        runs.claim_run(session=session, run_id=run_id, worker="test:1")
+        runs.add_metrics(session=session, run_id=run_id, points=metrics or [])
+        runs.finish_run(session=session, run_id=run_id, status=RunStatus.succeeded)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, dtype=torch.float32), config)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                noise = torch.randn(param.shape, generator=generator)
+                param.copy_(noise * 0.05) if "lora_" in name else param.mul_(1 + 0.1 * noise)
+    model.save_pretrained(str(get_settings().runs_dir / run_id / "adapter"))
+    return run_id
+
+
+def _merge(run_id: str, dtype: str = "auto") -> tuple[str, Artifact]:
+    with get_sessionmaker()() as session:
+        artifact, created = runs.request_merge(session=session, run_id=run_id, dtype=dtype)
     assert created
-
     merge_artifact(artifact.id)
-
     with get_sessionmaker()() as session:
-        merged = runs.get_artifact(session=session, artifact_id=artifact.id)
+        return artifact.id, runs.get_artifact(session=session, artifact_id=artifact.id)
+
+
+def test_qlora_merge_is_proved_and_matches_peft(loradeck_env: dict[str, str]) -> None:
+    run_id = _trained_run()
+    artifact_id, merged = _merge(run_id)
+
     assert merged.status == ArtifactStatus.ready, merged.error
     assert (merged.kind, merged.path) == (ArtifactKind.merged, f"{run_id}/merged")
-    assert merged.details["dtype"] == "float32"  # auto: the tiny base is stored in float32
-    assert merged.details["max_abs_diff"] < 1e-3 and merged.details["base_diff"] > 1e-6
-    assert len(merged.details["prompts"]) == 3
+    details = merged.details
+    assert details["dtype"] == "float32"  # auto: the tiny base is stored in float32
+    assert details["max_abs_diff"] < details["tolerance"] == 1e-3 and details["base_diff"] > 1e-6
+    assert len(details["prompts"]) == 3 and details["prompts"][0].startswith("解析地址")
+    assert details["shards"] == ["model.safetensors"] and details["peak_rss_bytes"] > 0 and details["seconds"] > 0
+    assert details["vllm_lora_compatible"] is True
     names = {entry["name"] for entry in merged.files}
-    assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md", "SHA256SUMS"} <= names
     assert not any(name.endswith((".bin", ".pt")) for name in names)
 
     run_dir = get_settings().runs_dir / run_id
+    sums = subprocess.run(
+        ["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=run_dir / "merged", capture_output=True
+    )
+    assert sums.returncode == 0, sums.stdout
+    card = (run_dir / "merged" / "README.md").read_text()
+    assert "tiny-llama" in card and "train.jsonl" in card and "| steps | 8 |" in card and "final train loss" in card
+
+    # What a user does with the download: stock transformers, against PEFT on the same QLoRA adapter.
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "merged")
     ids = tokenizer("解析地址：臺北市大安區復興南路一段390號2樓\n", return_tensors="pt").input_ids
     with torch.no_grad():
         merged_logits = AutoModelForCausalLM.from_pretrained(run_dir / "merged").eval()(input_ids=ids).logits
         base = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, dtype=torch.float32).eval()
         base_logits = base(input_ids=ids).logits
-        adapter_logits = PeftModel.from_pretrained(base, str(run_dir / "adapter")).eval()(input_ids=ids).logits
+        with_adapter = PeftModel.from_pretrained(base, str(run_dir / "adapter")).eval()
+        adapter_logits = with_adapter(input_ids=ids).logits
+        peft_logits = with_adapter.merge_and_unload()(input_ids=ids).logits
+    assert (merged_logits - peft_logits).abs().max() < 1e-4
     assert (merged_logits - adapter_logits).abs().max() < 1e-3
     assert (merged_logits - base_logits).abs().max() > 1e-6
 
@@ -76,30 +112,39 @@ def test_merged_model_loads_with_stock_transformers_and_matches_adapter_on_base(
     artifact_events = [
         json.loads(fields["data"])
         for _id, fields in client.xrange(stream_key(run_id))  # type: ignore[union-attr]
-        if fields["event"] == "artifact" and json.loads(fields["data"])["id"] == artifact.id
+        if fields["event"] == "artifact" and json.loads(fields["data"])["id"] == artifact_id
     ]
     client.close()
     assert [event["status"] for event in artifact_events] == ["running", "ready"]
     assert artifact_events[-1]["sha256"] == merged.sha256
 
-    merge_artifact(artifact.id)  # a re-delivered task must not redo or undo a finished merge
+    merge_artifact(artifact_id)  # a re-delivered task must not redo or undo a finished merge
     with get_sessionmaker()() as session:
-        again = runs.get_artifact(session=session, artifact_id=artifact.id)
+        again = runs.get_artifact(session=session, artifact_id=artifact_id)
     assert (again.status, again.sha256) == (ArtifactStatus.ready, merged.sha256)
 
 
-def test_merge_in_bfloat16_saves_bfloat16_weights(loradeck_env: dict[str, str]) -> None:
-    run_id = _trained_run()
-    with get_sessionmaker()() as session:
-        artifact, _ = runs.request_merge(session=session, run_id=run_id, dtype="bfloat16")
+def test_bfloat16_merge_with_a_saved_head(loradeck_env: dict[str, str]) -> None:
+    metrics = [
+        {"step": 5, "time": 1.0, "loss": 2.5},
+        {"step": 10, "time": 2.0, "loss": 1.25},
+        {"step": 10, "time": 2.5, "kind": "eval", "loss": 1.5},
+    ]
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], modules_to_save=["lm_head"])
+    run_id = _run_with_adapter(config, metrics, method="lora", modules_to_save=["lm_head"])
+    _, merged = _merge(run_id, dtype="bfloat16")
 
-    merge_artifact(artifact.id)
-
-    with get_sessionmaker()() as session:
-        merged = runs.get_artifact(session=session, artifact_id=artifact.id)
     assert merged.status == ArtifactStatus.ready, merged.error
-    model = AutoModelForCausalLM.from_pretrained(get_settings().runs_dir / run_id / "merged", dtype="auto")
-    assert model.dtype == torch.bfloat16 and merged.details["dtype"] == "bfloat16"
+    details = merged.details
+    assert details["dtype"] == "bfloat16" and details["tolerance"] == 5e-2
+    assert details["max_abs_diff"] < 5e-2 and details["base_diff"] > 1e-6
+    assert details["vllm_lora_compatible"] is False and "lm_head" in details["vllm_reason"]
+    merged_dir = get_settings().runs_dir / run_id / "merged"
+    model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype="auto")
+    assert model.dtype == torch.bfloat16
+    card = (merged_dir / "README.md").read_text()
+    assert "| final train loss | 1.2500 |" in card and "| final eval loss | 1.5000 |" in card
+    assert "vLLM" in card
 
 
 def test_merge_without_an_adapter_fails_in_plain_words(loradeck_env: dict[str, str]) -> None:
@@ -107,11 +152,17 @@ def test_merge_without_an_adapter_fails_in_plain_words(loradeck_env: dict[str, s
         run_id = runs.create_run(session=session, spec=_spec()).id
         runs.claim_run(session=session, run_id=run_id, worker="gone:1")
         runs.finish_run(session=session, run_id=run_id, status=RunStatus.succeeded)  # but its files are lost
-        artifact, _ = runs.request_merge(session=session, run_id=run_id, dtype="auto")
+    _, failed = _merge(run_id)
 
-    merge_artifact(artifact.id)
-
-    with get_sessionmaker()() as session:
-        failed = runs.get_artifact(session=session, artifact_id=artifact.id)
     assert failed.status == ArtifactStatus.failed
     assert "no saved adapter" in failed.error
+
+
+def test_prompt_tuning_adapter_is_refused_and_nothing_is_offered(loradeck_env: dict[str, str]) -> None:
+    run_id = _run_with_adapter(PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4), method="prompt_tuning")
+    _, failed = _merge(run_id)
+
+    assert failed.status == ArtifactStatus.failed
+    assert "peft_type PROMPT_TUNING cannot be merged" in failed.error
+    run_dir = Path(get_settings().runs_dir / run_id)
+    assert not (run_dir / "merged").exists() and not (run_dir / "merged.partial").exists()

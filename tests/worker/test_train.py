@@ -187,7 +187,7 @@ def test_a_bad_dataset_line_fails_the_run_naming_the_line(loradeck_env: dict[str
 
     run = _run(run_id)
     assert run.status == RunStatus.failed
-    assert run.error == "dataset broken.jsonl line 4: missing completion"
+    assert run.error == 'broken.jsonl line 4: "completion" is missing'
 
 
 def test_training_goes_on_when_redis_is_down(loradeck_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,153 @@
+"""Checkpoints, resume after a killed worker, and early stopping keeping the best checkpoint."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from app import runs
+from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, get_settings
+from app.db import get_sessionmaker
+from app.models import RunStatus
+from app.schemas import RunSpec
+from worker.train import run_training
+
+REPO = Path(__file__).resolve().parents[2]
+TRAIN = SAMPLE_DATASET_DIR / "train.jsonl"
+
+# The run in the subprocess stalls at step 12 (a step that never ends) and is killed there: by then
+# checkpoint-10 is on disk and step 11's metric point is in the database, as after a real crash.
+KILLED_WORKER = """
+import sys, time
+import worker.callbacks as callbacks
+callbacks.FLUSH_EVERY_S = 0.0
+original = callbacks.MetricsCallback.on_step_end
+def stall(self, args, state, control, **kwargs):
+    original(self, args, state, control, **kwargs)
+    if state.global_step >= 12:
+        time.sleep(600)
+callbacks.MetricsCallback.on_step_end = stall
+from worker.train import run_training
+run_training(sys.argv[1])
+"""
+
+
+def _create_run(**overrides: Any) -> str:
+    fields: dict[str, Any] = {
+        "base_model": str(TINY_MODEL_DIR),
+        "dataset": str(TRAIN),
+        "method": "lora",
+        "precision": "fp32",
+        "max_steps": 20,
+        "save_steps": 10,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 2e-3,
+        "max_seq_length": 96,
+        **overrides,
+    }
+    with get_sessionmaker()() as session:
+        return runs.create_run(session=session, spec=RunSpec(**fields)).id
+
+
+def _run(run_id: str) -> Any:
+    with get_sessionmaker()() as session:
+        return runs.get_run(session=session, run_id=run_id)
+
+
+def _train_points(run_id: str) -> list[Any]:
+    with get_sessionmaker()() as session:
+        return [point for point in runs.list_metrics(session=session, run_id=run_id) if point.kind == "train"]
+
+
+def _kill_after_checkpoint(run_id: str, env: dict[str, str]) -> None:
+    checkpoint = get_settings().runs_dir / run_id / "checkpoints" / "checkpoint-10" / "trainer_state.json"
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WORKER, run_id], cwd=REPO, env={**os.environ, **env}, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (checkpoint.is_file() and _run(run_id).step > 10):
+            assert process.poll() is None, f"the worker exited early with {process.returncode}: {_run(run_id).error}"
+            assert time.monotonic() < deadline, "no checkpoint-10 and step 11 within 120 s"
+            time.sleep(0.1)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted_one(
+    loradeck_env: dict[str, str],
+) -> None:
+    uninterrupted = _create_run()
+    run_training(uninterrupted)
+    expected = _train_points(uninterrupted)
+    assert _run(uninterrupted).status == RunStatus.succeeded
+
+    run_id = _create_run()
+    _kill_after_checkpoint(run_id, loradeck_env)
+    killed_at = _run(run_id).step
+    assert _run(run_id).status == RunStatus.running and killed_at > 10  # what a lost worker leaves behind
+    with get_sessionmaker()() as session:  # what the worker-loss check does; the run may be claimed again
+        runs.get_run(session=session, run_id=run_id).status = RunStatus.interrupted
+        session.commit()
+    before = {point.step: point for point in _train_points(run_id)}
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    run_training(run_id, on_event=lambda event, data: events.append((event, data)))
+
+    run = _run(run_id)
+    assert run.status == RunStatus.succeeded, run.error
+    points = _train_points(run_id)
+    assert [point.step for point in points] == list(range(1, 21))
+    assert ("log", {"lines": ["resumed from the checkpoint at step 10"], "step": 10}) in events
+    # Time and tokens go on from the checkpoint instead of starting again at 0.
+    assert points[10].time > before[10].time and points[10].tokens_seen > before[10].tokens_seen
+    assert all(a.time < b.time and a.tokens_seen < b.tokens_seen for a, b in zip(points, points[1:], strict=False))
+    # Same data order, dropout and optimizer state as if it had never stopped.
+    assert points[-1].loss == pytest.approx(expected[-1].loss, rel=1e-3)
+    assert [p.tokens_seen for p in points] == [p.tokens_seen for p in expected]
+    print(f"final loss: resumed {points[-1].loss!r}, uninterrupted {expected[-1].loss!r}; killed at step {killed_at}")
+
+
+def test_early_stopping_keeps_the_best_checkpoint(loradeck_env: dict[str, str], tmp_path: Path) -> None:
+    dataset = tmp_path / "two-hundred.jsonl"
+    dataset.write_text("\n".join(TRAIN.read_text(encoding="utf-8").splitlines()[:200]) + "\n", encoding="utf-8")
+    # At a constant learning rate this high the updates overshoot: the eval loss climbs after a few steps.
+    run_id = _create_run(
+        dataset=str(dataset),
+        max_steps=30,
+        eval_split=0.1,
+        eval_steps=3,
+        save_steps=3,
+        early_stopping_patience=1,
+        learning_rate=0.02,
+        lr_scheduler_type="constant",
+    )
+
+    run_training(run_id)
+
+    run = _run(run_id)
+    assert run.status == RunStatus.succeeded, run.error
+    assert run.step < 30, "training did not stop early"
+    with get_sessionmaker()() as session:
+        (adapter,) = runs.list_artifacts(session=session, run_id=run_id)
+        evals = [p for p in runs.list_metrics(session=session, run_id=run_id) if p.kind == "eval"]
+    best = min(evals, key=lambda point: point.loss)
+    assert adapter.details["best_step"] == best.step < run.step == adapter.details["stopped_at_step"]
+    assert adapter.details["best_eval_loss"] == pytest.approx(best.loss)
+    assert evals[-1].loss > best.loss
+    run_dir = get_settings().runs_dir / run_id
+    saved = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    kept = load_file(run_dir / "checkpoints" / f"checkpoint-{best.step}" / "adapter_model.safetensors")
+    assert saved.keys() == kept.keys()
+    assert all(torch.equal(saved[name], kept[name]) for name in saved)

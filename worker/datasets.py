@@ -1,0 +1,300 @@
+"""Dataset files -> checked rows, every bad row reported with its line and why.
+
+A file is JSONL (or .json holding a list), CSV or Parquet, and holds one of three row shapes:
+prompt/completion, messages (a conversation), or text. No tokenizer and no torch here, so the web
+process can check an upload and a user can see all of a file's problems at once, not one per try.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Shape = Literal["prompt_completion", "messages", "text"]
+SHAPE_NAMES: dict[Shape, str] = {"prompt_completion": "prompt/completion", "messages": "messages", "text": "text"}
+ROLES = ("system", "user", "assistant")
+FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+LISTED_PROBLEMS = 20  # an error naming 20 rows is enough to see the pattern; the total says how bad it is
+WHAT_A_ROW_NEEDS = '"prompt" and "completion", "messages", or "text"'
+
+# A conversation in one CSV cell easily passes the csv module's 128 KiB default field limit.
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+class DatasetError(ValueError):
+    """A dataset file the trainer cannot use; the message names the file and the lines."""
+
+    def __init__(self, message: str, problems: list[RowProblem] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """One bad row: line 1-based (CSV counts the header as line 1; Parquet counts rows); 0 is the whole file."""
+
+    file: str
+    line: int
+    message: str
+    unit: str = "line"
+
+    def __str__(self) -> str:
+        where = f" {self.unit} {self.line}" if self.line else ""
+        return f"{self.file}{where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Row:
+    """A checked row. Only the fields of its shape are filled."""
+
+    line: int
+    prompt: str = ""
+    completion: str = ""
+    shape: Shape = "prompt_completion"
+    messages: list[dict[str, str]] = field(default_factory=list)
+    text: str = ""
+
+
+@dataclass
+class DatasetFile:
+    """What reading a file found: its good rows, its problems, and the fields its rows carry."""
+
+    name: str
+    format: str
+    shape: Shape | None = None
+    fields: list[str] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
+    problems: list[RowProblem] = field(default_factory=list)
+
+    def raise_for_problems(self) -> None:
+        if not self.problems:
+            return
+        if len(self.problems) == 1:
+            raise DatasetError(str(self.problems[0]), self.problems)
+        listed = "\n".join(f"  {problem}" for problem in self.problems[:LISTED_PROBLEMS])
+        more = len(self.problems) - LISTED_PROBLEMS
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        raise DatasetError(f"{self.name} has {len(self.problems)} problems:\n{listed}{tail}", self.problems)
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    """A row that could not even be parsed into a value (bad JSON, bad bytes, a short CSV record)."""
+
+    message: str
+
+
+def read_dataset(path: str | Path, *, limit: int | None = None) -> DatasetFile:
+    """Read and check every row (or until `limit` good rows). Bad rows land in `problems`, never raise;
+    only a missing file or an unknown suffix raises DatasetError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"dataset {path}: no such file")
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise DatasetError(f"dataset {path.name}: the file must end in one of {', '.join(FORMATS)}")
+    found = DatasetFile(name=path.name, format=fmt)
+    unit = "row" if fmt == "parquet" else "line"
+    first_line = 0
+    for line, value in _records(path, fmt):
+        if isinstance(value, dict):
+            found.fields.extend(str(key) for key in value if key not in found.fields)
+        row = _parse_row(line, value)
+        if isinstance(row, str):
+            found.problems.append(RowProblem(path.name, line, row, unit))
+        elif found.shape is not None and row.shape != found.shape:
+            message = (
+                f"mixed shapes: this row is {SHAPE_NAMES[row.shape]} but {unit} {first_line} is "
+                f"{SHAPE_NAMES[found.shape]}; a file holds rows of one shape"
+            )
+            found.problems.append(RowProblem(path.name, line, message, unit))
+        else:
+            found.shape, first_line = row.shape, first_line or line
+            found.rows.append(row)
+            if len(found.rows) == limit:
+                break
+    if not found.rows and not found.problems:
+        found.problems.append(RowProblem(path.name, 0, f"no rows; each row needs {WHAT_A_ROW_NEEDS}"))
+    return found
+
+
+def validate_dataset(path: str | Path) -> list[RowProblem]:
+    """Every problem of the file, in file order; empty when the file is fit to train on."""
+    return read_dataset(path).problems
+
+
+def read_rows(path: str | Path, limit: int | None = None) -> list[Row]:
+    """The good rows of a file (the first `limit`); any bad row raises one DatasetError listing them."""
+    found = read_dataset(path, limit=limit)
+    found.raise_for_problems()
+    return found.rows
+
+
+# --- the formats: each yields (line, parsed value or _Unreadable)
+
+
+def _records(path: Path, fmt: str) -> Iterator[tuple[int, Any]]:
+    if fmt == "jsonl":
+        return _jsonl_records(path.read_bytes())
+    if fmt == "parquet":
+        return _parquet_records(path)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")  # -sig: spreadsheet programs start their CSV with a BOM
+    except UnicodeDecodeError as exc:
+        return iter([(data.count(b"\n", 0, exc.start) + 1, _Unreadable(f"not UTF-8 text (byte {exc.start})"))])
+    if fmt == "csv":
+        return _csv_records(text)
+    if not text.lstrip().startswith("["):
+        return _jsonl_records(data)  # a .json file of JSON lines, which is common enough to accept
+    return _json_list_records(text)
+
+
+def _jsonl_records(data: bytes) -> Iterator[tuple[int, Any]]:
+    # Split bytes, not str: str.splitlines also breaks at U+2028 and friends, which JSON strings may hold raw.
+    for number, raw in enumerate(data.splitlines(), start=1):
+        try:
+            text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            yield number, _Unreadable(f"not UTF-8 text (column {exc.start + 1})")
+            continue
+        if text.strip():
+            try:
+                yield number, json.loads(text)
+            except json.JSONDecodeError as exc:
+                yield number, _Unreadable(f"invalid JSON: {exc.msg} at column {exc.colno}")
+
+
+def _json_list_records(text: str) -> Iterator[tuple[int, Any]]:
+    """The items of a top-level JSON list, each with the line it starts on."""
+    decoder, position, line = json.JSONDecoder(), text.index("[") + 1, 1
+    line += text.count("\n", 0, position)
+    while True:
+        start = _skip_space(text, position)
+        line += text.count("\n", position, start)
+        if text.startswith("]", start):
+            return
+        try:
+            value, end = decoder.raw_decode(text, start)
+        except json.JSONDecodeError as exc:
+            # Past a syntax error the items cannot be told apart, so reading stops here.
+            yield exc.lineno, _Unreadable(f"invalid JSON: {exc.msg} at column {exc.colno}; the rest is not read")
+            return
+        yield line, value
+        line += text.count("\n", start, end)
+        position = _skip_space(text, end)
+        line += text.count("\n", end, position)
+        if text.startswith(",", position):
+            position += 1
+        elif not text.startswith("]", position):
+            yield line, _Unreadable("invalid JSON: expected , or ] after this item; the rest is not read")
+            return
+
+
+def _skip_space(text: str, position: int) -> int:
+    while position < len(text) and text[position] in " \t\r\n":
+        position += 1
+    return position
+
+
+def _csv_records(text: str) -> Iterator[tuple[int, Any]]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [name.strip() for name in next(reader, [])]
+        start = reader.line_num + 1
+        for cells in reader:
+            # A quoted cell may span lines; a row is reported at the line it starts on.
+            line, start = start, reader.line_num + 1
+            if not cells:
+                continue
+            if len(cells) != len(header):
+                yield line, _Unreadable(f"{len(cells)} cells, but the header names {len(header)} columns")
+            else:
+                yield line, dict(zip(header, cells, strict=True))
+    except csv.Error as exc:
+        yield reader.line_num, _Unreadable(f"not readable as CSV ({exc})")
+
+
+def _parquet_records(path: Path) -> Iterator[tuple[int, Any]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DatasetError(f"dataset {path.name}: reading Parquet needs pyarrow (pip install pyarrow)") from None
+    try:
+        records = pq.read_table(path).to_pylist()
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError and more for a damaged file
+        yield 0, _Unreadable(f"not a readable Parquet file ({exc})")
+        return
+    yield from enumerate(records, start=1)
+
+
+# --- the shapes: a parsed value -> Row, or the reason it is not one
+
+
+def _json_type(value: Any) -> str:
+    names = {type(None): "null", bool: "true/false", int: "a number", float: "a number", str: "a string"}
+    return names.get(type(value), "a list" if isinstance(value, list) else "an object")
+
+
+def _parse_row(line: int, value: Any) -> Row | str:
+    if isinstance(value, _Unreadable):
+        return value.message
+    if not isinstance(value, dict):
+        return f"expected an object with {WHAT_A_ROW_NEEDS}, got {_json_type(value)}"
+    if "messages" in value:
+        return _parse_messages(line, value["messages"])
+    if "prompt" in value or "completion" in value:
+        for key in ("prompt", "completion"):
+            if key not in value:
+                return f'"{key}" is missing'
+            if not isinstance(value[key], str):
+                return f'"{key}" must be a string, got {_json_type(value[key])}'
+        if not value["completion"].strip():
+            return '"completion" is empty, so there is nothing to learn from this row'
+        return Row(line=line, prompt=value["prompt"], completion=value["completion"])
+    if "text" in value:
+        if not isinstance(value["text"], str):
+            return f'"text" must be a string, got {_json_type(value["text"])}'
+        if not value["text"].strip():
+            return '"text" is empty'
+        return Row(line=line, shape="text", text=value["text"])
+    keys = ", ".join(f'"{key}"' for key in value) or "none"
+    return f"no known fields: a row needs {WHAT_A_ROW_NEEDS}; this one has {keys}"
+
+
+def _parse_messages(line: int, messages: Any) -> Row | str:
+    if isinstance(messages, str):  # CSV cells and Parquet string columns hold the list as JSON text
+        try:
+            messages = json.loads(messages)
+        except json.JSONDecodeError as exc:
+            return f'"messages" is not valid JSON: {exc.msg} at column {exc.colno}'
+    if not isinstance(messages, list):
+        return f'"messages" must be a list of {{"role", "content"}} objects, got {_json_type(messages)}'
+    if not messages:
+        return '"messages" is empty'
+    turns: list[dict[str, str]] = []
+    for number, turn in enumerate(messages, start=1):
+        where = f'"messages" turn {number}'
+        if not isinstance(turn, dict):
+            return f'{where}: expected a {{"role", "content"}} object, got {_json_type(turn)}'
+        for key in ("role", "content"):
+            if key not in turn:
+                return f'{where}: "{key}" is missing'
+            if not isinstance(turn[key], str):
+                return f'{where}: "{key}" must be a string, got {_json_type(turn[key])}'
+        if turn["role"] not in ROLES:
+            return f'{where}: unknown role "{turn["role"]}"; use {", ".join(ROLES[:-1])} or {ROLES[-1]}'
+        if turn["role"] == "assistant" and not turn["content"].strip():
+            return f'{where}: the assistant\'s "content" is empty'
+        turns.append({"role": turn["role"], "content": turn["content"]})
+    if turns[0]["role"] == "assistant":
+        return '"messages" starts with an assistant turn; start with a system or user turn'
+    if not any(turn["role"] == "assistant" for turn in turns):
+        return '"messages" has no assistant turn, so there is nothing to learn from this row'
+    return Row(line=line, shape="messages", messages=turns)
