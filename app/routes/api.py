@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import redis
@@ -45,13 +45,18 @@ def submit_run(*, session: SessionDep, spec: RunSpec) -> Run:
     """Store the run and queue it. If the queue is unreachable, nothing is kept and the caller is told."""
     refuse_paths_outside_roots(spec)
     run = runs.create_run(session=session, spec=spec)
-    try:
-        enqueue_train(run.id)
-    except (redis.RedisError, OSError) as exc:
-        session.delete(run)
-        session.commit()
-        raise HTTPException(503, f"the task queue (Redis) is unreachable, so the run was not created: {exc}") from exc
+    enqueue_or_undo(session, run, lambda: enqueue_train(run.id), "the run was not created")
     return run
+
+
+def enqueue_or_undo(session: SessionDep, row: Any, send: Callable[[], None], undone: str) -> None:
+    """Queue a task for a row just stored; if the queue is unreachable, delete the row and say so (503)."""
+    try:
+        send()
+    except (redis.RedisError, OSError) as exc:
+        session.delete(row)
+        session.commit()
+        raise HTTPException(503, f"the task queue (Redis) is unreachable, so {undone}: {exc}") from exc
 
 
 def lookup_run(session: SessionDep, run_id: str) -> Run:
@@ -171,12 +176,7 @@ def start_merge(*, session: SessionDep, run_id: str, dtype: str) -> Artifact:
     except runs.Conflict as exc:
         raise HTTPException(409, str(exc)) from exc
     if new:
-        try:
-            enqueue_merge(artifact.id)
-        except (redis.RedisError, OSError) as exc:
-            session.delete(artifact)
-            session.commit()
-            raise HTTPException(503, f"the task queue (Redis) is unreachable, so no merge was queued: {exc}") from exc
+        enqueue_or_undo(session, artifact, lambda: enqueue_merge(artifact.id), "no merge was queued")
     return artifact
 
 

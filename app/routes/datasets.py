@@ -70,9 +70,18 @@ async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
 
 
 async def upload_dataset(
-    *, session: SessionDep, settings: Settings, upload: UploadFile, name: str, base_model: str, max_seq_length: int
+    *,
+    request: Request,
+    session: SessionDep,
+    settings: Settings,
+    upload: UploadFile,
+    name: str,
+    base_model: str,
+    max_seq_length: int,
 ) -> tuple[Dataset, bool]:
     """Store, validate and describe an upload; the same content uploaded twice is stored once."""
+    _refuse_oversized(request, settings)
+    base_model = base_model or settings.default_base_model
     try:
         display, _ = datasets.clean_filename(upload.filename or "")
         temporary, sha256, size, suffix = await datasets.store_upload(
@@ -120,13 +129,13 @@ async def create_dataset(
     max_seq_length: Annotated[int, Form()] = 256,
 ) -> dict[str, Any]:
     """Upload a JSONL, CSV or Parquet dataset: every bad row is reported by line; a good file is described."""
-    _refuse_oversized(request, settings)
     dataset, _ = await upload_dataset(
+        request=request,
         session=session,
         settings=settings,
         upload=file,
         name=name,
-        base_model=base_model or settings.default_base_model,
+        base_model=base_model,
         max_seq_length=max_seq_length,
     )
     return dataset_out(dataset)
@@ -188,14 +197,14 @@ async def upload_form(
 ) -> Response:
     """The upload form: a good file opens its page; a bad one is reported row by row."""
     try:
-        _refuse_oversized(request, settings)
         length = int(max_seq_length) if max_seq_length.strip().isdigit() else 0
         dataset, _ = await upload_dataset(
+            request=request,
             session=session,
             settings=settings,
             upload=file,
             name=name,
-            base_model=base_model or settings.default_base_model,
+            base_model=base_model,
             max_seq_length=length,
         )
     except HTTPException as exc:
