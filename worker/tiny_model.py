@@ -2,15 +2,21 @@
 
     python -m worker.tiny_model --out assets/tiny-llama
 
-Steps: gather the corpus (assets/corpus/*.txt plus generated address rows), train a byte-level BPE
-tokenizer on it, initialise a small LlamaForCausalLM from a seed, pretrain it briefly on the same
-corpus, and save a standard Hugging Face directory. Everything is seeded, so the same seed, thread
+Steps: train a byte-level BPE tokenizer on assets/corpus/*.txt plus generated rows in the sample
+task's format, initialise a small LlamaForCausalLM from a seed, pretrain it briefly on the pretraining
+texts (the corpus plus generated documents that mention addresses as plain text, none in the task's
+format), and save a standard Hugging Face directory. Everything is seeded, so the same seed, thread
 count and machine give the same bytes.
+
+The model knows the characters, the place names and JSON, but has never seen the sample task
+(`解析地址：<address>` followed by its eight-field JSON): that mapping is what a LoRA run teaches it.
+The tokenizer does see the task's format, so its keys and markers are short tokens.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 import time
@@ -22,7 +28,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from worker.sample_data import dataset_splits, generate_rows
+from worker.sample_data import FIELDS, PROMPT_PREFIX, dataset_splits, format_address, generate_rows, random_fields
 
 CORPUS_DIR = Path(__file__).resolve().parent.parent / "assets" / "corpus"
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
@@ -30,8 +36,13 @@ SPECIAL_TOKENS = [PAD, BOS, EOS]  # ids 0, 1, 2: the trainer puts them first, in
 VOCAB_SIZE = 3000
 # A seed other than the sample dataset's, and dataset addresses are dropped, so eval stays unseen.
 CORPUS_ADDRESS_SEED = 20240
-CORPUS_ADDRESS_ROWS = 3000
-CHAT_EVERY = 4  # one address row in four is written as a chat, so the template's markers are familiar
+CORPUS_ADDRESS_DOCS = 3000  # generated documents that mention addresses as plain text
+TOKENIZER_TASK_ROWS = 3000  # task rows the tokenizer is trained on (not the model), one in CHAT_EVERY as a chat
+# Of the plain generated documents: JSON records using some of the task's keys, text -> JSON extractions
+# of other shapes, and the rest lists, sentences and JSON that mention addresses.
+RECORD_SHARE = 0.45
+EXTRACTION_SHARE = 0.2
+CHAT_EVERY = 4  # one generated document in four is a chat, so the template's markers are familiar
 
 # Plain-text role markers (no extra special tokens): <|user|>\n...\n<|assistant|>\n...</s>\n
 # Newlines are quoted strings so Jinja's trim_blocks/lstrip_blocks settings cannot change the output.
@@ -44,7 +55,7 @@ CHAT_TEMPLATE = (
 
 SEQ_LEN = 128
 BATCH_SIZE = 16
-DEFAULT_STEPS = 250
+DEFAULT_STEPS = 150
 LEARNING_RATE = 3e-3
 WARMUP_STEPS = 20
 
@@ -57,16 +68,199 @@ def render_chat(messages: list[dict[str, str]], *, add_generation_prompt: bool =
     )
 
 
-def load_corpus(corpus_dir: Path = CORPUS_DIR) -> list[str]:
-    """Documents to learn from; a chat document already carries its <s> and </s>, a plain one not."""
+_NAMES = ["王小明", "林美玲", "陳志豪", "張雅婷", "李建宏", "黃淑芬", "吳家豪", "劉怡君", "蔡宗翰", "許文傑"]
+_PLACES = ["豆漿店", "咖啡店", "書店", "麵包店", "文具店", "診所", "花店", "郵局", "圖書館", "工作室"]
+_LIST_HEADERS = ["收件地址：", "本週配送：", "門市地址：", "Addresses on file:", "Stops for today:"]
+_SENTENCES = [
+    "{name}住在{a}。",
+    "包裹已經寄到{a}，請{name}查收。",
+    "我們的{place}搬到{a}了，歡迎來坐坐。",
+    "{name}把地址寫成{a}，郵差一次就找到了。",
+    "下週的讀書會改在{a}舉行，{name}會先到。",
+    "從{a}走到{b}大約要十五分鐘。",
+    "{name}的新{place}開在{a}，旁邊就是{b}。",
+    "The {place_en} moved to {a} last spring.",
+    "Please send the order to {a}; {name} will sign for it.",
+    "We met at {a}, then walked to {b}.",
+]
+_PLACES_EN = ["bakery", "bookshop", "clinic", "office", "tea shop", "studio"]
+
+
+def corpus_texts(corpus_dir: Path = CORPUS_DIR) -> list[str]:
+    """The hand-written paragraphs of corpus_dir/*.txt, one document each."""
     documents: list[str] = []
     for path in sorted(corpus_dir.glob("*.txt")):
         text = path.read_text(encoding="utf-8")
         documents += [part.strip() for part in text.split("\n\n") if part.strip()]
+    return documents
 
+
+def _compact(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _phone(rng: random.Random) -> str:
+    return f"0{rng.randint(2, 8)}-{rng.randint(2000, 9999)}-{rng.randint(1000, 9999)}"
+
+
+def _address_document(rng: random.Random, draw: list[str]) -> str:
+    """One plain document that mentions addresses: a list, a sentence, or a JSON record of some other
+    shape than the sample task's. `draw` holds the addresses to use, first ones first."""
+    a, b = draw[0], draw[1]
+    name, place = rng.choice(_NAMES), rng.choice(_PLACES)
+    kind = rng.randrange(8)
+    if kind == 0:
+        lines = [f"{i}. {address}" for i, address in enumerate(draw[: rng.randint(2, 5)], start=1)]
+        return "\n".join([rng.choice(_LIST_HEADERS), *lines])
+    if kind in (1, 2):
+        template = rng.choice(_SENTENCES)
+        return template.format(name=name, place=place, place_en=rng.choice(_PLACES_EN), a=a, b=b)
+    if kind == 3:
+        return _compact({"name": name, "phone": _phone(rng), "address": a})
+    if kind == 4:
+        order = {"order": rng.randint(1000, 9999), "ship_to": a, "items": rng.randint(1, 6)}
+        return _compact({**order, "paid": rng.random() < 0.7})
+    if kind == 5:
+        return _compact({"store": name[0] + "記" + place, "address": a, "open": f"{rng.randint(7, 11):02d}:00"})
+    if kind == 6:
+        return _compact({"from": a, "to": b, "km": round(rng.uniform(0.5, 40.0), 1)})
+    # A sentence, then the same facts as JSON: the model learns to carry text over into a value.
+    return f"{name}住在{a}，電話是{(phone := _phone(rng))}。\n" + _compact({"name": name, "phone": phone, "address": a})
+
+
+def _address_chat(rng: random.Random, draw: list[str]) -> str:
+    a, name = draw[0], rng.choice(_NAMES)
+    kind = rng.randrange(3)
+    if kind == 0:
+        user, assistant = f"請把這個地址再寫一次：{a}", a
+    elif kind == 1:
+        phone = _phone(rng)
+        user = f"把這筆聯絡人寫成 JSON：{name}，電話 {phone}，地址 {a}"
+        assistant = _compact({"name": name, "phone": phone, "address": a})
+    else:
+        user, assistant = f"幫我寫一句寄件通知，地址是{a}", f"您的包裹已經寄出，收件地址是{a}，請留意簽收。"
+    messages = [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    return render_chat(messages)
+
+
+def _record_document(rng: random.Random, fields: dict[str, str | None]) -> str:
+    """A JSON record that uses a few of the sample task's keys next to keys of its own, with values from
+    one address's parts (null where the part is absent), but never the whole address: the model learns
+    the words and the JSON, not how an address splits into them."""
+    f, name = fields, rng.choice(_NAMES)
+    kind = rng.randrange(6)
+    if kind == 0:
+        phone = _phone(rng) if rng.random() < 0.7 else None
+        return _compact({"name": name, "city": f["city"], "district": f["district"], "phone": phone})
+    if kind == 1:
+        km = round(rng.uniform(0.5, 12.0), 1)
+        return _compact({"city": f["city"], "district": f["district"], "road": f["road"], "length_km": km})
+    if kind == 2:
+        building = {"building": name[0] + "氏大樓", "number": f["number"], "floor": f["floor"]}
+        return _compact({**building, "elevator": rng.random() < 0.6})
+    if kind == 3:
+        return _compact({"road": f["road"], "lane": f["lane"], "alley": f["alley"], "parking": rng.random() < 0.5})
+    if kind == 4:
+        return _compact({"city": f["city"], "district": f["district"], "shops": rng.randint(3, 300)})
+    road = {"road": f["road"], "section": f["section"], "lanes": rng.choice([2, 4, 6])}
+    return _compact({**road, "one_way": rng.random() < 0.2})
+
+
+_EXTRACT_PROMPTS = ["整理成 JSON：", "轉成 JSON：", "擷取欄位：", "Extract as JSON: "]
+_ITEMS = ["茶葉", "杯子", "筆記本", "雨傘", "鳳梨酥", "咖啡豆", "毛巾", "便當盒"]
+_EVENTS = ["讀書會", "音樂會", "市集", "講座", "跑步社練習", "攝影展"]
+_WEATHER = ["晴", "多雲", "陣雨", "多雲時晴", "午後雷陣雨", "陰"]
+
+
+def _extraction_document(rng: random.Random, fields: dict[str, str | None], address: str) -> str:
+    """An instruction, a line of text, then the text's facts as JSON, in the order the text gives them
+    (null for what it leaves out): extraction in general, in other shapes than the sample task's."""
+    name = rng.choice(_NAMES)
+    date = f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+    clock = f"{rng.randint(8, 21)}:{rng.choice(['00', '15', '30', '45'])}"
+    phone = _phone(rng) if rng.random() < 0.75 else None
+    data: dict[str, object]
+    kind = rng.randrange(5)
+    if kind == 0:
+        text = f"{name}，電話 {phone}，住在{address}" if phone else f"{name}，住在{address}"
+        data = {"name": name, "phone": phone, "address": address}
+    elif kind == 1:
+        order, item, qty = rng.randint(1000, 9999), rng.choice(_ITEMS), rng.randint(1, 12)
+        text = f"訂單 {order}：{item} {qty} 份，寄到{address}"
+        data = {"order": order, "item": item, "qty": qty, "ship_to": address}
+    elif kind == 2:
+        event = rng.choice(_EVENTS)
+        text = f"{event}在{date} {clock}，地點：{address}"
+        data = {"event": event, "date": date, "time": clock, "place": address}
+    elif kind == 3:
+        weather, degrees = rng.choice(_WEATHER), rng.randint(8, 36)
+        text = f"{date}，{fields['city']}{weather}，氣溫 {degrees} 度"
+        data = {"date": date, "city": fields["city"], "weather": weather, "temperature": degrees}
+    else:
+        people = rng.randint(1, 12)
+        text = f"{name}訂位 {people} 人，{date} {clock}" + (f"，電話 {phone}" if phone else "")
+        data = {"name": name, "people": people, "date": date, "time": clock, "phone": phone}
+    return f"{rng.choice(_EXTRACT_PROMPTS)}{text}\n{_compact(data)}"
+
+
+def _dataset_addresses() -> set[str]:
     train, eval_ = dataset_splits()
-    dataset_prompts = {row["prompt"] for row in train + eval_}
-    rows = generate_rows(CORPUS_ADDRESS_ROWS, seed=CORPUS_ADDRESS_SEED)
+    return {row["prompt"].removeprefix(PROMPT_PREFIX).rstrip("\n") for row in train + eval_}
+
+
+def address_documents(n: int = CORPUS_ADDRESS_DOCS, *, seed: int = CORPUS_ADDRESS_SEED) -> list[str]:
+    """n generated documents that use addresses as plain text, never as the sample task's rows.
+    Addresses of the tw-address sample dataset are left out, so its eval rows stay unseen."""
+    dataset_addresses = _dataset_addresses()
+    rng = random.Random(seed)
+
+    def address() -> str:
+        while (text := format_address(random_fields(rng))) in dataset_addresses:
+            pass
+        return text
+
+    documents: list[str] = []
+    for i in range(n):
+        draw = [address() for _ in range(5)]
+        roll = rng.random()
+        if i % CHAT_EVERY == 0:
+            documents.append(_address_chat(rng, draw))
+        elif roll < RECORD_SHARE:
+            documents.append(_record_document(rng, random_fields(rng)))
+        elif roll < RECORD_SHARE + EXTRACTION_SHARE:
+            documents.append(_extraction_document(rng, random_fields(rng), draw[0]))
+        else:
+            documents.append(_address_document(rng, draw))
+    return documents
+
+
+def holds_the_task(document: str) -> bool:
+    """Whether a document holds the sample task: its prompt, or a JSON object with its eight keys."""
+    return PROMPT_PREFIX in document or all(f'"{field}":' in document for field in FIELDS)
+
+
+def check_pretraining_texts(documents: list[str]) -> None:
+    """ValueError if a document holds the sample task (see holds_the_task)."""
+    for doc in documents:
+        if holds_the_task(doc):
+            raise ValueError(f"pretraining text holds the sample task (prompt or eight-key JSON): {doc[:80]!r}")
+
+
+def pretraining_texts(corpus_dir: Path = CORPUS_DIR) -> list[str]:
+    """What the model is pretrained on: the corpus paragraphs, except any in the task's own format, and
+    the generated address documents. A chat document already carries its <s> and </s>, a plain one not."""
+    documents = [doc for doc in corpus_texts(corpus_dir) if not holds_the_task(doc)] + address_documents()
+    check_pretraining_texts(documents)
+    return documents
+
+
+def tokenizer_texts(corpus_dir: Path = CORPUS_DIR) -> list[str]:
+    """What the tokenizer is trained on: every corpus paragraph and TOKENIZER_TASK_ROWS rows of the task
+    (seed CORPUS_ADDRESS_SEED, dataset addresses dropped, one in CHAT_EVERY as a chat). The task's JSON
+    keys and place names so become short tokens; the model itself never reads these rows."""
+    documents = corpus_texts(corpus_dir)
+    dataset_prompts = {PROMPT_PREFIX + address + "\n" for address in _dataset_addresses()}
+    rows = generate_rows(TOKENIZER_TASK_ROWS, seed=CORPUS_ADDRESS_SEED)
     rows = [row for row in rows if row["prompt"] not in dataset_prompts]
     for i, row in enumerate(rows):
         if i % CHAT_EVERY == 0:
@@ -211,21 +405,29 @@ in seconds without downloading anything.
 
 `python -m worker.tiny_model --out assets/tiny-llama` (see `worker/tiny_model.py`):
 
-1. Corpus: the hand-written English, Traditional Chinese and JSON text in `assets/corpus/`, plus
-   {CORPUS_ADDRESS_ROWS} generated address-parsing rows (`worker.sample_data`, seed {CORPUS_ADDRESS_SEED},
-   with every address of the `tw-address` sample dataset removed), one in {CHAT_EVERY} written as a chat.
-2. Tokenizer: byte-level BPE (`tokenizers`), digits split one per token, trained on that corpus.
-   `decode(encode(x)) == x` for any text.
-3. Model: initialised with `torch.manual_seed({facts["seed"]})`, pretrained on the packed corpus with
-   {facts["threads"]} torch threads (float sums, and so the weights, depend on the thread count), saved as
-   float32 safetensors.
+1. Pretraining text: the hand-written English, Traditional Chinese and JSON text in `assets/corpus/`
+   (less any paragraph in the task's own format), plus {CORPUS_ADDRESS_DOCS} generated documents that
+   mention addresses as plain text: lists, sentences, JSON records of other shapes and text-to-JSON
+   extractions of other kinds (seed {CORPUS_ADDRESS_SEED}, no address of the `tw-address` sample dataset),
+   one in {CHAT_EVERY} written as a chat. None of it holds the sample task: no `解析地址：` prompt and no
+   JSON object with its eight keys (the build checks).
+2. Tokenizer: byte-level BPE (`tokenizers`), digits split one per token, trained on the corpus files
+   plus {TOKENIZER_TASK_ROWS} generated rows in the task's format (the model never reads those rows), so the
+   task's JSON keys and place names are short tokens. `decode(encode(x)) == x` for any text.
+3. Model: initialised with `torch.manual_seed({facts["seed"]})`, pretrained on the packed pretraining
+   text with {facts["threads"]} torch threads (float sums, and so the weights, depend on the thread count),
+   saved as float32 safetensors.
 
-Greedy decoding of an address prompt gives well-formed JSON with the eight keys, but mostly wrong
-values: a starting point that a LoRA run on `assets/datasets/tw-address` visibly improves.
+The model knows the characters, the place names and JSON, but not the address-parsing task: greedy
+decoding of a task prompt does not give the task's JSON. A LoRA run on `assets/datasets/tw-address`
+teaches the format: the default QLoRA run's loss falls from about 2.2 to about 1.3 in its 60 steps, and
+to about 0.9 in 300. The values stay mostly wrong: a model this small, this briefly trained, does not
+copy the parts of an address into the fields.
 
 ## Prompt formats
 
-Plain (the sample task): `解析地址：臺北市大安區復興南路一段390號2樓\\n` -> the JSON fields, then `</s>`.
+Plain (the sample task, which fine-tuning teaches): `解析地址：臺北市大安區復興南路一段390號2樓\\n` -> the
+JSON fields, then `</s>`.
 
 Chat template (plain-text markers, no extra tokens):
 
@@ -249,8 +451,8 @@ def build_tiny_model(out_dir: Path, *, seed: int = 0, steps: int | None = None, 
     torch.set_num_threads(threads)
     try:
         started = time.perf_counter()
-        documents = load_corpus()
-        tokenizer = train_tokenizer(documents)
+        tokenizer = train_tokenizer(tokenizer_texts())
+        documents = pretraining_texts()
         rows = pack_corpus(tokenizer, documents, seed=seed)
         print(f"corpus: {len(documents)} documents, {rows.numel():,} tokens; vocab {len(tokenizer)}")
         model = build_model(tokenizer, seed=seed)
@@ -289,9 +491,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Build loradeck's bundled tiny Llama base model.")
     parser.add_argument("--out", type=Path, required=True, help="output directory (Hugging Face layout)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--steps", type=int, default=None, help=f"pretraining steps (default {DEFAULT_STEPS})"
-    )
+    parser.add_argument("--steps", type=int, default=None, help=f"pretraining steps (default {DEFAULT_STEPS})")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads; fixed for reproducibility")
     args = parser.parse_args(argv)
     build_tiny_model(args.out, seed=args.seed, steps=args.steps, threads=args.threads)

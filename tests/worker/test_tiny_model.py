@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 from typing import cast
 
@@ -12,8 +13,16 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from worker.sample_data import generate_rows
-from worker.tiny_model import CHAT_TEMPLATE, build_tiny_model, render_chat
+from worker.sample_data import FIELDS, PROMPT_PREFIX, dataset_splits, generate_rows, parse_fields
+from worker.tiny_model import (
+    CHAT_TEMPLATE,
+    address_documents,
+    build_tiny_model,
+    check_pretraining_texts,
+    pretraining_texts,
+    render_chat,
+    tokenizer_texts,
+)
 
 MODEL_DIR = Path(__file__).resolve().parents[2] / "assets" / "tiny-llama"
 ADDRESS = "臺北市大安區復興南路一段390號2樓"
@@ -77,14 +86,49 @@ def test_chat_template_renders_with_a_generation_prompt(tokenizer: PreTrainedTok
     assert isinstance(rendered, str) and rendered.endswith("<|assistant|>\n{}</s>\n")
 
 
-def test_greedy_generation_looks_like_the_task(
-    tokenizer: PreTrainedTokenizerBase, model: LlamaForCausalLM
-) -> None:
-    prompt = generate_rows(1, seed=99)[0]["prompt"]
-    inputs = tokenizer(prompt, return_tensors="pt")
-    output = model.generate(**inputs, max_new_tokens=80, do_sample=False)
-    completion = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-    assert isinstance(completion, str) and completion.startswith('{"city":"'), completion
+def test_the_task_json_keys_are_whole_tokens(tokenizer: PreTrainedTokenizerBase) -> None:
+    for field in FIELDS:
+        assert len(tokenizer(field, add_special_tokens=False)["input_ids"]) == 1, field
+
+
+def test_pretraining_text_never_holds_the_task() -> None:
+    documents = pretraining_texts()
+    assert not [doc for doc in documents if PROMPT_PREFIX in doc]
+    assert not [doc for doc in documents if all(f'"{field}":' in doc for field in FIELDS)]
+    # Addresses are there as plain text, and some of the task's keys in JSON records of other shapes.
+    assert sum("號" in doc for doc in documents) > 1000
+    assert any(doc.startswith('{"city":') for doc in documents)
+    # Only the tokenizer reads the task's format.
+    assert sum(doc.startswith(PROMPT_PREFIX) for doc in tokenizer_texts()) > 1000
+
+
+def test_pretraining_text_leaves_out_the_sample_dataset_addresses() -> None:
+    train, eval_ = dataset_splits()
+    text = "\n".join(address_documents())
+    addresses = [row["prompt"].removeprefix(PROMPT_PREFIX).rstrip("\n") for row in train + eval_]
+    # A dataset address may begin a longer one (a floor added), so it counts only where it ends.
+    found = [a for a in addresses if re.search(re.escape(a) + "(?![0-9地之])", text)]
+    assert not found, found[:5]
+
+
+def test_check_pretraining_texts_refuses_a_task_row() -> None:
+    row = generate_rows(1, seed=5)[0]
+    for doc in (row["prompt"] + row["completion"], "a list:\n" + row["completion"]):
+        with pytest.raises(ValueError, match="task"):
+            check_pretraining_texts(["plain text", doc])
+    check_pretraining_texts(["plain text", '{"city":"臺北市","district":"大安區","shops":3}'])
+
+
+def test_base_model_has_not_learned_the_task(tokenizer: PreTrainedTokenizerBase, model: LlamaForCausalLM) -> None:
+    # What a LoRA run on the sample dataset teaches: greedy decoding of the base does not parse addresses.
+    _, eval_ = dataset_splits()
+    for row in eval_[:5]:
+        inputs = tokenizer(row["prompt"], return_tensors="pt")
+        output = model.generate(**inputs, max_new_tokens=64, do_sample=False)
+        completion = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        assert isinstance(completion, str) and completion != row["completion"]
+        with pytest.raises(ValueError):
+            parse_fields(completion)
 
 
 def test_quick_build_is_loadable_and_deterministic(tmp_path: Path) -> None:
