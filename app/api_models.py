@@ -28,6 +28,7 @@ class RunOut(BaseModel):
     step: int
     max_steps: int | None
     last_loss: float | None
+    attempts: int = Field(default=0, description="Workers lost while training it; resumed each time.")
 
 
 class MetricOut(BaseModel):

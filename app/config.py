@@ -84,6 +84,12 @@ class Settings(BaseSettings):
         default=20_000,
         description="Events kept per run in its Redis Stream (older ones stay in the database).",
     )
+    lease_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds without a heartbeat from the worker training a run before the run counts as lost: "
+        "it is then interrupted and resumed from its last checkpoint on a live worker (at most 3 times).",
+    )
 
     @field_validator("model_roots", "dataset_roots", "api_token_hashes", mode="before")
     @classmethod

@@ -73,7 +73,8 @@ class LiveHub:
     """The feeds of one event loop, over one Redis connection pool."""
 
     def __init__(self, url: str) -> None:
-        self.client = aioredis.Redis.from_url(url)
+        # No read timeout: the feed's XREAD blocks for seconds on purpose (redis-py 8 defaults to 5 s).
+        self.client = aioredis.Redis.from_url(url, socket_timeout=None)
         self.feeds: dict[str, RunFeed] = {}
 
     async def follow(self, run_id: str, after: str, *, finished: bool) -> AsyncIterator[Event | None]:

@@ -66,6 +66,10 @@ class Run(Base):
     step: Mapped[int] = mapped_column(Integer, default=0)
     max_steps: Mapped[int | None] = mapped_column(Integer)
     last_loss: Mapped[float | None] = mapped_column(Float)
+    # The worker's lease on a running run: renewed every few seconds; a reaper interrupts the run when it
+    # stops changing (worker/lease.py, worker/reaper.py).
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # workers lost while training it
 
     metrics: Mapped[list[Metric]] = relationship(back_populates="run", cascade="all, delete-orphan")
     artifacts: Mapped[list[Artifact]] = relationship(back_populates="run", cascade="all, delete-orphan")

@@ -67,22 +67,34 @@ def list_metrics(*, session: Session, run_id: str, after_step: int = -1) -> Sequ
 
 
 def claim_run(*, session: Session, run_id: str, worker: str) -> bool:
-    """Move a run from queued or interrupted to running, atomically: only one worker ever wins."""
+    """Move a run from queued or interrupted to running, atomically: only one worker ever wins.
+
+    A running run is never taken, even from a worker that looks dead: the reaper first moves it to
+    interrupted, conditionally on the lease it saw expire (worker/reaper.py), so two workers never train it.
+    """
+    now = utcnow()
     result = session.execute(
         update(Run)
         .where(Run.id == run_id, Run.status.in_([RunStatus.queued, RunStatus.interrupted]))
         .where(Run.cancel_requested.is_(False))
-        .values(status=RunStatus.running, worker=worker, started_at=utcnow())
+        # The lease starts with the claim; the reason a resumed run was interrupted goes with it.
+        .values(status=RunStatus.running, worker=worker, started_at=now, heartbeat_at=now, error=None, finished_at=None)
     )
     session.commit()
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def finish_run(*, session: Session, run_id: str, status: RunStatus, error: str | None = None) -> None:
-    session.execute(
-        update(Run).where(Run.id == run_id).values(status=status, error=error, finished_at=datetime.now(UTC))
-    )
+def finish_run(
+    *, session: Session, run_id: str, status: RunStatus, error: str | None = None, worker: str | None = None
+) -> bool:
+    """Record how a run ended. With `worker`, only while that worker still holds the run: a worker whose
+    lease was taken away must not overwrite what the run's new owner does. True when it was recorded."""
+    query = update(Run).where(Run.id == run_id)
+    if worker is not None:
+        query = query.where(Run.status == RunStatus.running, Run.worker == worker)
+    result = session.execute(query.values(status=status, error=error, finished_at=datetime.now(UTC)))
     session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def record_params(*, session: Session, run_id: str, params_all: int, params_trainable: int) -> None:
@@ -205,3 +217,70 @@ def duration(seconds: float | None) -> str:
     if hours:
         return f"{hours}h {minutes:02d}m"
     return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def renew_lease(*, session: Session, run_id: str, worker: str) -> bool:
+    """The worker training a run says it is alive; False when the run is no longer its own to train."""
+    result = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status == RunStatus.running, Run.worker == worker)
+        .values(heartbeat_at=utcnow())
+    )
+    session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def leases(*, session: Session, statuses: Sequence[RunStatus]) -> list[tuple[str, str, datetime | None, bool]]:
+    """(id, status, heartbeat_at, cancel_requested) of the runs in these states: what a reaper watches."""
+    query = select(Run.id, Run.status, Run.heartbeat_at, Run.cancel_requested).where(Run.status.in_(list(statuses)))
+    return [(row[0], row[1], row[2], bool(row[3])) for row in session.execute(query)]
+
+
+def update_run_if(
+    *, session: Session, run_id: str, status: RunStatus, heartbeat_at: datetime | None, values: dict[str, Any]
+) -> bool:
+    """Apply `values` only if the run is still in `status` with the heartbeat the caller saw.
+
+    Every move a reaper makes sets a new heartbeat_at, and so does every renewal: of two reapers acting on
+    what they both saw, one wins and the other changes nothing, and a lease renewed meanwhile stays put.
+    """
+    seen = Run.heartbeat_at.is_(None) if heartbeat_at is None else Run.heartbeat_at == heartbeat_at
+    result = session.execute(
+        update(Run).where(Run.id == run_id, Run.status == status, seen).values(heartbeat_at=utcnow(), **values)
+    )
+    session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def add_owned_metrics(*, session: Session, run_id: str, worker: str, points: Sequence[dict[str, Any]]) -> bool:
+    """`add_metrics`, only while `worker` holds the run; False (nothing written) once the run was taken away.
+
+    The progress UPDATE goes first and is conditional: it takes the run's row (the write lock on SQLite), so
+    a reaper cannot move the run between the check and the inserts, and a worker that lost its lease never
+    writes points into the history of the worker that resumed the run.
+    """
+    if not points:
+        return True
+    newest = max(points, key=lambda point: point["step"])
+    values: dict[str, Any] = {"step": int(newest["step"])}
+    losses = [point for point in points if point.get("loss") is not None and point.get("kind", "train") == "train"]
+    if losses:
+        values["last_loss"] = float(max(losses, key=lambda point: point["step"])["loss"])
+    owned = session.execute(
+        update(Run).where(Run.id == run_id, Run.status == RunStatus.running, Run.worker == worker).values(**values)
+    )
+    if not owned.rowcount:  # type: ignore[attr-defined]
+        session.rollback()
+        return False
+    session.add_all(
+        Metric(
+            run_id=run_id,
+            step=int(point["step"]),
+            kind=point.get("kind", "train"),
+            time=float(point["time"]),
+            **{name: point.get(name) for name in METRIC_FIELDS},
+        )
+        for point in points
+    )
+    session.commit()
+    return True

@@ -25,24 +25,47 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 app = Celery("loradeck", include=["worker.tasks", "worker.dataset_tasks"])
 app.conf.update(celery_config(get_settings()))
+app.conf.update(
+    # Redis may be away for a while (a restart, a failover): keep reconnecting instead of exiting after
+    # 100 tries; the run in progress trains on meanwhile, since it needs only the database.
+    broker_connection_max_retries=None,
+    # A lost broker connection must not cancel the run in progress (Celery 6 will default to cancelling):
+    # its message stays unacknowledged in Redis and the database claim keeps a redelivery from training it.
+    worker_cancel_long_running_tasks_on_connection_loss=False,
+)
 
 
 _heartbeat: Any = None
+_reaper: Any = None
 
 
 @signals.worker_ready.connect
 def _register(sender: Any, **_: Any) -> None:
-    """Announce this worker (queues, GPUs) and keep announcing it while it lives."""
-    global _heartbeat
+    """Announce this worker (queues, GPUs) and keep announcing it while it lives; watch for lost runs."""
+    global _heartbeat, _reaper
+    from worker.reaper import Reaper
     from worker.registry import Heartbeat
 
     queues = sorted(queue.name for queue in sender.task_consumer.queues)
     _heartbeat = Heartbeat(sender.hostname, queues)
     _heartbeat.start()
+    # Every worker reaps, so a lost run is found while any worker lives; their UPDATEs are conditional.
+    _reaper = Reaper()
+    _reaper.start()
+
+
+@signals.worker_shutting_down.connect
+def _hand_back_the_run(**_: Any) -> None:
+    """Warm shutdown: the run in progress checkpoints at its next step and goes back to the queue."""
+    from worker.lease import WORKER_STOPPING
+
+    WORKER_STOPPING.set()
 
 
 @signals.worker_shutdown.connect
 def _unregister(**_: Any) -> None:
+    if _reaper is not None:
+        _reaper.stop()
     if _heartbeat is not None:
         _heartbeat.stop()
 

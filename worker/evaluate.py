@@ -63,9 +63,10 @@ def score(predictions: Sequence[str], references: Sequence[str]) -> dict[str, An
         expected = _json_object(reference)
         if expected is None:
             continue
-        got = _json_object(prediction) or {}
+        got = _json_object(prediction)
         fields_total += len(expected)
-        fields_right += sum(got.get(key) == value for key, value in expected.items())
+        if got is not None:  # an answer that is not a JSON object gets no field right, not even a null one
+            fields_right += sum(key in got and got[key] == value for key, value in expected.items())
     return {
         "rows": len(references),
         "exact_match": exact / len(references) if references else 0.0,

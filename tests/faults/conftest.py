@@ -1,0 +1,227 @@
+"""A stack of real processes that a fault test breaks on purpose: its own redis-server (persistent, so the
+queue survives a restart), Celery workers and uvicorn as subprocesses, and a short lease so a lost worker
+is noticed in seconds. The test process reads and writes the same database and Redis directly."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+import redis
+
+from app import runs, services
+from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, get_settings
+from app.db import get_sessionmaker, migrate
+from app.events import stream_key
+from app.models import Run
+from app.queue import enqueue_train
+from app.schemas import RunSpec
+from app.workers import list_workers
+from tests.conftest import _clear_caches, _wait_http
+
+REPO = Path(__file__).resolve().parents[2]
+LEASE_TIMEOUT_S = 6  # the reapers then look every 2 s and the lease is renewed every second
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, every: float = 0.1) -> T:
+    """Poll until `predicate` returns something truthy, and return it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+def _port_is_free(port: int) -> bool:
+    # app.services.port_is_free binds without SO_REUSEADDR, so the TIME_WAIT connections a stopped Redis
+    # leaves on its port make the port look taken for a minute; redis-server itself binds with it.
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+class FaultStack:
+    def __init__(self, root: Path, env: dict[str, str], redis_port: int) -> None:
+        self.root, self.env, self.redis_port = root, env, redis_port
+        self.redis: subprocess.Popen[bytes] | None = None
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.web: subprocess.Popen[bytes] | None = None
+        self.web_port = services.free_port()
+        self.url = f"http://127.0.0.1:{self.web_port}"
+
+    # --- processes
+    def start_redis(self) -> None:
+        self.redis = services.start_redis(port=self.redis_port, directory=self.root / "redis", persist=True)
+
+    def stop_redis(self) -> None:
+        assert self.redis is not None
+        self.redis.terminate()  # SIGTERM: Redis writes its append-only file and exits, as on a restart
+        self.redis.wait(timeout=30)
+
+    def start_worker(self, queues: str = "train,merge") -> subprocess.Popen[bytes]:
+        log = (self.root / f"worker-{len(self.workers)}.log").open("wb")
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker", "--queues", queues],
+            env=self.env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.workers.append(worker)
+        return worker
+
+    def wait_for_workers(self, count: int, timeout: float = 60) -> None:
+        """Until `count` workers announce themselves (they have connected to Redis and serve their queues)."""
+        client = redis.Redis.from_url(self.env["REDIS_URL"])
+
+        def ready() -> bool:
+            for worker in self.workers:
+                assert worker.poll() is None, f"a worker exited:\n{self.worker_logs()}"
+            return len(list_workers(client)) >= count
+
+        wait_for(ready, timeout, f"{count} workers to start", every=0.25)
+        client.close()
+
+    def start_web(self) -> None:
+        self.web = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(self.web_port)],
+            env=self.env,
+            cwd=REPO,
+            stdout=(self.root / "web.log").open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        _wait_http(self.url, self.web)
+
+    def kill(self, process: subprocess.Popen[bytes] | None, sig: int = signal.SIGKILL) -> None:
+        if process is not None and process.poll() is None:
+            process.send_signal(sig)
+            process.wait(timeout=30)
+
+    def worker_logs(self) -> str:
+        return "\n".join(path.read_text(errors="replace")[-3000:] for path in sorted(self.root.glob("worker-*.log")))
+
+    def close(self) -> None:
+        for process in [self.web, *self.workers]:
+            if process is not None and process.poll() is None:
+                process.terminate()
+        for process in [self.web, *self.workers, self.redis]:
+            if process is None:
+                continue
+            if process is self.redis and process.poll() is None:
+                process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    # --- runs, read straight from the database and the run's directory
+    def create_run(self, **overrides: Any) -> str:
+        fields: dict[str, Any] = {
+            "base_model": str(TINY_MODEL_DIR),
+            "dataset": str(SAMPLE_DATASET_DIR / "train.jsonl"),
+            "method": "lora",
+            "precision": "fp32",
+            "max_steps": 60,
+            "save_steps": 10,
+            "per_device_train_batch_size": 2,
+            "max_seq_length": 64,
+            "learning_rate": 2e-3,
+            **overrides,
+        }
+        with get_sessionmaker()() as session:
+            return runs.create_run(session=session, spec=RunSpec(**fields)).id
+
+    def enqueue(self, run_id: str) -> None:
+        enqueue_train(run_id)
+
+    def run(self, run_id: str) -> Run:
+        with get_sessionmaker()() as session:
+            return runs.get_run(session=session, run_id=run_id)
+
+    def wait_status(self, run_id: str, statuses: tuple[str, ...], timeout: float) -> Run:
+        def reached() -> Run | None:
+            run = self.run(run_id)
+            return run if run.status in statuses else None
+
+        try:
+            return wait_for(reached, timeout, str(statuses))
+        except TimeoutError:
+            raise AssertionError(f"run is {self.run(run_id).status}, not {statuses}:\n{self.worker_logs()}") from None
+
+    def train_steps(self, run_id: str) -> list[int]:
+        with get_sessionmaker()() as session:
+            return [p.step for p in runs.list_metrics(session=session, run_id=run_id) if p.kind == "train"]
+
+    def train_log(self, run_id: str) -> str:
+        path = get_settings().runs_dir / run_id / "train.log"
+        return path.read_text(errors="replace") if path.is_file() else ""
+
+    def starts(self, run_id: str) -> int:
+        """How many times a worker began training the run (each claim writes one such line)."""
+        return len(re.findall(rf"run {run_id} starts on ", self.train_log(run_id)))
+
+    def logged_step(self, run_id: str) -> int:
+        """The newest step train.log has a metric line for (written synchronously, as the step ends)."""
+        steps = re.findall(r"\bstep (\d+) train loss", self.train_log(run_id))
+        return int(steps[-1]) if steps else 0
+
+    def events(self, run_id: str) -> list[tuple[str, str, dict[str, Any]]]:
+        client = redis.Redis.from_url(self.env["REDIS_URL"], decode_responses=True)
+        entries: Any = client.xrange(stream_key(run_id))
+        client.close()
+        return [(entry_id, fields["event"], json.loads(fields["data"])) for entry_id, fields in entries]
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30)
+
+
+@pytest.fixture
+def fault_stack(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[FaultStack]:
+    """Its own persistent Redis, a migrated database, and a short lease; processes are started by the test."""
+    redis_port = services.free_port()
+    env = {
+        "LORADECK_DATA_DIR": str(tmp_path / "data"),
+        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "DATABASE_URL": os.environ.get("LORADECK_TEST_DATABASE_URL", ""),
+        "LORADECK_MODEL_ROOTS": str(tmp_path_factory.getbasetemp()),
+        "LORADECK_DATASET_ROOTS": str(tmp_path_factory.getbasetemp()),
+        "LORADECK_LEASE_TIMEOUT_S": str(LEASE_TIMEOUT_S),
+        "PYTHONUNBUFFERED": "1",
+        "OMP_WAIT_POLICY": "PASSIVE",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(services, "port_is_free", _port_is_free)
+    _clear_caches()
+    stack = FaultStack(tmp_path, {**os.environ, **env}, redis_port)
+    stack.start_redis()
+    migrate()
+    try:
+        yield stack
+    finally:
+        stack.close()
+        from app.db import get_engine
+
+        get_engine().dispose()
+        _clear_caches()

@@ -1,0 +1,40 @@
+"""The web process killed and started again mid-run: the run never notices, and the restarted web serves it."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.faults.conftest import FaultStack, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_web_restart_mid_run_loses_nothing_and_interrupts_nothing(fault_stack: FaultStack) -> None:
+    stack = fault_stack
+    stack.start_worker()
+    stack.start_web()
+    stack.wait_for_workers(1)
+    spec = {"name": "through a web restart", "method": "lora", "precision": "fp32", "max_steps": 60}
+    spec |= {"per_device_train_batch_size": 2, "max_seq_length": 64, "save_steps": 10}
+    with stack.client() as client:
+        run_id = client.post("/api/v1/runs", json=spec).json()["id"]
+
+    wait_for(lambda: stack.logged_step(run_id) >= 5, 90, "step 5")
+    stack.kill(stack.web)  # SIGKILL: no graceful shutdown to lean on
+    killed_at = stack.logged_step(run_id)
+    wait_for(lambda: stack.logged_step(run_id) >= killed_at + 5, 60, "training to go on without the web")
+    stack.start_web()
+
+    with stack.client() as client:
+        during = client.get(f"/api/v1/runs/{run_id}").json()
+        page = client.get(f"/runs/{run_id}")
+        assert page.status_code == 200 and "through a web restart" in page.text
+        final = stack.wait_status(run_id, ("succeeded", "failed"), 120)
+        assert final.status == "succeeded", f"{final.error}\n{stack.worker_logs()}"
+        served = client.get(f"/api/v1/runs/{run_id}").json()
+        metrics = client.get(f"/api/v1/runs/{run_id}/metrics").json()
+
+    assert during["status"] in ("running", "succeeded")
+    assert (served["status"], served["attempts"], served["step"]) == ("succeeded", 0, 60)
+    assert [point["step"] for point in metrics if point["kind"] == "train"] == list(range(1, 61))
+    assert stack.starts(run_id) == 1  # trained in one go: the worker never stopped

@@ -1,0 +1,103 @@
+"""A run's live events, sent to its Redis Stream from a background thread.
+
+Training never waits on Redis: `publish` queues the event and returns. While Redis is unreachable (stopped,
+restarting, a network blip) the events wait in a bounded buffer and go out in order once it answers again,
+so a viewer that reconnects with Last-Event-ID sees them too. The database keeps every metric regardless.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from app import events
+
+log = logging.getLogger(__name__)
+
+RETRY_EVERY_S = 1.0
+BUFFER_EVENTS = 10_000  # past this many waiting events the oldest go (a metric point is 200 bytes or so)
+CLOSE_WAIT_S = 10.0  # at the end of a run, how long the last events may take to go out
+
+EventSink = Callable[[str, dict[str, Any]], None]
+
+
+class EventPublisher:
+    """Publishes a run's events without blocking; while Redis is unreachable it holds them and retries.
+
+    `echo`, when given, also receives every event at once, Redis or not: the CLI prints them from there.
+    """
+
+    def __init__(self, redis_url: str, run_id: str, *, maxlen: int, echo: EventSink | None = None) -> None:
+        # Short timeouts: a dead host must not hold the sender for long (the training loop never waits on it).
+        self.client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)
+        self.run_id = run_id
+        self.maxlen = maxlen
+        self.echo = echo
+        self.dropped = 0
+        self._waiting: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._down_since: float | None = None
+        self._sender = threading.Thread(target=self._send_loop, name=f"loradeck-events-{run_id}", daemon=True)
+        self._sender.start()
+
+    def publish(self, event: str, data: dict[str, Any]) -> None:
+        if event not in events.EVENT_TYPES:  # a programming error: raise it here, not in the sender thread
+            raise ValueError(f"unknown event type {event!r}; expected one of {events.EVENT_TYPES}")
+        if self.echo is not None:
+            self.echo(event, data)
+        with self._cond:
+            if len(self._waiting) >= BUFFER_EVENTS:
+                self._waiting.popleft()
+                self.dropped += 1
+            self._waiting.append((event, data))
+            self._cond.notify()
+
+    def close(self, wait_s: float = CLOSE_WAIT_S) -> None:
+        """Send what is still waiting (unless Redis is down: then it is dropped), then stop the sender."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._sender.join(timeout=wait_s)
+        if self._sender.is_alive():
+            log.warning("live events: %d not sent before the end of the run", len(self._waiting))
+        self.client.close()
+
+    def _send_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._closing:
+                    self._cond.wait()
+                if not self._waiting:
+                    return
+                event, data = self._waiting.popleft()
+            try:
+                events.publish(self.client, self.run_id, event, data, maxlen=self.maxlen)
+            except redis.RedisError as exc:
+                if not self._went_down(exc, event, data):
+                    return
+                continue
+            if self._down_since is not None:
+                log.info("Redis is back after %.0f s; live events resume", time.monotonic() - self._down_since)
+                self._down_since = None
+
+    def _went_down(self, exc: redis.RedisError, event: str, data: dict[str, Any]) -> bool:
+        """Put the event back and wait before retrying; False when the run is over (drop what is left)."""
+        with self._cond:
+            if self._closing:
+                self.dropped += len(self._waiting) + 1
+                log.warning("Redis is unreachable (%s): the run's last %d live events are dropped", exc, self.dropped)
+                self._waiting.clear()
+                return False
+            self._waiting.appendleft((event, data))
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                log.warning("live events wait: Redis is unreachable (%s); the database keeps the metrics", exc)
+            self._cond.wait(RETRY_EVERY_S)  # close() wakes it early
+        return True
