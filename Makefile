@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 
-.PHONY: run test quick lint system-deps install tiny-model sample-data clean
+.PHONY: run test quick lint bench system-deps install tiny-model sample-data clean
 
 run: install
 	$(VENV)/bin/loradeck up
@@ -29,6 +29,15 @@ $(STAMP):
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	rm -f $(VENV)/.installed-* && touch $@
+
+# Every benchmark; each writes bench/results/<name>.json and its table in bench/README.md.
+bench: install system-deps
+	$(PY) bench/accuracy.py
+	$(PY) bench/merge.py
+	$(PY) bench/web.py
+	$(PY) bench/throughput.py
+	$(PY) bench/first_metric.py
+	$(PY) bench/packing.py
 
 # Redis and Chromium for the tests (as root, from Debian's packages; a no-op when present).
 system-deps:

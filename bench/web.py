@@ -220,7 +220,7 @@ def main() -> None:
         }
     finally:
         server.close()
-    command = "make bench-web" if not args.quick else ".venv/bin/python bench/web.py --quick"
+    command = ".venv/bin/python bench/web.py" + (" --quick" if args.quick else "")
     path = write_result("web" if not args.quick else "web-quick", command, results)
     s = results
     heavy = ", ".join(s["startup"]["ml_libraries_imported"]) or "none imported"
