@@ -236,3 +236,17 @@ def test_pages_fit_laptop_and_wide_screens(stack: Stack, page: Page, width: int)
         overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"{path} is {overflow} px wider than a {width} px window"
     shot(page, f"run-page-{width}")
+
+
+def test_the_estimate_card_follows_the_form(stack: Stack, page: Page) -> None:
+    page.goto(stack.url + "/runs/new")
+    trainable = page.locator("#estimate-trainable")
+    expect(trainable).not_to_be_empty(timeout=60_000)  # the inspect worker answers from config.json alone
+    before = trainable.inner_text()
+    expect(page.locator('#estimate-memory tr[data-part="activations"]')).to_be_visible()
+    page.fill("#f-r", "32")
+    expect(trainable).not_to_have_text(before, timeout=30_000)
+    assert int(trainable.inner_text().replace(",", "")) == 4 * int(before.replace(",", ""))  # LoRA params grow with r
+    page.fill("#f-r", "0")
+    expect(page.locator("#estimate")).to_contain_text("greater than or equal to 1", timeout=30_000)
+    shot(page, "new-run-estimate")
