@@ -21,15 +21,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from bench.common import update_readme_section, write_result  # noqa: E402
 
 
-def train_default(method: str) -> tuple[Path, float]:
-    """Train a run with RunSpec's defaults but the method; returns its adapter dir and wall seconds."""
+def train_default(method: str, **overrides: Any) -> tuple[Path, float]:
+    """Train a run with RunSpec's defaults but the method (and overrides); returns its adapter dir and seconds."""
     from app import runs
     from app.config import get_settings
     from app.db import get_sessionmaker
     from app.schemas import RunSpec
     from worker.train import run_training
 
-    spec = RunSpec.model_validate({"method": method, "name": f"bench-{method}"})
+    spec = RunSpec.model_validate({"method": method, "name": f"bench-{method}"} | overrides)
     with get_sessionmaker()() as session:
         run = runs.create_run(session=session, spec=spec)
     started = time.perf_counter()
@@ -66,10 +66,11 @@ def main() -> None:
         return AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, dtype=torch.float32)
 
     results: dict[str, Any] = {"base": evaluate_rows(base(), tokenizer, rows)}
-    for method in ("lora", "qlora"):
-        adapter, seconds = train_default(method)
+    runs_to_score = {"lora": ("lora", {}), "qlora": ("qlora", {}), "qlora_300": ("qlora", {"max_steps": 300})}
+    for name, (method, overrides) in runs_to_score.items():
+        adapter, seconds = train_default(method, **overrides)
         scored = evaluate_rows(PeftModel.from_pretrained(base(), adapter), tokenizer, rows)
-        results[method] = scored | {"train_seconds": round(seconds, 1)}
+        results[name] = scored | {"train_seconds": round(seconds, 1)}
 
     command = f".venv/bin/python bench/accuracy.py --rows {args.rows}"
     figures = {"eval_rows": len(rows), "results": results}
@@ -83,10 +84,22 @@ def main() -> None:
         "| model | exact match | JSON fields right | training wall time |",
         "| --- | --- | --- | --- |",
     ]
-    for name, label in (("base", "base"), ("lora", "base + default LoRA"), ("qlora", "base + default QLoRA")):
+    labels = (
+        ("base", "base"),
+        ("lora", "base + default LoRA (60 steps)"),
+        ("qlora", "base + default QLoRA (60 steps)"),
+        ("qlora_300", "base + QLoRA, 300 steps"),
+    )
+    for name, label in labels:
         r = results[name]
         wall = f"{r['train_seconds']} s" if "train_seconds" in r else "–"
         table.append(f"| {label} | {r['exact_match']:.1%} | {r['field_accuracy']:.1%} | {wall} |")
+    table += [
+        "",
+        "The tiny model (2.9M parameters) learns the answer's format and its empty fields, but it cannot copy",
+        "text from the prompt, so values such as road names and house numbers stay guesses and exact match stays",
+        "low: the figures show the engine's path end to end, not what a real base model reaches.",
+    ]
     update_readme_section("accuracy", "\n".join(table))
     print("\n".join(table))
 
