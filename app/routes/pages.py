@@ -25,7 +25,7 @@ def render(request: Request, name: str, context: dict[str, Any], status_code: in
 
 
 def runs_context(session: SessionDep, status: str | None, q: str | None) -> dict[str, Any]:
-    listed = runs.list_runs(session=session, status=status or None, search=q or None, limit=200)
+    listed = runs.list_runs(session=session, status=status or None, search=q or None, limit=100)
     return {
         "runs": listed,
         "positions": runs.queue_positions(session=session),
