@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 
-.PHONY: run test quick lint bench system-deps install tiny-model sample-data clean
+.PHONY: run test quick lint bench bench-gpu system-deps install tiny-model sample-data clean
 
 run: install
 	$(VENV)/bin/loradeck up
@@ -32,12 +32,16 @@ $(STAMP):
 
 # Every benchmark; each writes bench/results/<name>.json and its table in bench/README.md.
 bench: install system-deps
-	$(PY) bench/accuracy.py
-	$(PY) bench/merge.py
+	$(PY) bench/accuracy.py --rows 200
+	$(PY) bench/merge.py --repeats 3
 	$(PY) bench/web.py
-	$(PY) bench/throughput.py
-	$(PY) bench/first_metric.py
-	$(PY) bench/packing.py
+	$(PY) bench/throughput.py --repeats 3
+	$(PY) bench/first_metric.py --repeats 5
+	$(PY) bench/packing.py --repeats 3
+
+# On a machine with one NVIDIA GPU, no network needed (bench/gpu/README.md).
+bench-gpu: install
+	$(PY) bench/gpu/run.py
 
 # Redis and Chromium for the tests (as root, from Debian's packages; a no-op when present).
 system-deps:
