@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -45,18 +44,6 @@ def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, every
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(every)
-
-
-def _port_is_free(port: int) -> bool:
-    # app.services.port_is_free binds without SO_REUSEADDR, so the TIME_WAIT connections a stopped Redis
-    # leaves on its port make the port look taken for a minute; redis-server itself binds with it.
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 class FaultStack:
@@ -212,7 +199,6 @@ def fault_stack(
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(services, "port_is_free", _port_is_free)
     _clear_caches()
     stack = FaultStack(tmp_path, {**os.environ, **env}, redis_port)
     stack.start_redis()
