@@ -90,7 +90,7 @@ def gpu_slug() -> str:
 
 
 def measure(scratch: Any, spec: dict[str, Any], repeats: int, label: str) -> dict[str, Any]:
-    from bench.throughput import alternate, spawn, steady_tokens_per_s
+    from bench.throughput import alternate, own_share, spawn, steady_tokens_per_s
 
     runs: dict[str, list[dict[str, Any]]] = {"loradeck": [], "bare": []}
 
@@ -116,6 +116,7 @@ def measure(scratch: Any, spec: dict[str, Any], repeats: int, label: str) -> dic
     ratio = sides["loradeck"]["tokens_per_s"] / sides["bare"]["tokens_per_s"]
     return sides | {
         "ratio": ratio,
+        "loradeck_own_share": statistics.median(own_share(r) for r in runs["loradeck"]),
         "memory_ratio": sides["loradeck"]["peak_gpu_bytes"] / max(1, sides["bare"]["peak_gpu_bytes"]),
         "same_tokens": sides["loradeck"]["tokens"] == sides["bare"]["tokens"],
         "target": TARGET,
@@ -131,22 +132,25 @@ def report(command: str, gpu: str, params: int, figures: dict[str, Any]) -> str:
         f"`{command}` — recorded in `results/gpu-{gpu_slug()}.json`. Random Llama, {params / 1e6:.0f}M parameters "
         f"(hidden {shapes['hidden_size']}, {shapes['num_hidden_layers']} layers, {shapes['num_attention_heads']} "
         f"heads, {shapes['num_key_value_heads']} KV heads, intermediate {shapes['intermediate_size']}, vocabulary "
-        f"{shapes['vocab_size']}), bf16 LoRA and QLoRA (NF4, double quantization, bf16 compute), "
+        f"{shapes['vocab_size']}), {figures['precision']} LoRA and QLoRA (NF4, double quantization, "
+        f"{figures['precision']} compute), "
         f"r=8 all-linear, batch {figures['batch']}, rows of "
         f"{figures['rows']['min']}–{figures['rows']['max']} tokens, {figures['steps']} steps; tokens/s after "
         f"{WARMUP} warm-up steps, medians of {figures['repeats']} alternating runs per side; peak memory is "
-        f"`torch.cuda.max_memory_allocated()` over `trainer.train()`. Live feed: "
+        f"`torch.cuda.max_memory_allocated()` over `trainer.train()`; loradeck's own work is the time in its "
+        "metric callback plus its threads' CPU, over `trainer.train()` (see the throughput section). Live feed: "
         f"{'a private redis-server' if figures['live_feed'] else 'none (no redis-server; events buffered)'}.",
         "",
-        "| what | bare tokens/s | loradeck tokens/s | ratio | target | met | peak memory bare / loradeck "
-        "| final loss bare / loradeck |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| what | bare tokens/s | loradeck tokens/s | ratio | target | met | loradeck's own work "
+        "| peak memory bare / loradeck | final loss bare / loradeck |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for method, r in figures["methods"].items():
         b, o = r["bare"], r["loradeck"]
         lines.append(
             f"| {method} | {b['tokens_per_s']:.0f} | {o['tokens_per_s']:.0f} | {r['ratio']:.3f}x | ≥ {TARGET}x | "
-            f"{'yes' if r['met'] else 'no'} | {b['peak_gpu_bytes'] / gib:.2f} / {o['peak_gpu_bytes'] / gib:.2f} GiB | "
+            f"{'yes' if r['met'] else 'no'} | {r['loradeck_own_share']:.2%} of train time | "
+            f"{b['peak_gpu_bytes'] / gib:.2f} / {o['peak_gpu_bytes'] / gib:.2f} GiB | "
             f"{b['final_loss']:.4f} / {o['final_loss']:.4f} |"
         )
     return "\n".join(lines)
@@ -194,6 +198,7 @@ def main() -> None:
     figures = {
         "gpu": gpu,
         "cuda": torch.version.cuda,
+        "precision": "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32",
         "bitsandbytes": importlib.import_module("bitsandbytes").__version__,
         "params": params,
         "shapes": MODEL_CPU if dry else MODEL_1B,
