@@ -31,7 +31,7 @@ RUN_SPEC_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("empty target modules", {"target_modules": ""}, "target_modules is empty"),
     ("shell in a module name", {"target_modules": ["q_proj;rm -rf /"]}, "are not module names"),
     ("all-linear with others", {"target_modules": ["all-linear", "q_proj"]}, "give it alone"),
-    ("base model traversal", {"base_model": "../../etc"}, "directory without config.json"),
+    ("base model traversal", {"base_model": "assets/" + "../" * 12 + "etc"}, "directory without config.json"),
     ("base model without config", {"base_model": "/etc"}, "directory without config.json"),
     ("encoded traversal", {"base_model": "%2e%2e/%2e%2e/etc"}, "neither a local model directory"),
     ("fullwidth slash hub id", {"base_model": "org\uff0fmodel"}, "neither a local model directory"),
