@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,14 +24,37 @@ INSPECTOR_QUEUES = "inspect"
 WORKER_COMMANDS = ("train", "estimate", "validate-dataset")
 
 
-def worker_command(queues: str = TRAINER_QUEUES, name: str = "trainer") -> list[str]:
+def worker_command(queues: str = TRAINER_QUEUES, name: str = "trainer", *, exact_name: bool = False) -> list[str]:
     """A Celery worker. Training and merging run one task at a time (a run per GPU process); the
-    inspect queue (estimates, dataset descriptions) is quick work served by a few threads."""
+    inspect queue (estimates, dataset descriptions) is quick work served by a few threads.
+    Its node name is `<name>-<pid>@<host>`, or `<name>@<host>` with `exact_name`."""
     pool = ["--pool", "threads", "--concurrency", "2"] if queues == INSPECTOR_QUEUES else ["--pool", "solo"]
+    node = f"{name}@%h" if exact_name else f"{name}-{os.getpid()}@%h"
     return [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queues, *pool,
-        "--hostname", f"{name}-{os.getpid()}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+        "--hostname", node, "--loglevel", "INFO", "--without-gossip", "--without-mingle",
     ]  # fmt: skip
+
+
+def queue_names(value: str) -> str:
+    """`--queues`: comma-separated names of app.queue.Queue; a typo would leave a worker waiting on a queue
+    nobody sends to."""
+    from app.queue import Queue
+
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    known = [queue.value for queue in Queue]
+    unknown = [name for name in names if name not in known]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown queue {', '.join(unknown) or '(none)'}; the queues: {', '.join(known)}"
+        )
+    return ",".join(names)
+
+
+def worker_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
+        raise argparse.ArgumentTypeError("use letters, digits, '.', '_' and '-' (the host is added after an '@')")
+    return value
 
 
 def web_command(host: str, port: int) -> list[str]:
@@ -45,7 +70,41 @@ def cmd_migrate(_: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    os.execv(sys.executable, worker_command(args.queues, name="inspector" if args.queues == "inspect" else "worker"))
+    if args.check:
+        return check_worker(args.name)
+    name = args.name or ("inspector" if args.queues == INSPECTOR_QUEUES else "worker")
+    os.execv(sys.executable, worker_command(args.queues, name, exact_name=args.name is not None))
+
+
+def check_worker(name: str | None) -> int:
+    """Exit 0 when a worker on this host (the one called `name`, if given) sent its heartbeat lately.
+
+    For container health checks: `celery inspect ping` goes unanswered while a solo worker runs a task,
+    which for a training worker is most of its life; the heartbeat thread keeps beating meanwhile."""
+    import redis
+
+    from app.workers import HEARTBEAT_S, list_workers
+
+    host, settings = socket.gethostname(), get_settings()
+    target = urlparse(settings.redis_url)
+    try:
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        workers = list_workers(client)
+    except redis.RedisError as exc:  # the URL may hold a password: name only the server
+        print(f"loradeck: Redis at {target.hostname}:{target.port or 6379} unreachable: {exc}", file=sys.stderr)
+        return 1
+    wanted = f"{name}@{host}" if name else None
+    live = [
+        record
+        for record in workers
+        if record.get("host") == host and wanted in (None, record["name"]) and record["age"] < 3 * HEARTBEAT_S
+    ]
+    if not live:
+        print(f"loradeck: no heartbeat from {wanted or 'a worker on ' + host} in the last {3 * HEARTBEAT_S:.0f} s")
+        return 1
+    for record in live:
+        print(f"{record['name']}: heartbeat {record['age']:.1f} s ago, queues {','.join(record['queues'])}")
+    return 0
 
 
 def run_in_worker_package(command: str, argv: list[str]) -> int:
@@ -180,7 +239,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         supervisor.shutdown()
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loradeck", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start Redis, a worker and the web app on embedded defaults")
@@ -192,7 +251,19 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument(
         "--queues",
         default=TRAINER_QUEUES,
+        type=queue_names,
         help=f"comma-separated queues: {TRAINER_QUEUES} (default; one task at a time) or {INSPECTOR_QUEUES}",
+    )
+    worker.add_argument(
+        "--name",
+        type=worker_name,
+        help="node name before the '@<host>', as the workers page shows it (default: worker-<pid> or inspector-<pid>)",
+    )
+    worker.add_argument(
+        "--check",
+        action="store_true",
+        help="start nothing: exit 0 when a worker on this host (the one called --name, if given) sent a "
+        "heartbeat in the last 15 s, else 1; for container health checks",
     )
     commands.add_parser("migrate", help="apply the database migrations")
     commands.add_parser("hash-password", help="hash an admin password for LORADECK_ADMIN_PASSWORD_HASH")
@@ -200,10 +271,14 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("train", help="train a run from a spec file (YAML or JSON), without the web", add_help=False)
     commands.add_parser("estimate", help="parameter counts and memory estimate for a spec file", add_help=False)
     commands.add_parser("validate-dataset", help="check a dataset file row by row and describe it", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in WORKER_COMMANDS:
         return run_in_worker_package(argv[0], argv[1:])
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     handlers = {
         "up": cmd_up,
         "web": cmd_web,
