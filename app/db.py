@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import REPO_ROOT, get_settings
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -28,7 +31,32 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    if make_url(url).drivername == "postgresql+psycopg":
+        # Times come back in UTC, as they do from SQLite, whatever the server's TimeZone: pages show the
+        # same clock on either database.
+        engine = create_engine(url, pool_pre_ping=True, connect_args={"options": "-c TimeZone=UTC"})
+        event.listen(engine, "connect", _postgres_text_without_nul)
+        return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+@lru_cache
+def _nul_free_str_dumper() -> type:
+    from psycopg.types.string import StrDumperUnknown
+
+    class NulFreeStrDumper(StrDumperUnknown):
+        def dump(self, obj: str) -> Any:
+            return super().dump(obj.replace("\x00", "\ufffd"))
+
+    return NulFreeStrDumper
+
+
+def _postgres_text_without_nul(dbapi_connection: Any, _record: Any) -> None:
+    # SQLite's text holds NUL, PostgreSQL's cannot (psycopg refuses such a value before sending it). A NUL in
+    # a value to store or to look up becomes U+FFFD, the mark for a character that could not be kept: a run
+    # id or a search with one in it finds nothing (404, no rows) instead of failing with a 500, and an error
+    # message quoting one is stored.
+    dbapi_connection.adapters.register_dumper(str, _nul_free_str_dumper())
 
 
 @lru_cache
@@ -50,14 +78,20 @@ def get_db() -> Iterator[Session]:
         yield session
 
 
-def migrate(url: str | None = None) -> None:
-    """Apply every Alembic migration (`alembic upgrade head`) to the configured database."""
-    from alembic import command
+def alembic_config(url: str | None = None) -> AlembicConfig:
+    """Alembic's configuration for the migrations in `migrations/`, on `url` (default: the configured database)."""
     from alembic.config import Config
 
     config = Config(str(REPO_ROOT / "alembic.ini"))
     config.set_main_option("script_location", str(REPO_ROOT / "migrations"))
     config.set_main_option("sqlalchemy.url", url or get_settings().resolved_database_url)
+    return config
+
+
+def migrate(url: str | None = None) -> None:
+    """Apply every Alembic migration (`alembic upgrade head`) to the configured database."""
+    from alembic import command
+
     if (url or get_settings().resolved_database_url).startswith("sqlite"):
         get_settings().data_dir.mkdir(parents=True, exist_ok=True)
-    command.upgrade(config, "head")
+    command.upgrade(alembic_config(url), "head")
