@@ -6,7 +6,9 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,54 @@ from app.services import free_port, start_redis
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parent.parent
+# A PostgreSQL server's maintenance database (scripts/with-postgres.sh sets it): each test, or each module for
+# the process stacks, gets a database of its own there. Unset: a fresh SQLite file in the test's data dir.
+TEST_DATABASE_URL = os.environ.get("LORADECK_TEST_DATABASE_URL", "")
+DATABASE_FIXTURES = {"database_url", "module_database_url"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `db` every test that opens a database, so `pytest -m db` runs just those against PostgreSQL."""
+    for item in items:
+        if DATABASE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.db)
+
+
+@contextmanager
+def fresh_database() -> Iterator[str]:
+    """The DATABASE_URL of a database nobody else uses: "" (SQLite in the data dir) without
+    LORADECK_TEST_DATABASE_URL; else a new PostgreSQL database, dropped afterwards with whatever still
+    connects to it."""
+    if not TEST_DATABASE_URL:
+        yield ""
+        return
+    from sqlalchemy import create_engine, make_url, pool, text
+
+    server = make_url(TEST_DATABASE_URL)
+    name = f"loradeck_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT", poolclass=pool.NullPool)
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def database_url() -> Iterator[str]:
+    """A fresh database for one test (see `fresh_database`)."""
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_database_url() -> Iterator[str]:
+    """A fresh database for one test module (see `fresh_database`)."""
+    with fresh_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -43,14 +93,18 @@ def _clear_caches() -> None:
 
 @pytest.fixture
 def loradeck_env(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, redis_url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_url: str,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[dict[str, str]]:
-    """Settings pointing at a fresh data dir (SQLite, migrated) and the session's Redis; models and
+    """Settings pointing at a fresh data dir, a fresh migrated database and the session's Redis; models and
     datasets that tests write to their temporary directories are allowed."""
     env = {
         "LORADECK_DATA_DIR": str(tmp_path / "data"),
         "REDIS_URL": redis_url,
-        "DATABASE_URL": os.environ.get("LORADECK_TEST_DATABASE_URL", ""),
+        "DATABASE_URL": database_url,
         "LORADECK_MODEL_ROOTS": str(tmp_path_factory.getbasetemp()),
         "LORADECK_DATASET_ROOTS": str(tmp_path_factory.getbasetemp()),
     }
@@ -75,6 +129,11 @@ class Stack:
     data_dir: Path
     worker_log: Path
 
+    @property
+    def database_url(self) -> str:
+        """The stack's database, for a test that writes to it directly."""
+        return self.env["DATABASE_URL"] or f"sqlite:///{self.data_dir / 'loradeck.db'}"
+
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30)
 
@@ -94,7 +153,7 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 60) 
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, module_database_url: str) -> Iterator[Stack]:
     """The whole thing as a user runs it: migrations, a Celery worker process and uvicorn, as subprocesses."""
     root = tmp_path_factory.mktemp("stack")
     data_dir = root / "data"
@@ -105,7 +164,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
         **os.environ,
         "LORADECK_DATA_DIR": str(data_dir),
         "REDIS_URL": redis_url.rsplit("/", 1)[0] + f"/{db_index}",
-        "DATABASE_URL": os.environ.get("LORADECK_TEST_DATABASE_URL", ""),
+        "DATABASE_URL": module_database_url,
         "PYTHONUNBUFFERED": "1",
         "LORADECK_MAX_UPLOAD_BYTES": str(5 * 1024**2),
         "LORADECK_MODEL_ROOTS": str(tmp_path_factory.getbasetemp()),
@@ -117,13 +176,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
         worker = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "worker"], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
         )
-        inspector = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker", "--queues", "inspect"],
-            env=env,
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        helpers = [
+            subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "worker", "--queues", queues],
+                env=env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            for queues in ("inspect", "generate")
+        ]
     web = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
         env=env,
@@ -134,9 +196,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
         _wait_http(url, web)
         yield Stack(url=url, env=env, data_dir=data_dir, worker_log=worker_log)
     finally:
-        for process in (web, worker, inspector):
+        for process in (web, worker, *helpers):
             process.terminate()
-        for process in (web, worker, inspector):
+        for process in (web, worker, *helpers):
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:

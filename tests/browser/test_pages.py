@@ -203,7 +203,7 @@ def test_workers_view_shows_what_each_worker_runs(stack: Stack, page: Page) -> N
 
 
 def test_a_100k_point_run_is_drawn_without_sending_every_point(stack: Stack, page: Page) -> None:
-    engine = create_engine(f"sqlite:///{stack.data_dir / 'loradeck.db'}")
+    engine = create_engine(stack.database_url)
     with engine.begin() as connection:
         connection.execute(
             insert(Run),

@@ -183,14 +183,14 @@ class FaultStack:
 
 @pytest.fixture
 def fault_stack(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[FaultStack]:
     """Its own persistent Redis, a migrated database, and a short lease; processes are started by the test."""
     redis_port = services.free_port()
     env = {
         "LORADECK_DATA_DIR": str(tmp_path / "data"),
         "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "DATABASE_URL": os.environ.get("LORADECK_TEST_DATABASE_URL", ""),
+        "DATABASE_URL": database_url,
         "LORADECK_MODEL_ROOTS": str(tmp_path_factory.getbasetemp()),
         "LORADECK_DATASET_ROOTS": str(tmp_path_factory.getbasetemp()),
         "LORADECK_LEASE_TIMEOUT_S": str(LEASE_TIMEOUT_S),
