@@ -5,13 +5,21 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 
-.PHONY: run test quick lint bench bench-gpu system-deps install tiny-model sample-data clean
+.PHONY: run test test-postgres quick lint bench bench-gpu system-deps install tiny-model sample-data clean
 
 run: install
 	$(VENV)/bin/loradeck up
 
 test: install system-deps lint
 	$(PY) -m pytest -p no:cacheprovider
+	$(MAKE) --no-print-directory test-postgres
+
+# The tests that open a database (marker `db`) once more, on a private PostgreSQL server that
+# scripts/with-postgres.sh starts and removes; browser tests stay on SQLite. Narrow it with ARGS, e.g.
+# `make test-postgres ARGS=tests/app/test_api.py`, or widen it with PG_MARKERS=db.
+PG_MARKERS ?= db and not browser
+test-postgres: install system-deps
+	bash scripts/with-postgres.sh $(PY) -m pytest -p no:cacheprovider -m "$(PG_MARKERS)" $(ARGS)
 
 # The inner loop: no browser, no long training runs.
 quick: install
