@@ -29,6 +29,11 @@ class RunOut(BaseModel):
     max_steps: int | None
     last_loss: float | None
     attempts: int = Field(default=0, description="Workers lost while training it; resumed each time.")
+    evaluation: dict[str, Any] | None = Field(
+        default=None,
+        description="After training: task metrics (exact match, JSON fields right) and regression prompts' "
+        "answers, each for the base and the adapter.",
+    )
 
 
 class MetricOut(BaseModel):

@@ -20,6 +20,9 @@ from app.services import start_redis, wait_for_redis
 
 TRAINER_QUEUES = "train,merge"
 INSPECTOR_QUEUES = "inspect"
+GENERATOR_QUEUES = "generate"  # the playground: its own process, so answers come while a run trains
+# The workers `loradeck up` starts: name and queues.
+UP_WORKERS = (("trainer", TRAINER_QUEUES), ("inspector", INSPECTOR_QUEUES), ("generator", GENERATOR_QUEUES))
 # Commands that need the ML libraries run in the worker package, in a process of their own.
 WORKER_COMMANDS = ("train", "estimate", "validate-dataset")
 
@@ -169,7 +172,7 @@ class Supervisor:
         self.stopping = True
 
     def shutdown(self) -> None:
-        for name in ("web", "inspector", "trainer", "redis"):
+        for name in ("web", "generator", "inspector", "trainer", "redis"):
             process = self.children.get(name)
             if process is None or process.poll() is not None:
                 continue
@@ -213,8 +216,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         else:
             redis_port = urlparse(settings.redis_url).port or 6390
             supervisor.children["redis"] = start_redis(port=redis_port, directory=settings.data_dir / "redis")
-        supervisor.spawn("trainer", worker_command(TRAINER_QUEUES, "trainer"))
-        supervisor.spawn("inspector", worker_command(INSPECTOR_QUEUES, "inspector"))
+        for name, queues in UP_WORKERS:
+            supervisor.spawn(name, worker_command(queues, name))
         supervisor.spawn("web", web_command(host, port))
         url = f"http://{host}:{port}"
         if not wait_for_web(url, supervisor.children["web"]):
@@ -229,7 +232,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             if supervisor.children["web"].poll() is not None:
                 print("loradeck: the web app exited; stopping", file=sys.stderr)
                 return 1
-            for name, queues in (("trainer", TRAINER_QUEUES), ("inspector", INSPECTOR_QUEUES)):
+            for name, queues in UP_WORKERS:
                 if supervisor.children[name].poll() is not None and not supervisor.stopping:
                     print(f"loradeck: the {name} worker exited; starting a new one", file=sys.stderr)
                     time.sleep(2)

@@ -91,6 +91,18 @@ class Settings(BaseSettings):
         "it is then interrupted and resumed from its last checkpoint on a live worker (at most 3 times).",
     )
 
+    playground_models: int = Field(
+        default=2,
+        ge=1,
+        description="Models a `generate` worker keeps loaded for the playground (a base with its adapters "
+        "counts once); the least recently used goes first.",
+    )
+    playground_idle_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Seconds a playground model stays loaded without a request before its worker lets it go.",
+    )
+
     @field_validator("model_roots", "dataset_roots", "api_token_hashes", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:

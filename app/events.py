@@ -15,7 +15,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-EVENT_TYPES = ("status", "params", "metric", "log", "checkpoint", "artifact", "done")
+EVENT_TYPES = ("status", "params", "metric", "log", "checkpoint", "artifact", "evaluation", "done")
 
 
 def stream_key(run_id: str) -> str:
@@ -41,7 +41,7 @@ def publish(client: redis.Redis, run_id: str, event: str, data: dict[str, Any], 
     return stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
 
 
-def _decode(entry_id: Any, fields: dict[Any, Any]) -> Event:
+def decode_entry(entry_id: Any, fields: dict[Any, Any]) -> Event:
     def text(value: Any) -> str:
         return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -71,7 +71,7 @@ async def follow(
             continue
         for _key, entries in reply:
             for entry_id, fields in entries:
-                event = _decode(entry_id, fields)
+                event = decode_entry(entry_id, fields)
                 cursor = event.id
                 yield event
 
@@ -90,9 +90,9 @@ async def position_before_step(client: aioredis.Redis, run_id: str, step: int, *
         if not entries:
             return "0-0"
         for entry_id, fields in entries:
-            event = _decode(entry_id, fields)
+            event = decode_entry(entry_id, fields)
             if event.event == "metric" and int(event.data.get("step", 0)) < step:
                 return event.id
         if len(entries) < page:
             return "0-0"
-        upper = "(" + _decode(*entries[-1]).id
+        upper = "(" + decode_entry(*entries[-1]).id

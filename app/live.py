@@ -15,7 +15,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from app.events import Event, _decode, stream_key
+from app.events import Event, decode_entry, stream_key
 
 QUEUE_LIMIT = 5000  # a viewer this far behind is dropped; its browser reconnects and catches up
 IDLE_CLOSE_S = 30.0
@@ -37,7 +37,7 @@ class RunFeed:
     async def start(self) -> None:
         if self.task is None or self.task.done():
             newest: Any = await self.client.xrevrange(stream_key(self.run_id), count=1)
-            cursor = _decode(*newest[0]).id if newest else "0-0"
+            cursor = decode_entry(*newest[0]).id if newest else "0-0"
             self.task = asyncio.create_task(self._read(cursor))
 
     async def _read(self, cursor: str) -> None:
@@ -48,7 +48,7 @@ class RunFeed:
                 reply: Any = await self.client.xread({key: cursor}, block=5000, count=500)
                 for _key, entries in reply or []:
                     for entry in entries:
-                        event = _decode(*entry)
+                        event = decode_entry(*entry)
                         cursor = event.id
                         for queue in list(self.viewers):
                             if queue.qsize() >= QUEUE_LIMIT:
@@ -92,7 +92,7 @@ class LiveHub:
                 if not backlog:
                     break
                 for entry in backlog:
-                    event = _decode(*entry)
+                    event = decode_entry(*entry)
                     sent = event.id
                     yield event
             if finished:

@@ -12,7 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from app.config import REPO_ROOT
 from app.health import health
 from app.live import close_hubs
-from app.routes import api, auth, compare, datasets, estimate, pages, workers
+from app.routes import api, auth, compare, datasets, estimate, pages, playground, workers
 from app.security import SecurityMiddleware
 
 
@@ -34,6 +34,7 @@ app.include_router(compare.router)
 app.include_router(workers.router)
 app.include_router(datasets.router)
 app.include_router(auth.router)
+app.include_router(playground.router)
 
 
 @app.get("/healthz", tags=["api"])

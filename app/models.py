@@ -70,6 +70,9 @@ class Run(Base):
     # stops changing (worker/lease.py, worker/reaper.py).
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # workers lost while training it
+    # After training: task metrics on eval rows and the regression prompts' answers, base beside adapter
+    # (worker/evaluate.py has the shape).
+    evaluation: Mapped[dict | None] = mapped_column(JSON)
 
     metrics: Mapped[list[Metric]] = relationship(back_populates="run", cascade="all, delete-orphan")
     artifacts: Mapped[list[Artifact]] = relationship(back_populates="run", cascade="all, delete-orphan")

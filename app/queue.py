@@ -16,12 +16,14 @@ class Queue(StrEnum):
     train = "train"  # one process per GPU, one run at a time
     merge = "merge"  # CPU and RAM work
     inspect = "inspect"  # quick answers the web waits for: estimates, dataset descriptions
+    generate = "generate"  # the playground's answers; keeps models loaded between requests
 
 
 TRAIN_TASK = "loradeck.train_run"
 MERGE_TASK = "loradeck.merge_artifact"
 ESTIMATE_TASK = "loradeck.estimate"
 DESCRIBE_DATASET_TASK = "loradeck.describe_dataset"
+GENERATE_TASK = "loradeck.playground"
 INSPECT_TIMEOUT_S = 30.0
 
 # A run can train for days; Redis re-delivers an unacknowledged task after the visibility timeout,
@@ -45,6 +47,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             MERGE_TASK: {"queue": Queue.merge.value},
             ESTIMATE_TASK: {"queue": Queue.inspect.value},
             DESCRIBE_DATASET_TASK: {"queue": Queue.inspect.value},
+            GENERATE_TASK: {"queue": Queue.generate.value},
         },
         "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
         "broker_connection_retry_on_startup": True,
@@ -68,6 +71,11 @@ def enqueue_train(run_id: str) -> None:
 
 def enqueue_merge(artifact_id: str) -> None:
     get_celery().send_task(MERGE_TASK, args=[artifact_id], queue=Queue.merge.value)
+
+
+def enqueue_generation(generation_id: str, request: dict[str, Any]) -> None:
+    # A playground answer nobody reads a minute later is worth nothing: expire it rather than queue it.
+    get_celery().send_task(GENERATE_TASK, args=[generation_id, request], queue=Queue.generate.value, expires=60)
 
 
 class InspectUnavailable(RuntimeError):

@@ -104,6 +104,11 @@ def record_params(*, session: Session, run_id: str, params_all: int, params_trai
     session.commit()
 
 
+def record_evaluation(*, session: Session, run_id: str, evaluation: dict[str, Any]) -> None:
+    session.execute(update(Run).where(Run.id == run_id).values(evaluation=evaluation))
+    session.commit()
+
+
 def add_metrics(*, session: Session, run_id: str, points: Sequence[dict[str, Any]]) -> None:
     """Insert a batch of metric points and move the run's progress to the newest one."""
     if not points:

@@ -38,6 +38,22 @@ def check_base_model(value: str) -> str:
     raise ValueError(f"base_model: {value} is neither a local model directory nor a hub id (org/name)")
 
 
+DEFAULT_REGRESSION_PROMPTS = (
+    "Write one sentence about the weather today.",
+    "請用一句話介紹臺北。",
+    "What is a JSON object? Answer in one sentence.",
+    "List three fruits.",
+)
+
+
+def _refuse_hidden_characters(what: str, value: str) -> None:
+    # Control and bidirectional-override characters hide what a text says; refuse them.
+    hidden = [ch for ch in value if unicodedata.category(ch) in ("Cc", "Cf") and ch not in "\n\t"]
+    if hidden:
+        codes = ", ".join(f"U+{ord(ch):04X}" for ch in dict.fromkeys(hidden))
+        raise ValueError(f"{what}: contains invisible control characters ({codes})")
+
+
 class Method(StrEnum):
     lora = "lora"
     qlora = "qlora"
@@ -182,6 +198,23 @@ class RunSpec(BaseModel):
         default=100, ge=0, description="Save a checkpoint (to resume from) every this many steps; 0: never."
     )
     save_total_limit: int = Field(default=2, ge=1, description="Checkpoints kept; older ones are deleted.")
+    # --- after training: task metrics and regression prompts, base and adapter side by side
+    task_eval_rows: int = Field(
+        default=100,
+        ge=0,
+        le=100_000,
+        description="After training, base and adapter answer up to this many eval rows (prompt/completion "
+        "data, greedy): exact-match accuracy and, for JSON answers, the share of fields right; 0: off.",
+    )
+    regression_prompts: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_REGRESSION_PROMPTS),
+        max_length=20,
+        description="General prompts that base and adapter both answer after training (chat template "
+        "applied where the model has one), to see whether the fine-tune broke what the model could do.",
+    )
+    eval_max_new_tokens: int = Field(
+        default=128, ge=1, le=4096, description="Longest answer, in tokens, for task metrics and regression prompts."
+    )
 
     # --- single fields
     @field_validator("name", "base_model", "dataset", "eval_dataset", "prompt_tuning_init_text")
@@ -192,12 +225,18 @@ class RunSpec(BaseModel):
     @field_validator("name", "prompt_tuning_init_text")
     @classmethod
     def _printable(cls, value: str, info: ValidationInfo) -> str:
-        # Control and bidirectional-override characters hide what a name says; refuse them.
-        hidden = [ch for ch in value if unicodedata.category(ch) in ("Cc", "Cf") and ch not in "\n\t"]
-        if hidden:
-            codes = ", ".join(f"U+{ord(ch):04X}" for ch in dict.fromkeys(hidden))
-            raise ValueError(f"{info.field_name}: contains invisible control characters ({codes})")
+        _refuse_hidden_characters(str(info.field_name), value)
         return value
+
+    @field_validator("regression_prompts")
+    @classmethod
+    def _prompts(cls, value: list[str]) -> list[str]:
+        prompts = [prompt.strip() for prompt in value if prompt.strip()]
+        for number, prompt in enumerate(prompts, start=1):
+            if len(prompt) > 2000:
+                raise ValueError(f"regression_prompts: prompt {number} is {len(prompt)} characters; at most 2000")
+            _refuse_hidden_characters(f"regression_prompts: prompt {number}", prompt)
+        return prompts
 
     @field_validator("base_model")
     @classmethod
@@ -308,3 +347,29 @@ class RunSpec(BaseModel):
             rank = f"-r{self.r}" if self.method in LORA_METHODS else ""
             self.name = f"{self.method}-{model}{rank}"
         return self
+
+
+class PlaygroundRequest(BaseModel):
+    """One playground prompt: the run's base answers it beside its adapter, a checkpoint or its merged model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str = Field(pattern=r"^[0-9a-f]{1,32}$", description="The run whose models answer.")
+    prompt: str = Field(min_length=1, max_length=20_000, description="What both models continue or answer.")
+    compare: str = Field(
+        default="adapter",
+        pattern=r"^(adapter|merged|checkpoint-[0-9]{1,9})$",
+        description="What answers beside the base: the run's adapter, one of its checkpoints (checkpoint-N) "
+        "or its merged model.",
+    )
+    chat: bool = Field(default=True, description="Apply the model's chat template to the prompt, if it has one.")
+    temperature: float = Field(default=0.0, ge=0.0, le=5.0, description="0: greedy decoding.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling: keep the top_p of the mass.")
+    max_new_tokens: int = Field(default=128, ge=1, le=4096, description="Longest answer, in tokens.")
+    seed: int = Field(default=0, ge=0, le=2**32 - 1, description="Seed for sampling; the same seed, the same text.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _visible(cls, value: str) -> str:
+        _refuse_hidden_characters("prompt", value)
+        return value

@@ -184,6 +184,15 @@ def split_rows(rows: list[Row], fraction: float, seed: int) -> tuple[list[Row], 
     return train, [row for index, row in enumerate(rows) if index in held_out]
 
 
+def eval_rows(spec: RunSpec) -> list[Row]:
+    """The run's held-out rows as read: the same split as `load_training_data`, untokenized."""
+    if spec.eval_split:
+        return split_rows(read_rows(spec.dataset), spec.eval_split, spec.seed)[1]
+    if spec.eval_dataset:
+        return read_rows(spec.eval_dataset)
+    return []
+
+
 def load_training_data(
     spec: RunSpec, tokenizer: PreTrainedTokenizerBase
 ) -> tuple[TokenizedDataset, TokenizedDataset | None]:

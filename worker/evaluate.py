@@ -1,47 +1,70 @@
-"""Task metrics on prompt/completion data: greedy answers scored by exact match and, for JSON, by field.
+"""After training: did the adapter learn the task, and did the model keep what it could do before?
 
-The same scoring serves the run's final evaluation and the accuracy benchmark, so the two agree.
+Base and adapter answer the same prompts greedily, side by side: held-out prompt/completion rows, scored
+by exact match and, where the answer is a JSON object, by the share of fields right; then the run's
+regression prompts, general questions whose answers a user reads for damage. The same scoring serves the
+accuracy benchmark, so the two agree.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
+
+from app.schemas import RunSpec
+from worker.data import Row, encode_prompt
+
+log = logging.getLogger(__name__)
+
+EXAMPLES = 5  # rows shown with both answers on the run page
+
+
+def chat_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, *, chat: bool) -> list[int]:
+    """A free-form prompt as ids: through the tokenizer's chat template when asked and the model has one."""
+    if chat and getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        return list(tokenizer(str(text), add_special_tokens=False)["input_ids"])
+    return encode_prompt(tokenizer, prompt)
 
 
 def generate_completions(
     model: Any,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
+    prompts: Sequence[list[int]],
     *,
     max_new_tokens: int = 64,
     batch_size: int = 16,
 ) -> list[str]:
-    """Greedy completions of each prompt, cut at the end-of-sequence token."""
-    padding_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # generation continues from the right edge of every row
+    """Greedy completions of each prompt (given as ids), cut at the end-of-sequence token."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     answers: list[str] = []
-    try:
-        model.eval()
-        for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True)
-            batch = {name: tensor.to(model.device) for name, tensor in batch.items()}
-            with torch.no_grad():
-                output = model.generate(
-                    **batch,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                )
-            new_tokens = output[:, batch["input_ids"].shape[1] :]
-            answers.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-    finally:
-        tokenizer.padding_side = padding_side
+    model.eval()
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start : start + batch_size]
+        width = max(len(ids) for ids in batch)
+        # Left padding: generation continues from the right edge of every row.
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch], device=model.device)
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=model.device)
+        with torch.no_grad():
+            output = model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=pad,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        answers.extend(tokenizer.batch_decode(output[:, width:], skip_special_tokens=True))
     return answers
 
 
@@ -78,5 +101,48 @@ def evaluate_rows(
     model: Any, tokenizer: PreTrainedTokenizerBase, rows: Sequence[dict[str, str]], *, max_new_tokens: int = 64
 ) -> dict[str, Any]:
     """Score a model on prompt/completion rows."""
-    predictions = generate_completions(model, tokenizer, [row["prompt"] for row in rows], max_new_tokens=max_new_tokens)
+    prompts = [encode_prompt(tokenizer, row["prompt"]) for row in rows]
+    predictions = generate_completions(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
     return score(predictions, [row["completion"] for row in rows]) | {"examples": predictions[:3]}
+
+
+def _both(model: PeftModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]], spec: RunSpec) -> Any:
+    """The adapter's answers and the base's (the same model with its adapter switched off)."""
+    adapter = generate_completions(model, tokenizer, prompts, max_new_tokens=spec.eval_max_new_tokens)
+    with model.disable_adapter():
+        base = generate_completions(model, tokenizer, prompts, max_new_tokens=spec.eval_max_new_tokens)
+    return base, adapter
+
+
+def evaluate_run(
+    model: PeftModel, tokenizer: PreTrainedTokenizerBase, spec: RunSpec, rows: Sequence[Row]
+) -> dict[str, Any]:
+    """Task metrics on the held-out prompt/completion rows and the regression prompts' answers, base beside
+    adapter. What is skipped says why, so the run page can tell the user what to set."""
+    started = time.perf_counter()
+    result: dict[str, Any] = {}
+    task_rows = [row for row in rows if row.shape == "prompt_completion"][: spec.task_eval_rows]
+    if not spec.task_eval_rows:
+        result["task_skipped"] = "task_eval_rows is 0"
+    elif not rows:
+        result["task_skipped"] = "no eval data: set eval_split or eval_dataset to score the task"
+    elif not task_rows:
+        result["task_skipped"] = "task metrics need prompt/completion rows; the eval data has none"
+    else:
+        prompts = [encode_prompt(tokenizer, row.prompt) for row in task_rows]
+        base, adapter = _both(model, tokenizer, prompts, spec)
+        references = [row.completion for row in task_rows]
+        result["task"] = {"base": score(base, references), "adapter": score(adapter, references)}
+        result["examples"] = [
+            {"prompt": row.prompt, "expected": row.completion, "base": b, "adapter": a}
+            for row, b, a in list(zip(task_rows, base, adapter, strict=True))[:EXAMPLES]
+        ]
+    if spec.regression_prompts:
+        prompts = [chat_prompt(tokenizer, prompt, chat=True) for prompt in spec.regression_prompts]
+        base, adapter = _both(model, tokenizer, prompts, spec)
+        result["regression"] = [
+            {"prompt": prompt, "base": b, "adapter": a}
+            for prompt, b, a in zip(spec.regression_prompts, base, adapter, strict=True)
+        ]
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    return result

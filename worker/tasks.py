@@ -9,7 +9,7 @@ from typing import Any
 
 from celery import shared_task
 
-from app.queue import ESTIMATE_TASK, MERGE_TASK, TRAIN_TASK, Queue
+from app.queue import ESTIMATE_TASK, GENERATE_TASK, MERGE_TASK, TRAIN_TASK, Queue
 
 
 @shared_task(name=TRAIN_TASK, queue=Queue.train.value, acks_late=True, ignore_result=True)
@@ -37,3 +37,11 @@ def estimate(spec: dict[str, Any]) -> dict[str, Any]:
         return answer_estimate(spec)
     except Exception as exc:  # raised, it would reach the web as a bare 500
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+@shared_task(name=GENERATE_TASK, queue=Queue.generate.value, ignore_result=True)
+def playground(generation_id: str, request: dict[str, Any]) -> None:
+    """Answer a playground prompt with the run's base and its adapter (or checkpoint, or merged model)."""
+    from worker.generate import run_playground
+
+    run_playground(generation_id, request)

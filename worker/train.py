@@ -53,7 +53,8 @@ from worker.adapters import (
     training_callbacks,
 )
 from worker.callbacks import EventPublisher, EventSink, MetricsCallback, run_log, tail_lines
-from worker.data import load_training_data, make_collator
+from worker.data import eval_rows, load_training_data, make_collator
+from worker.evaluate import evaluate_run
 from worker.failures import check_base_model, explain, explained, model_not_found
 from worker.lease import HANDED_BACK, Lease, heartbeat_every, resume_point
 
@@ -164,7 +165,43 @@ def _train(
         trainer.evaluate()  # the last step had no evaluation of its own
         callback.flush()
     _save_adapter(model, run_id, run_dir, sessions, publisher, details)
+    _evaluate(model, tokenizer, spec, run_id, sessions, publisher)
     return RunStatus.succeeded
+
+
+def _evaluate(
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    spec: RunSpec,
+    run_id: str,
+    sessions: sessionmaker[Session],
+    publisher: EventPublisher,
+) -> None:
+    """Base beside adapter on the eval rows and the regression prompts. A failure here costs the run
+    nothing: the adapter is saved; the evaluation says what went wrong instead."""
+    if not spec.task_eval_rows and not spec.regression_prompts:
+        return
+    model.config.use_cache = True  # off for training; generation wants it
+    try:
+        evaluation = evaluate_run(model, tokenizer, spec, eval_rows(spec))
+    except Exception as exc:
+        log.warning("evaluation after training failed: %s", exc, exc_info=True)
+        evaluation = {"error": f"{type(exc).__name__}: {exc}"}
+    for side in ("base", "adapter"):
+        if task := evaluation.get("task", {}).get(side):
+            fields = task["field_accuracy"]
+            log.info(
+                "task metrics, %s: exact match %.1f%% of %d rows%s",
+                side,
+                100 * task["exact_match"],
+                task["rows"],
+                "" if fields is None else f", JSON fields right {100 * fields:.1f}%",
+            )
+    with sessions() as session:
+        runs.record_evaluation(session=session, run_id=run_id, evaluation=evaluation)
+    publisher.publish(
+        "evaluation", {key: evaluation[key] for key in ("task", "task_skipped", "error") if key in evaluation}
+    )
 
 
 def _best_checkpoint(trainer: Trainer, publisher: EventPublisher) -> dict[str, Any]:

@@ -112,6 +112,12 @@ def artifacts_fragment(request: Request, run_id: str, session: SessionDep, setti
     return render(request, "_artifacts.html", artifacts_context(session, settings, run_id))
 
 
+@router.get("/runs/{run_id}/evaluation", response_class=HTMLResponse)
+def evaluation_fragment(request: Request, run_id: str, session: SessionDep) -> HTMLResponse:
+    """Task metrics and regression answers, base beside adapter; refreshed when the evaluation event arrives."""
+    return render(request, "_evaluation.html", {"run": lookup_run(session, run_id)})
+
+
 @router.get("/runs/{run_id}/log", response_class=HTMLResponse)
 def log_fragment(request: Request, run_id: str, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
     """The last lines of the run's training log."""

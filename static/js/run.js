@@ -235,6 +235,7 @@
     source.addEventListener("log", () => refresh("log-tail"));
     source.addEventListener("checkpoint", () => refresh("artifacts"));
     source.addEventListener("artifact", () => refresh("artifacts"));
+    source.addEventListener("evaluation", () => refresh("evaluation"));
     source.addEventListener("done", (e) => {
       const data = JSON.parse(e.data);
       if (data.status) setStatus(data.status, data.error);

@@ -1,0 +1,84 @@
+"""The playground: a prompt answered by a run's base and its adapter (or a checkpoint, or the merged model)
+side by side, streamed token by token. Generation runs on a `generate` worker, never in the web process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import HTMLResponse, StreamingResponse
+
+from app import playground, runs
+from app.deps import SessionDep, SettingsDep
+from app.live import live_hub
+from app.models import ArtifactKind, ArtifactStatus, RunStatus
+from app.queue import enqueue_generation
+from app.routes.api import lookup_run
+from app.routes.pages import render
+from app.run_files import checkpoints
+from app.schemas import PlaygroundRequest
+
+router = APIRouter()
+
+
+def choices(session: SessionDep, settings: SettingsDep, run_id: str) -> list[dict[str, str]]:
+    """What can answer beside the base: the adapter of a succeeded run, its checkpoints, its merged model."""
+    run = lookup_run(session, run_id)
+    found = []
+    if run.status == RunStatus.succeeded:
+        found.append({"value": "adapter", "label": "adapter (the run's result)"})
+    found += [{"value": c["name"], "label": f"checkpoint of step {c['step']}"} for c in checkpoints(settings, run_id)]
+    merged = [
+        a
+        for a in runs.list_artifacts(session=session, run_id=run_id)
+        if a.kind == ArtifactKind.merged and a.status == ArtifactStatus.ready
+    ]
+    if merged:
+        found.append({"value": "merged", "label": "merged model"})
+    return found
+
+
+@router.post("/api/v1/playground", status_code=202, tags=["api"])
+def start_generation(body: PlaygroundRequest, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
+    """Queue a prompt for the run's base and the chosen model; follow `events` for the text as it comes."""
+    offered = [choice["value"] for choice in choices(session, settings, body.run_id)]
+    if body.compare not in offered:
+        have = ", ".join(offered) or "nothing yet (wait for a checkpoint or the end of the run)"
+        raise HTTPException(409, f"compare: this run has no {body.compare}; it has {have}")
+    generation_id = playground.new_generation_id()
+    try:
+        enqueue_generation(generation_id, body.model_dump())
+    except Exception as exc:  # Redis down: say so rather than leave the page waiting
+        raise HTTPException(503, f"the generate queue is unreachable ({type(exc).__name__}); is Redis up?") from exc
+    return {"id": generation_id, "events": f"/api/v1/playground/{generation_id}/events"}
+
+
+@router.get("/api/v1/playground/{generation_id}/events", tags=["api"])
+async def generation_events(generation_id: str, request: Request, settings: SettingsDep) -> StreamingResponse:
+    """Server-sent events of one playground request: start (the sides), token (side, text), done or error."""
+    if not generation_id.isalnum() or len(generation_id) > 32:
+        raise HTTPException(404, f"no playground request with id {generation_id}")
+    after = request.headers.get("Last-Event-ID", "0-0")
+
+    async def stream() -> AsyncIterator[str]:
+        hub = live_hub(settings.redis_url)
+        try:
+            yield "retry: 2000\n\n"
+            async for event in playground.follow(hub.client, generation_id, after):
+                yield ": keep-alive\n\n" if event is None else event.to_sse()
+        except (redis.RedisError, OSError):
+            return
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
+
+@router.get("/runs/{run_id}/playground", response_class=HTMLResponse, include_in_schema=False)
+def playground_page(request: Request, run_id: str, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
+    """Prompt box, sampling settings, and the base's answer beside the adapter's as they stream in."""
+    run = lookup_run(session, run_id)
+    defaults = PlaygroundRequest(run_id=run.id, prompt="x")
+    context = {"run": run, "choices": choices(session, settings, run_id), "defaults": defaults}
+    return render(request, "playground.html", context)

@@ -1,0 +1,106 @@
+"""The playground on the whole stack: answers stream in side by side, from a worker of their own."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+import torch
+from peft import PeftModel
+from playwright.sync_api import Page, expect
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from app.config import TINY_MODEL_DIR
+from tests.browser.test_pages import shot, start_run, wait_finished
+from tests.conftest import Stack
+from worker.evaluate import chat_prompt
+
+pytestmark = pytest.mark.slow
+PROMPT = "解析地址：臺中市西屯區市政路500號\n"
+
+
+@pytest.fixture(scope="module")
+def trained(stack: Stack) -> dict[str, Any]:
+    run = start_run(stack, name="playground", method="lora", max_steps=12, learning_rate=5e-3, save_steps=6)
+    finished = wait_finished(stack, run["id"])
+    assert finished["status"] == "succeeded", finished["error"]
+    return finished
+
+
+def _greedy(model: Any, prompt: str, new: int) -> str:
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL_DIR)
+    ids = torch.tensor([chat_prompt(tokenizer, prompt, chat=True)])
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False)
+    return str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+
+
+@pytest.mark.browser
+def test_both_answers_stream_in_and_greedy_matches_generate(stack: Stack, page: Page, trained: dict[str, Any]) -> None:
+    page.goto(f"{stack.url}/runs/{trained['id']}")
+    page.click("#open-playground")
+    page.fill("#prompt", PROMPT)
+    page.fill("#max_new_tokens", "32")
+    page.click("#generate")
+    for side in ("0", "1"):
+        expect(page.locator(f"#answer-{side}")).to_have_attribute("data-done", "1", timeout=90_000)
+    shot(page, "playground")
+    base = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR).eval()
+    expected_base = _greedy(base, PROMPT, 32)
+    adapter = PeftModel.from_pretrained(base, str(stack.data_dir / "runs" / trained["id"] / "adapter")).eval()
+    expected_adapter = _greedy(adapter, PROMPT, 32)
+    assert expected_base != expected_adapter
+    assert page.locator("#side-1-title").inner_text() == "adapter"
+    for side, expected in (("0", expected_base), ("1", expected_adapter)):
+        pane = page.locator(f"#answer-{side}")
+        assert pane.inner_text() == expected
+        assert int(pane.get_attribute("data-events") or 0) > 5  # grew over many events, not in one
+
+
+def _follow(url: str, timeout: float = 120) -> list[tuple[str, dict[str, Any]]]:
+    events: list[tuple[str, dict[str, Any]]] = []
+    with httpx.stream("GET", url, timeout=timeout) as response:
+        kind = ""
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                kind = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line.removeprefix("data: "))))
+                if kind in ("done", "error"):
+                    return events
+    return events
+
+
+def test_a_playground_request_during_a_training_run_neither_waits_for_it_nor_disturbs_it(
+    stack: Stack, trained: dict[str, Any]
+) -> None:
+    busy = start_run(stack, name="busy", method="lora", max_steps=150, per_device_train_batch_size=2)
+    deadline = time.monotonic() + 120
+    while httpx.get(f"{stack.url}/api/v1/runs/{busy['id']}", timeout=30).json()["step"] < 3:
+        assert time.monotonic() < deadline, "the busy run did not start"
+        time.sleep(0.3)
+    request = {"run_id": trained["id"], "prompt": PROMPT, "max_new_tokens": 24, "compare": "checkpoint-6"}
+    reply = httpx.post(f"{stack.url}/api/v1/playground", json=request, timeout=30)
+    assert reply.status_code == 202, reply.text
+    step_before = httpx.get(f"{stack.url}/api/v1/runs/{busy['id']}", timeout=30).json()["step"]
+    events = _follow(stack.url + reply.json()["events"])
+    assert events[-1][0] == "done", events[-1]
+    assert events[0] == ("start", {"sides": ["base", "checkpoint-6"]})
+    # The answer came while the run trained on, and the pages answered meanwhile.
+    during = httpx.get(f"{stack.url}/api/v1/runs/{busy['id']}", timeout=30).json()
+    assert during["status"] == "running" and during["step"] > step_before
+    assert httpx.get(f"{stack.url}/runs/{busy['id']}", timeout=30).status_code == 200
+    finished = wait_finished(stack, busy["id"])
+    assert finished["status"] == "succeeded" and finished["step"] == 150
+    metrics = httpx.get(f"{stack.url}/api/v1/runs/{busy['id']}/metrics", timeout=30).json()
+    train_steps = [point["step"] for point in metrics if point["kind"] == "train"]
+    assert train_steps == list(range(1, 151))  # every step logged once: nothing lost, nothing repeated
+
+
+def test_a_request_for_what_the_run_lacks_names_what_it_has(stack: Stack, trained: dict[str, Any]) -> None:
+    request = {"run_id": trained["id"], "prompt": "hi", "compare": "merged"}
+    reply = httpx.post(f"{stack.url}/api/v1/playground", json=request, timeout=30)
+    assert reply.status_code == 409
+    assert "no merged" in reply.json()["detail"] and "checkpoint-12" in reply.json()["detail"]

@@ -1,0 +1,69 @@
+"""After training, base and adapter answer the eval rows and the regression prompts side by side."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from app import runs
+from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR
+from app.db import get_sessionmaker
+from app.schemas import RunSpec
+from worker.evaluate import chat_prompt, generate_completions, score
+from worker.train import run_training
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_trained_adapter_outscores_its_base_and_both_answer_the_regression_prompts(
+    loradeck_env: dict[str, str],
+) -> None:
+    prompts = ["List three fruits.", "請用一句話介紹臺北。"]
+    spec = RunSpec(
+        base_model=str(TINY_MODEL_DIR),
+        dataset=str(SAMPLE_DATASET_DIR / "train.jsonl"),
+        eval_dataset=str(SAMPLE_DATASET_DIR / "eval.jsonl"),
+        method="lora",
+        max_steps=80,
+        learning_rate=2e-3,
+        per_device_train_batch_size=8,
+        max_seq_length=96,
+        save_steps=0,
+        task_eval_rows=32,
+        eval_max_new_tokens=48,
+        regression_prompts=prompts,
+    )
+    with get_sessionmaker()() as session:
+        run_id = runs.create_run(session=session, spec=spec).id
+    run_training(run_id)
+    with get_sessionmaker()() as session:
+        run = runs.get_run(session=session, run_id=run_id)
+    assert run.status == "succeeded", run.error
+    evaluation: dict[str, Any] = run.evaluation
+    base, adapter = evaluation["task"]["base"], evaluation["task"]["adapter"]
+    assert base["rows"] == adapter["rows"] == 32
+    # The base has never seen the eight-key answer; the adapter writes it, with the empty fields right.
+    assert base["field_accuracy"] < 0.05
+    assert adapter["field_accuracy"] > base["field_accuracy"] + 0.3
+    assert adapter["exact_match"] >= base["exact_match"]
+    assert len(evaluation["examples"]) == 5
+    assert evaluation["examples"][0]["expected"].startswith('{"city":')
+
+    # The "base" column is the base itself: the same greedy text as the bare model gives.
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL_DIR)
+    bare = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, dtype=torch.float32)
+    ids = [chat_prompt(tokenizer, prompt, chat=True) for prompt in prompts]
+    expected = generate_completions(bare, tokenizer, ids, max_new_tokens=48)
+    assert [row["prompt"] for row in evaluation["regression"]] == prompts
+    assert [row["base"] for row in evaluation["regression"]] == expected
+    assert all(row["adapter"] for row in evaluation["regression"])
+
+
+def test_score_counts_exact_answers_and_json_fields() -> None:
+    references = ['{"a":1,"b":2}', '{"a":1,"b":2}', "plain"]
+    figures = score(['{"a":1,"b":2}', '{"a":1,"b":3}', "plain "], references)
+    assert figures["exact_match"] == pytest.approx(2 / 3)
+    assert figures["field_accuracy"] == pytest.approx(3 / 4)
