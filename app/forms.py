@@ -11,7 +11,10 @@ from annotated_types import Ge, Gt, Le, Lt
 from pydantic import ValidationError
 from starlette.datastructures import FormData
 
+from app.config import SAMPLE_DATASET_DIR
 from app.schemas import RunSpec
+
+SAMPLE_TRAIN, SAMPLE_EVAL = SAMPLE_DATASET_DIR / "train.jsonl", SAMPLE_DATASET_DIR / "eval.jsonl"
 
 BASIC_FIELDS = (
     "name",
@@ -51,7 +54,7 @@ class FormField:
     name: str
     label: str
     help: str
-    widget: str  # text, number, select, checkbox
+    widget: str  # text, number, select, checkbox, lines
     value: Any
     choices: list[str] = field(default_factory=list)
     attrs: dict[str, Any] = field(default_factory=dict)
@@ -66,7 +69,12 @@ def _choices(annotation: Any) -> list[str]:
     return []
 
 
-def _display(value: Any) -> Any:
+LINE_FIELDS = ("regression_prompts",)  # lists of free text: a textarea, one item a line
+
+
+def _display(value: Any, name: str = "") -> Any:
+    if isinstance(value, list) and name in LINE_FIELDS:
+        return "\n".join(str(item) for item in value)
     if isinstance(value, list):
         return ", ".join(str(item) for item in value)
     if isinstance(value, Enum):
@@ -78,6 +86,9 @@ def build_fields(values: dict[str, Any], errors: dict[str, str] | None = None) -
     """Every RunSpec field as a form field, basic ones first, holding the given (or default) values."""
     errors = errors or {}
     defaults = RunSpec.model_construct().model_dump()
+    if defaults["dataset"] == str(SAMPLE_TRAIN) and SAMPLE_EVAL.is_file():
+        # The sample task comes with its eval split: the run then ends with base and adapter scored on it.
+        defaults["eval_dataset"] = str(SAMPLE_EVAL)
     fields = []
     ordered = list(BASIC_FIELDS) + [name for name in RunSpec.model_fields if name not in BASIC_FIELDS]
     for name in ordered:
@@ -97,6 +108,8 @@ def build_fields(values: dict[str, Any], errors: dict[str, str] | None = None) -
                     attrs["min"] = meta.ge if isinstance(meta, Ge) else meta.gt
                 if isinstance(meta, Le | Lt) and isinstance(meta, Le):
                     attrs["max"] = meta.le
+        elif name in LINE_FIELDS:
+            widget = "lines"
         else:
             widget = "text"
         value = values.get(name, defaults.get(name))
@@ -106,7 +119,7 @@ def build_fields(values: dict[str, Any], errors: dict[str, str] | None = None) -
                 label=name,
                 help=info.description or "",
                 widget=widget,
-                value=_display(value),
+                value=_display(value, name),
                 choices=choices,
                 attrs=attrs,
                 error=errors.get(name),

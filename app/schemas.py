@@ -200,7 +200,7 @@ class RunSpec(BaseModel):
     save_total_limit: int = Field(default=2, ge=1, description="Checkpoints kept; older ones are deleted.")
     # --- after training: task metrics and regression prompts, base and adapter side by side
     task_eval_rows: int = Field(
-        default=100,
+        default=50,
         ge=0,
         le=100_000,
         description="After training, base and adapter answer up to this many eval rows (prompt/completion "
@@ -227,6 +227,12 @@ class RunSpec(BaseModel):
     def _printable(cls, value: str, info: ValidationInfo) -> str:
         _refuse_hidden_characters(str(info.field_name), value)
         return value
+
+    @field_validator("regression_prompts", mode="before")
+    @classmethod
+    def _split_lines(cls, value: Any) -> Any:
+        # The form sends one prompt a line; the API sends a list.
+        return value.splitlines() if isinstance(value, str) else value
 
     @field_validator("regression_prompts")
     @classmethod

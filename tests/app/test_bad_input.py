@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from app.forms import LINE_FIELDS
 from app.models import Artifact, Dataset, Metric, Run
 
 # (what, method, path, keyword arguments for the request, status, words the message must contain)
@@ -44,6 +45,12 @@ RUN_SPEC_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("name too long", {"name": "n" * 300}, "at most 200 characters"),
     ("NUL in the name", {"name": "a\x00b"}, "invisible control characters (U+0000)"),
     ("right-to-left override", {"name": "safe\u202etxt.exe"}, "invisible control characters (U+202E)"),
+    (
+        "hidden text in a regression prompt",
+        {"regression_prompts": ["ok", "a\u202eb"]},
+        "regression_prompts: prompt 2: contains invisible control characters (U+202E)",
+    ),
+    ("too many regression prompts", {"regression_prompts": ["p"] * 21}, "at most 20 items"),
     ("qlora on an unquantized base", {"method": "qlora", "quantization": "none"}, "trains on a 4-bit base"),
     ("DoRA with (IA)3", {"method": "ia3", "use_dora": True}, "use_dora: only for methods lora and qlora"),
     ("early stopping without evals", {"early_stopping_patience": 2}, "needs eval_steps"),
@@ -72,6 +79,10 @@ OTHER_CASES: list[tuple[str, str, str, dict[str, Any], int, str]] = [
     ("merge into int4", "POST", "/api/v1/runs/RUN/merge", {"json": {"dtype": "int4"}}, 422, "'auto', 'bfloat16'"),
     ("merge a queued run", "POST", "/api/v1/runs/RUN/merge", {}, 409, "only a succeeded run can be merged"),
     ("unknown dataset", "GET", "/api/v1/datasets/nope", {}, 404, "no dataset with id nope"),
+    ("playground for an unknown run", "POST", "/api/v1/playground", {"json": {"run_id": "abc", "prompt": "hi"}}, 404, "no run with id abc"),
+    ("playground compare with a path", "POST", "/api/v1/playground", {"json": {"run_id": "RUN", "prompt": "hi", "compare": "../../x"}}, 422, "String should match pattern"),
+    ("playground before any adapter", "POST", "/api/v1/playground", {"json": {"run_id": "RUN", "prompt": "hi"}}, 409, "this run has no adapter; it has nothing yet"),
+    ("playground greedy below zero", "POST", "/api/v1/playground", {"json": {"run_id": "RUN", "prompt": "hi", "temperature": -1}}, 422, "greater than or equal to 0"),
     ("upload with a bad type", "POST", "/api/v1/datasets", {"files": {"file": ("x.exe", b"MZ")}}, 422, "is not one of .jsonl"),
     ("pickle upload", "POST", "/api/v1/datasets", {"files": {"file": ("w.pkl", b"\x80\x04K.")}}, 422, "is not one of"),
     ("empty upload", "POST", "/api/v1/datasets", {"files": {"file": ("e.jsonl", b"")}}, 422, "the file is empty"),
@@ -126,12 +137,15 @@ def test_every_bad_input_gets_a_4xx_naming_what_to_fix_and_stores_nothing(
         if what in API_ONLY:
             continue
         # The same values typed into the new-run form: lists as comma-separated text, booleans as checkboxes.
-        form = {k: ", ".join(v) if isinstance(v, list) else str(v).lower() if isinstance(v, bool) else str(v)
+        form = {k: ("\n" if k in LINE_FIELDS else ", ").join(v) if isinstance(v, list)
+                else str(v).lower() if isinstance(v, bool) else str(v)
                 for k, v in ({"max_steps": 5} | body).items()}  # fmt: skip
         page = client.post("/runs", data=form, headers={"HX-Request": "true"})
         if page.status_code != 422 or 'role="alert"' not in page.text:
             failures.append(f"form {what}: {page.status_code}")
     for what, method, path, kwargs, status, words in OTHER_CASES:
+        if isinstance(kwargs.get("json"), dict) and kwargs["json"].get("run_id") == "RUN":
+            kwargs = {**kwargs, "json": kwargs["json"] | {"run_id": run["id"]}}
         response = client.request(method, path.replace("RUN", run["id"]), **kwargs)
         if response.status_code != status or words not in _message(response):
             failures.append(f"{what}: {response.status_code} {response.text[:300]}")

@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR
+from worker.data import encode_prompt
 from worker.evaluate import generate_completions, score
 
 
@@ -25,7 +26,8 @@ def test_batched_greedy_generation_equals_one_prompt_at_a_time() -> None:
     model = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, dtype=torch.float32)
     rows = [json.loads(line) for line in (SAMPLE_DATASET_DIR / "eval.jsonl").open()][:4]
     prompts = [row["prompt"] for row in rows]
-    batched = generate_completions(model, tokenizer, prompts, max_new_tokens=24, batch_size=4)
+    ids = [encode_prompt(tokenizer, prompt) for prompt in prompts]
+    batched = generate_completions(model, tokenizer, ids, max_new_tokens=24, batch_size=4)
     single = []
     for prompt in prompts:
         ids = tokenizer(prompt, return_tensors="pt")
