@@ -198,6 +198,21 @@ class RunSpec(BaseModel):
         default=100, ge=0, description="Save a checkpoint (to resume from) every this many steps; 0: never."
     )
     save_total_limit: int = Field(default=2, ge=1, description="Checkpoints kept; older ones are deleted.")
+    # --- where it runs
+    worker: str = Field(
+        default="",
+        max_length=200,
+        pattern=r"^[A-Za-z0-9_.@-]*$",
+        description="Train only on the worker of this name (as the workers page lists it, e.g. worker-gpu0@host); "
+        "empty: any worker that can hold the run.",
+    )
+    gpus: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="GPUs (processes) the run trains on; above 1 its worker launches it with accelerate (DDP) "
+        "across that many GPUs of one machine, and only a worker with that many takes it.",
+    )
     # --- after training: task metrics and regression prompts, base and adapter side by side
     task_eval_rows: int = Field(
         default=50,
