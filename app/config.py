@@ -91,6 +91,12 @@ class Settings(BaseSettings):
         "it is then interrupted and resumed from its last checkpoint on a live worker (at most 3 times).",
     )
 
+    worker_memory_gb: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="GiB per GPU this worker offers to runs; a run whose pre-flight estimate needs more goes "
+        "to a worker that offers enough. 0: the GPUs' own memory (no limit on a worker without GPUs).",
+    )
     playground_models: int = Field(
         default=2,
         ge=1,

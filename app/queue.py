@@ -52,6 +52,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
+        # Every worker also listens on a queue of its own ("<name>.dq2"): a run pinned to a worker, or one
+        # that only some workers can hold, is sent there (worker/scheduling.py).
+        "worker_direct": True,
     }
 
 
@@ -65,8 +68,14 @@ def get_celery() -> Celery:
     return app
 
 
-def enqueue_train(run_id: str) -> None:
-    get_celery().send_task(TRAIN_TASK, args=[run_id], queue=Queue.train.value)
+def enqueue_train(run_id: str, worker: str = "") -> None:
+    """Queue a run: on the shared train queue, or straight to the worker it is pinned to."""
+    if worker:
+        from celery.utils.nodenames import worker_direct
+
+        get_celery().send_task(TRAIN_TASK, args=[run_id], queue=worker_direct(worker))
+    else:
+        get_celery().send_task(TRAIN_TASK, args=[run_id], queue=Queue.train.value)
 
 
 def enqueue_merge(artifact_id: str) -> None:

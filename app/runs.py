@@ -154,6 +154,18 @@ def request_cancel(*, session: Session, run_id: str) -> Run:
     return run
 
 
+def fail_unplaceable(*, session: Session, run_id: str, error: str) -> bool:
+    """A waiting run that no worker online can hold fails with the reason (if it is still waiting)."""
+    waiting = (RunStatus.queued, RunStatus.interrupted)
+    result = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status.in_(waiting))
+        .values(status=RunStatus.failed, error=error, finished_at=utcnow())
+    )
+    session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
 def cancel_requested(*, session: Session, run_id: str) -> bool:
     return bool(session.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
 

@@ -46,12 +46,21 @@ def _register(sender: Any, **_: Any) -> None:
     from worker.reaper import Reaper
     from worker.registry import Heartbeat
 
-    queues = sorted(queue.name for queue in sender.task_consumer.queues)
+    queues = sorted(queue.name for queue in sender.task_consumer.queues if not queue.name.endswith(".dq2"))
     _heartbeat = Heartbeat(sender.hostname, queues)
     _heartbeat.start()
     # Every worker reaps, so a lost run is found while any worker lives; their UPDATEs are conditional.
     _reaper = Reaper()
     _reaper.start()
+
+
+def worker_record() -> dict[str, Any]:
+    """This worker's heartbeat record (name, queues, GPUs, memory offered), for placing runs."""
+    if _heartbeat is None:  # not a Celery worker (a task run in-process): it holds whatever it is given
+        return {"name": "", "queues": ["train"], "gpu_count": 0, "memory_per_gpu": None}
+    if "gpu_count" not in _heartbeat.record:
+        _heartbeat.describe_devices()
+    return dict(_heartbeat.record)
 
 
 @signals.worker_shutting_down.connect

@@ -54,6 +54,19 @@ class Heartbeat:
     def start(self) -> None:
         self.thread.start()
 
+    def describe_devices(self) -> None:
+        """GPUs, and the memory per GPU this worker offers to runs (what scheduling compares estimates with)."""
+        try:
+            found = gpus()
+        except Exception as exc:  # a broken driver must not stop the worker from serving
+            log.warning("could not list GPUs: %s", exc)
+            found = []
+        offer = get_settings().worker_memory_gb
+        self.record["gpus"] = found
+        self.record["gpu_count"] = len(found)
+        own = min((gpu["total"] for gpu in found), default=None)
+        self.record["memory_per_gpu"] = int(offer * 1024**3) if offer else own
+
     def set_task(self, task: dict[str, Any] | None) -> None:
         self.record["task"] = task
         self.beat()
@@ -82,11 +95,8 @@ class Heartbeat:
     def _loop(self) -> None:
         if "inspect" in self.record["queues"]:
             self._warm_up()
-        try:
-            self.record["gpus"] = gpus()
-        except Exception as exc:  # a broken driver must not stop the worker from serving
-            log.warning("could not list GPUs: %s", exc)
-            self.record["gpus"] = []
+        if "gpu_count" not in self.record:
+            self.describe_devices()
         while not self.stopped.is_set():
             self.beat()
             self.stopped.wait(HEARTBEAT_S)

@@ -14,10 +14,13 @@ from app.queue import ESTIMATE_TASK, GENERATE_TASK, MERGE_TASK, TRAIN_TASK, Queu
 
 @shared_task(name=TRAIN_TASK, queue=Queue.train.value, acks_late=True, ignore_result=True)
 def train_run(run_id: str) -> None:
-    """Train one queued run to succeeded, failed or cancelled."""
+    """Train one queued run to succeeded, failed or cancelled, if this worker can hold it; else pass it on."""
+    from worker.celery_app import worker_record
+    from worker.scheduling import place
     from worker.train import run_training
 
-    run_training(run_id)
+    if place(run_id, worker_record()):
+        run_training(run_id)
 
 
 @shared_task(name=MERGE_TASK, queue=Queue.merge.value, acks_late=True, ignore_result=True)

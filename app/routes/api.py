@@ -45,7 +45,7 @@ def submit_run(*, session: SessionDep, spec: RunSpec) -> Run:
     """Store the run and queue it. If the queue is unreachable, nothing is kept and the caller is told."""
     refuse_paths_outside_roots(spec)
     run = runs.create_run(session=session, spec=spec)
-    enqueue_or_undo(session, run, lambda: enqueue_train(run.id), "the run was not created")
+    enqueue_or_undo(session, run, lambda: enqueue_train(run.id, spec.worker), "the run was not created")
     return run
 
 

@@ -1,0 +1,125 @@
+"""Two training workers on one shared data dir, each with its own scratch space: runs spread over both,
+none trains twice, a pinned run trains only on its worker, and a run goes only to a worker that can hold it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from app.services import free_port
+from tests.browser.test_pages import start_run, wait_finished
+from tests.conftest import REPO, Stack, _wait_http
+
+pytestmark = pytest.mark.slow
+HOST = socket.gethostname()
+QUICK = {"max_steps": 6, "method": "lora", "regression_prompts": [], "task_eval_rows": 0}
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str, module_database_url: str
+) -> Iterator[tuple[Stack, dict[str, subprocess.Popen[bytes]]]]:
+    root = tmp_path_factory.mktemp("fleet")
+    port = free_port()
+    env = {
+        **os.environ,
+        "LORADECK_DATA_DIR": str(root / "shared-data"),
+        "REDIS_URL": redis_url.rsplit("/", 1)[0] + f"/{port % 15 + 1}",
+        "DATABASE_URL": module_database_url,
+        "PYTHONUNBUFFERED": "1",
+    }
+    subprocess.run([sys.executable, "-m", "app.cli", "migrate"], env=env, cwd=REPO, check=True)
+    workers: dict[str, subprocess.Popen[bytes]] = {}
+    # w1 offers 50 MiB per "GPU": enough for the quick runs, too little for the big one; w2 offers 4 GiB.
+    for name, memory in (("w1", "0.05"), ("w2", "4")):
+        scratch = root / f"scratch-{name}"
+        scratch.mkdir()
+        worker_env = env | {"TMPDIR": str(scratch), "HF_HOME": str(scratch / "hf"), "LORADECK_WORKER_MEMORY_GB": memory}
+        log = (root / f"{name}.log").open("wb")
+        workers[name] = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker", "--queues", "train", "--name", name],
+            env=worker_env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    web = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)], env=env, cwd=REPO
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(url, web)
+        deadline = time.monotonic() + 90
+        expected = {f"w1@{HOST}", f"w2@{HOST}"}
+        while {w["name"] for w in httpx.get(url + "/api/v1/workers", timeout=30).json()} != expected:
+            assert time.monotonic() < deadline, "the two workers did not register"
+            time.sleep(0.5)
+        yield Stack(url=url, env=env, data_dir=root / "shared-data", worker_log=root / "w1.log"), workers
+    finally:
+        for process in (web, *workers.values()):
+            process.terminate()
+        for process in (web, *workers.values()):
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _trained_by(run: dict[str, Any], workers: dict[str, subprocess.Popen[bytes]]) -> str:
+    pids = {f"{HOST}:{process.pid}": name for name, process in workers.items()}
+    return pids[run["worker"]]
+
+
+def _steps(stack: Stack, run_id: str) -> list[int]:
+    points = httpx.get(f"{stack.url}/api/v1/runs/{run_id}/metrics", timeout=30).json()
+    return [point["step"] for point in points if point["kind"] == "train"]
+
+
+def test_runs_spread_over_both_workers_and_none_trains_twice(fleet: tuple[Stack, dict[str, Any]]) -> None:
+    stack, workers = fleet
+    submitted = [start_run(stack, name=f"spread-{i}", **QUICK) for i in range(4)]
+    finished = [wait_finished(stack, run["id"]) for run in submitted]
+    assert [run["status"] for run in finished] == ["succeeded"] * 4, [run["error"] for run in finished]
+    assert {_trained_by(run, workers) for run in finished} == {"w1", "w2"}
+    for run in finished:
+        assert run["attempts"] == 0
+        assert _steps(stack, run["id"]) == list(range(1, 7))
+        log = (stack.data_dir / "runs" / run["id"] / "train.log").read_text(encoding="utf-8")
+        assert log.count(f"run {run['id']} starts on") == 1
+
+
+def test_a_pinned_run_trains_only_there_and_a_big_run_waits_for_the_worker_that_can_hold_it(
+    fleet: tuple[Stack, dict[str, Any]],
+) -> None:
+    stack, workers = fleet
+    busy = start_run(stack, name="pinned-w2", worker=f"w2@{HOST}", **(QUICK | {"max_steps": 40}))
+    deadline = time.monotonic() + 120
+    while httpx.get(f"{stack.url}/api/v1/runs/{busy['id']}", timeout=30).json()["status"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    # w1 is idle and takes the big run off the shared queue first, but cannot hold it: it passes it to w2.
+    big = start_run(stack, name="big", per_device_train_batch_size=16, max_seq_length=256, **(QUICK | {"max_steps": 3}))
+    pinned_w1 = start_run(stack, name="pinned-w1", worker=f"w1@{HOST}", **QUICK)
+    results = {name: wait_finished(stack, run["id"]) for name, run in (("busy", busy), ("big", big), ("w1", pinned_w1))}
+    assert all(run["status"] == "succeeded" for run in results.values()), results
+    assert _trained_by(results["busy"], workers) == "w2"
+    assert _trained_by(results["big"], workers) == "w2"
+    assert _trained_by(results["w1"], workers) == "w1"
+    assert results["big"]["started_at"] >= results["busy"]["finished_at"]  # it waited for w2, not on w1
+
+
+def test_a_run_no_worker_can_hold_fails_with_what_each_offers(fleet: tuple[Stack, dict[str, Any]]) -> None:
+    stack, _ = fleet
+    huge = start_run(stack, name="huge", per_device_train_batch_size=1024, max_seq_length=8192, **QUICK)
+    run = wait_finished(stack, huge["id"], timeout=60)
+    assert run["status"] == "failed"
+    assert run["error"].startswith("no worker online can hold this run")
+    assert f"w1@{HOST} offers 0.05 GiB" in run["error"] and f"w2@{HOST} offers 4.00 GiB" in run["error"]
