@@ -69,10 +69,13 @@ def place(run_id: str, me: dict[str, Any]) -> bool:
         if run.status not in (RunStatus.queued, RunStatus.interrupted):
             return True  # the claim decides (a duplicate message, a cancelled run)
         spec = RunSpec.model_validate(run.spec)
-    need = need_of(spec)
+    # The estimate (a model skeleton on the meta device) is only worth making when memory is limited.
+    need = need_of(spec) if me.get("memory_per_gpu") else Need(worker=spec.worker, gpus=spec.gpus, memory=0)
     reason = why_not(need, me)
     if reason is None:
         return True
+    if not need.memory:
+        need = need_of(spec)
     client = redis.Redis.from_url(get_settings().redis_url, socket_timeout=5)
     try:
         others = [record for record in list_workers(client) if record["name"] != me["name"]]
