@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from transformers import (
     PreTrainedTokenizerBase,
     PrinterCallback,
     Trainer,
+    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
@@ -131,6 +133,40 @@ def _train(
 ) -> RunStatus:
     check_base_model(raw_spec)  # a deleted model directory says so, before the spec check calls it "no hub id"
     spec = read_spec(raw_spec)
+    if spec.gpus > 1:
+        from worker.distributed import train_distributed  # it builds on this module's steps
+
+        return train_distributed(
+            spec, run_id=run_id, run_dir=run_dir, sessions=sessions, publisher=publisher, lease=lease
+        )
+    setup = prepare_training(spec, run_dir)
+    report_params(setup.model, run_id, sessions, publisher)
+    checkpoint = resume_point(run_id, run_dir / "checkpoints", sessions, publisher)
+    callback = MetricsCallback(run_id=run_id, sessions=sessions, publisher=publisher, lease=lease)
+    trainer = build_trainer(setup, spec, callback)
+    fit(trainer, checkpoint, callback)
+    if lease.lost or callback.handed_back:  # another worker owns it now, or takes it from the queue
+        return RunStatus.interrupted
+    if callback.cancelled:
+        return RunStatus.cancelled
+    details = final_evaluation(trainer, setup, spec, callback, publisher)
+    save_results(setup, spec, run_id, run_dir, sessions, publisher, details)
+    return RunStatus.succeeded
+
+
+@dataclass
+class TrainingSetup:
+    """What a training process builds from the spec before Trainer: arguments, tokenizer, data, adapted model."""
+
+    args: TrainingArguments
+    tokenizer: PreTrainedTokenizerBase
+    train_data: Any
+    eval_data: Any | None
+    model: PeftModel
+
+
+def prepare_training(spec: RunSpec, run_dir: Path) -> TrainingSetup:
+    """Everything up to Trainer; each process of a multi-GPU run builds its own copy."""
     args = training_arguments(spec, run_dir)  # first: it refuses a precision the device lacks, before any load
     # Trainer's default averages a NaN loss away in the logs (a diverged run would log 0.0 and go on).
     args.logging_nan_inf_filter = False
@@ -139,7 +175,10 @@ def _train(
     train_data, eval_data = load_training_data(spec, tokenizer)
     check_module_names(spec)
     model = _apply_adapter(_load_model(spec), spec)
+    return TrainingSetup(args, tokenizer, train_data, eval_data, model)
 
+
+def report_params(model: PeftModel, run_id: str, sessions: sessionmaker[Session], publisher: EventPublisher) -> None:
     trainable, total = model.get_nb_trainable_parameters()
     with sessions() as session:
         runs.record_params(session=session, run_id=run_id, params_all=total, params_trainable=trainable)
@@ -147,26 +186,47 @@ def _train(
     publisher.publish("params", {"all": total, "trainable": trainable, "percent": percent})
     log.info("trainable params: %d || all params: %d || trainable%%: %.4f", trainable, total, percent)
 
-    checkpoint = resume_point(run_id, run_dir / "checkpoints", sessions, publisher)
-    callback = MetricsCallback(run_id=run_id, sessions=sessions, publisher=publisher, lease=lease)
-    trainer = _build_trainer(model, tokenizer, train_data, eval_data, spec, args, callback)
+
+def fit(trainer: Trainer, checkpoint: Path | None, callback: MetricsCallback | None) -> None:
     try:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     finally:
-        callback.flush()  # the points before a failure are in the database too
-    if lease.lost or callback.handed_back:  # another worker owns it now, or takes it from the queue
-        return RunStatus.interrupted
-    if callback.cancelled:
-        return RunStatus.cancelled
+        if callback is not None:
+            callback.flush()  # the points before a failure are in the database too
+
+
+def final_evaluation(
+    trainer: Trainer,
+    setup: TrainingSetup,
+    spec: RunSpec,
+    callback: MetricsCallback | None,
+    publisher: EventPublisher | None,
+) -> dict[str, Any]:
+    """The adapter artifact's details; evaluates once more when the last step had no evaluation of its own.
+    Every process of a multi-GPU run calls it (evaluation is a collective); only the first one reports."""
     details: dict[str, Any] = {"format": "peft", "method": spec.method}
-    if args.load_best_model_at_end:
-        details |= _best_checkpoint(trainer, publisher)
-    elif eval_data is not None and (not spec.eval_steps or trainer.state.global_step % spec.eval_steps):
-        trainer.evaluate()  # the last step had no evaluation of its own
-        callback.flush()
-    _save_adapter(model, run_id, run_dir, sessions, publisher, details)
-    _evaluate(model, tokenizer, spec, run_id, sessions, publisher)
-    return RunStatus.succeeded
+    if setup.args.load_best_model_at_end:
+        if publisher is not None:
+            details |= _best_checkpoint(trainer, publisher)
+    elif setup.eval_data is not None and (not spec.eval_steps or trainer.state.global_step % spec.eval_steps):
+        trainer.evaluate()
+        if callback is not None:
+            callback.flush()
+    return details
+
+
+def save_results(
+    setup: TrainingSetup,
+    spec: RunSpec,
+    run_id: str,
+    run_dir: Path,
+    sessions: sessionmaker[Session],
+    publisher: EventPublisher,
+    details: dict[str, Any],
+) -> None:
+    """The adapter and its artifact row, then base beside adapter on the eval rows and regression prompts."""
+    _save_adapter(setup.model, run_id, run_dir, sessions, publisher, details)
+    _evaluate(setup.model, setup.tokenizer, spec, run_id, sessions, publisher)
 
 
 def _evaluate(
@@ -221,7 +281,8 @@ def _best_checkpoint(trainer: Trainer, publisher: EventPublisher) -> dict[str, A
 
 
 def _device() -> str:
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
+    # LOCAL_RANK: this process's GPU in a multi-GPU run (worker/distributed.py); unset, the first one.
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
 
 
 def _load_tokenizer(spec: RunSpec) -> PreTrainedTokenizerBase:
@@ -274,7 +335,7 @@ def _build_trainer(
     eval_data: Any | None,
     spec: RunSpec,
     args: TrainingArguments,
-    callback: MetricsCallback,
+    *callbacks: TrainerCallback,
 ) -> Trainer:
     trainer = Trainer(
         model=model,
@@ -283,10 +344,14 @@ def _build_trainer(
         eval_dataset=eval_data,
         data_collator=make_collator(spec, tokenizer),
         processing_class=tokenizer,
-        callbacks=[callback, *training_callbacks(spec)],
+        callbacks=[*callbacks, *training_callbacks(spec)],
     )
     trainer.remove_callback(PrinterCallback)  # it prints every log to stdout; ours go to train.log and Redis
     return trainer
+
+
+def build_trainer(setup: TrainingSetup, spec: RunSpec, *callbacks: TrainerCallback) -> Trainer:
+    return _build_trainer(setup.model, setup.tokenizer, setup.train_data, setup.eval_data, spec, setup.args, *callbacks)
 
 
 def _save_adapter(

@@ -1,0 +1,148 @@
+"""Multi-GPU runs (gpus > 1): accelerate launch across two processes, here on the CPU over gloo."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import redis
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from app import runs
+from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, get_settings
+from app.db import get_sessionmaker
+from app.events import stream_key
+from app.models import RunStatus
+from app.schemas import RunSpec
+from worker.distributed import launch_command
+from worker.train import run_training
+
+TRAIN = SAMPLE_DATASET_DIR / "train.jsonl"
+
+
+def _create_run(**overrides: Any) -> str:
+    fields: dict[str, Any] = {
+        "base_model": str(TINY_MODEL_DIR),
+        "dataset": str(TRAIN),
+        "method": "lora",
+        "precision": "fp32",
+        "gpus": 2,
+        "max_steps": 6,
+        "save_steps": 0,
+        "per_device_train_batch_size": 2,
+        "learning_rate": 2e-3,
+        "max_seq_length": 64,
+        "task_eval_rows": 0,
+        "regression_prompts": [],
+        **overrides,
+    }
+    with get_sessionmaker()() as session:
+        return runs.create_run(session=session, spec=RunSpec(**fields)).id
+
+
+def _run(run_id: str) -> Any:
+    with get_sessionmaker()() as session:
+        return runs.get_run(session=session, run_id=run_id)
+
+
+def _events(run_id: str) -> list[tuple[str, dict[str, Any]]]:
+    client = redis.Redis.from_url(get_settings().redis_url, decode_responses=True)
+    entries = client.xrange(stream_key(run_id))
+    client.close()
+    return [(fields["event"], json.loads(fields["data"])) for _id, fields in entries]  # type: ignore[union-attr]
+
+
+def _ranks(run_id: str) -> list[psutil.Process]:
+    """The live rank processes of the run (their command line names it)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if "worker.distributed" in cmdline and run_id in cmdline:
+            found.append(process)
+    return found
+
+
+def test_the_launch_command_asks_accelerate_for_one_process_per_gpu(loradeck_env: dict[str, str]) -> None:
+    spec = RunSpec(base_model=str(TINY_MODEL_DIR), dataset=str(TRAIN), method="lora", gpus=4)
+    command = launch_command(spec, run_id="r1", worker="box:7", checkpoint=Path("/data/runs/r1/checkpoint-10"))
+    assert command[1:4] == ["-m", "accelerate.commands.launch", "--multi_gpu"]
+    assert "--num_processes=4" in command and "--num_machines=1" in command
+    assert command[-5:] == ["-m", "worker.distributed", "r1", "--worker=box:7", "--resume-from=/data/runs/r1/checkpoint-10"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU box 4-bit DDP runs; this is the CPU refusal")
+def test_a_quantized_multi_process_run_on_the_cpu_fails_naming_gpus(loradeck_env: dict[str, str]) -> None:
+    run_id = _create_run(method="qlora")
+
+    run_training(run_id)
+
+    run = _run(run_id)
+    assert run.status == RunStatus.failed
+    assert run.error.startswith("gpus: a 4bit base trains across several processes only on GPUs")
+
+
+@pytest.mark.slow
+def test_a_two_process_run_reports_from_one_rank_and_saves_one_adapter(loradeck_env: dict[str, str]) -> None:
+    run_id = _create_run()
+
+    started = time.monotonic()
+    run_training(run_id)
+    print(f"two-process run of 6 steps: {time.monotonic() - started:.1f} s")
+
+    run = _run(run_id)
+    assert run.status == RunStatus.succeeded, run.error
+    assert run.step == 6 and run.params_trainable and run.params_all
+    with get_sessionmaker()() as session:
+        points = runs.list_metrics(session=session, run_id=run_id)
+        artifacts = runs.list_artifacts(session=session, run_id=run_id)
+    assert [(point.kind, point.step) for point in points] == [("train", step) for step in range(1, 7)]
+    assert all(point.loss is not None and point.tokens_seen for point in points)
+    # Both ranks' tokens count: the logged step saw two per-device batches.
+    kinds = [kind for kind, _ in _events(run_id)]
+    assert kinds.count("metric") == 6 and kinds.count("params") == 1 and kinds.count("artifact") == 1
+    assert kinds[0] == "status" and kinds[-2:] == ["status", "done"]
+    assert dict(_events(run_id))["done"] == {"status": "succeeded"}
+
+    (adapter,) = artifacts
+    run_dir = get_settings().runs_dir / run_id
+    log = (run_dir / "train.log").read_text()
+    assert "launching 2 training processes" in log and "succeeded" in log
+    assert log.count("step 6 train loss") == 1
+    base = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, dtype=torch.float32)
+    ids = torch.tensor([[1, 10, 20, 30, 40]])
+    with torch.no_grad():
+        base_logits = base(input_ids=ids).logits
+        tuned = PeftModel.from_pretrained(base, str(get_settings().runs_dir / adapter.path)).eval()
+        assert (tuned(input_ids=ids).logits - base_logits).abs().max() > 1e-4
+    assert _ranks(run_id) == []
+
+
+@pytest.mark.slow
+def test_cancel_stops_every_rank_of_a_two_process_run(loradeck_env: dict[str, str]) -> None:
+    run_id = _create_run(max_steps=10_000)
+    worker = threading.Thread(target=run_training, args=(run_id,))
+    worker.start()
+    deadline = time.monotonic() + 180
+    while _run(run_id).step < 2:
+        assert worker.is_alive() and time.monotonic() < deadline, _run(run_id).error
+        time.sleep(0.2)
+    assert len(_ranks(run_id)) == 2
+
+    with get_sessionmaker()() as session:
+        runs.request_cancel(session=session, run_id=run_id)
+    worker.join(timeout=90)
+
+    run = _run(run_id)
+    assert not worker.is_alive()
+    assert run.status == RunStatus.cancelled and run.step < 10_000, run.error
+    assert dict(_events(run_id))["done"] == {"status": "cancelled"}
+    assert _ranks(run_id) == []
+    with get_sessionmaker()() as session:
+        assert runs.list_artifacts(session=session, run_id=run_id) == []
