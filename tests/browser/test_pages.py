@@ -139,6 +139,9 @@ def test_run_page_controls_and_reload_mid_run(stack: Stack, page: Page) -> None:
     metrics = httpx.get(f"{stack.url}/api/v1/runs/{run['id']}/metrics", timeout=30).json()
     page.wait_for_function(f"() => Number(document.querySelector('#loss-chart').dataset.points) === {len(metrics)}")
     assert any(m["kind"] == "eval" for m in metrics)
+    # When training ends, base and adapter are scored side by side without a reload.
+    expect(page.locator("#task-metrics td[data-side=adapter]")).to_contain_text("%", timeout=60_000)
+    expect(page.locator("#regression tbody tr")).to_have_count(4)
     shot(page, "run-page")
 
 

@@ -104,3 +104,21 @@ def test_a_request_for_what_the_run_lacks_names_what_it_has(stack: Stack, traine
     reply = httpx.post(f"{stack.url}/api/v1/playground", json=request, timeout=30)
     assert reply.status_code == 409
     assert "no merged" in reply.json()["detail"] and "checkpoint-12" in reply.json()["detail"]
+
+
+def test_the_merged_model_answers_like_the_adapter(stack: Stack, trained: dict[str, Any]) -> None:
+    merge = httpx.post(f"{stack.url}/api/v1/runs/{trained['id']}/merge", json={}, timeout=30)
+    assert merge.status_code == 202, merge.text
+    deadline = time.monotonic() + 180
+    while httpx.get(f"{stack.url}/api/v1/runs/{trained['id']}/artifacts", timeout=30).json()[-1]["status"] != "ready":
+        assert time.monotonic() < deadline, "the merge did not finish"
+        time.sleep(0.5)
+    answers = {}
+    for compare in ("adapter", "merged"):
+        request = {"run_id": trained["id"], "prompt": PROMPT, "max_new_tokens": 24, "compare": compare}
+        reply = httpx.post(f"{stack.url}/api/v1/playground", json=request, timeout=30)
+        assert reply.status_code == 202, reply.text
+        events = _follow(stack.url + reply.json()["events"])
+        assert events[-1][0] == "done", events[-1]
+        answers[compare] = events[-1][1]["texts"]
+    assert answers["merged"] == answers["adapter"]  # the same base text, and the merged weights answer alike
