@@ -18,7 +18,7 @@ from tests.browser.test_pages import shot, start_run, wait_finished
 from tests.conftest import Stack
 from worker.evaluate import chat_prompt
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 PROMPT = "解析地址：臺中市西屯區市政路500號\n"
 
 
@@ -37,7 +37,6 @@ def _greedy(model: Any, prompt: str, new: int) -> str:
     return str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
 
 
-@pytest.mark.browser
 def test_both_answers_stream_in_and_greedy_matches_generate(stack: Stack, page: Page, trained: dict[str, Any]) -> None:
     page.goto(f"{stack.url}/runs/{trained['id']}")
     page.click("#open-playground")
