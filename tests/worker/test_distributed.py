@@ -74,7 +74,13 @@ def test_the_launch_command_asks_accelerate_for_one_process_per_gpu(loradeck_env
     command = launch_command(spec, run_id="r1", worker="box:7", checkpoint=Path("/data/runs/r1/checkpoint-10"))
     assert command[1:4] == ["-m", "accelerate.commands.launch", "--multi_gpu"]
     assert "--num_processes=4" in command and "--num_machines=1" in command
-    assert command[-5:] == ["-m", "worker.distributed", "r1", "--worker=box:7", "--resume-from=/data/runs/r1/checkpoint-10"]
+    assert command[-5:] == [
+        "-m",
+        "worker.distributed",
+        "r1",
+        "--worker=box:7",
+        "--resume-from=/data/runs/r1/checkpoint-10",
+    ]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU box 4-bit DDP runs; this is the CPU refusal")
