@@ -60,4 +60,3 @@ def test_a_trained_adapter_outscores_its_base_and_both_answer_the_regression_pro
     assert [row["prompt"] for row in evaluation["regression"]] == prompts
     assert [row["base"] for row in evaluation["regression"]] == expected
     assert all(row["adapter"] for row in evaluation["regression"])
-
