@@ -43,7 +43,7 @@ from app.db import get_sessionmaker
 from app.models import RunStatus
 from app.schemas import RunSpec
 from app.services import free_port
-from worker.adapters import RunError, quantization_mode, read_spec
+from worker.adapters import RunError, read_spec
 from worker.callbacks import EventPublisher, MetricsCallback
 from worker.failures import explain, explained
 from worker.lease import WORKER_STOPPING, Lease, heartbeat_every, resume_point
@@ -58,18 +58,14 @@ PR_SET_PDEATHSIG = 1
 
 
 def check_gpus(spec: RunSpec) -> None:
-    """Refuse what cannot run across `spec.gpus` processes here, naming the field to change."""
+    """Refuse more GPUs than this worker sees, naming the field to change. (QLoRA, prompt tuning and packing
+    all train under DDP, on GPUs and on the CPU alike.)"""
     if torch.cuda.is_available() and torch.cuda.device_count() < spec.gpus:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         raise RunError(
             f"gpus: the run asks for {spec.gpus} GPUs and this worker sees {torch.cuda.device_count()}"
             + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else "")
             + "; lower gpus or pin the run to a worker with that many"
-        )
-    if quantization_mode(spec) != "none" and not torch.cuda.is_available():
-        raise RunError(
-            f"gpus: a {quantization_mode(spec)} base trains across several processes only on GPUs; "
-            "this worker has none: set gpus to 1, or use method lora with quantization none"
         )
 
 

@@ -22,6 +22,7 @@ from app.events import stream_key
 from app.models import RunStatus
 from app.schemas import RunSpec
 from worker.distributed import launch_command
+from worker.lease import HANDED_BACK, WORKER_STOPPING, resume_step
 from worker.train import run_training
 
 TRAIN = SAMPLE_DATASET_DIR / "train.jsonl"
@@ -60,11 +61,11 @@ def _events(run_id: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _ranks(run_id: str) -> list[psutil.Process]:
-    """The live rank processes of the run (their command line names it)."""
+    """The live rank processes of the run (their command line names it; the launcher's too, so it is left out)."""
     found = []
     for process in psutil.process_iter(["cmdline"]):
         cmdline = process.info["cmdline"] or []
-        if "worker.distributed" in cmdline and run_id in cmdline:
+        if "worker.distributed" in cmdline and run_id in cmdline and "accelerate.commands.launch" not in cmdline:
             found.append(process)
     return found
 
@@ -81,17 +82,6 @@ def test_the_launch_command_asks_accelerate_for_one_process_per_gpu(loradeck_env
         "--worker=box:7",
         "--resume-from=/data/runs/r1/checkpoint-10",
     ]
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU box 4-bit DDP runs; this is the CPU refusal")
-def test_a_quantized_multi_process_run_on_the_cpu_fails_naming_gpus(loradeck_env: dict[str, str]) -> None:
-    run_id = _create_run(method="qlora")
-
-    run_training(run_id)
-
-    run = _run(run_id)
-    assert run.status == RunStatus.failed
-    assert run.error.startswith("gpus: a 4bit base trains across several processes only on GPUs")
 
 
 @pytest.mark.slow
@@ -152,3 +142,49 @@ def test_cancel_stops_every_rank_of_a_two_process_run(loradeck_env: dict[str, st
     assert _ranks(run_id) == []
     with get_sessionmaker()() as session:
         assert runs.list_artifacts(session=session, run_id=run_id) == []
+
+
+@pytest.mark.slow
+def test_a_qlora_run_trains_on_two_processes(loradeck_env: dict[str, str]) -> None:
+    run_id = _create_run(method="qlora", max_steps=3)
+
+    run_training(run_id)
+
+    run = _run(run_id)
+    assert run.status == RunStatus.succeeded, run.error
+    with get_sessionmaker()() as session:
+        assert [point.step for point in runs.list_metrics(session=session, run_id=run_id)] == [1, 2, 3]
+        assert len(runs.list_artifacts(session=session, run_id=run_id)) == 1
+
+
+@pytest.mark.slow
+def test_a_two_process_run_handed_back_on_shutdown_resumes_from_its_checkpoint(loradeck_env: dict[str, str]) -> None:
+    # No checkpoint of its own before max_steps: only the hand-back one. Steps enough to outlast the hand-back.
+    run_id = _create_run(max_steps=30, save_steps=100)
+    worker = threading.Thread(target=run_training, args=(run_id,))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 180
+        while _run(run_id).step < 2:
+            assert worker.is_alive() and time.monotonic() < deadline, _run(run_id).error
+            time.sleep(0.1)
+        WORKER_STOPPING.set()  # what a warm shutdown of the Celery worker does
+        worker.join(timeout=90)
+    finally:
+        WORKER_STOPPING.clear()
+    assert not worker.is_alive()
+    run = _run(run_id)
+    assert run.status == RunStatus.interrupted and run.error == HANDED_BACK
+    stopped_at = resume_step(get_settings().runs_dir / run_id / "checkpoints")
+    assert 2 <= stopped_at < 30 and _ranks(run_id) == []
+
+    run_training(run_id)
+
+    run = _run(run_id)
+    assert run.status == RunStatus.succeeded, run.error
+    with get_sessionmaker()() as session:
+        points = runs.list_metrics(session=session, run_id=run_id)
+    assert [point.step for point in points] == list(range(1, 31))
+    assert ("log", {"lines": [f"resumed from the checkpoint at step {stopped_at}"], "step": stopped_at}) in _events(
+        run_id
+    )
