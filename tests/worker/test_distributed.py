@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -25,6 +28,7 @@ from worker.distributed import launch_command
 from worker.lease import HANDED_BACK, WORKER_STOPPING, resume_step
 from worker.train import run_training
 
+REPO = Path(__file__).resolve().parents[2]
 TRAIN = SAMPLE_DATASET_DIR / "train.jsonl"
 
 
@@ -188,3 +192,26 @@ def test_a_two_process_run_handed_back_on_shutdown_resumes_from_its_checkpoint(l
     assert ("log", {"lines": [f"resumed from the checkpoint at step {stopped_at}"], "step": stopped_at}) in _events(
         run_id
     )
+
+
+@pytest.mark.slow
+def test_killing_the_worker_leaves_no_training_process(loradeck_env: dict[str, str]) -> None:
+    run_id = _create_run(max_steps=10_000)
+    worker = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from worker.train import run_training; run_training(sys.argv[1])", run_id],
+        cwd=REPO,
+        env={**os.environ, **loradeck_env},
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while _run(run_id).step < 1:
+            assert worker.poll() is None and time.monotonic() < deadline, _run(run_id).error
+            time.sleep(0.2)
+        assert len(_ranks(run_id)) == 2
+    finally:
+        worker.kill()  # SIGKILL: no cleanup of its own runs
+        worker.wait(timeout=30)
+    deadline = time.monotonic() + 60
+    while _ranks(run_id):
+        assert time.monotonic() < deadline, "training processes outlived their worker"
+        time.sleep(0.5)
