@@ -195,11 +195,12 @@ def test_compare_overlays_runs_and_lists_differences(stack: Stack, page: Page) -
 def test_workers_view_shows_what_each_worker_runs(stack: Stack, page: Page) -> None:
     run = start_run(stack, name="busy", max_steps=60)
     page.goto(stack.url + "/workers")
-    expect(page.locator("tr[data-worker]")).to_have_count(2)
+    expect(page.locator("tr[data-worker]")).to_have_count(3)  # trainer, inspector, generator
     expect(page.locator("tr[data-worker]").filter(has_text="merge, train")).to_contain_text(
         f"training {run['id']}", timeout=120_000
     )
     expect(page.locator("tr[data-worker]").filter(has_text="inspect")).to_contain_text("idle")
+    expect(page.locator("tr[data-worker]").filter(has_text="generate")).to_contain_text("idle")
     shot(page, "workers")
     httpx.post(f"{stack.url}/api/v1/runs/{run['id']}/cancel", timeout=30)
     wait_finished(stack, run["id"])

@@ -67,11 +67,13 @@ def _events(run_id: str) -> list[tuple[str, dict[str, Any]]]:
 def _ranks(run_id: str) -> list[psutil.Process]:
     """The live rank processes of the run (their command line names it; the launcher's too, so it is left out)."""
     found = []
-    for process in psutil.process_iter(["cmdline"]):
+    for process in psutil.process_iter(["cmdline", "ppid"]):
         cmdline = process.info["cmdline"] or []
         if "worker.distributed" in cmdline and run_id in cmdline and "accelerate.commands.launch" not in cmdline:
             found.append(process)
-    return found
+    # A rank may fork helpers of its own (torch elastic's "pt_elastic"); they carry its command line.
+    pids = {process.pid for process in found}
+    return [process for process in found if process.info["ppid"] not in pids]
 
 
 def test_the_launch_command_asks_accelerate_for_one_process_per_gpu(loradeck_env: dict[str, str]) -> None:
