@@ -11,15 +11,15 @@ run: install
 	$(VENV)/bin/loradeck up
 
 test: install system-deps lint
-	$(PY) -m pytest -p no:cacheprovider
+	$(PY) -m pytest -p no:cacheprovider --durations=12
 	$(MAKE) --no-print-directory test-postgres
 
 # The tests that open a database (marker `db`) once more, on a private PostgreSQL server that
 # scripts/with-postgres.sh starts and removes; browser tests stay on SQLite. Narrow it with ARGS, e.g.
 # `make test-postgres ARGS=tests/app/test_api.py`, or widen it with PG_MARKERS=db.
-PG_MARKERS ?= db and not browser
+PG_MARKERS ?= db and not browser and not (engine and slow)
 test-postgres: install system-deps
-	bash scripts/with-postgres.sh $(PY) -m pytest -p no:cacheprovider -m "$(PG_MARKERS)" $(ARGS)
+	bash scripts/with-postgres.sh $(PY) -m pytest -p no:cacheprovider --durations=12 -m "$(PG_MARKERS)" $(ARGS)
 
 # The inner loop: no browser, no long training runs.
 quick: install

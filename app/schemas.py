@@ -228,7 +228,7 @@ class RunSpec(BaseModel):
         "applied where the model has one), to see whether the fine-tune broke what the model could do.",
     )
     eval_max_new_tokens: int = Field(
-        default=128, ge=1, le=4096, description="Longest answer, in tokens, for task metrics and regression prompts."
+        default=64, ge=1, le=4096, description="Longest answer, in tokens, for task metrics and regression prompts."
     )
 
     # --- single fields

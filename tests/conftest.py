@@ -28,11 +28,18 @@ TEST_DATABASE_URL = os.environ.get("LORADECK_TEST_DATABASE_URL", "")
 DATABASE_FIXTURES = {"database_url", "module_database_url"}
 
 
+ENGINE_TESTS = REPO / "tests" / "worker"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark `db` every test that opens a database, so `pytest -m db` runs just those against PostgreSQL."""
+    """Mark `db` every test that opens a database, so `pytest -m db` runs just those against PostgreSQL, and
+    `engine` the in-process training-engine tests (tests/worker), whose database work is the run rows the
+    stack, fault and journey tests also drive through the real processes."""
     for item in items:
         if DATABASE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.db)
+        if item.path.is_relative_to(ENGINE_TESTS):
+            item.add_marker(pytest.mark.engine)
 
 
 @contextmanager

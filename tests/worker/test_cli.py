@@ -32,6 +32,7 @@ base_model: {TINY_MODEL_DIR}
 dataset: {TRAIN}
 method: lora
 max_steps: 12
+regression_prompts: []
 save_steps: 5
 per_device_train_batch_size: 4
 max_seq_length: 96
