@@ -59,10 +59,11 @@ def last_event_id(client: redis.Redis, run_id: str) -> str:
 
 
 async def follow(
-    client: aioredis.Redis, run_id: str, after_id: str, *, block_ms: int = 15_000
+    client: aioredis.Redis, key: str, after_id: str, *, until: tuple[str, ...] = (), block_ms: int = 15_000
 ) -> AsyncIterator[Event | None]:
-    """Yield the run's events after `after_id`, forever; None after each quiet `block_ms` (a heartbeat)."""
-    key = stream_key(run_id)
+    """Yield the events of stream `key` after `after_id`, up to one whose type is in `until` (else forever);
+    None after each quiet `block_ms` (a heartbeat). The web's live hub fans one reader out per run; this
+    serves a single reader, such as a playground request's page."""
     cursor = after_id or "0-0"
     while True:
         reply: Any = await client.xread({key: cursor}, block=block_ms, count=500)
@@ -74,6 +75,8 @@ async def follow(
                 event = decode_entry(entry_id, fields)
                 cursor = event.id
                 yield event
+                if event.event in until:
+                    return
 
 
 async def position_before_step(client: aioredis.Redis, run_id: str, step: int, *, page: int = 500) -> str:

@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import redis
-import redis.asyncio as aioredis
-
-from app.events import Event, decode_entry
 
 EVENT_TYPES = ("start", "token", "done", "error")
 FINAL_EVENTS = ("done", "error")
@@ -42,22 +38,3 @@ def publish(client: redis.Redis, generation_id: str, event: str, data: dict[str,
     pipe.xadd(key, {"event": event, "data": json.dumps(data, ensure_ascii=False, separators=(",", ":"))})
     pipe.expire(key, KEEP_S)
     pipe.execute()
-
-
-async def follow(
-    client: aioredis.Redis, generation_id: str, after_id: str = "0-0", *, block_ms: int = 15_000
-) -> AsyncIterator[Event | None]:
-    """The request's events after `after_id` up to its final one; None after each quiet `block_ms`."""
-    key, cursor = stream_key(generation_id), after_id or "0-0"
-    while True:
-        reply: Any = await client.xread({key: cursor}, block=block_ms, count=200)
-        if not reply:
-            yield None
-            continue
-        for _key, entries in reply:
-            for entry_id, fields in entries:
-                event = decode_entry(entry_id, fields)
-                cursor = event.id
-                yield event
-                if event.event in FINAL_EVENTS:
-                    return

@@ -109,11 +109,8 @@ def record_evaluation(*, session: Session, run_id: str, evaluation: dict[str, An
     session.commit()
 
 
-def add_metrics(*, session: Session, run_id: str, points: Sequence[dict[str, Any]]) -> None:
-    """Insert a batch of metric points and move the run's progress to the newest one."""
-    if not points:
-        return
-    session.add_all(
+def _metric_rows(run_id: str, points: Sequence[dict[str, Any]]) -> list[Metric]:
+    return [
         Metric(
             run_id=run_id,
             step=int(point["step"]),
@@ -122,7 +119,14 @@ def add_metrics(*, session: Session, run_id: str, points: Sequence[dict[str, Any
             **{name: point.get(name) for name in METRIC_FIELDS},
         )
         for point in points
-    )
+    ]
+
+
+def add_metrics(*, session: Session, run_id: str, points: Sequence[dict[str, Any]]) -> None:
+    """Insert a batch of metric points and move the run's progress to the newest one."""
+    if not points:
+        return
+    session.add_all(_metric_rows(run_id, points))
     newest = max(points, key=lambda point: point["step"])
     values: dict[str, Any] = {"step": int(newest["step"])}
     losses = [point for point in points if point.get("loss") is not None and point.get("kind", "train") == "train"]
@@ -289,15 +293,6 @@ def add_owned_metrics(*, session: Session, run_id: str, worker: str, points: Seq
     if not owned.rowcount:  # type: ignore[attr-defined]
         session.rollback()
         return False
-    session.add_all(
-        Metric(
-            run_id=run_id,
-            step=int(point["step"]),
-            kind=point.get("kind", "train"),
-            time=float(point["time"]),
-            **{name: point.get(name) for name in METRIC_FIELDS},
-        )
-        for point in points
-    )
+    session.add_all(_metric_rows(run_id, points))
     session.commit()
     return True

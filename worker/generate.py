@@ -28,11 +28,10 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-from app import playground
+from app import playground, runs
 from app.config import get_settings
 from app.db import get_sessionmaker
-from app.models import Artifact, ArtifactKind, ArtifactStatus
-from app.runs import get_run
+from app.models import ArtifactKind, ArtifactStatus
 from app.schemas import PlaygroundRequest, RunSpec
 from worker.adapters import model_dtype, quantization_config
 from worker.evaluate import chat_prompt
@@ -234,25 +233,25 @@ def _sides(request: PlaygroundRequest, cache: ModelCache) -> tuple[list[Side], P
     """Base and the chosen other side of the request's run, loaded (or found loaded)."""
     settings = get_settings()
     with get_sessionmaker()() as session:
-        run = get_run(session=session, run_id=request.run_id)
+        run = runs.get_run(session=session, run_id=request.run_id)
         spec = RunSpec.model_validate(run.spec)
         merged = None
         if request.compare == "merged":
-            merged = (
-                session.query(Artifact)
-                .filter_by(run_id=run.id, kind=ArtifactKind.merged, status=ArtifactStatus.ready)
-                .order_by(Artifact.created_at.desc())
-                .first()
-            )
+            ready = [
+                artifact
+                for artifact in runs.list_artifacts(session=session, run_id=run.id)
+                if artifact.kind == ArtifactKind.merged and artifact.status == ArtifactStatus.ready
+            ]
+            merged = ready[-1] if ready else None  # the newest
             if merged is None:
                 raise playground.PlaygroundError("this run has no merged model yet: merge it on the run page first")
             merged_dir = settings.runs_dir / str(merged.path)
-    base = cache.base(spec)
-    run_dir = settings.runs_dir / request.run_id
     if request.compare == "merged":
         other = cache.merged(merged_dir, spec)
-        base = cache.base(spec)  # still loaded unless capacity is 1: then the base is loaded again
+        base = cache.base(spec)  # with capacity 1 the cache lets the merged model go; this request still holds it
         return [Side("base", base.model, None), Side("merged", other.model, None)], base.tokenizer
+    base = cache.base(spec)
+    run_dir = settings.runs_dir / request.run_id
     adapter_dir = run_dir / "adapter" if request.compare == "adapter" else run_dir / "checkpoints" / request.compare
     if not (adapter_dir / "adapter_config.json").is_file():
         raise playground.PlaygroundError(f"no {request.compare} for this run (nothing at {adapter_dir.name})")

@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse, StreamingResponse
 
 from app import playground, runs
 from app.deps import SessionDep, SettingsDep
+from app.events import follow
 from app.live import live_hub
 from app.models import ArtifactKind, ArtifactStatus, RunStatus
 from app.queue import enqueue_generation
@@ -66,7 +67,8 @@ async def generation_events(generation_id: str, request: Request, settings: Sett
         hub = live_hub(settings.redis_url)
         try:
             yield "retry: 2000\n\n"
-            async for event in playground.follow(hub.client, generation_id, after):
+            key = playground.stream_key(generation_id)
+            async for event in follow(hub.client, key, after, until=playground.FINAL_EVENTS):
                 yield ": keep-alive\n\n" if event is None else event.to_sse()
         except (redis.RedisError, OSError):
             return

@@ -7,7 +7,7 @@ import asyncio
 import redis
 import redis.asyncio as aioredis
 
-from app.events import Event, follow, position_before_step, publish
+from app.events import Event, follow, position_before_step, publish, stream_key
 
 
 def _fill(client: redis.Redis, run_id: str) -> None:
@@ -23,7 +23,7 @@ def _fill(client: redis.Redis, run_id: str) -> None:
 async def _collect(url: str, run_id: str, after: str) -> list[Event]:
     client = aioredis.Redis.from_url(url)
     events = []
-    async for event in follow(client, run_id, after, block_ms=1):
+    async for event in follow(client, stream_key(run_id), after, block_ms=1):
         if event is None:
             break
         events.append(event)
