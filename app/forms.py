@@ -5,16 +5,14 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, Literal
 
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import ValidationError
 from starlette.datastructures import FormData
 
-from app.config import SAMPLE_DATASET_DIR
-from app.schemas import RunSpec
-
-SAMPLE_TRAIN, SAMPLE_EVAL = SAMPLE_DATASET_DIR / "train.jsonl", SAMPLE_DATASET_DIR / "eval.jsonl"
+from app.schemas import SAMPLE_TRAIN, RunSpec, default_eval
 
 BASIC_FIELDS = (
     "name",
@@ -31,22 +29,45 @@ BASIC_FIELDS = (
 )
 
 
-# Starting points offered above the form; each is RunSpec's defaults plus these values.
+# Starting points offered above the form. A preset sets only the fields it names: the dataset, its eval
+# data, the regression prompts and everything else stay as they are in the form.
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
-    "qlora": ("QLoRA (default)", {}),
-    "lora": ("LoRA", {"method": "lora", "quantization": "none", "r": 16, "lora_alpha": 32}),
+    "qlora": ("QLoRA (default)", {"method": "qlora", "quantization": "auto"}),
+    "lora": ("LoRA", {"method": "lora", "quantization": "none"}),
     "smoke": (
         "Quick smoke test",
-        {"max_steps": 5, "per_device_train_batch_size": 2, "max_seq_length": 64, "save_steps": 0},
+        {"max_steps": 5, "per_device_train_batch_size": 2, "max_seq_length": 64, "save_steps": 0, "task_eval_rows": 5},
     ),
 }
 
+# What the form proposes for the bundled sample task, measured to teach the tiny model the task in a few
+# minutes on a CPU (bench/accuracy.py). RunSpec's own defaults are for real models and stay as they are.
+SAMPLE_TASK_RECIPE: dict[str, Any] = {
+    "r": 16,
+    "lora_alpha": 32,
+    "lora_dropout": 0.0,
+    "learning_rate": 2e-3,
+    "lr_scheduler_type": "cosine",
+    "warmup_ratio": 0.05,
+    "max_steps": 300,
+    "per_device_train_batch_size": 16,
+}
+
+
+def form_defaults(dataset: str | None = None) -> dict[str, Any]:
+    """What a new form holds: RunSpec's defaults, the eval data that goes with the dataset, and for the
+    bundled sample task the recipe that teaches it quickly."""
+    defaults = RunSpec.model_construct().model_dump()
+    dataset = dataset or defaults["dataset"]
+    defaults |= {"dataset": dataset} | default_eval(dataset)
+    if Path(dataset).resolve() == SAMPLE_TRAIN.resolve():
+        defaults |= SAMPLE_TASK_RECIPE
+    return defaults
+
 
 def preset_values() -> dict[str, dict[str, Any]]:
-    """Every preset as the full set of form values it puts in the form."""
-    defaults = {name: _display(value) for name, value in RunSpec.model_construct().model_dump().items()}
-    defaults.pop("name")  # a preset keeps the name the user typed
-    return {key: defaults | {k: _display(v) for k, v in values.items()} for key, (_, values) in PRESETS.items()}
+    """Every preset as the form values it sets."""
+    return {key: {k: _display(v, k) for k, v in values.items()} for key, (_, values) in PRESETS.items()}
 
 
 @dataclass
@@ -85,10 +106,7 @@ def _display(value: Any, name: str = "") -> Any:
 def build_fields(values: dict[str, Any], errors: dict[str, str] | None = None) -> list[FormField]:
     """Every RunSpec field as a form field, basic ones first, holding the given (or default) values."""
     errors = errors or {}
-    defaults = RunSpec.model_construct().model_dump()
-    if defaults["dataset"] == str(SAMPLE_TRAIN) and SAMPLE_EVAL.is_file():
-        # The sample task comes with its eval split: the run then ends with base and adapter scored on it.
-        defaults["eval_dataset"] = str(SAMPLE_EVAL)
+    defaults = form_defaults(values.get("dataset"))
     fields = []
     ordered = list(BASIC_FIELDS) + [name for name in RunSpec.model_fields if name not in BASIC_FIELDS]
     for name in ordered:
@@ -137,6 +155,12 @@ def form_context(values: dict[str, Any], errors: dict[str, str] | None = None) -
         "errors": errors or {},
         "presets": [(key, label) for key, (label, _) in PRESETS.items()],
         "preset_values": preset_values(),
+        # How the eval fields follow the dataset field when it changes (static/js/presets.js).
+        "eval_rule": {
+            "sample_train": str(SAMPLE_TRAIN),
+            "sample": default_eval(str(SAMPLE_TRAIN)),
+            "other": default_eval(""),
+        },
     }
 
 

@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from app.config import get_settings
+from app.config import SAMPLE_DATASET_DIR, get_settings
+from app.dataset_shapes import SHAPE_NAMES, first_row_shape
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 MODULE_NAME = re.compile(r"^[A-Za-z_][\w.]*$")
@@ -36,6 +37,18 @@ def check_base_model(value: str) -> str:
     if HUB_ID.match(value) and not value.startswith((".", "/")):
         return value
     raise ValueError(f"base_model: {value} is neither a local model directory nor a hub id (org/name)")
+
+
+SAMPLE_TRAIN, SAMPLE_EVAL = SAMPLE_DATASET_DIR / "train.jsonl", SAMPLE_DATASET_DIR / "eval.jsonl"
+DEFAULT_EVAL_SPLIT = 0.1  # what the form proposes to hold out of a dataset that has no eval file
+
+
+def default_eval(dataset: str) -> dict[str, Any]:
+    """The eval data that goes with a dataset when none is given: the bundled sample's own eval file, or a
+    held-out share of the dataset itself. Never another dataset's eval file."""
+    if dataset and Path(dataset).resolve() == SAMPLE_TRAIN.resolve() and SAMPLE_EVAL.is_file():
+        return {"eval_dataset": str(SAMPLE_EVAL), "eval_split": 0.0}
+    return {"eval_dataset": "", "eval_split": DEFAULT_EVAL_SPLIT}
 
 
 DEFAULT_REGRESSION_PROMPTS = (
@@ -302,6 +315,31 @@ class RunSpec(BaseModel):
         return value
 
     # --- rules between fields, one each
+    @model_validator(mode="before")
+    @classmethod
+    def _eval_follows_dataset(cls, data: Any) -> Any:
+        # A spec that says nothing of evaluation is scored on the eval data of its own dataset: the
+        # sample's eval file for the sample. Other files keep no eval unless asked (a split of a small
+        # file could leave nothing to train on); the form and "Use in a new run" propose a split.
+        if isinstance(data, dict) and "eval_dataset" not in data and "eval_split" not in data:
+            dataset = data.get("dataset") or get_settings().default_dataset
+            if isinstance(dataset, str) and default_eval(dataset)["eval_dataset"]:
+                data = {**data, "eval_dataset": default_eval(dataset)["eval_dataset"]}
+        return data
+
+    @model_validator(mode="after")
+    def _eval_rows_like_training_rows(self) -> RunSpec:
+        if not self.eval_dataset:
+            return self
+        train, held_out = first_row_shape(self.dataset), first_row_shape(self.eval_dataset)
+        if train and held_out and train != held_out:
+            raise ValueError(
+                f"eval_dataset: {Path(self.eval_dataset).name} holds {SHAPE_NAMES[held_out]} rows but dataset "
+                f"{Path(self.dataset).name} holds {SHAPE_NAMES[train]} rows; give an eval file of the same "
+                "shape, or use eval_split to hold out part of the dataset"
+            )
+        return self
+
     @model_validator(mode="after")
     def _quantization_fits_method(self) -> RunSpec:
         if self.method == Method.qlora and self.quantization in ("none", "8bit"):
@@ -383,7 +421,11 @@ class PlaygroundRequest(BaseModel):
         description="What answers beside the base: the run's adapter, one of its checkpoints (checkpoint-N) "
         "or its merged model.",
     )
-    chat: bool = Field(default=True, description="Apply the model's chat template to the prompt, if it has one.")
+    chat: bool | None = Field(
+        default=None,
+        description="Apply the model's chat template to the prompt (where it has one); empty: as the run trained, "
+        "the template for a messages dataset and none for prompt/completion or text rows.",
+    )
     temperature: float = Field(default=0.0, ge=0.0, le=5.0, description="0: greedy decoding.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling: keep the top_p of the mass.")
     max_new_tokens: int = Field(default=128, ge=1, le=4096, description="Longest answer, in tokens.")

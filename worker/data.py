@@ -35,7 +35,7 @@ from worker.chat_templates import (
 
 # Re-exported: train.py, merge.py and the CLI import the whole dataset contract from here.
 from worker.datasets import DatasetError as DatasetError
-from worker.datasets import Row, read_dataset, read_rows
+from worker.datasets import SHAPE_NAMES, Row, read_dataset, read_rows
 from worker.datasets import RowProblem as RowProblem
 from worker.datasets import validate_dataset as validate_dataset
 
@@ -193,6 +193,16 @@ def eval_rows(spec: RunSpec) -> list[Row]:
     return []
 
 
+def _same_shape(train: Row, held_out: Row, train_path: Path, eval_path: Path) -> None:
+    # The web refuses this before queueing where it can read the files' first rows (app.dataset_shapes);
+    # Parquet files and specs from the command line meet it here.
+    if train.shape != held_out.shape:
+        raise DatasetError(
+            f"eval_dataset: {eval_path.name} holds {SHAPE_NAMES[held_out.shape]} rows but dataset {train_path.name} "
+            f"holds {SHAPE_NAMES[train.shape]} rows; give an eval file of the same shape, or use eval_split"
+        )
+
+
 def load_training_data(
     spec: RunSpec, tokenizer: PreTrainedTokenizerBase
 ) -> tuple[TokenizedDataset, TokenizedDataset | None]:
@@ -215,6 +225,8 @@ def load_training_data(
             train_on_prompt=spec.train_on_prompt,
             chat_template=spec.chat_template,
         )
+    if spec.eval_dataset and rows and eval_data is not None:
+        _same_shape(rows[0], read_rows(spec.eval_dataset, limit=1)[0], path, Path(spec.eval_dataset))
     train_data = tokenize(rows, path)
     log.info("dataset: %d train rows, %d eval rows", len(train_data), len(eval_data) if eval_data else 0)
     return train_data, eval_data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -89,7 +90,7 @@ def test_merge_is_refused_until_the_run_succeeded(client: TestClient) -> None:
     run = client.post("/api/v1/runs", json={"max_steps": 5}).json()
     response = client.post(f"/api/v1/runs/{run['id']}/merge")
     assert response.status_code == 409
-    assert "only a succeeded run can be merged" in response.json()["detail"]
+    assert "a run is merged once its adapter is saved" in response.json()["detail"]
 
 
 def test_unknown_ids_are_404(client: TestClient) -> None:
@@ -131,3 +132,54 @@ def test_form_submission_opens_the_run_page(client: TestClient) -> None:
     assert run["spec"]["method"] == "lora" and run["spec"]["max_steps"] == 7
     htmx = client.post("/runs", data={"name": "via htmx"}, headers={"HX-Request": "true"})
     assert htmx.status_code == 204 and htmx.headers["HX-Redirect"].startswith("/runs/")
+
+
+SAMPLE_TRAIN, SAMPLE_EVAL = SAMPLE_DATASET_DIR / "train.jsonl", SAMPLE_DATASET_DIR / "eval.jsonl"
+
+
+def test_a_run_created_with_no_fields_is_scored_on_the_samples_eval_file(client: TestClient) -> None:
+    run = client.post("/api/v1/runs", json={}).json()
+    assert run["spec"]["dataset"] == str(SAMPLE_TRAIN)
+    assert run["spec"]["eval_dataset"] == str(SAMPLE_EVAL)
+    assert run["spec"]["task_eval_rows"] > 0
+    # Saying something about evaluation is kept as said, even "none".
+    none = client.post("/api/v1/runs", json={"eval_dataset": ""}).json()
+    assert none["spec"]["eval_dataset"] == "" and none["spec"]["eval_split"] == 0
+    split = client.post("/api/v1/runs", json={"eval_split": 0.2}).json()
+    assert split["spec"]["eval_dataset"] == "" and split["spec"]["eval_split"] == 0.2
+
+
+def test_an_eval_file_of_another_row_shape_is_refused_naming_both_files(client: TestClient, tmp_path_factory) -> None:  # type: ignore[no-untyped-def]
+    folder = tmp_path_factory.mktemp("shapes")
+    chats = folder / "chats.jsonl"
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    chats.write_text(json.dumps({"messages": turns}) + "\n", encoding="utf-8")
+    before = client.get("/api/v1/runs").json()
+    response = client.post("/api/v1/runs", json={"eval_dataset": str(chats)})
+    assert response.status_code == 422
+    message = json.dumps(response.json())
+    assert "chats.jsonl" in message and "train.jsonl" in message
+    assert "messages rows" in message and "prompt/completion rows" in message
+    assert client.get("/api/v1/runs").json() == before
+    # The same file as training data with an eval file of its own shape is fine.
+    ok = client.post("/api/v1/runs", json={"dataset": str(chats), "eval_dataset": str(chats)})
+    assert ok.status_code == 201, ok.text
+
+
+def _field_value(page: str, name: str) -> str:
+    found = re.search(rf'id="f-{name}"[^>]*value="([^"]*)"', page)
+    assert found, name
+    return found.group(1)
+
+
+def test_the_form_proposes_eval_data_that_goes_with_its_dataset(client: TestClient, tmp_path_factory) -> None:  # type: ignore[no-untyped-def]
+    page = client.get("/runs/new").text
+    assert _field_value(page, "eval_dataset") == escape(str(SAMPLE_EVAL))
+    assert _field_value(page, "eval_split") == "0.0"
+    upload = tmp_path_factory.mktemp("uploads") / "mine.jsonl"
+    upload.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n", encoding="utf-8")
+    # From "Use in a new run": the sample's eval file is never left behind for another dataset.
+    page = client.get("/runs/new", params={"dataset": str(upload)}).text
+    assert _field_value(page, "dataset") == escape(str(upload))
+    assert _field_value(page, "eval_dataset") == ""
+    assert _field_value(page, "eval_split") == "0.1"

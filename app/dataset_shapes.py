@@ -1,0 +1,63 @@
+"""The row shape of a dataset file from its first record, read with the standard library in bounded memory.
+
+Enough for the web to refuse, before queueing, an eval file whose rows are of another shape than the
+training file's; the worker reads and checks every row (worker.datasets), with the same keys deciding.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+HEAD_BYTES = 1 << 20  # a first record past 1 MiB is left to the worker's full check
+SHAPE_NAMES = {"prompt_completion": "prompt/completion", "messages": "messages", "text": "text"}
+
+
+def shape_of_record(record: object) -> str | None:
+    """The shape a parsed record has, by the keys worker.datasets looks at first; None if none fits."""
+    if not isinstance(record, dict):
+        return None
+    if "messages" in record:
+        return "messages"
+    if "prompt" in record or "completion" in record:
+        return "prompt_completion"
+    if "text" in record:
+        return "text"
+    return None
+
+
+def first_row_shape(path: str | Path) -> str | None:
+    """The shape of the file's first record, or None where it cannot be told cheaply (Parquet, a first
+    record over HEAD_BYTES, an unreadable file): the worker's check then decides."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(HEAD_BYTES)
+    except OSError:
+        return None
+    text = head.decode("utf-8-sig", errors="replace")
+    if suffix == ".csv":
+        try:
+            header = next(csv.reader(io.StringIO(text)))
+        except (StopIteration, csv.Error):
+            return None
+        return shape_of_record(dict.fromkeys(header))
+    if suffix not in (".jsonl", ".json"):
+        return None
+    stripped = text.lstrip()
+    if stripped.startswith("["):  # a JSON list: the first element
+        try:
+            record, _ = json.JSONDecoder().raw_decode(stripped[1:].lstrip())
+        except json.JSONDecodeError:
+            return None
+        return shape_of_record(record)
+    for line in stripped.split("\n"):  # not splitlines: JSON strings may hold U+2028 raw
+        if line.strip():
+            try:
+                return shape_of_record(json.loads(line))
+            except json.JSONDecodeError:
+                return None
+    return None
