@@ -43,13 +43,23 @@
   }
 
   function lossData() {
-    // uPlot wants one shared, sorted x array: train and eval points merge on it, nulls where absent.
-    const rows = points.train.map((p) => [xOf(p), p.loss, null]).concat(points.eval.map((p) => [xOf(p), null, p.loss]));
-    const usable = rows.filter((r) => r[0] !== null && r[0] !== undefined).sort((a, b) => a[0] - b[0]);
+    // uPlot wants one shared, sorted x array. Train and eval points at the same x (the last step has
+    // both) share one row, so the eval point is drawn instead of hidden behind a duplicate x.
+    const byX = new Map();
+    const row = (x) => byX.get(x) || byX.set(x, [x, null, null]).get(x);
+    for (const p of points.train) { const x = xOf(p); if (x !== null && x !== undefined) row(x)[1] = p.loss; }
+    for (const p of points.eval) { const x = xOf(p); if (x !== null && x !== undefined) row(x)[2] = p.loss; }
+    const usable = [...byX.values()].sort((a, b) => a[0] - b[0]);
     const train = usable.map((r) => r[1]);
     const alpha = Number($("smoothing").value);
     const smooth = ema(train, alpha).map((v, i) => (train[i] === null ? null : v));
     return [usable.map((r) => r[0]), train, smooth, usable.map((r) => r[2])];
+  }
+
+  function logRange(u, min, max) {
+    // uPlot's log scale snaps to whole decades, which flattens a loss that moves within one: fit the data.
+    if (min === null || max === null || !(min > 0)) return [min, max];
+    return [min / 1.1, max * 1.1];
   }
 
   function panelData(field) {
@@ -68,13 +78,13 @@
       {
         width: Math.max(320, el.clientWidth || 640),
         height: 320,
-        scales: { x: { time: false }, y: log ? { distr: 3 } : {} },
+        scales: { x: { time: false }, y: log ? { distr: 3, range: logRange } : {} },
         axes: [{ label: xLabel() }, { label: "loss" }],
         series: [
           { label: xLabel() },
           { label: "train loss (raw)", stroke: "rgba(37,99,235,0.35)", width: 1, spanGaps: true },
           { label: "train loss (smoothed)", stroke: "#2563eb", width: 2, spanGaps: true },
-          { label: "eval loss", stroke: "#dc2626", width: 2, spanGaps: true, points: { show: true, size: 6 } },
+          { label: "eval loss", stroke: "#dc2626", width: 2, spanGaps: true, points: { show: true, size: 8, fill: "#dc2626" } },
         ],
       },
       lossData(),
@@ -126,7 +136,36 @@
       charts.loss.setData(lossData());
       for (const [id, field] of PANELS) charts[id].setData(panelData(field));
     }
+    const data = charts.loss.data;
     $("loss-chart").dataset.points = String(points.train.length + points.eval.length);
+    // Where the eval series has a point, for a reader of the page (and its tests).
+    $("loss-chart").dataset.evalX = data[0].filter((x, i) => data[3][i] !== null).join(",");
+    if (points.eval.length > 1) drawEvalPanel();
+  }
+
+  function evalPanelData() {
+    const usable = points.eval.filter((p) => xOf(p) !== null && xOf(p) !== undefined).sort((a, b) => xOf(a) - xOf(b));
+    return [usable.map(xOf), usable.map((p) => p.loss)];
+  }
+
+  function drawEvalPanel() {
+    // With eval_steps there is a curve of eval losses: it gets a panel of its own, at its own scale.
+    const el = $("eval-chart");
+    if (!el) return;
+    el.closest("section").hidden = false;
+    if (charts.evalPanel) { charts.evalPanel.setData(evalPanelData()); return; }
+    charts.evalPanel = new uPlot(
+      {
+        width: Math.max(240, el.clientWidth || 300),
+        height: 160,
+        scales: { x: { time: false } },
+        legend: { show: false },
+        axes: [{}, { size: 64, values: (u, vals) => vals.map(tick) }],
+        series: [{ label: xLabel() }, { label: "eval loss", stroke: "#dc2626", width: 1.5, points: { show: true, size: 6 } }],
+      },
+      evalPanelData(),
+      el
+    );
   }
 
   function queueRedraw() {
@@ -136,6 +175,7 @@
   window.addEventListener("resize", () => {
     if (charts.loss) charts.loss.setSize({ width: Math.max(320, $("loss-chart").clientWidth), height: 320 });
     for (const [id] of PANELS) if (charts[id]) charts[id].setSize({ width: Math.max(240, $(id).clientWidth), height: 160 });
+    if (charts.evalPanel) charts.evalPanel.setSize({ width: Math.max(240, $("eval-chart").clientWidth), height: 160 });
   });
 
   // --- live state -------------------------------------------------------------------------------
@@ -180,6 +220,7 @@
       $("run-error").hidden = false;
     }
     if (FINISHED.includes(status)) {
+      $("run-phase").hidden = true;
       const cancel = $("cancel-form");
       if (cancel) cancel.remove();
       $("run-eta").textContent = "–";
@@ -235,7 +276,18 @@
     source.addEventListener("log", () => refresh("log-tail"));
     source.addEventListener("checkpoint", () => refresh("artifacts"));
     source.addEventListener("artifact", () => refresh("artifacts"));
-    source.addEventListener("evaluation", () => refresh("evaluation"));
+    source.addEventListener("evaluating", (e) => {
+      const data = JSON.parse(e.data);
+      $("eval-done").textContent = data.done;
+      $("eval-total").textContent = data.total;
+      $("run-phase").hidden = false;
+      $("run-eta").textContent = "–";
+      refresh("evaluation");
+    });
+    source.addEventListener("evaluation", () => {
+      $("run-phase").hidden = true;
+      refresh("evaluation");
+    });
     source.addEventListener("done", (e) => {
       const data = JSON.parse(e.data);
       if (data.status) setStatus(data.status, data.error);
@@ -252,9 +304,22 @@
     if (!FINISHED.includes(root.dataset.status)) follow();
   }
 
-  for (const id of ["x-axis", "y-scale"]) $(id).addEventListener("change", rebuild);
+  // Chart settings are remembered by this browser, for every run page.
+  const SETTINGS = ["x-axis", "y-scale", "smoothing"];
+  function remember(id) {
+    try { localStorage.setItem(`loradeck.chart.${id}`, $(id).value); } catch (err) { /* storage off: fine */ }
+  }
+  for (const id of SETTINGS) {
+    let saved = null;
+    try { saved = localStorage.getItem(`loradeck.chart.${id}`); } catch (err) { /* storage off */ }
+    const known = !$(id).options || [...$(id).options].some((o) => o.value === saved);
+    if (saved !== null && known) $(id).value = saved;
+  }
+  $("smoothing-value").textContent = Number($("smoothing").value).toFixed(2);
+  for (const id of ["x-axis", "y-scale"]) $(id).addEventListener("change", () => { remember(id); rebuild(); });
   $("smoothing").addEventListener("input", () => {
     $("smoothing-value").textContent = Number($("smoothing").value).toFixed(2);
+    remember("smoothing");
     queueRedraw();
   });
 
