@@ -15,7 +15,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-EVENT_TYPES = ("status", "params", "metric", "log", "checkpoint", "artifact", "evaluation", "done")
+EVENT_TYPES = ("status", "params", "metric", "log", "checkpoint", "artifact", "evaluating", "evaluation", "done")
 
 
 def stream_key(run_id: str) -> str:

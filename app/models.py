@@ -78,6 +78,12 @@ class Run(Base):
     artifacts: Mapped[list[Artifact]] = relationship(back_populates="run", cascade="all, delete-orphan")
 
     @property
+    def evaluating(self) -> dict[str, int] | None:
+        """{"done", "total"} rows while base and adapter answer the eval rows after training; else None."""
+        progress = (self.evaluation or {}).get("progress")
+        return progress if self.status == RunStatus.running and isinstance(progress, dict) else None
+
+    @property
     def params_percent(self) -> float | None:
         if not self.params_all or self.params_trainable is None:
             return None

@@ -53,6 +53,53 @@ def list_runs(
     return session.scalars(query).all()
 
 
+def final_eval_losses(*, session: Session, run_ids: Sequence[str]) -> dict[str, float]:
+    """Run id -> the loss of its last evaluation (kind "eval"), for the runs that have one: one query."""
+    if not run_ids:
+        return {}
+    last = (
+        select(Metric.run_id, func.max(Metric.step).label("step"))
+        .where(Metric.run_id.in_(run_ids), Metric.kind == "eval", Metric.loss.is_not(None))
+        .group_by(Metric.run_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(Metric.run_id, Metric.loss)
+        .join(last, (Metric.run_id == last.c.run_id) & (Metric.step == last.c.step))
+        .where(Metric.kind == "eval", Metric.loss.is_not(None))
+    ).all()
+    return {run_id: float(loss) for run_id, loss in rows if loss is not None}
+
+
+def exact_match(run: Run, side: str = "adapter") -> float | None:
+    """The share of eval rows the adapter (or the base) answered exactly, once the evaluation has run."""
+    task = (run.evaluation or {}).get("task") or {}
+    value = (task.get(side) or {}).get("exact_match")
+    return float(value) if isinstance(value, int | float) else None
+
+
+# Columns the runs list and the compare page sort by: a run (and its final eval loss) -> a sort key.
+SORT_KEYS: dict[str, Any] = {
+    "created": lambda run, eval_loss: run.created_at,
+    "name": lambda run, eval_loss: run.name.lower(),
+    "last_loss": lambda run, eval_loss: run.last_loss,
+    "eval_loss": lambda run, eval_loss: eval_loss,
+    "exact_match": lambda run, eval_loss: exact_match(run),
+}
+ASCENDING = ("name", "last_loss", "eval_loss")  # lower is better, or alphabetical; the rest: highest first
+
+
+def sort_runs(listed: Sequence[Run], eval_losses: dict[str, float], sort: str) -> list[Run]:
+    """The runs ordered by a SORT_KEYS column, best first; runs without a value go last."""
+    key = SORT_KEYS.get(sort)
+    if key is None or sort == "created":
+        return list(listed)
+    having = [run for run in listed if key(run, eval_losses.get(run.id)) is not None]
+    missing = [run for run in listed if key(run, eval_losses.get(run.id)) is None]
+    having.sort(key=lambda run: key(run, eval_losses.get(run.id)), reverse=sort not in ASCENDING)
+    return having + missing
+
+
 def queue_positions(*, session: Session) -> dict[str, int]:
     """Queued run id -> its place in the queue (1 trains next)."""
     queued = session.scalars(
@@ -186,11 +233,25 @@ def get_artifact(*, session: Session, artifact_id: str) -> Artifact:
     return artifact
 
 
+def can_merge(*, session: Session, run: Run) -> bool:
+    """A succeeded run, or one whose adapter is saved while base and adapter are still being evaluated."""
+    if run.status == RunStatus.succeeded:
+        return True
+    adapter = session.scalar(
+        select(Artifact.id).where(
+            Artifact.run_id == run.id, Artifact.kind == ArtifactKind.adapter, Artifact.status == ArtifactStatus.ready
+        )
+    )
+    return run.status == RunStatus.running and adapter is not None
+
+
 def request_merge(*, session: Session, run_id: str, dtype: str) -> tuple[Artifact, bool]:
     """The run's merged-model artifact, created pending if there is none; True when it is new."""
     run = get_run(session=session, run_id=run_id)
-    if run.status != RunStatus.succeeded:
-        raise Conflict(f"run {run_id} is {run.status}: only a succeeded run can be merged")
+    if not can_merge(session=session, run=run):
+        raise Conflict(
+            f"run {run_id} is {run.status} with no adapter yet: a run is merged once its adapter is saved"
+        )
     existing = session.scalar(
         select(Artifact)
         .where(Artifact.run_id == run_id, Artifact.kind == ArtifactKind.merged)

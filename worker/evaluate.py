@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -106,22 +106,54 @@ def evaluate_rows(
     return score(predictions, [row["completion"] for row in rows]) | {"examples": predictions[:3]}
 
 
-def _both(model: PeftModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]], spec: RunSpec) -> Any:
-    """The adapter's answers and the base's (the same model with its adapter switched off)."""
-    adapter = generate_completions(model, tokenizer, prompts, max_new_tokens=spec.eval_max_new_tokens)
-    with model.disable_adapter():
-        base = generate_completions(model, tokenizer, prompts, max_new_tokens=spec.eval_max_new_tokens)
+Progress = Callable[[int, int], None]
+CHUNK = 16  # rows both sides answer between two progress reports (one generation batch)
+
+
+def _both(
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[int]],
+    spec: RunSpec,
+    report: Callable[[int], None],
+) -> tuple[list[str], list[str]]:
+    """The base's answers and the adapter's (the same model with its adapter switched off), a chunk of
+    rows at a time; `report` hears how many rows both have answered."""
+    base: list[str] = []
+    adapter: list[str] = []
+    for start in range(0, len(prompts), CHUNK):
+        chunk = prompts[start : start + CHUNK]
+        adapter += generate_completions(model, tokenizer, chunk, max_new_tokens=spec.eval_max_new_tokens)
+        with model.disable_adapter():
+            base += generate_completions(model, tokenizer, chunk, max_new_tokens=spec.eval_max_new_tokens)
+        report(len(chunk))
     return base, adapter
 
 
 def evaluate_run(
-    model: PeftModel, tokenizer: PreTrainedTokenizerBase, spec: RunSpec, rows: Sequence[Row]
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    spec: RunSpec,
+    rows: Sequence[Row],
+    *,
+    on_progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Task metrics on the held-out prompt/completion rows and the regression prompts' answers, base beside
-    adapter. What is skipped says why, so the run page can tell the user what to set."""
+    adapter. What is skipped says why, so the run page can tell the user what to set. `on_progress` hears
+    (rows answered by both, rows in all) before the first row and after each chunk."""
     started = time.perf_counter()
     result: dict[str, Any] = {}
     task_rows = [row for row in rows if row.shape == "prompt_completion"][: spec.task_eval_rows]
+    total = (len(task_rows) if spec.task_eval_rows else 0) + len(spec.regression_prompts)
+    done = 0
+
+    def report(answered: int) -> None:
+        nonlocal done
+        done += answered
+        if on_progress is not None:
+            on_progress(done, total)
+
+    report(0)
     if not spec.task_eval_rows:
         result["task_skipped"] = "task_eval_rows is 0"
     elif not rows:
@@ -130,7 +162,7 @@ def evaluate_run(
         result["task_skipped"] = "task metrics need prompt/completion rows; the eval data has none"
     else:
         prompts = [encode_prompt(tokenizer, row.prompt) for row in task_rows]
-        base, adapter = _both(model, tokenizer, prompts, spec)
+        base, adapter = _both(model, tokenizer, prompts, spec, report)
         references = [row.completion for row in task_rows]
         result["task"] = {"base": score(base, references), "adapter": score(adapter, references)}
         result["examples"] = [
@@ -139,7 +171,7 @@ def evaluate_run(
         ]
     if spec.regression_prompts:
         prompts = [chat_prompt(tokenizer, prompt, chat=True) for prompt in spec.regression_prompts]
-        base, adapter = _both(model, tokenizer, prompts, spec)
+        base, adapter = _both(model, tokenizer, prompts, spec, report)
         result["regression"] = [
             {"prompt": prompt, "base": b, "adapter": a}
             for prompt, b, a in zip(spec.regression_prompts, base, adapter, strict=True)

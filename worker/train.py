@@ -242,8 +242,16 @@ def _evaluate(
     if not spec.task_eval_rows and not spec.regression_prompts:
         return
     model.config.use_cache = True  # off for training; generation wants it
+
+    def progress(done: int, total: int) -> None:
+        # The run page and the runs list say "evaluating done/total rows" while base and adapter answer.
+        state = {"progress": {"done": done, "total": total}}
+        with sessions() as session:
+            runs.record_evaluation(session=session, run_id=run_id, evaluation=state)
+        publisher.publish("evaluating", state["progress"])
+
     try:
-        evaluation = evaluate_run(model, tokenizer, spec, eval_rows(spec))
+        evaluation = evaluate_run(model, tokenizer, spec, eval_rows(spec), on_progress=progress)
     except Exception as exc:
         log.warning("evaluation after training failed: %s", exc, exc_info=True)
         evaluation = {"error": f"{type(exc).__name__}: {exc}"}

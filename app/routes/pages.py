@@ -24,10 +24,14 @@ def render(request: Request, name: str, context: dict[str, Any], status_code: in
     return templates.TemplateResponse(request, name, context, status_code=status_code)
 
 
-def runs_context(session: SessionDep, status: str | None, q: str | None) -> dict[str, Any]:
+def runs_context(session: SessionDep, status: str | None, q: str | None, sort: str | None = None) -> dict[str, Any]:
     listed = runs.list_runs(session=session, status=status or None, search=q or None, limit=100)
+    eval_losses = runs.final_eval_losses(session=session, run_ids=[run.id for run in listed])
+    sort = sort if sort in runs.SORT_KEYS else "created"
     return {
-        "runs": listed,
+        "runs": runs.sort_runs(listed, eval_losses, sort),
+        "eval_losses": eval_losses,
+        "sort": sort,
         "positions": runs.queue_positions(session=session),
         "status": status or "",
         "q": q or "",
@@ -37,15 +41,19 @@ def runs_context(session: SessionDep, status: str | None, q: str | None) -> dict
 
 
 @router.get("/", response_class=HTMLResponse)
-def runs_page(request: Request, session: SessionDep, status: str | None = None, q: str | None = None) -> HTMLResponse:
-    """All runs, newest first, with filters; the table refreshes itself."""
-    return render(request, "runs.html", runs_context(session, status, q))
+def runs_page(
+    request: Request, session: SessionDep, status: str | None = None, q: str | None = None, sort: str | None = None
+) -> HTMLResponse:
+    """All runs, newest first (or by a column), with filters; the table refreshes itself."""
+    return render(request, "runs.html", runs_context(session, status, q, sort))
 
 
 @router.get("/runs/table", response_class=HTMLResponse)
-def runs_table(request: Request, session: SessionDep, status: str | None = None, q: str | None = None) -> HTMLResponse:
+def runs_table(
+    request: Request, session: SessionDep, status: str | None = None, q: str | None = None, sort: str | None = None
+) -> HTMLResponse:
     """The runs table alone, polled by the runs page."""
-    return render(request, "_runs_table.html", runs_context(session, status, q))
+    return render(request, "_runs_table.html", runs_context(session, status, q, sort))
 
 
 @router.get("/runs/new", response_class=HTMLResponse)
@@ -103,7 +111,12 @@ def run_page(request: Request, run_id: str, session: SessionDep, settings: Setti
 def artifacts_context(session: SessionDep, settings: SettingsDep, run_id: str) -> dict[str, Any]:
     run = lookup_run(session, run_id)
     artifacts = [artifact_out(a) for a in runs.list_artifacts(session=session, run_id=run_id)]
-    return {"run": run, "artifacts": artifacts, "checkpoints": checkpoints(settings, run_id)}
+    return {
+        "run": run,
+        "artifacts": artifacts,
+        "checkpoints": checkpoints(settings, run_id),
+        "mergeable": runs.can_merge(session=session, run=run),
+    }
 
 
 @router.get("/runs/{run_id}/artifacts", response_class=HTMLResponse)

@@ -77,7 +77,7 @@ OTHER_CASES: list[tuple[str, str, str, dict[str, Any], int, str]] = [
     ("artifact id with dots", "GET", "/api/v1/artifacts/..secret/download", {}, 404, "no artifact with id"),
     ("cancel an unknown run", "POST", "/api/v1/runs/nope/cancel", {}, 404, "no run with id nope"),
     ("merge into int4", "POST", "/api/v1/runs/RUN/merge", {"json": {"dtype": "int4"}}, 422, "'auto', 'bfloat16'"),
-    ("merge a queued run", "POST", "/api/v1/runs/RUN/merge", {}, 409, "only a succeeded run can be merged"),
+    ("merge a queued run", "POST", "/api/v1/runs/RUN/merge", {}, 409, "a run is merged once its adapter is saved"),
     ("unknown dataset", "GET", "/api/v1/datasets/nope", {}, 404, "no dataset with id nope"),
     ("playground for an unknown run", "POST", "/api/v1/playground", {"json": {"run_id": "abc", "prompt": "hi"}}, 404, "no run with id abc"),
     ("playground compare with a path", "POST", "/api/v1/playground", {"json": {"run_id": "RUN", "prompt": "hi", "compare": "../../x"}}, 422, "String should match pattern"),
