@@ -10,13 +10,14 @@ from sqlalchemy.orm import Session
 
 from app.config import REPO_ROOT, Settings, get_settings
 from app.db import get_db
-from app.runs import duration, progress_of
+from app.runs import duration, exact_match, progress_of
 
 SessionDep = Annotated[Session, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 templates = Jinja2Templates(directory=str(REPO_ROOT / "templates"))
 templates.env.globals["progress_of"] = progress_of
+templates.env.globals["exact_match"] = exact_match
 templates.env.filters["duration"] = duration
 
 

@@ -269,7 +269,7 @@ def run_playground(generation_id: str, payload: dict[str, Any]) -> None:
         with cache.lock:
             sides, tokenizer = _sides(request, cache)
             ids = torch.tensor(
-                [chat_prompt(tokenizer, request.prompt, chat=request.chat)], device=sides[0].model.device
+                [chat_prompt(tokenizer, request.prompt, chat=bool(request.chat))], device=sides[0].model.device
             )
             playground.publish(client, generation_id, "start", {"sides": [side.label for side in sides]})
             sampling = Sampling(request.temperature, request.top_p, request.max_new_tokens, request.seed)

@@ -35,8 +35,13 @@ def compare_page(request: Request, session: SessionDep) -> HTMLResponse:
     ids = [run_id for run_id in request.query_params.getlist("runs") for run_id in run_id.split(",") if run_id]
     ids = list(dict.fromkeys(ids))[:MAX_COMPARED]
     compared = [lookup_run(session, run_id) for run_id in ids]
+    eval_losses = runs.final_eval_losses(session=session, run_ids=ids)
+    sort = request.query_params.get("sort", "")
     context = {
         "compared": compared,
+        "results": runs.sort_runs(compared, eval_losses, sort),
+        "eval_losses": eval_losses,
+        "sort": sort,
         "differences": differing_fields(compared) if len(compared) > 1 else [],
         "candidates": runs.list_runs(session=session, limit=100),
         "selected": set(ids),

@@ -11,10 +11,11 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
 
 from app import playground, runs
+from app.dataset_shapes import first_row_shape
 from app.deps import SessionDep, SettingsDep
 from app.events import follow
 from app.live import live_hub
-from app.models import ArtifactKind, ArtifactStatus, RunStatus
+from app.models import ArtifactKind, ArtifactStatus, Run, RunStatus
 from app.queue import enqueue_generation
 from app.routes.api import lookup_run
 from app.routes.pages import render
@@ -41,6 +42,18 @@ def choices(session: SessionDep, settings: SettingsDep, run_id: str) -> list[dic
     return found
 
 
+def trained_with_chat(spec: dict[str, Any]) -> bool:
+    """Whether the run's rows went through the chat template: messages rows do, prompt/completion and text
+    rows do not. The playground prompts the same way by default, so the adapter sees what it learned."""
+    return first_row_shape(str(spec.get("dataset", ""))) == "messages"
+
+
+def eval_examples(run: Run) -> list[dict[str, str]]:
+    """Eval rows with their expected answers, for "Try an eval row": those the evaluation answered."""
+    examples = (run.evaluation or {}).get("examples") or []
+    return [{"prompt": e["prompt"], "expected": e["expected"]} for e in examples if "prompt" in e and "expected" in e]
+
+
 @router.post("/api/v1/playground", status_code=202, tags=["api"])
 def start_generation(body: PlaygroundRequest, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
     """Queue a prompt for the run's base and the chosen model; follow `events` for the text as it comes."""
@@ -48,6 +61,8 @@ def start_generation(body: PlaygroundRequest, session: SessionDep, settings: Set
     if body.compare not in offered:
         have = ", ".join(offered) or "nothing yet (wait for a checkpoint or the end of the run)"
         raise HTTPException(409, f"compare: this run has no {body.compare}; it has {have}")
+    if body.chat is None:
+        body = body.model_copy(update={"chat": trained_with_chat(lookup_run(session, body.run_id).spec)})
     generation_id = playground.new_generation_id()
     try:
         enqueue_generation(generation_id, body.model_dump())
@@ -81,6 +96,12 @@ async def generation_events(generation_id: str, request: Request, settings: Sett
 def playground_page(request: Request, run_id: str, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
     """Prompt box, sampling settings, and the base's answer beside the adapter's as they stream in."""
     run = lookup_run(session, run_id)
-    defaults = PlaygroundRequest(run_id=run.id, prompt="x")
-    context = {"run": run, "choices": choices(session, settings, run_id), "defaults": defaults}
+    defaults = PlaygroundRequest(run_id=run.id, prompt="x", chat=trained_with_chat(run.spec))
+    context = {
+        "run": run,
+        "choices": choices(session, settings, run_id),
+        "defaults": defaults,
+        "eval_examples": eval_examples(run),
+        "eval_max_new_tokens": run.spec.get("eval_max_new_tokens", defaults.max_new_tokens),
+    }
     return render(request, "playground.html", context)

@@ -10,6 +10,22 @@
   const titles = [document.getElementById("side-0-title"), document.getElementById("side-1-title")];
   let source = null;
 
+  // "Try an eval row": the next row the evaluation answered, with its expected answer shown beside both,
+  // and the evaluation's answer length, so greedy answers match the run page's evaluation card.
+  const tryRow = document.getElementById("try-eval-row");
+  if (tryRow) {
+    const examples = JSON.parse(document.getElementById("eval-examples").textContent);
+    let next = 0;
+    tryRow.addEventListener("click", () => {
+      const example = examples[next % examples.length];
+      next += 1;
+      form.prompt.value = example.prompt;
+      form.max_new_tokens.value = tryRow.dataset.maxNewTokens;
+      document.getElementById("expected").textContent = example.expected;
+      document.getElementById("expected-card").hidden = false;
+    });
+  }
+
   function showError(message) {
     error.textContent = message;
     error.hidden = false;
