@@ -8,22 +8,73 @@ accuracy benchmark, so the two agree.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from peft import PeftModel, PeftType
-from transformers import PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
+from app.config import get_settings
 from app.schemas import RunSpec
+from worker.adapters import compute_dtype, quantization_mode
 from worker.data import Row, encode_prompt
 
 log = logging.getLogger(__name__)
 
 EXAMPLES = 5  # rows shown with both answers on the run page
+
+
+def shipped_model(model: PeftModel, spec: RunSpec, adapter_dir: Path) -> tuple[PeftModel, dict[str, Any]]:
+    """The model whose answers the evaluation shows, and its base described for the run page.
+
+    A run trained on a quantized copy of its base (QLoRA, 8-bit LoRA) ships as the full-precision base
+    plus the adapter (the merge reloads the base in full precision), so that is what is evaluated: the
+    base from its files in its own dtype (what the merged download holds by default) with the saved
+    adapter on it. Where it does not fit in the GPU's memory beside the trained model, the trained model
+    answers and the description says so. Any other run answers with the trained model itself."""
+    trained = quantization_mode(spec)
+    bits = {"4bit": "4-bit", "8bit": "8-bit"}.get(trained, trained)
+    if trained == "none":
+        dtype = str(model.get_base_model().dtype).removeprefix("torch.")
+        return model, {"label": f"base ({dtype})", "dtype": dtype, "quantization": "none"}
+    try:
+        base = AutoModelForCausalLM.from_pretrained(
+            spec.base_model,
+            dtype="auto",
+            device_map={"": model.device},
+            trust_remote_code=get_settings().allow_trust_remote_code,
+            use_safetensors=True,
+        )
+        full = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False).eval()
+    except torch.OutOfMemoryError as exc:
+        log.warning("evaluation: the full-precision base does not fit (%s); the %s base answers instead", exc, bits)
+        gc.collect()
+        torch.cuda.empty_cache()
+        return model, {
+            "label": f"{bits} base, as trained",
+            "dtype": str(compute_dtype(spec)).removeprefix("torch."),
+            "quantization": trained,
+            "trained_quantization": trained,
+            "note": f"the full-precision base did not fit in memory beside the trained model, so these are the "
+            f"{bits} base's answers and the adapter's on it; the merged download is the full-precision base "
+            "plus the adapter and may answer differently",
+        }
+    full.config.use_cache = True
+    dtype = str(base.dtype).removeprefix("torch.")
+    return full, {
+        "label": f"full-precision base ({dtype})",
+        "dtype": dtype,
+        "quantization": "none",
+        "trained_quantization": trained,
+        "note": f"trained on a {bits} copy of the base; base and adapter answer here on the full-precision "
+        "base, as the merged download does",
+    }
 
 
 def chat_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, *, chat: bool) -> list[int]:
