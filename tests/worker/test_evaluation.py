@@ -115,3 +115,38 @@ def test_a_qlora_evaluation_shows_the_full_precision_base_it_ships_against(lorad
     assert [example["adapter"] for example in evaluation["examples"]] == [
         reference_greedy(shipped, tokenizer, prompt, max_new_tokens=24) for prompt in ids
     ]
+
+
+def test_a_prompt_tuning_runs_evaluation_shows_the_answers_its_adapter_gives(loradeck_env: dict[str, str]) -> None:
+    """The recorded answers of a trained prompt-tuning adapter are what the saved adapter writes."""
+    spec = RunSpec(
+        base_model=str(TINY_MODEL_DIR),
+        dataset=str(SAMPLE_DATASET_DIR / "train.jsonl"),
+        eval_dataset=str(SAMPLE_DATASET_DIR / "eval.jsonl"),
+        method="prompt_tuning",
+        num_virtual_tokens=8,
+        max_steps=4,
+        learning_rate=3e-2,
+        per_device_train_batch_size=4,
+        max_seq_length=96,
+        save_steps=0,
+        task_eval_rows=5,
+        eval_max_new_tokens=24,
+        regression_prompts=[],
+    )
+    with get_sessionmaker()() as session:
+        run_id = runs.create_run(session=session, spec=spec).id
+    run_training(run_id)
+    with get_sessionmaker()() as session:
+        run = runs.get_run(session=session, run_id=run_id)
+    assert run.status == "succeeded", run.error
+    evaluation: dict[str, Any] = run.evaluation
+    assert evaluation["base"] == {"label": "base (float32)", "dtype": "float32", "quantization": "none"}
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL_DIR)
+    base = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, dtype=torch.float32)
+    tuned = PeftModel.from_pretrained(base, str(get_settings().runs_dir / run_id / "adapter")).eval()
+    ids = [chat_prompt(tokenizer, example["prompt"], chat=False) for example in evaluation["examples"]]
+    assert len(ids) == 5
+    answers = [reference_greedy(tuned, tokenizer, prompt, max_new_tokens=24) for prompt in ids]
+    assert [example["adapter"] for example in evaluation["examples"]] == answers
