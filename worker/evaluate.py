@@ -4,6 +4,10 @@ Base and adapter answer the same prompts greedily, side by side: held-out prompt
 by exact match and, where the answer is a JSON object, by the share of fields right; then the run's
 regression prompts, general questions whose answers a user reads for damage. The same scoring serves the
 accuracy benchmark, so the two agree.
+
+The base is the one the run ships against (`shipped_model`): for QLoRA the full-precision base, as the
+merged download has it, not the 4-bit copy training used. The answers are the model's own for every
+method: `reference_greedy` (no cache, no padding) is the yardstick the fast paths are tested against.
 """
 
 from __future__ import annotations

@@ -29,6 +29,8 @@ def _spec(method: str) -> RunSpec:
         dataset=str(SAMPLE_DATASET_DIR / "train.jsonl"),
         eval_dataset=str(SAMPLE_DATASET_DIR / "eval.jsonl"),
         method=method,
+        precision="fp32",  # fp32 everywhere: in half precision a cached and an uncached pass may round apart
+        bnb_4bit_compute_dtype="float32",
         num_virtual_tokens=8,
         task_eval_rows=ROWS,
         eval_max_new_tokens=NEW_TOKENS,
