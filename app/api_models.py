@@ -32,7 +32,8 @@ class RunOut(BaseModel):
     evaluation: dict[str, Any] | None = Field(
         default=None,
         description="After training: task metrics (exact match, JSON fields right) and regression prompts' "
-        "answers, each for the base and the adapter.",
+        "answers, each for the base and the adapter; `base` names that base (label, dtype, quantization): for "
+        "a run trained on a quantized copy, the full-precision base the merged download uses.",
     )
 
 

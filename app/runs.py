@@ -249,9 +249,7 @@ def request_merge(*, session: Session, run_id: str, dtype: str) -> tuple[Artifac
     """The run's merged-model artifact, created pending if there is none; True when it is new."""
     run = get_run(session=session, run_id=run_id)
     if not can_merge(session=session, run=run):
-        raise Conflict(
-            f"run {run_id} is {run.status} with no adapter yet: a run is merged once its adapter is saved"
-        )
+        raise Conflict(f"run {run_id} is {run.status} with no adapter yet: a run is merged once its adapter is saved")
     existing = session.scalar(
         select(Artifact)
         .where(Artifact.run_id == run_id, Artifact.kind == ArtifactKind.merged)

@@ -32,10 +32,10 @@ from worker.chat_templates import (
     resolve_chat_template,
     warn_about_markup,
 )
+from worker.datasets import SHAPE_NAMES, Row, read_dataset, read_rows
 
 # Re-exported: train.py, merge.py and the CLI import the whole dataset contract from here.
 from worker.datasets import DatasetError as DatasetError
-from worker.datasets import SHAPE_NAMES, Row, read_dataset, read_rows
 from worker.datasets import RowProblem as RowProblem
 from worker.datasets import validate_dataset as validate_dataset
 

@@ -2,8 +2,9 @@
 
 Side 0 is always the run's base; side 1 is its adapter, one of its checkpoints, or its merged model. Both
 decode in one loop, a token of each in turn, so their answers grow side by side on the page. Each token's
-text goes to the request's Redis Stream (`app.playground`). Greedy decoding gives exactly the text of
-`model.generate(do_sample=False)`: the same forward passes with the same KV cache, the same argmax.
+text goes to the request's Redis Stream (`app.playground`). Greedy decoding gives exactly the text of the
+plain greedy loop without a cache (`worker.evaluate.reference_greedy`), for every method: the same
+argmax of the same logits, a KV cache (`worker.evaluate.CachedLM`) only saving the work.
 
 Models stay loaded between requests (`ModelCache`): a base is loaded once per worker while in use, with
 the run's adapters and checkpoints attached to it by name; an idle model is let go after a while.
@@ -34,7 +35,7 @@ from app.db import get_sessionmaker
 from app.models import ArtifactKind, ArtifactStatus
 from app.schemas import PlaygroundRequest, RunSpec
 from worker.adapters import model_dtype, quantization_config
-from worker.evaluate import chat_prompt
+from worker.evaluate import CachedLM, chat_prompt, eos_ids
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +69,13 @@ class Sampling:
 
 
 class _Decoder:
-    """One side's decoding state: its KV cache, the ids so far, and the text already sent."""
+    """One side's decoding state: its KV cache (`CachedLM`, which holds a prompt-tuning adapter's virtual
+    tokens too), the ids so far, and the text already sent."""
 
     def __init__(self, side: Side, prompt_ids: torch.Tensor, sampling: Sampling, eos_ids: set[int]) -> None:
         self.side, self.sampling, self.eos_ids = side, sampling, eos_ids
         self.next_input = prompt_ids
-        self.past: Any = None
+        self.forward: CachedLM | None = None  # made at the first step, with the side's adapter on
         self.ids: list[int] = []
         self.sent = ""
         self.done = False
@@ -88,9 +90,9 @@ class _Decoder:
     @torch.no_grad()
     def step(self) -> None:
         with self.side.active():
-            out = self.side.model(input_ids=self.next_input, past_key_values=self.past, use_cache=True)
-        self.past = out.past_key_values
-        logits = out.logits[:, -1, :].float()
+            if self.forward is None:
+                self.forward = CachedLM(self.side.model)
+            logits = self.forward(self.next_input)
         if self.sampling.temperature > 0:
             for warp in self.warpers:
                 logits = warp(self.next_input, logits)
@@ -122,9 +124,7 @@ def decode_lockstep(
     on_text: Callable[[int, str], None],
 ) -> list[str]:
     """Decode every side a token at a time in turn; `on_text(side, text)` gets each new piece of text."""
-    eos = tokenizer.eos_token_id
-    eos_ids = set(eos) if isinstance(eos, list) else {eos} if eos is not None else set()
-    decoders = [_Decoder(side, prompt_ids, sampling, eos_ids) for side in sides]
+    decoders = [_Decoder(side, prompt_ids, sampling, eos_ids(tokenizer)) for side in sides]
     while not all(decoder.done for decoder in decoders):
         for index, decoder in enumerate(decoders):
             if decoder.done:

@@ -129,8 +129,11 @@ def render_model_card(
         f"{len(check['prompts'])} prompts from the training data ran through this model and through the adapter "
         "on its base (both in fp32):",
         "",
-        f"- largest logit difference, merged vs adapter-on-base: {check['max_abs_diff']:.3g} "
-        f"(allowed: {check['tolerance']:g})",
+        f"- largest logit difference, merged vs adapter-on-base: {check['max_abs_diff']:.3g}, "
+        f"{check['max_rel_diff']:.3g} of that position's logit spread (allowed in {check['dtype']}: "
+        f"{check['rel_tolerance']:.3g})",
+        f"- same most likely next token at {100 * check['top1_agreement']:.1f}% of positions; largest KL "
+        f"divergence {check['max_kl']:.3g} nats",
         f"- largest logit difference, merged vs base: {check['base_diff']:.3g} (the adapter changes the model)",
         "",
         "Verify the files with `sha256sum -c SHA256SUMS`.",

@@ -56,7 +56,7 @@ from worker.adapters import (
 )
 from worker.callbacks import EventPublisher, EventSink, MetricsCallback, run_log, tail_lines
 from worker.data import eval_rows, load_training_data, make_collator
-from worker.evaluate import evaluate_run
+from worker.evaluate import evaluate_run, shipped_model
 from worker.failures import check_base_model, explain, explained, model_not_found
 from worker.lease import HANDED_BACK, Lease, heartbeat_every, resume_point
 
@@ -226,7 +226,7 @@ def save_results(
 ) -> None:
     """The adapter and its artifact row, then base beside adapter on the eval rows and regression prompts."""
     _save_adapter(setup.model, run_id, run_dir, sessions, publisher, details)
-    _evaluate(setup.model, setup.tokenizer, spec, run_id, sessions, publisher)
+    _evaluate(setup.model, setup.tokenizer, spec, run_id, run_dir, sessions, publisher)
 
 
 def _evaluate(
@@ -234,11 +234,13 @@ def _evaluate(
     tokenizer: PreTrainedTokenizerBase,
     spec: RunSpec,
     run_id: str,
+    run_dir: Path,
     sessions: sessionmaker[Session],
     publisher: EventPublisher,
 ) -> None:
-    """Base beside adapter on the eval rows and the regression prompts. A failure here costs the run
-    nothing: the adapter is saved; the evaluation says what went wrong instead."""
+    """Base beside adapter on the eval rows and the regression prompts, on the base the run ships against
+    (`shipped_model`: for QLoRA the full-precision one). A failure here costs the run nothing: the adapter
+    is saved; the evaluation says what went wrong instead."""
     if not spec.task_eval_rows and not spec.regression_prompts:
         return
     model.config.use_cache = True  # off for training; generation wants it
@@ -251,7 +253,10 @@ def _evaluate(
         publisher.publish("evaluating", state["progress"])
 
     try:
-        evaluation = evaluate_run(model, tokenizer, spec, eval_rows(spec), on_progress=progress)
+        shipped, base = shipped_model(model, spec, run_dir / "adapter")
+        evaluation = {"base": base} | evaluate_run(shipped, tokenizer, spec, eval_rows(spec), on_progress=progress)
+        del shipped
+        gc.collect()
     except Exception as exc:
         log.warning("evaluation after training failed: %s", exc, exc_info=True)
         evaluation = {"error": f"{type(exc).__name__}: {exc}"}
@@ -268,7 +273,8 @@ def _evaluate(
     with sessions() as session:
         runs.record_evaluation(session=session, run_id=run_id, evaluation=evaluation)
     publisher.publish(
-        "evaluation", {key: evaluation[key] for key in ("task", "task_skipped", "error") if key in evaluation}
+        "evaluation",
+        {key: evaluation[key] for key in ("base", "task", "task_skipped", "error") if key in evaluation},
     )
 
 

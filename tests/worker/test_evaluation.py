@@ -6,13 +6,15 @@ from typing import Any
 
 import pytest
 import torch
+from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app import runs
-from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR
+from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, get_settings
 from app.db import get_sessionmaker
 from app.schemas import RunSpec
-from worker.evaluate import chat_prompt, generate_completions
+from worker.adapters import quantization_config
+from worker.evaluate import chat_prompt, generate_completions, reference_greedy
 from worker.train import run_training
 
 pytestmark = pytest.mark.slow
@@ -60,3 +62,91 @@ def test_a_trained_adapter_outscores_its_base_and_both_answer_the_regression_pro
     assert [row["prompt"] for row in evaluation["regression"]] == prompts
     assert [row["base"] for row in evaluation["regression"]] == expected
     assert all(row["adapter"] for row in evaluation["regression"])
+
+
+def test_a_qlora_evaluation_shows_the_full_precision_base_it_ships_against(loradeck_env: dict[str, str]) -> None:
+    """QLoRA trains on a 4-bit copy of the base, but the merged download is the full-precision base plus
+    the adapter: the evaluation's base column is that base, named, and its adapter column is the adapter
+    on it."""
+    prompts = ["List three fruits."]
+    spec = RunSpec(
+        base_model=str(TINY_MODEL_DIR),
+        dataset=str(SAMPLE_DATASET_DIR / "train.jsonl"),
+        eval_dataset=str(SAMPLE_DATASET_DIR / "eval.jsonl"),
+        method="qlora",
+        max_steps=4,
+        learning_rate=2e-3,
+        per_device_train_batch_size=4,
+        max_seq_length=96,
+        save_steps=0,
+        task_eval_rows=6,
+        eval_max_new_tokens=24,
+        regression_prompts=prompts,
+    )
+    with get_sessionmaker()() as session:
+        run_id = runs.create_run(session=session, spec=spec).id
+    run_training(run_id)
+    with get_sessionmaker()() as session:
+        run = runs.get_run(session=session, run_id=run_id)
+    assert run.status == "succeeded", run.error
+    evaluation: dict[str, Any] = run.evaluation
+    assert "error" not in evaluation, evaluation.get("error")
+    assert evaluation["base"]["quantization"] == "none" and evaluation["base"]["trained_quantization"] == "4bit"
+    assert evaluation["base"]["dtype"] == "float32"  # the tiny base's own, as the merge writes it by default
+    assert "full-precision" in evaluation["base"]["label"]
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL_DIR)
+    full = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, dtype=torch.float32)
+    rows = [example["prompt"] for example in evaluation["examples"]]
+    ids = [chat_prompt(tokenizer, prompt, chat=False) for prompt in rows]
+    regression_ids = [chat_prompt(tokenizer, prompt, chat=True) for prompt in prompts]
+    answers = [reference_greedy(full, tokenizer, prompt, max_new_tokens=24) for prompt in ids]
+    four_bit = AutoModelForCausalLM.from_pretrained(
+        TINY_MODEL_DIR, quantization_config=quantization_config(spec), dtype=torch.float32
+    )
+    assert answers != [reference_greedy(four_bit, tokenizer, prompt, max_new_tokens=24) for prompt in ids], (
+        "the 4-bit base answers these rows as the full-precision one does, so this test cannot tell them apart"
+    )
+    assert [example["base"] for example in evaluation["examples"]] == answers
+    assert [row["base"] for row in evaluation["regression"]] == [
+        reference_greedy(full, tokenizer, prompt, max_new_tokens=24) for prompt in regression_ids
+    ]
+    shipped = PeftModel.from_pretrained(full, str(get_settings().runs_dir / run_id / "adapter")).eval()
+    assert [example["adapter"] for example in evaluation["examples"]] == [
+        reference_greedy(shipped, tokenizer, prompt, max_new_tokens=24) for prompt in ids
+    ]
+
+
+def test_a_prompt_tuning_runs_evaluation_shows_the_answers_its_adapter_gives(loradeck_env: dict[str, str]) -> None:
+    """The recorded answers of a trained prompt-tuning adapter are what the saved adapter writes."""
+    spec = RunSpec(
+        base_model=str(TINY_MODEL_DIR),
+        dataset=str(SAMPLE_DATASET_DIR / "train.jsonl"),
+        eval_dataset=str(SAMPLE_DATASET_DIR / "eval.jsonl"),
+        method="prompt_tuning",
+        num_virtual_tokens=8,
+        max_steps=4,
+        learning_rate=3e-2,
+        per_device_train_batch_size=4,
+        max_seq_length=96,
+        save_steps=0,
+        task_eval_rows=5,
+        eval_max_new_tokens=24,
+        regression_prompts=[],
+    )
+    with get_sessionmaker()() as session:
+        run_id = runs.create_run(session=session, spec=spec).id
+    run_training(run_id)
+    with get_sessionmaker()() as session:
+        run = runs.get_run(session=session, run_id=run_id)
+    assert run.status == "succeeded", run.error
+    evaluation: dict[str, Any] = run.evaluation
+    assert evaluation["base"] == {"label": "base (float32)", "dtype": "float32", "quantization": "none"}
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL_DIR)
+    base = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, dtype=torch.float32)
+    tuned = PeftModel.from_pretrained(base, str(get_settings().runs_dir / run_id / "adapter")).eval()
+    ids = [chat_prompt(tokenizer, example["prompt"], chat=False) for example in evaluation["examples"]]
+    assert len(ids) == 5
+    answers = [reference_greedy(tuned, tokenizer, prompt, max_new_tokens=24) for prompt in ids]
+    assert [example["adapter"] for example in evaluation["examples"]] == answers

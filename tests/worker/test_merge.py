@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
+import pytest
 import redis
 import torch
 from peft import LoraConfig, PeftConfig, PeftModel, PromptTuningConfig, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from app import runs
 from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, get_settings
@@ -17,6 +20,7 @@ from app.db import get_sessionmaker
 from app.events import stream_key
 from app.models import Artifact, ArtifactKind, ArtifactStatus, RunStatus
 from app.schemas import RunSpec
+from worker import streaming_merge
 from worker.merge import merge_artifact
 from worker.train import run_training
 
@@ -44,14 +48,16 @@ def _trained_run() -> str:
     return run_id
 
 
-def _run_with_adapter(config: PeftConfig, metrics: list[dict[str, object]] | None = None, **spec: object) -> str:
+def _run_with_adapter(
+    config: PeftConfig, metrics: list[dict[str, object]] | None = None, base: Path = TINY_MODEL_DIR, **spec: object
+) -> str:
     """A succeeded run whose adapter is built directly with PEFT (random, non-zero), not trained."""
     with get_sessionmaker()() as session:
-        run_id = runs.create_run(session=session, spec=_spec(**spec)).id
+        run_id = runs.create_run(session=session, spec=_spec(base_model=str(base), **spec)).id
         runs.claim_run(session=session, run_id=run_id, worker="test:1")
         runs.add_metrics(session=session, run_id=run_id, points=metrics or [])
         runs.finish_run(session=session, run_id=run_id, status=RunStatus.succeeded)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, dtype=torch.float32), config)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), config)
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -79,7 +85,8 @@ def test_qlora_merge_is_proved_and_matches_peft(loradeck_env: dict[str, str]) ->
     assert (merged.kind, merged.path) == (ArtifactKind.merged, f"{run_id}/merged")
     details = merged.details
     assert details["dtype"] == "float32"  # auto: the tiny base is stored in float32
-    assert details["max_abs_diff"] < details["tolerance"] == 1e-3 and details["base_diff"] > 1e-6
+    assert details["max_rel_diff"] < details["rel_tolerance"] == 1e-4 and details["base_diff"] > 1e-6
+    assert details["max_abs_diff"] < 1e-3 and details["top1_agreement"] == 1.0 and details["max_kl"] < 1e-6
     assert len(details["prompts"]) == 3 and details["prompts"][0].startswith("解析地址")
     assert details["shards"] == ["model.safetensors"] and details["peak_rss_bytes"] > 0 and details["seconds"] > 0
     assert details["vllm_lora_compatible"] is True
@@ -137,8 +144,8 @@ def test_bfloat16_merge_with_a_saved_head(loradeck_env: dict[str, str]) -> None:
 
     assert merged.status == ArtifactStatus.ready, merged.error
     details = merged.details
-    assert details["dtype"] == "bfloat16" and details["tolerance"] == 5e-2
-    assert details["max_abs_diff"] < 5e-2 and details["base_diff"] > 1e-6
+    assert details["dtype"] == "bfloat16" and details["rel_tolerance"] == 16 * 2**-8
+    assert details["max_rel_diff"] < details["rel_tolerance"] and details["base_diff"] > 1e-6
     assert details["vllm_lora_compatible"] is False and "lm_head" in details["vllm_reason"]
     merged_dir = get_settings().runs_dir / run_id / "merged"
     model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype="auto")
@@ -146,6 +153,78 @@ def test_bfloat16_merge_with_a_saved_head(loradeck_env: dict[str, str]) -> None:
     card = (merged_dir / "README.md").read_text()
     assert "| final train loss | 1.2500 |" in card and "| final eval loss | 1.5000 |" in card
     assert "vLLM" in card
+
+
+@pytest.fixture
+def peaked_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small random llama with the bundled tokenizer whose head is scaled up 30 times: its logits are
+    large and peaked, as a confident model's are, so rounding to bf16 moves them by more in absolute terms
+    than a fixed tolerance allows."""
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL_DIR)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30)
+    path = tmp_path_factory.mktemp("peaked")
+    model.save_pretrained(path)  # float32
+    tokenizer.save_pretrained(path)
+    return path
+
+
+CORRUPTED = "model.layers.3.self_attn.v_proj.weight"
+
+
+def _corrupt_one_tensor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The merge applies the LoRA delta of one tensor (CORRUPTED) 1.25 times too strongly, as a wrong
+    scaling would; every other tensor is merged as it should be."""
+    plan_edits = streaming_merge.plan_edits
+
+    def corrupted(adapter_dir: Path, specs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+        config, edits = plan_edits(adapter_dir, specs)
+        (edit,) = edits[CORRUPTED]
+        edits[CORRUPTED] = [dataclasses.replace(edit, scaling=1.25 * edit.scaling)]
+        return config, edits
+
+    monkeypatch.setattr(streaming_merge, "plan_edits", corrupted)
+
+
+@pytest.mark.parametrize("corrupted", [False, True], ids=["correct", "one-tensor-off"])
+def test_a_bf16_merge_of_a_peaked_model_is_judged_relative_to_its_logits(
+    corrupted: bool, peaked_base: Path, loradeck_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = LoraConfig(r=8, target_modules=["q_proj", "v_proj"])
+    run_id = _run_with_adapter(config, base=peaked_base, method="lora")
+    if corrupted:
+        _corrupt_one_tensor(monkeypatch)
+    _, merged = _merge(run_id, dtype="bfloat16")
+
+    details = merged.details
+    assert details["dtype"] == "bfloat16" and details["rel_tolerance"] == 16 * 2**-8
+    if not corrupted:
+        # Off by more than the old fixed 5e-2 in absolute terms, and right: within bf16's rounding.
+        assert details["max_abs_diff"] > 5e-2
+        assert merged.status == ArtifactStatus.ready, merged.error
+        assert details["max_rel_diff"] < details["rel_tolerance"] and details["top1_agreement"] == 1.0
+        card = (get_settings().runs_dir / run_id / "merged" / "README.md").read_text()
+        assert f"{details['max_rel_diff']:.3g} of that position's logit spread" in card
+    else:
+        assert merged.status == ArtifactStatus.failed
+        assert "the merge is not faithful" in merged.error
+        assert details["max_rel_diff"] > details["rel_tolerance"]  # the figures stay on the refused artifact
+        run_dir = get_settings().runs_dir / run_id
+        assert not (run_dir / "merged").exists() and not (run_dir / "merged.partial").exists()
 
 
 def test_merge_without_an_adapter_fails_in_plain_words(loradeck_env: dict[str, str]) -> None:
