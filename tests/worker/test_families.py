@@ -320,7 +320,7 @@ def test_streaming_merge_equals_adapter_on_base(
 # --- real runs: LoRA and QLoRA train, evaluate, merge and answer in the playground
 
 
-def _run(family: str, method: str, base: Path, dataset: Path) -> str:
+def _run(method: str, base: Path, dataset: Path, **overrides: Any) -> str:
     spec = RunSpec(
         base_model=str(base),
         dataset=str(dataset),
@@ -333,6 +333,7 @@ def _run(family: str, method: str, base: Path, dataset: Path) -> str:
         save_steps=0,
         regression_prompts=["Count to five."],
         eval_max_new_tokens=6,
+        **overrides,
     )
     with get_sessionmaker()() as session:
         run_id = runs.create_run(session=session, spec=spec).id
@@ -359,7 +360,7 @@ def test_lora_and_qlora_train_evaluate_merge_and_generate(
     chat_data: dict[str, Path],
     loradeck_env: dict[str, str],
 ) -> None:
-    run_id = _run(family, method, family_dirs[family], chat_data[family])
+    run_id = _run(method, family_dirs[family], chat_data[family])
     with get_sessionmaker()() as session:
         run = runs.get_run(session=session, run_id=run_id)
         losses = [p.loss for p in runs.list_metrics(session=session, run_id=run_id) if p.kind == "train"]
@@ -377,6 +378,7 @@ def test_lora_and_qlora_train_evaluate_merge_and_generate(
     assert merged.details["max_abs_diff"] < PARITY  # checked by worker.merge against adapter-on-base, in fp32
     card = (get_settings().runs_dir / run_id / "merged" / "README.md").read_text()
     assert "untied" not in card  # all-linear leaves lm_head and the embeddings alone
+    assert merged.details["untied_embeddings"] is False
 
     events = _playground(run_id, "merged")
     assert [e["event"] for e in events][0] == "start" and events[-1]["event"] == "done", events
@@ -386,3 +388,33 @@ def test_lora_and_qlora_train_evaluate_merge_and_generate(
         "last_loss": round(losses[-1], 3),
         "merge_diff": merged.details["max_abs_diff"],
     }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", [name for name, family in FAMILIES.items() if family.tied])
+def test_a_tied_model_trained_through_its_head_merges_untied_and_says_so(
+    family: str, family_dirs: dict[str, Path], chat_data: dict[str, Path], loradeck_env: dict[str, str]
+) -> None:
+    base = family_dirs[family]
+    run_id = _run("lora", base, chat_data[family], target_modules=["q_proj", "lm_head"])
+    with get_sessionmaker()() as session:
+        artifact, _ = runs.request_merge(session=session, run_id=run_id, dtype="float32")
+    merge_artifact(artifact.id)
+    with get_sessionmaker()() as session:
+        merged = runs.get_artifact(session=session, artifact_id=artifact.id)
+    assert merged.status == ArtifactStatus.ready, merged.error
+    assert merged.details["untied_embeddings"] is True
+    merged_dir = get_settings().runs_dir / run_id / "merged"
+    assert "the merge untied the embeddings" in (merged_dir / "README.md").read_text()
+    assert json.loads((merged_dir / "config.json").read_text())["tie_word_embeddings"] is False
+
+    # PEFT's own merge of the same trained adapter, against the same reference, for the README's table.
+    ids = _ids()
+    with_adapter = PeftModel.from_pretrained(_load(base), str(get_settings().runs_dir / run_id / "adapter"))
+    reference = _logits(with_adapter, ids)
+    peft_diff = float((_logits(with_adapter.merge_and_unload(), ids) - reference).abs().max())
+    ours = float((_logits(_load(merged_dir), ids) - reference).abs().max())
+    print(f"{family} trained lm_head LoRA: merged vs adapter-on-base {ours:.2g}; PEFT merge_and_unload {peft_diff:.2g}")
+    assert ours < PARITY and merged.details["max_abs_diff"] < PARITY
+    assert peft_diff > 100 * PARITY  # PEFT's merge changes the tied embedding too: the reason for ours
+    RESULTS[family]["train/lora lm_head"] = {"loradeck": ours, "peft": peft_diff}
