@@ -129,3 +129,13 @@ def test_phi3_ia3_is_refused_before_queueing_naming_feedforward_modules(stack: S
         answer = client.post("/api/v1/estimate", json=named)
         assert answer.status_code == 200, answer.text
         assert answer.json()["model"]["architecture"] == "Phi3ForCausalLM"
+        # The form's quick target_modules choices come from the model's own (fused) module names.
+        choices = answer.json()["model"]["target_choices"]
+        assert choices == {
+            "attention only": "o_proj, qkv_proj",
+            "all linear": "all-linear",
+            "with embeddings": "o_proj, qkv_proj, gate_up_proj, down_proj, embed_tokens, lm_head",
+        }
+        form = {**named, "use_dora": "false", "gradient_checkpointing": "false"}
+        card = client.post("/runs/estimate", data=form | {"method": "lora", "feedforward_modules": ""})
+        assert 'class="secondary target-choice"\n    data-value="o_proj, qkv_proj"' in card.text

@@ -131,6 +131,25 @@ def test_estimate_equals_peft_or_refuses_where_peft_does(
     RESULTS[family][f"estimate/{method}"] = trainable
 
 
+ATTENTION = {"phi3": "o_proj, qkv_proj"}  # fused, in the model's order; the rest: q, k, v, o
+
+
+@pytest.mark.parametrize("family", NAMES)
+def test_target_module_choices_are_the_familys_own_names_and_estimate(
+    family: str, family_dirs: dict[str, Path], chat_data: dict[str, Path]
+) -> None:
+    raw = {"base_model": str(family_dirs[family]), "dataset": str(chat_data[family]), "method": "lora"}
+    choices = answer_estimate(raw)["estimate"]["model"]["target_choices"]
+    assert choices["attention only"] == ATTENTION.get(family, "q_proj, k_proj, v_proj, o_proj")
+    assert choices["all linear"] == "all-linear"
+    assert choices["with embeddings"].endswith(", embed_tokens, lm_head")
+    model = AutoModelForCausalLM.from_pretrained(family_dirs[family], dtype=torch.float32)
+    config = LoraConfig(**{**LORA, "target_modules": choices["with embeddings"].split(", ")})
+    expected = get_peft_model(model, config).get_nb_trainable_parameters()
+    answer = answer_estimate(raw | {"target_modules": choices["with embeddings"]})
+    assert (answer["estimate"]["params"]["trainable"], answer["estimate"]["params"]["all"]) == expected
+
+
 def test_the_web_knows_which_architectures_peft_has_ia3_defaults_for() -> None:
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FEEDFORWARD
 
