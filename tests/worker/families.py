@@ -213,9 +213,9 @@ def build_family(name: str, out_dir: Path, *, seed: int = 0) -> Path:
     config = family.config(**SIZES, **family.overrides, **ids)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    with torch.no_grad():  # random norms too, so a wrong scale anywhere shows in the logits
+    with torch.no_grad():  # random norms and biases too (init leaves them 1 and 0), so a wrong one shows
         for module_name, param in model.named_parameters():
-            if "norm" in module_name:
+            if "norm" in module_name or module_name.endswith(".bias"):
                 param.add_(torch.randn_like(param) * 0.1)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
