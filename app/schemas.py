@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from app.config import SAMPLE_DATASET_DIR, get_settings
 from app.dataset_shapes import SHAPE_NAMES, first_row_shape
+from app.peft_defaults import IA3_DEFAULT_MODEL_TYPES, ia3_feedforward_refusal, model_type
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 MODULE_NAME = re.compile(r"^[A-Za-z_][\w.]*$")
@@ -365,6 +366,15 @@ class RunSpec(BaseModel):
             outside = sorted(set(self.feedforward_modules) - set(self.target_modules))
             if outside:
                 raise ValueError(f"feedforward_modules: {', '.join(outside)} must also be in target_modules")
+        return self
+
+    @model_validator(mode="after")
+    def _ia3_modules_known(self) -> RunSpec:
+        # PEFT refuses (IA)³ without feedforward_modules where it has no defaults (Phi-3): refuse it here, at
+        # submit, not at the worker. A hub id's config is not read here; the worker refuses it the same way.
+        kind = model_type(self.base_model) if self.method == Method.ia3 and not self.feedforward_modules else None
+        if kind is not None and kind not in IA3_DEFAULT_MODEL_TYPES:
+            raise ValueError(ia3_feedforward_refusal(kind))
         return self
 
     @model_validator(mode="after")

@@ -29,6 +29,7 @@ from transformers import (
 )
 
 from app.config import get_settings
+from app.peft_defaults import ia3_feedforward_refusal
 from app.schemas import RunSpec
 
 log = logging.getLogger(__name__)
@@ -162,17 +163,19 @@ def ia3_modules(spec: RunSpec, *, model_type: str) -> tuple[str | list[str], lis
 
     The default target_modules (all-linear) with no feedforward_modules means "PEFT's choice": for the
     architectures PEFT knows (llama: k_proj, v_proj, down_proj; down_proj feed-forward), the modules the
-    (IA)³ paper scales. Elsewhere, every linear layer's output is scaled (all-linear, none feed-forward).
-    Named target_modules with no feedforward_modules take PEFT's feed-forward ones among them.
+    (IA)³ paper scales. Named target_modules with no feedforward_modules take PEFT's feed-forward ones among
+    them. Where PEFT has no defaults (Phi-3), feedforward_modules must be named, as PEFT requires.
     """
-    known_targets = TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING.get(model_type)
-    known_feedforward = TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING.get(model_type, [])
-    if spec.target_modules == [ALL_LINEAR] and not spec.feedforward_modules:
-        if known_targets:
-            return list(known_targets), [name for name in known_feedforward if name in known_targets]
-        return ALL_LINEAR, []
     if spec.feedforward_modules:
         return _targets(spec), list(spec.feedforward_modules)
+    known_targets = TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING.get(model_type)
+    known_feedforward = TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING.get(model_type)
+    if known_feedforward is None:
+        raise RunError(ia3_feedforward_refusal(model_type))  # PEFT's own refusal, naming the field to set
+    if spec.target_modules == [ALL_LINEAR]:
+        if not known_targets:
+            return ALL_LINEAR, []
+        return list(known_targets), [name for name in known_feedforward if name in known_targets]
     return list(spec.target_modules), [name for name in known_feedforward if name in spec.target_modules]
 
 

@@ -9,6 +9,7 @@ itself, and most base models were pretrained with bos in front of every document
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
@@ -109,7 +110,9 @@ def encode_conversation(
     The template is rendered turn by turn: up to each assistant turn with the generation prompt (what
     the model is given at inference), then with that turn. The text grown is tokenized whole and the
     new ids are the difference, so token boundaries are those of the full conversation and the
-    trained span starts exactly where the model starts generating.
+    trained span starts exactly where the model starts generating. A template that closes only the whole
+    conversation (Phi-3 puts eos after the last turn) renders an untrained tail that later turns replace:
+    that tail is taken back, never a trained token.
     """
     ids: list[int] = []
     trained: list[bool] = []
@@ -118,10 +121,7 @@ def encode_conversation(
     def extend(text: str, train: bool) -> list[int]:
         nonlocal rendered
         if not text.startswith(rendered):
-            raise DatasetError(
-                "the chat template renders earlier turns differently once later turns are added, so the "
-                "assistant's tokens cannot be told apart exactly; set chat_template to chatml (or another name)"
-            )
+            rendered = _take_back_tail(tokenizer, rendered, text, ids, trained)
         whole = list(tokenizer(text, add_special_tokens=False)["input_ids"])
         new = whole[len(ids) :]
         if whole[: len(ids)] != ids:
@@ -150,6 +150,25 @@ def encode_conversation(
         list(ids) if train_on_prompt else [t if keep else IGNORE_INDEX for t, keep in zip(ids, trained, strict=True)]
     )
     return {"input_ids": ids, "labels": labels}
+
+
+def _take_back_tail(
+    tokenizer: PreTrainedTokenizerBase, rendered: str, text: str, ids: list[int], trained: list[bool]
+) -> str:
+    """Drop the untrained ids at the end of `rendered` that `text` does not continue; the text kept."""
+    common = len(os.path.commonprefix([rendered, text]))
+    last_trained = max((i + 1 for i, keep in enumerate(trained) if keep), default=0)
+    for keep in range(len(ids), last_trained - 1, -1):
+        # The longest run of ids that is exactly the tokenization of a prefix `text` also starts with.
+        kept_text = str(tokenizer.decode(ids[:keep])) if keep else ""
+        fits = len(kept_text) <= common and rendered.startswith(kept_text)
+        if fits and list(tokenizer(kept_text, add_special_tokens=False)["input_ids"]) == ids[:keep]:
+            del ids[keep:], trained[keep:]
+            return kept_text
+    raise DatasetError(
+        "the chat template renders earlier turns differently once later turns are added, so the "
+        "assistant's tokens cannot be told apart exactly; set chat_template to chatml (or another name)"
+    )
 
 
 def warn_about_markup(tokenizer: PreTrainedTokenizerBase, name: str) -> None:

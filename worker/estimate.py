@@ -87,6 +87,7 @@ def _estimate(spec: RunSpec) -> dict[str, Any]:
     quantized = _quantized_layers(config, spec, dtype) if quantization != "none" else set()
     base_weights = {id(p) for p in model.parameters()}
     quantized_weights = {id(model.get_submodule(name).weight) for name in quantized}
+    choices = target_module_choices(model)  # before PEFT wraps the layers
     peft_model = _adapt(model, spec)
 
     counts = {"all": 0, "trainable": 0}
@@ -128,9 +129,28 @@ def _estimate(spec: RunSpec) -> dict[str, Any]:
             "vocab_size": text.vocab_size,
             "dtype": str(dtype).removeprefix("torch."),
             "quantization": quantization,
+            "target_choices": choices,
         },
         "notes": notes,
     }
+
+
+def target_module_choices(model: PreTrainedModel) -> dict[str, str]:
+    """Quick choices for target_modules from the model's own module names, in the model's order: its
+    attention layers (q_proj, ..., or Phi-3's fused qkv_proj), every linear layer, and those plus the input
+    embedding and lm_head."""
+    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+    linear: dict[str, bool] = {}  # short name -> whether it sits in an attention block
+    embeddings: list[str] = []
+    for name, module in model.named_modules():
+        short = name.rsplit(".", 1)[-1]
+        if module is embedding or module is head:
+            embeddings.append(short)
+        elif isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D":
+            linear[short] = linear.get(short, False) or "attn" in name or "attention" in name
+    choices = {"attention only": ", ".join(n for n, attention in linear.items() if attention)}
+    choices |= {"all linear": "all-linear", "with embeddings": ", ".join(dict.fromkeys([*linear, *embeddings]))}
+    return {label: names for label, names in choices.items() if names}
 
 
 def read_config(base_model: str) -> PretrainedConfig:

@@ -71,6 +71,16 @@ def write_sha256sums(root: Path, known: dict[str, str] | None = None) -> Path:
     return sums
 
 
+# The base shares one matrix between its input embedding and lm_head; the adapter changed one of them.
+UNTIED_NOTE = (
+    "Note: the merge untied the embeddings. The base shares one matrix between its input embedding and "
+    "`lm_head` (`tie_word_embeddings`), and the adapter changed only one of them, so this model stores both "
+    "and its config.json says `tie_word_embeddings: false`; it is larger than the base by one vocabulary-"
+    "sized matrix. (PEFT's own `merge_and_unload()` writes the change into the shared matrix, which changes "
+    "the other use too.)"
+)
+
+
 def _loss(value: float | None) -> str:
     return f"{value:.4f}" if value is not None else "–"
 
@@ -138,6 +148,8 @@ def render_model_card(
         "",
         "Verify the files with `sha256sum -c SHA256SUMS`.",
     ]
+    if check.get("untied_embeddings"):
+        lines += ["", UNTIED_NOTE]
     if not check.get("vllm_lora_compatible", True):
         lines += ["", f"Note: the adapter itself cannot be served as a vLLM LoRA: {check['vllm_reason']}."]
     return "\n".join(lines) + "\n"

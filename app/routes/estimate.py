@@ -48,6 +48,11 @@ class ModelOut(BaseModel):
     vocab_size: int
     dtype: str = Field(description="The dtype the base is loaded in (quantized layers aside).")
     quantization: str = Field(default="none", description="none, 8bit or 4bit.")
+    target_choices: dict[str, str] = Field(
+        default_factory=dict,
+        description="target_modules values from the model's own module names: attention only, all linear, "
+        "with embeddings (label -> value).",
+    )
 
 
 class EstimateOut(BaseModel):

@@ -100,3 +100,42 @@ def test_no_inspect_worker_is_a_503(loradeck_env: dict[str, str], monkeypatch: p
         assert "loradeck worker --queues inspect" in answer.json()["detail"]
         card = client.post("/runs/estimate", data=_spec())
         assert 'id="estimate-error"' in card.text and "no worker answered" in card.text
+
+
+@pytest.fixture(scope="module")
+def phi3_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.worker.families import build_family
+
+    return build_family("phi3", tmp_path_factory.mktemp("phi3"))
+
+
+def test_phi3_ia3_is_refused_before_queueing_naming_feedforward_modules(stack: Stack, phi3_model: Path) -> None:
+    # PEFT has no default (IA)³ modules for Phi-3's fused qkv_proj/gate_up_proj and refuses the config.
+    spec = _spec(base_model=str(phi3_model), method="ia3")
+    with stack.client() as client:
+        estimate = client.post("/api/v1/estimate", json=spec)
+        assert estimate.status_code == 422, estimate.text
+        assert estimate.json()["detail"][0]["msg"].startswith("Value error, feedforward_modules: PEFT has no default")
+
+        submitted = client.post("/api/v1/runs", json=spec)
+        assert submitted.status_code == 422, submitted.text
+        assert "feedforward_modules" in submitted.json()["detail"][0]["msg"]
+        assert not [run for run in client.get("/api/v1/runs").json() if run["spec"]["base_model"] == str(phi3_model)]
+
+        card = client.post("/runs/estimate", data={**spec, "use_dora": "false", "gradient_checkpointing": "false"})
+        assert "feedforward_modules: PEFT has no default" in card.text
+
+        named = {**spec, "target_modules": "qkv_proj, down_proj", "feedforward_modules": "down_proj"}
+        answer = client.post("/api/v1/estimate", json=named)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model"]["architecture"] == "Phi3ForCausalLM"
+        # The form's quick target_modules choices come from the model's own (fused) module names.
+        choices = answer.json()["model"]["target_choices"]
+        assert choices == {
+            "attention only": "o_proj, qkv_proj",
+            "all linear": "all-linear",
+            "with embeddings": "o_proj, qkv_proj, gate_up_proj, down_proj, embed_tokens, lm_head",
+        }
+        form = {**named, "use_dora": "false", "gradient_checkpointing": "false"}
+        card = client.post("/runs/estimate", data=form | {"method": "lora", "feedforward_modules": ""})
+        assert 'class="secondary target-choice"\n    data-value="o_proj, qkv_proj"' in card.text

@@ -208,6 +208,11 @@ def test_an_8b_model_from_config_json_alone_in_seconds() -> None:
         "vocab_size": 128256,
         "dtype": "bfloat16",
         "quantization": "none",
+        "target_choices": {
+            "attention only": "q_proj, k_proj, v_proj, o_proj",
+            "all linear": "all-linear",
+            "with embeddings": "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, embed_tokens, lm_head",
+        },
     }
     lora_all_linear = LAYERS * R * (2 * (H + H) + 2 * (H + KV) + 3 * (H + FFN))
     assert qlora["params"]["trainable"] == lora_all_linear == 20_971_520

@@ -137,8 +137,11 @@ def test_ia3_takes_peft_defaults_for_the_architecture_or_the_named_modules() -> 
     assert default.feedforward_modules == {"down_proj"}
     assert default.modules_to_save == ["lm_head"]
 
-    unknown = peft_config(_spec(method="ia3"), model_type="some-new-arch")
-    assert (unknown.target_modules, unknown.feedforward_modules) == ("all-linear", set())
+    # Where PEFT has no defaults it refuses (IA)³ without feedforward_modules; so does loradeck, naming the field.
+    with pytest.raises(RunError, match="^feedforward_modules: PEFT has no default .* model type some-new-arch"):
+        peft_config(_spec(method="ia3"), model_type="some-new-arch")
+    named_new = peft_config(_spec(method="ia3", feedforward_modules=["down_proj"]), model_type="some-new-arch")
+    assert (named_new.target_modules, named_new.feedforward_modules) == ("all-linear", {"down_proj"})
 
     named = peft_config(
         _spec(method="ia3", target_modules=["q_proj", "up_proj"], feedforward_modules=["up_proj"]), model_type="llama"
