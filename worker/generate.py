@@ -155,8 +155,10 @@ class ModelCache:
         self.lock = threading.Lock()
 
     def base(self, spec: RunSpec) -> _Loaded:
-        key = (spec.base_model, f"{spec.quantization}:{spec.precision}")
-        return self._get(key, lambda: _load(spec.base_model, spec, as_trained=True))
+        """The base the run ships against, as the evaluation answers on it: in full precision, even for a
+        run trained on a 4-bit or 8-bit copy (the merged download is that base plus the adapter). Where it
+        does not fit in the GPU's memory, the copy as trained."""
+        return self._get((spec.base_model, "shipped"), lambda: _load_shipped_base(spec))
 
     def merged(self, path: Path, spec: RunSpec) -> _Loaded:
         return self._get((str(path), "merged"), lambda: _load(str(path), spec, as_trained=False))
@@ -204,7 +206,7 @@ def _device() -> str:
 
 def _load(path: str, spec: RunSpec, *, as_trained: bool) -> tuple[Any, PreTrainedTokenizerBase]:
     """A model for generation and the run's tokenizer: the base quantized as the run trained it
-    (as_trained), or a merged model in the dtype it was saved in."""
+    (as_trained), or a model (the base, a merged model) in the dtype it was saved in."""
     trust = get_settings().allow_trust_remote_code
     log.info("playground: loading %s", path)
     kwargs: dict[str, Any] = {"dtype": "auto"}
@@ -216,6 +218,16 @@ def _load(path: str, spec: RunSpec, *, as_trained: bool) -> tuple[Any, PreTraine
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(spec.base_model, trust_remote_code=trust)
     return model, tokenizer
+
+
+def _load_shipped_base(spec: RunSpec) -> tuple[Any, PreTrainedTokenizerBase]:
+    try:
+        return _load(spec.base_model, spec, as_trained=False)
+    except torch.OutOfMemoryError:
+        log.warning("playground: the full-precision base of %s does not fit; loading it as trained", spec.base_model)
+        gc.collect()
+        torch.cuda.empty_cache()
+        return _load(spec.base_model, spec, as_trained=True)
 
 
 _cache: ModelCache | None = None

@@ -31,8 +31,10 @@ def trained(stack: Stack) -> dict[str, Any]:
 
 
 def _greedy(model: Any, prompt: str, new: int) -> str:
+    # As the run trained: the sample's prompt/completion rows go in without the chat template, and so does
+    # the playground's prompt by default.
     tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL_DIR)
-    ids = torch.tensor([chat_prompt(tokenizer, prompt, chat=True)])
+    ids = torch.tensor([chat_prompt(tokenizer, prompt, chat=False)])
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False)
     return str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
 
@@ -40,6 +42,7 @@ def _greedy(model: Any, prompt: str, new: int) -> str:
 def test_both_answers_stream_in_and_greedy_matches_generate(stack: Stack, page: Page, trained: dict[str, Any]) -> None:
     page.goto(f"{stack.url}/runs/{trained['id']}")
     page.click("#open-playground")
+    expect(page.locator("#chat")).not_to_be_checked()
     page.fill("#prompt", PROMPT)
     page.fill("#max_new_tokens", "32")
     page.click("#generate")
