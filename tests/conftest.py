@@ -114,6 +114,8 @@ def loradeck_env(
         "DATABASE_URL": database_url,
         "LORADECK_MODEL_ROOTS": str(tmp_path_factory.getbasetemp()),
         "LORADECK_DATASET_ROOTS": str(tmp_path_factory.getbasetemp()),
+        # The Host that FastAPI's TestClient sends; a real browser on loopback needs no such setting.
+        "LORADECK_ALLOWED_HOSTS": "testserver",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
