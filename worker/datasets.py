@@ -271,6 +271,15 @@ def _parquet_records(path: Path) -> Iterator[tuple[int, Any]]:
         yield 0, _Unreadable(f"not a readable Parquet file ({exc})")
 
 
+def _plain(batch: Any) -> Any:
+    import pyarrow as pa
+
+    if not any(pa.types.is_dictionary(column.type) for column in batch.columns):
+        return batch
+    columns = [c.dictionary_decode() if pa.types.is_dictionary(c.type) else c for c in batch.columns]
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
+
+
 def _parquet_cap(file_size: int) -> int:
     from app.config import get_settings
 
@@ -292,7 +301,8 @@ def _parquet_batches(parquet: Any, file_size: int) -> Iterator[tuple[int, Any]]:
         if decoded + stated > cap:
             yield line + 1, _Unreadable(f"row group {group + 1} {bomb}")
             return
-        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group]):
+        for encoded in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group]):
+            batch = _plain(encoded)  # a dictionary column counts at its decoded size, as Python will hold it
             decoded += batch.nbytes
             if decoded > cap:
                 yield line + 1, _Unreadable(bomb)
