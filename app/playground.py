@@ -13,9 +13,11 @@ from typing import Any
 
 import redis
 
-EVENT_TYPES = ("start", "token", "done", "error")
+EVENT_TYPES = ("queued", "start", "token", "done", "error")
 FINAL_EVENTS = ("done", "error")
 KEEP_S = 3600
+# A request nothing was heard of for this long is given up (its task expires from the queue after 60 s).
+IDLE_S = 90.0
 
 
 class PlaygroundError(ValueError):

@@ -93,6 +93,7 @@ OTHER_CASES: list[tuple[str, str, str, dict[str, Any], int, str]] = [
     ("merge into int4", "POST", "/api/v1/runs/RUN/merge", {"json": {"dtype": "int4"}}, 422, "'auto', 'bfloat16'"),
     ("merge a queued run", "POST", "/api/v1/runs/RUN/merge", {}, 409, "only a succeeded run can be merged"),
     ("unknown dataset", "GET", "/api/v1/datasets/nope", {}, 404, "no dataset with id nope"),
+    ("playground events of an unknown id", "GET", "/api/v1/playground/deadbeef/events", {}, 404, "no playground request with id deadbeef"),
     ("playground for an unknown run", "POST", "/api/v1/playground", {"json": {"run_id": "abc", "prompt": "hi"}}, 404, "no run with id abc"),
     ("playground compare with a path", "POST", "/api/v1/playground", {"json": {"run_id": "RUN", "prompt": "hi", "compare": "../../x"}}, 422, "String should match pattern"),
     ("playground before any adapter", "POST", "/api/v1/playground", {"json": {"run_id": "RUN", "prompt": "hi"}}, 409, "this run has no adapter; it has nothing yet"),
