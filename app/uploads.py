@@ -36,8 +36,11 @@ def body_limit(scope: Scope, settings: Settings) -> int:
     return MAX_BODY_BYTES
 
 
-def too_large(limit: int) -> str:
-    return f"the request body is larger than the {limit / 1024**2:,.1f} MiB this server accepts here"
+def too_large(scope: Scope, settings: Settings) -> str:
+    if body_limit(scope, settings) != MAX_BODY_BYTES:
+        mib = settings.max_upload_bytes / 1024**2
+        return f"file: larger than the {mib:,.0f} MiB upload limit (LORADECK_MAX_UPLOAD_BYTES)"
+    return f"the request body is larger than the {MAX_BODY_BYTES / 1024**2:,.0f} MiB this server accepts here"
 
 
 class BodyLimitMiddleware:
@@ -50,10 +53,11 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = body_limit(scope, get_settings())
+        settings = get_settings()
+        limit = body_limit(scope, settings)
         length = Headers(scope=scope).get("content-length", "")
         if length.isdigit() and int(length) > limit:
-            await _refuse(send, limit)
+            await _refuse(send, too_large(scope, settings))
             return
         received = 0
 
@@ -63,16 +67,16 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:  # FastAPI re-raises an HTTPException from here; Starlette answers it
-                    raise HTTPException(413, too_large(limit))
+                    raise HTTPException(413, too_large(scope, settings))
             return message
 
         await self.app(scope, counted, send)
 
 
-async def _refuse(send: Send, limit: int) -> None:
+async def _refuse(send: Send, message: str) -> None:
     import json
 
-    body = json.dumps({"detail": too_large(limit)}).encode()
+    body = json.dumps({"detail": message}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 413, "headers": [*headers, (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
