@@ -51,9 +51,9 @@ def start_generation(body: PlaygroundRequest, session: SessionDep, settings: Set
         raise HTTPException(409, f"compare: this run has no {body.compare}; it has {have}")
     generation_id = playground.new_generation_id()
     try:
-        # The stream exists from now on: its events page knows the id, and answers 404 for any other.
+        # From now on its events page knows the id, and answers 404 for any other.
         with redis.Redis.from_url(settings.redis_url, socket_timeout=5) as client:
-            playground.publish(client, generation_id, "queued", {"compare": body.compare})
+            client.set(playground.known_key(generation_id), 1, ex=playground.KEEP_S)
         enqueue_generation(generation_id, body.model_dump())
     except Exception as exc:  # Redis down: say so rather than leave the page waiting
         raise HTTPException(503, f"the generate queue is unreachable ({type(exc).__name__}); is Redis up?") from exc
@@ -70,7 +70,7 @@ async def generation_events(generation_id: str, request: Request, settings: Sett
     hub = live_hub(settings.redis_url)
     key = playground.stream_key(generation_id)
     try:
-        if not await hub.client.exists(key):
+        if not await hub.client.exists(key, playground.known_key(generation_id)):
             raise unknown
     except (redis.RedisError, OSError) as exc:
         raise HTTPException(503, f"Redis is unreachable, so the answer cannot be read: {exc}") from exc
