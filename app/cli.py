@@ -16,7 +16,7 @@ import time
 from urllib.parse import urlparse
 
 from app.config import REPO_ROOT, get_settings
-from app.services import start_redis, wait_for_redis
+from app.services import redis_password, start_redis, wait_for_redis
 
 TRAINER_QUEUES = "train,merge"
 INSPECTOR_QUEUES = "inspect"
@@ -206,16 +206,23 @@ def cmd_up(args: argparse.Namespace) -> int:
     from app.db import migrate
 
     migrate()
-    env = dict(os.environ, PYTHONUNBUFFERED="1", REDIS_URL=settings.redis_url)
+    redis_url, private = settings.redis_url, "REDIS_URL" not in os.environ
+    if private:  # the private Redis asks for a password, so another local user cannot read or queue runs
+        target = urlparse(redis_url)
+        password = redis_password(settings.data_dir)
+        redis_url = f"redis://:{password}@127.0.0.1:{target.port or 6390}{target.path or '/0'}"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", REDIS_URL=redis_url)
     supervisor = Supervisor(env)
     signal.signal(signal.SIGINT, supervisor.stop)
     signal.signal(signal.SIGTERM, supervisor.stop)
     try:
-        if "REDIS_URL" in os.environ:
-            wait_for_redis(settings.redis_url)
+        if not private:
+            wait_for_redis(redis_url)
         else:
-            redis_port = urlparse(settings.redis_url).port or 6390
-            supervisor.children["redis"] = start_redis(port=redis_port, directory=settings.data_dir / "redis")
+            redis_port = urlparse(redis_url).port or 6390
+            supervisor.children["redis"] = start_redis(
+                port=redis_port, directory=settings.data_dir / "redis", password=password
+            )
         for name, queues in UP_WORKERS:
             supervisor.spawn(name, worker_command(queues, name))
         supervisor.spawn("web", web_command(host, port))

@@ -50,11 +50,27 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(
         default=2 * 1024**3,
-        description="Largest dataset file an upload may be; a larger one is refused before it is stored.",
+        ge=1,
+        description="Largest dataset file an upload may be; a larger one is refused while its bytes arrive, "
+        "before more than this is stored anywhere.",
     )
-    allow_pickle_weights: bool = Field(
-        default=False,
-        description="Let runs read weights from pickle files (.bin, .pt), which can run code. Off: safetensors only.",
+    max_row_bytes: int = Field(
+        default=1024**2,
+        ge=1024,
+        description="Largest single row of a dataset (a JSONL line, a CSV field, a Parquet row); a longer one is "
+        "reported by its line.",
+    )
+    inspect_memory_mb: int = Field(
+        default=2048,
+        ge=64,
+        description="MiB of memory checking and describing one dataset may take (in a child process of the "
+        "inspect worker); a file that needs more is refused.",
+    )
+    inspect_time_limit_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="Seconds checking and describing one dataset may take; a file that takes longer is refused.",
     )
     model_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
@@ -66,10 +82,20 @@ class Settings(BaseSettings):
         description="Extra directories dataset files may lie under (comma-separated), beside assets/ and the "
         "data dir; any other path is refused.",
     )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names (comma-separated) the web app answers to beside loopback names and IP addresses, "
+        "e.g. the name a TLS proxy serves it under; a request for any other Host is refused (DNS rebinding).",
+    )
     require_login: bool = Field(
         default=False,
         description="Ask for the admin password (pages) or an API token (JSON API) even on 127.0.0.1. "
-        "Always on when the web app is bound to any other address.",
+        "Always on when the socket the web app listens on is not loopback-only.",
+    )
+    cookie_secure: bool = Field(
+        default=False,
+        description="Mark the session cookie Secure (sent over HTTPS only): turn on behind a TLS proxy. Off: "
+        "Secure only when the request itself came over https.",
     )
     admin_password_hash: str = Field(
         default="",
@@ -109,7 +135,7 @@ class Settings(BaseSettings):
         description="Seconds a playground model stays loaded without a request before its worker lets it go.",
     )
 
-    @field_validator("model_roots", "dataset_roots", "api_token_hashes", mode="before")
+    @field_validator("model_roots", "dataset_roots", "api_token_hashes", "allowed_hosts", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -1,12 +1,9 @@
-"""Uploaded datasets: streamed to disk with a size limit, stored once by content hash, described by a worker."""
+"""Uploaded datasets: stored once by content hash (app.uploads streams them in), described by a worker."""
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
-import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,35 +28,6 @@ def clean_filename(filename: str) -> tuple[str, str]:
     if suffix not in SUFFIXES:
         raise UploadRefused(f"file: {base or 'the file'} is not one of {', '.join(SUFFIXES)}")
     return SAFE_NAME.sub("_", base)[:200], suffix
-
-
-async def store_upload(
-    *, chunks: AsyncIterator[bytes], filename: str, settings: Settings
-) -> tuple[Path, str, int, str]:
-    """Write the upload to a temporary file while hashing and counting it; refuse it past the size limit.
-
-    Returns (temporary path, sha256, size, suffix); the caller moves it into place or deletes it.
-    """
-    _, suffix = clean_filename(filename)
-    settings.datasets_dir.mkdir(parents=True, exist_ok=True)
-    digest, size = hashlib.sha256(), 0
-    handle, name = tempfile.mkstemp(dir=settings.datasets_dir, prefix=".upload-", suffix=suffix)
-    temporary = Path(name)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > settings.max_upload_bytes:
-                    limit = settings.max_upload_bytes / 1024**2
-                    raise UploadRefused(f"file: larger than the {limit:,.0f} MiB upload limit (max_upload_bytes)")
-                digest.update(chunk)
-                out.write(chunk)
-        if size == 0:
-            raise UploadRefused("file: the file is empty")
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return temporary, digest.hexdigest(), size, suffix
 
 
 def final_path(settings: Settings, sha256: str, suffix: str) -> Path:

@@ -55,6 +55,8 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
 def download_response(artifact: Artifact, settings: Settings, request: Request, file: str | None) -> Response:
     root = artifact_root(artifact, settings)
     if file:
+        if "\x00" in file:  # no file name holds a NUL, and the filesystem calls refuse one
+            raise HTTPException(404, f"artifact {artifact.id} has no file {file!r}")
         # One file on its own: FileResponse answers Range requests, so a broken download resumes.
         path = (root / file).resolve()
         if not path.is_relative_to(root) or not path.is_file() or (root / file).is_symlink():

@@ -16,6 +16,8 @@ import redis
 EVENT_TYPES = ("start", "token", "done", "error")
 FINAL_EVENTS = ("done", "error")
 KEEP_S = 3600
+# A request nothing was heard of for this long is given up (its task expires from the queue after 60 s).
+IDLE_S = 90.0
 
 
 class PlaygroundError(ValueError):
@@ -28,6 +30,11 @@ def new_generation_id() -> str:
 
 def stream_key(generation_id: str) -> str:
     return f"loradeck:playground:{generation_id}"
+
+
+def known_key(generation_id: str) -> str:
+    """Set by the web when it queues the request: its events page answers for known ids only."""
+    return f"loradeck:playground:{generation_id}:known"
 
 
 def publish(client: redis.Redis, generation_id: str, event: str, data: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ MERGE_TASK = "loradeck.merge_artifact"
 ESTIMATE_TASK = "loradeck.estimate"
 DESCRIBE_DATASET_TASK = "loradeck.describe_dataset"
 GENERATE_TASK = "loradeck.playground"
-INSPECT_TIMEOUT_S = 30.0
+INSPECT_MARGIN_S = 15.0  # beyond the inspection time limit: the queue, a child process starting, the answer
 
 # A run can train for days; Redis re-delivers an unacknowledged task after the visibility timeout,
 # so it must outlast the longest run (the database claim still stops a second copy from training).
@@ -91,9 +91,11 @@ class InspectUnavailable(RuntimeError):
     """No worker answered an inspect task in time."""
 
 
-def ask_inspector(task: str, payload: dict[str, Any], *, timeout: float = INSPECT_TIMEOUT_S) -> dict[str, Any]:
+def ask_inspector(task: str, payload: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
     """Run a quick inspect task on a worker and wait for its answer (the web never loads models itself)."""
     from celery.exceptions import TimeoutError as CeleryTimeout
+
+    timeout = timeout or get_settings().inspect_time_limit_s + INSPECT_MARGIN_S
 
     result = get_celery().send_task(task, args=[payload], queue=Queue.inspect.value, ignore_result=False)
     try:

@@ -18,24 +18,40 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from app.config import SAMPLE_DATASET_DIR, get_settings
 from app.dataset_shapes import SHAPE_NAMES, first_row_shape
+from app.paths import dataset_outside, inside, model_outside, roots_enforced
 from app.peft_defaults import IA3_DEFAULT_MODEL_TYPES, ia3_feedforward_refusal, model_type
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+# Hugging Face's own rule for a repo id (huggingface_hub.utils.validate_repo_id), with the org required:
+# word characters, '-' and '.', starting and ending with a word character, no '--' or '..', no '.git' end.
+HUB_ID = re.compile(r"^\b[\w\-.]{1,96}\b/\b[\w\-.]{1,96}\b$", re.ASCII)
 MODULE_NAME = re.compile(r"^[A-Za-z_][\w.]*$")
 DATASET_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 CHAT_TEMPLATES = ("auto", "chatml", "llama-3", "zephyr", "alpaca")
 
 
+def is_hub_id(value: str) -> bool:
+    return bool(HUB_ID.match(value)) and "--" not in value and ".." not in value and not value.endswith(".git")
+
+
 def check_base_model(value: str) -> str:
-    """A local model directory (resolved) or a hub id; anything else is refused with what to give."""
+    """A local model directory (resolved) or a hub id; anything else is refused with what to give.
+
+    Where the roots are enforced (app.paths), a path outside them is refused before it is looked at."""
     if not value:
         raise ValueError("base_model is empty: give a local model directory or a hub id like org/name")
     path = Path(value).expanduser()
+    hub_id = is_hub_id(value)
+    if roots_enforced() and not inside(path, get_settings().allowed_model_roots):
+        if hub_id:
+            return value
+        if not value.startswith(("/", ".", "~")) and "/" not in value:
+            raise ValueError(f"base_model: {value} is neither a local model directory nor a hub id (org/name)")
+        raise ValueError(model_outside(value, get_settings()))
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ValueError(f"base_model: {value} is a directory without config.json")
         return str(path.resolve())
-    if HUB_ID.match(value) and not value.startswith((".", "/")):
+    if hub_id:
         return value
     raise ValueError(f"base_model: {value} is neither a local model directory nor a hub id (org/name)")
 
@@ -81,7 +97,7 @@ LORA_METHODS = (Method.lora.value, Method.qlora.value)
 class RunSpec(BaseModel):
     """A fine-tuning run: base model, data, PEFT method, quantization, training and checkpoints."""
 
-    model_config = ConfigDict(extra="forbid", use_enum_values=True)
+    model_config = ConfigDict(extra="forbid", use_enum_values=True, allow_inf_nan=False)
 
     # --- what and on what
     name: str = Field(default="", max_length=200, description="A name to find the run by; empty: made up.")
@@ -185,7 +201,9 @@ class RunSpec(BaseModel):
         default="adamw_torch", description="Optimizer; the 8-bit and paged AdamW variants save GPU memory."
     )
     weight_decay: float = Field(default=0.0, ge=0.0, le=10.0, description="AdamW weight decay.")
-    max_grad_norm: float = Field(default=1.0, ge=0.0, description="Gradients are clipped to this norm; 0: no clipping.")
+    max_grad_norm: float = Field(
+        default=1.0, ge=0.0, le=1e6, description="Gradients are clipped to this norm; 0: no clipping."
+    )
     gradient_checkpointing: bool = Field(
         default=False, description="Recompute activations in the backward pass: less memory, ~30% slower."
     )
@@ -196,22 +214,29 @@ class RunSpec(BaseModel):
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         default="auto", description="Mixed precision for training; auto: bf16 on a GPU that has it, else fp32."
     )
-    logging_steps: int = Field(default=1, ge=1, description="A metric point every this many steps.")
-    seed: int = Field(default=42, ge=0, description="Seed for weights init, data order and dropout.")
+    logging_steps: int = Field(default=1, ge=1, le=10_000_000, description="A metric point every this many steps.")
+    seed: int = Field(default=42, ge=0, le=2**32 - 1, description="Seed for weights init, data order and dropout.")
     # --- evaluation and checkpoints
     eval_steps: int = Field(
-        default=0, ge=0, description="Evaluate every this many steps; 0: once at the end (with eval data)."
+        default=0,
+        ge=0,
+        le=10_000_000,
+        description="Evaluate every this many steps; 0: once at the end (with eval data).",
     )
     early_stopping_patience: int = Field(
         default=0,
         ge=0,
+        le=10_000,
         description="Stop after this many evaluations without a better eval loss and keep the best "
         "checkpoint as the result; 0: off.",
     )
     save_steps: int = Field(
-        default=100, ge=0, description="Save a checkpoint (to resume from) every this many steps; 0: never."
+        default=100,
+        ge=0,
+        le=10_000_000,
+        description="Save a checkpoint (to resume from) every this many steps; 0: never.",
     )
-    save_total_limit: int = Field(default=2, ge=1, description="Checkpoints kept; older ones are deleted.")
+    save_total_limit: int = Field(default=2, ge=1, le=1000, description="Checkpoints kept; older ones are deleted.")
     # --- where it runs
     worker: str = Field(
         default="",
@@ -284,10 +309,13 @@ class RunSpec(BaseModel):
         if not value and info.field_name == "eval_dataset":
             return value
         path = Path(value).expanduser()
-        if not path.is_file():
-            raise ValueError(f"{info.field_name}: no file at {value}")
         if path.suffix.lower() not in DATASET_SUFFIXES:
             raise ValueError(f"{info.field_name}: {path.name} is not one of {', '.join(DATASET_SUFFIXES)}")
+        # The roots first: whether a file outside them exists is nobody's business.
+        if roots_enforced() and not inside(path, get_settings().allowed_dataset_roots):
+            raise ValueError(dataset_outside(str(info.field_name), value, get_settings()))
+        if not path.is_file():
+            raise ValueError(f"{info.field_name}: no file at {value}")
         return str(path.resolve())
 
     @field_validator("target_modules", "modules_to_save", "feedforward_modules", mode="before")
@@ -421,7 +449,7 @@ class RunSpec(BaseModel):
 class PlaygroundRequest(BaseModel):
     """One playground prompt: the run's base answers it beside its adapter, a checkpoint or its merged model."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     run_id: str = Field(pattern=r"^[0-9a-f]{1,32}$", description="The run whose models answer.")
     prompt: str = Field(min_length=1, max_length=20_000, description="What both models continue or answer.")

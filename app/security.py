@@ -1,7 +1,10 @@
 """Who may use loradeck, and what every response says to the browser.
 
-- Bound to 127.0.0.1 (the default) nobody logs in, unless `require_login` is set. Bound to any other
-  address, pages need the admin password (a signed session cookie) and the JSON API an API token.
+- A request whose Host is not a loopback name, an IP address or an allowed host is refused first, in every
+  mode: a page on another site that rebinds its name to 127.0.0.1 sends its own name (DNS rebinding).
+- Listening on loopback only (the default) nobody logs in, unless `require_login` is set. Listening on any
+  other address (decided from the sockets actually bound, app.binding), pages need the admin password (a
+  signed session cookie, revoked by logout and by a new password) and the JSON API an API token.
 - Cross-site form posts are refused (CSRF) by the browser's own Sec-Fetch-Site / Origin headers, which
   a page on another site cannot forge; requests with an API token carry no ambient credential.
 - Every response carries security headers.
@@ -14,6 +17,8 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import logging
+import re
 import secrets
 import time
 from http.cookies import SimpleCookie
@@ -23,12 +28,17 @@ from urllib.parse import quote
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.binding import listening_addresses
 from app.config import Settings, get_settings
+from app.paths import enforcing_roots
+
+log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "loradeck_session"
 SESSION_SECONDS = 14 * 24 * 3600
 OPEN_PATHS = ("/login", "/static/", "/healthz")
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+HOST_HEADER = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[^:\[\]]*)(:\d{1,5})?$")
 HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
@@ -89,42 +99,109 @@ def secret_key(settings: Settings) -> bytes:
     return bytes.fromhex(Path(path).read_text().strip())
 
 
+def session_epoch(settings: Settings) -> int:
+    """The server-side session generation: a cookie made in an older one is no longer valid."""
+    try:
+        return int((settings.data_dir / "session_epoch").read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def revoke_sessions(settings: Settings) -> None:
+    """Log every session out (logout: there is one admin): bump the epoch, kept in the data dir."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.data_dir / "session_epoch"
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(str(session_epoch(settings) + 1))
+    temporary.replace(path)
+
+
+def _signing_key(settings: Settings) -> bytes:
+    # Keyed by the password hash too: a new admin password invalidates every session made with the old one.
+    return hmac.new(secret_key(settings), b"session:" + settings.admin_password_hash.encode(), hashlib.sha256).digest()
+
+
 def make_session(settings: Settings) -> str:
-    payload = base64.urlsafe_b64encode(json.dumps({"exp": int(time.time()) + SESSION_SECONDS}).encode()).decode()
-    signature = hmac.new(secret_key(settings), payload.encode(), hashlib.sha256).hexdigest()
+    claims = {"exp": int(time.time()) + SESSION_SECONDS, "epoch": session_epoch(settings)}
+    payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode()
+    signature = hmac.new(_signing_key(settings), payload.encode(), hashlib.sha256).hexdigest()
     return f"{payload}.{signature}"
 
 
 def session_is_valid(cookie: str, settings: Settings) -> bool:
     payload, _, signature = cookie.partition(".")
-    expected = hmac.new(secret_key(settings), payload.encode(), hashlib.sha256).hexdigest()
+    expected = hmac.new(_signing_key(settings), payload.encode(), hashlib.sha256).hexdigest()
     if not hmac.compare_digest(signature, expected):
         return False
     try:
-        return int(json.loads(base64.urlsafe_b64decode(payload))["exp"]) > time.time()
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+        return int(claims["exp"]) > time.time() and int(claims["epoch"]) == session_epoch(settings)
     except (ValueError, KeyError, TypeError):
         return False
 
 
+# --- where it listens, and which names it answers to
+
+
 def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
+    """Whether an address to bind is loopback-only; an empty host listens on every interface."""
+    if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
 
 
+_bound: list[str] = []
+
+
+def bound_addresses() -> list[str]:
+    """The addresses this process listens on, read once they are known (the first request comes after them)."""
+    if not _bound:
+        _bound.extend(listening_addresses())
+        if _bound and not all(is_loopback(address) for address in _bound):
+            log.warning("listening on %s: pages and the API need a login", ", ".join(_bound))
+    return _bound
+
+
 def login_required(settings: Settings) -> bool:
-    return settings.require_login or not is_loopback(settings.host)
+    """Unless both the host setting and every socket actually bound are loopback-only (`uvicorn --host 0.0.0.0`
+    bypasses the setting; an empty host listens everywhere)."""
+    addresses = [settings.host, *bound_addresses()]
+    return settings.require_login or not all(is_loopback(address) for address in addresses)
+
+
+def host_name(header: str) -> str | None:
+    """The name in a Host header, without its port and brackets, lowercased; None when malformed."""
+    match = HOST_HEADER.match(header.strip())
+    if not match or not match.group(1):
+        return None
+    return match.group(1).strip("[]").rstrip(".").lower()
+
+
+def host_is_allowed(header: str, settings: Settings) -> bool:
+    """Loopback names, IP addresses (a rebinding page can only send its own name) and the allowed hosts."""
+    name = host_name(header)
+    if not name:
+        return False
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    allowed = {host.lower().rstrip(".") for host in settings.allowed_hosts}
+    return "*" in allowed or name in allowed
 
 
 def login_problem(settings: Settings) -> str | None:
     """Why the web app must not start as configured, or None."""
     if login_required(settings) and not settings.admin_password_hash:
         return (
-            f"loradeck is bound to {settings.host}, so it needs a login: set LORADECK_ADMIN_PASSWORD_HASH "
-            "(make one with `loradeck hash-password`), or bind to 127.0.0.1"
+            f"loradeck is bound to {settings.host or 'every interface'}, so it needs a login: "
+            "set LORADECK_ADMIN_PASSWORD_HASH (make one with `loradeck hash-password`), or bind to 127.0.0.1"
         )
     return None
 
@@ -164,19 +241,30 @@ class SecurityMiddleware:
             )
             await send({"type": "http.response.body", "body": json.dumps({"detail": body}).encode()})
             return
-        await self.app(scope, receive, send_with_headers)
+        with enforcing_roots():  # every request: paths only under the allowed roots (app.paths)
+            await self.app(scope, receive, send_with_headers)
 
     def _refusal(self, scope: Scope, headers: dict[str, str], settings: Settings) -> tuple[int, str, list[Any]] | None:
         path: str = scope["path"]
+        host = headers.get("host", "")
+        if not host_is_allowed(host, settings):
+            return (
+                400,
+                f"Host {host or '(none)'} is not one this server answers to: open it by a loopback name or its "
+                "IP address, or add the name to LORADECK_ALLOWED_HOSTS",
+                [],
+            )
         bearer = headers.get("authorization", "")
         token = bearer[7:].strip() if bearer.lower().startswith("bearer ") else ""
         if scope["method"] in UNSAFE_METHODS and not token:
             site = headers.get("sec-fetch-site")
             origin = headers.get("origin")
-            host = headers.get("host", "")
             if site is not None and site not in ("same-origin", "none"):
                 return 403, f"cross-site request refused (Sec-Fetch-Site: {site})", []
-            if origin and origin != "null" and origin.split("://", 1)[-1] != host:
+            # "null" is what a sandboxed frame, a data: URL or a cross-site redirect sends: never this site.
+            if origin == "null":
+                return 403, "cross-origin request refused (Origin: null)", []
+            if origin and origin.split("://", 1)[-1] != host:
                 return 403, f"cross-origin request refused (Origin: {origin})", []
         if not login_required(settings) or path.startswith(OPEN_PATHS):
             return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import socket
 import subprocess
@@ -43,18 +44,35 @@ def port_is_free(port: int) -> bool:
         return True
 
 
-def start_redis(*, port: int, directory: Path, persist: bool = True) -> subprocess.Popen[bytes]:
-    """Start a private redis-server on 127.0.0.1:port, files in `directory`; return once it answers."""
+def redis_password(directory: Path) -> str:
+    """The private Redis's password: made once, kept in `directory` (the data dir), readable by its owner only."""
+    path = directory / "redis_password"
+    if not path.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_hex(24))
+    return path.read_text().strip()
+
+
+def start_redis(*, port: int, directory: Path, persist: bool = True, password: str = "") -> subprocess.Popen[bytes]:
+    """Start a private redis-server on 127.0.0.1:port, files in `directory`; return once it answers.
+    With a password, clients must give it (it goes in a config file of the owner's, not on the command line)."""
     directory.mkdir(parents=True, exist_ok=True)
     if not port_is_free(port):
         raise RuntimeError(
             f"port {port} is already in use, so loradeck cannot start its private Redis there: stop what "
             f"listens on it, or set REDIS_URL to a Redis server to use instead"
         )
-    args = [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
+    args = [find_redis_server()]
+    if password:
+        config = directory / "redis.conf"
+        config.touch(mode=0o600)
+        config.write_text(f"requirepass {password}\n")
+        args.append(str(config))
+    args += ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
     args += ["--appendonly", "yes"] if persist else ["--save", "", "--appendonly", "no"]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    wait_for_redis(f"redis://127.0.0.1:{port}/0", process=process)
+    wait_for_redis(f"redis://{':' + password + '@' if password else ''}127.0.0.1:{port}/0", process=process)
     return process
 
 

@@ -114,6 +114,8 @@ def loradeck_env(
         "DATABASE_URL": database_url,
         "LORADECK_MODEL_ROOTS": str(tmp_path_factory.getbasetemp()),
         "LORADECK_DATASET_ROOTS": str(tmp_path_factory.getbasetemp()),
+        # The Host that FastAPI's TestClient sends; a real browser on loopback needs no such setting.
+        "LORADECK_ALLOWED_HOSTS": "testserver",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -135,6 +137,7 @@ class Stack:
     env: dict[str, str]
     data_dir: Path
     worker_log: Path
+    pids: dict[str, int]  # the processes by role: web, trainer, inspector, generator
 
     @property
     def database_url(self) -> str:
@@ -160,8 +163,11 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 60) 
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, module_database_url: str) -> Iterator[Stack]:
-    """The whole thing as a user runs it: migrations, a Celery worker process and uvicorn, as subprocesses."""
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, redis_url: str, module_database_url: str
+) -> Iterator[Stack]:
+    """The whole thing as a user runs it: migrations, a Celery worker process and uvicorn, as subprocesses.
+    A test module may set `STACK_ENV`, a dict of settings, to change the stack's environment."""
     root = tmp_path_factory.mktemp("stack")
     data_dir = root / "data"
     port = free_port()
@@ -176,6 +182,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, module_datab
         "LORADECK_MAX_UPLOAD_BYTES": str(5 * 1024**2),
         "LORADECK_MODEL_ROOTS": str(tmp_path_factory.getbasetemp()),
         "LORADECK_DATASET_ROOTS": str(tmp_path_factory.getbasetemp()),
+        **getattr(request.module, "STACK_ENV", {}),
     }
     subprocess.run([sys.executable, "-m", "app.cli", "migrate"], env=env, cwd=REPO, check=True)
     worker_log = root / "worker.log"
@@ -201,7 +208,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str, module_datab
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_http(url, web)
-        yield Stack(url=url, env=env, data_dir=data_dir, worker_log=worker_log)
+        pids = {"web": web.pid, "trainer": worker.pid, "inspector": helpers[0].pid, "generator": helpers[1].pid}
+        yield Stack(url=url, env=env, data_dir=data_dir, worker_log=worker_log, pids=pids)
     finally:
         for process in (web, worker, *helpers):
             process.terminate()

@@ -9,6 +9,7 @@ broker always agree. No ML library is imported here: the tasks import them when 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any
 
@@ -52,6 +53,10 @@ def _register(sender: Any, **_: Any) -> None:
     # Every worker reaps, so a lost run is found while any worker lives; their UPDATEs are conditional.
     _reaper = Reaper()
     _reaper.start()
+    if "inspect" in queues:  # dataset checks fork from a forkserver: start it before the first upload
+        from worker.bounded import warm
+
+        threading.Thread(target=warm, name="loradeck-forkserver", daemon=True).start()
 
 
 def worker_record() -> dict[str, Any]:

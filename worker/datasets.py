@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +22,26 @@ FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parqu
 LISTED_PROBLEMS = 20  # an error naming 20 rows is enough to see the pattern; the total says how bad it is
 WHAT_A_ROW_NEEDS = '"prompt" and "completion", "messages", or "text"'
 
-# A conversation in one CSV cell easily passes the csv module's 128 KiB default field limit.
-csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+READ_CHUNK = 1024**2
+PARQUET_BATCH_ROWS = 256
+# A Parquet file may decode to this many times its size (text compresses 3-5x, a repeated system prompt more);
+# past that, and past half the inspection memory, it is refused as a decompression bomb.
+PARQUET_EXPANSION = 100
+PARQUET_FLOOR_BYTES = 16 * 1024**2
+
+
+def max_row_bytes() -> int:
+    from app.config import get_settings
+
+    return get_settings().max_row_bytes
+
+
+def _row_too_long(limit: int) -> _Unreadable:
+    return _Unreadable(f"longer than the {_size(limit)} a row may be (LORADECK_MAX_ROW_BYTES); split or shorten it")
+
+
+def _size(count: float) -> str:
+    return f"{count / 1024**2:,.1f} MiB" if count >= 1024**2 else f"{count / 1024:,.0f} KiB"
 
 
 class DatasetError(ValueError):
@@ -141,7 +158,7 @@ def read_rows(path: str | Path, limit: int | None = None) -> list[Row]:
 
 def _records(path: Path, fmt: str) -> Iterator[tuple[int, Any]]:
     if fmt == "jsonl":
-        return _jsonl_records(path.read_bytes())
+        return _jsonl_records(_lines(path))
     if fmt == "parquet":
         return _parquet_records(path)
     data = path.read_bytes()
@@ -152,13 +169,31 @@ def _records(path: Path, fmt: str) -> Iterator[tuple[int, Any]]:
     if fmt == "csv":
         return _csv_records(text)
     if not text.lstrip().startswith("["):
-        return _jsonl_records(data)  # a .json file of JSON lines, which is common enough to accept
+        return _jsonl_records(_lines(path))  # a .json file of JSON lines, which is common enough to accept
     return _json_list_records(text)
 
 
-def _jsonl_records(data: bytes) -> Iterator[tuple[int, Any]]:
-    # Split bytes, not str: str.splitlines also breaks at U+2028 and friends, which JSON strings may hold raw.
-    for number, raw in enumerate(data.splitlines(), start=1):
+def _lines(path: Path) -> Iterator[bytes | None]:
+    """The file's lines without their ends, read a bounded piece at a time; None for a line past the row cap
+    (it is skipped without being held in memory)."""
+    limit = max_row_bytes()
+    with path.open("rb") as handle:
+        while piece := handle.readline(limit + 1):
+            if len(piece) > limit and not piece.endswith(b"\n"):
+                while (rest := handle.readline(READ_CHUNK)) and not rest.endswith(b"\n"):
+                    pass
+                yield None
+                continue
+            # Split bytes, not str: str.splitlines also breaks at U+2028 and friends, which JSON strings may hold
+            # raw; bytes.splitlines breaks at \n, \r and \r\n, as reading the whole file used to.
+            yield from piece.splitlines() or [b""]
+
+
+def _jsonl_records(lines: Iterator[bytes | None]) -> Iterator[tuple[int, Any]]:
+    for number, raw in enumerate(lines, start=1):
+        if raw is None:
+            yield number, _row_too_long(max_row_bytes())
+            continue
         try:
             text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
         except UnicodeDecodeError as exc:
@@ -204,6 +239,7 @@ def _skip_space(text: str, position: int) -> int:
 
 
 def _csv_records(text: str) -> Iterator[tuple[int, Any]]:
+    csv.field_size_limit(max_row_bytes())  # a conversation in one cell easily passes the 128 KiB default
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = [name.strip() for name in next(reader, [])]
@@ -218,7 +254,10 @@ def _csv_records(text: str) -> Iterator[tuple[int, Any]]:
             else:
                 yield line, dict(zip(header, cells, strict=True))
     except csv.Error as exc:
-        yield reader.line_num, _Unreadable(f"not readable as CSV ({exc})")
+        if "field larger than field limit" in str(exc):
+            yield reader.line_num, _row_too_long(max_row_bytes())
+        else:
+            yield reader.line_num, _Unreadable(f"not readable as CSV ({exc})")
 
 
 def _parquet_records(path: Path) -> Iterator[tuple[int, Any]]:
@@ -227,11 +266,54 @@ def _parquet_records(path: Path) -> Iterator[tuple[int, Any]]:
     except ImportError:
         raise DatasetError(f"dataset {path.name}: reading Parquet needs pyarrow (pip install pyarrow)") from None
     try:
-        records = pq.read_table(path).to_pylist()
+        yield from _parquet_batches(pq.ParquetFile(path), path.stat().st_size)
     except Exception as exc:  # pyarrow raises ArrowInvalid, OSError and more for a damaged file
         yield 0, _Unreadable(f"not a readable Parquet file ({exc})")
-        return
-    yield from enumerate(records, start=1)
+
+
+def _plain(batch: Any) -> Any:
+    import pyarrow as pa
+
+    if not any(pa.types.is_dictionary(column.type) for column in batch.columns):
+        return batch
+    columns = [c.dictionary_decode() if pa.types.is_dictionary(c.type) else c for c in batch.columns]
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
+
+
+def _parquet_cap(file_size: int) -> int:
+    from app.config import get_settings
+
+    half_memory = get_settings().inspect_memory_mb * 1024**2 // 2
+    return min(max(PARQUET_FLOOR_BYTES, PARQUET_EXPANSION * file_size), half_memory)
+
+
+def _parquet_batches(parquet: Any, file_size: int) -> Iterator[tuple[int, Any]]:
+    """One row group at a time, a few hundred rows at a time, counting the bytes they decode to: a small file
+    that inflates to gigabytes (a Parquet bomb) is refused at the cap, before it is held in memory."""
+    cap, row_limit, decoded, line = _parquet_cap(file_size), max_row_bytes(), 0, 0
+    bomb = (
+        f"decodes to more than {_size(cap)} ({PARQUET_EXPANSION} times its size on disk, at most half of "
+        "LORADECK_INSPECT_MEMORY_MB); the rest is not read: write it with plain encoding, or as JSONL"
+    )
+    for group in range(parquet.metadata.num_row_groups):
+        meta = parquet.metadata.row_group(group)
+        stated = sum(meta.column(i).total_uncompressed_size for i in range(meta.num_columns))
+        if decoded + stated > cap:
+            yield line + 1, _Unreadable(f"row group {group + 1} {bomb}")
+            return
+        for encoded in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group]):
+            batch = _plain(encoded)  # a dictionary column counts at its decoded size, as Python will hold it
+            decoded += batch.nbytes
+            if decoded > cap:
+                yield line + 1, _Unreadable(bomb)
+                return
+            per_row = batch.nbytes / max(batch.num_rows, 1)
+            for record in batch.to_pylist():
+                line += 1
+                if per_row > row_limit and len(json.dumps(record, default=str)) > row_limit:
+                    yield line, _row_too_long(row_limit)
+                else:
+                    yield line, record
 
 
 # --- the shapes: a parsed value -> Row, or the reason it is not one

@@ -21,13 +21,17 @@ from datetime import datetime
 from typing import Any
 
 import redis
+from pydantic import ValidationError
 
 from app import events, runs
 from app.config import get_settings
 from app.db import get_sessionmaker
 from app.models import Run, RunStatus, utcnow
+from app.paths import enforcing_roots
 from app.queue import enqueue_train
+from app.schemas import RunSpec
 from worker.lease import HANDED_BACK, reap_every, resume_step
+from worker.scheduling import fail_unrunnable
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +96,22 @@ class Reaper:
         moved = [move for run_id, heartbeat in expired if (move := self._expire(run_id, heartbeat))]
         for run_id in list(self.unsent):
             self._send(run_id)
-        return moved
+        return moved + [(run_id, RunStatus.failed) for run_id in self._end_unrunnable()]
+
+    def _end_unrunnable(self) -> list[str]:
+        """Queued runs that can no longer start (their dataset or base model was deleted, or lies outside the
+        roots now) fail at once with the reason, instead of waiting, maybe for days, behind other runs."""
+        with get_sessionmaker()() as session:
+            specs = [(run.id, run.spec) for run in runs.list_runs(session=session, status=RunStatus.queued, limit=1000)]
+        ended = []
+        with enforcing_roots():
+            for run_id, spec in specs:
+                try:
+                    RunSpec.model_validate(spec)
+                except ValidationError as exc:
+                    if fail_unrunnable(run_id, exc):
+                        ended.append(run_id)
+        return ended
 
     def _timeout(self, status: str, cancel: bool) -> float:
         if status == RunStatus.running:

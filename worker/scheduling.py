@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from pydantic import ValidationError
 
 from app import events, runs
 from app.config import get_settings
@@ -68,7 +69,11 @@ def place(run_id: str, me: dict[str, Any]) -> bool:
         run = runs.get_run(session=session, run_id=run_id)
         if run.status not in (RunStatus.queued, RunStatus.interrupted):
             return True  # the claim decides (a duplicate message, a cancelled run)
-        spec = RunSpec.model_validate(run.spec)
+        try:
+            spec = RunSpec.model_validate(run.spec)
+        except ValidationError as exc:  # its dataset or base model went away (or out of the roots) since
+            fail_unrunnable(run_id, exc)
+            return False
     # The estimate (a model skeleton on the meta device) is only worth making when memory is limited.
     need = need_of(spec) if me.get("memory_per_gpu") else Need(worker=spec.worker, gpus=spec.gpus, memory=0)
     reason = why_not(need, me)
@@ -98,6 +103,23 @@ def place(run_id: str, me: dict[str, Any]) -> bool:
     log.info("run %s goes to %s: %s", run_id, target, reason)
     send_to_worker(run_id, target)
     return False
+
+
+def unrunnable_reason(exc: ValidationError) -> str:
+    """What in a stored spec no longer holds, each problem naming its field and path."""
+    problems = [str(error["msg"]).removeprefix("Value error, ") for error in exc.errors()]
+    return "the run cannot start: " + "; ".join(problems)
+
+
+def fail_unrunnable(run_id: str, exc: ValidationError) -> bool:
+    """Fail a waiting run whose spec no longer validates (a file deleted since it was queued), saying why."""
+    error = unrunnable_reason(exc)
+    with get_sessionmaker()() as session:
+        failed = runs.fail_unplaceable(session=session, run_id=run_id, error=error)
+    if failed:
+        log.warning("run %s: %s", run_id, error)
+        _announce_failure(run_id, error)
+    return failed
 
 
 def _announce_failure(run_id: str, error: str) -> None:

@@ -9,7 +9,11 @@ from typing import Any
 
 from celery import shared_task
 
+from app.paths import enforcing_roots
 from app.queue import ESTIMATE_TASK, GENERATE_TASK, MERGE_TASK, TRAIN_TASK, Queue
+
+# Every task re-checks the paths it reads against the allowed roots (app.paths): a spec stored before the
+# roots changed, or one that reached the queue some other way, reads nothing outside them.
 
 
 @shared_task(name=TRAIN_TASK, queue=Queue.train.value, acks_late=True, ignore_result=True)
@@ -19,8 +23,9 @@ def train_run(run_id: str) -> None:
     from worker.scheduling import place
     from worker.train import run_training
 
-    if place(run_id, worker_record()):
-        run_training(run_id)
+    with enforcing_roots():
+        if place(run_id, worker_record()):
+            run_training(run_id)
 
 
 @shared_task(name=MERGE_TASK, queue=Queue.merge.value, acks_late=True, ignore_result=True)
@@ -28,7 +33,8 @@ def merge_artifact(artifact_id: str) -> None:
     """Merge a run's adapter into its base model and check the result."""
     from worker.merge import merge_artifact as merge
 
-    merge(artifact_id)
+    with enforcing_roots():
+        merge(artifact_id)
 
 
 @shared_task(name=ESTIMATE_TASK, queue=Queue.inspect.value, ignore_result=False)
@@ -37,7 +43,8 @@ def estimate(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         from worker.estimate import answer_estimate
 
-        return answer_estimate(spec)
+        with enforcing_roots():
+            return answer_estimate(spec)
     except Exception as exc:  # raised, it would reach the web as a bare 500
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
@@ -47,4 +54,5 @@ def playground(generation_id: str, request: dict[str, Any]) -> None:
     """Answer a playground prompt with the run's base and its adapter (or checkpoint, or merged model)."""
     from worker.generate import run_playground
 
-    run_playground(generation_id, request)
+    with enforcing_roots():
+        run_playground(generation_id, request)

@@ -24,6 +24,7 @@ from app.run_files import checkpoints, log_tail
 from app.schemas import RunSpec
 
 router = APIRouter(prefix="/api/v1", tags=["api"])
+MAX_STEP = 10**12  # past any run's steps, and inside the database's 64-bit integers
 
 
 def artifact_out(artifact: Artifact) -> ArtifactOut:
@@ -90,7 +91,7 @@ def get_run(run_id: str, session: SessionDep) -> RunOut:
 def get_metrics(
     run_id: str,
     session: SessionDep,
-    after_step: int = -1,
+    after_step: Annotated[int, Query(ge=-1, le=MAX_STEP)] = -1,
     max_points: Annotated[int | None, Query(ge=10, le=100_000)] = None,
 ) -> JSONResponse:
     """The run's metric points so far, by step; `after_step` returns only the newer ones, `max_points`
@@ -122,7 +123,7 @@ async def run_events(
     session: SessionDep,
     settings: SettingsDep,
     last_event_id: Annotated[str | None, Query()] = None,
-    after_step: Annotated[int | None, Query(ge=0)] = None,
+    after_step: Annotated[int | None, Query(ge=0, le=MAX_STEP)] = None,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> StreamingResponse:
     """Server-sent events of the run: status, params, metric, log, checkpoint, artifact, done.

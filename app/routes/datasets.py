@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
@@ -18,9 +18,9 @@ from app.models import Dataset
 from app.paths import model_path_problem
 from app.queue import DESCRIBE_DATASET_TASK, InspectUnavailable, ask_inspector
 from app.schemas import check_base_model
+from app.uploads import UPLOAD_OPENAPI, read_upload
 
 router = APIRouter()
-CHUNK = 1 << 20
 
 
 def dataset_out(dataset: Dataset) -> dict[str, Any]:
@@ -64,80 +64,53 @@ def _describe(path: Path, filename: str, base_model: str, max_seq_length: int) -
     return dict(answer["description"]) | {"file": filename}
 
 
-async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
-    while chunk := await upload.read(CHUNK):
-        yield chunk
+def _form_int(fields: dict[str, str], name: str, default: int) -> int:
+    value = fields.get(name, "").strip()
+    if not value:
+        return default
+    if not value.lstrip("-").isdigit():
+        raise HTTPException(422, f"{name}: Input should be a valid integer, not {value[:40]!r}")
+    return int(value)
 
 
-async def upload_dataset(
-    *,
-    request: Request,
-    session: SessionDep,
-    settings: Settings,
-    upload: UploadFile,
-    name: str,
-    base_model: str,
-    max_seq_length: int,
-) -> tuple[Dataset, bool]:
+async def upload_dataset(*, request: Request, session: SessionDep, settings: Settings) -> tuple[Dataset, bool]:
     """Store, validate and describe an upload; the same content uploaded twice is stored once."""
-    _refuse_oversized(request, settings)
-    base_model = base_model or settings.default_base_model
     try:
-        display, _ = datasets.clean_filename(upload.filename or "")
-        temporary, sha256, size, suffix = await datasets.store_upload(
-            chunks=_chunks(upload), filename=upload.filename or "", settings=settings
-        )
+        upload = await read_upload(request, settings)
     except datasets.UploadRefused as exc:
         status = 413 if "upload limit" in str(exc) else 422
         raise HTTPException(status, str(exc)) from exc
     try:
-        existing = datasets.find_by_hash(session=session, sha256=sha256)
+        name, display = upload.fields.get("name", ""), datasets.clean_filename(upload.filename)[0]
+        if len(name) > 200:
+            raise HTTPException(422, "name: String should have at most 200 characters")
+        max_seq_length = _form_int(upload.fields, "max_seq_length", 256)
+        base_model = upload.fields.get("base_model", "") or settings.default_base_model
+        existing = datasets.find_by_hash(session=session, sha256=upload.sha256)
         if existing is not None:
             return existing, False
-        description = _describe(temporary, display, base_model, max_seq_length)
-        final = datasets.final_path(settings, sha256, suffix)
-        shutil.move(temporary, final)
+        description = await run_in_threadpool(_describe, upload.path, display, base_model, max_seq_length)
+        final = datasets.final_path(settings, upload.sha256, upload.suffix)
+        shutil.move(upload.path, final)
         dataset = datasets.add_dataset(
             session=session,
             name=(name.strip() or display)[:200],
             filename=display,
-            sha256=sha256,
+            sha256=upload.sha256,
             path=final,
-            size=size,
+            size=upload.size,
             description=description | {"base_model": base_model},
         )
         return dataset, True
     finally:
-        temporary.unlink(missing_ok=True)
+        upload.path.unlink(missing_ok=True)
 
 
-def _refuse_oversized(request: Request, settings: Settings) -> None:
-    # Refuse before reading the body when the client says how big it is.
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > settings.max_upload_bytes + 1024**2:
-        raise HTTPException(413, f"file: larger than the {settings.max_upload_bytes / 1024**2:,.0f} MiB upload limit")
-
-
-@router.post("/api/v1/datasets", status_code=201, tags=["api"])
-async def create_dataset(
-    request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    file: UploadFile,
-    name: Annotated[str, Form(max_length=200)] = "",
-    base_model: Annotated[str, Form()] = "",
-    max_seq_length: Annotated[int, Form()] = 256,
-) -> dict[str, Any]:
-    """Upload a JSONL, CSV or Parquet dataset: every bad row is reported by line; a good file is described."""
-    dataset, _ = await upload_dataset(
-        request=request,
-        session=session,
-        settings=settings,
-        upload=file,
-        name=name,
-        base_model=base_model,
-        max_seq_length=max_seq_length,
-    )
+@router.post("/api/v1/datasets", status_code=201, tags=["api"], openapi_extra=UPLOAD_OPENAPI)
+async def create_dataset(request: Request, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
+    """Upload a JSONL, CSV or Parquet dataset (multipart: file, and optionally name, base_model and
+    max_seq_length): every bad row is reported by line; a good file is described."""
+    dataset, _ = await upload_dataset(request=request, session=session, settings=settings)
     return dataset_out(dataset)
 
 
@@ -186,30 +159,13 @@ def datasets_page(request: Request, session: SessionDep, settings: SettingsDep) 
 
 
 @router.post("/datasets", include_in_schema=False, response_model=None)
-async def upload_form(
-    request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    file: UploadFile,
-    name: Annotated[str, Form()] = "",
-    base_model: Annotated[str, Form()] = "",
-    max_seq_length: Annotated[str, Form()] = "256",
-) -> Response:
+async def upload_form(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
     """The upload form: a good file opens its page; a bad one is reported row by row."""
     try:
-        length = int(max_seq_length) if max_seq_length.strip().isdigit() else 0
-        dataset, _ = await upload_dataset(
-            request=request,
-            session=session,
-            settings=settings,
-            upload=file,
-            name=name,
-            base_model=base_model,
-            max_seq_length=length,
-        )
+        dataset, _ = await upload_dataset(request=request, session=session, settings=settings)
     except HTTPException as exc:
         detail = exc.detail if isinstance(exc.detail, dict) else {"message": str(exc.detail), "problems": []}
-        context = {"error": detail, "filename": file.filename}
+        context = {"error": detail, "filename": None}
         return templates.TemplateResponse(request, "_upload_result.html", context, status_code=exc.status_code)
     url = f"/datasets/{dataset.id}"
     return Response(status_code=204, headers={"HX-Redirect": url}) if is_htmx(request) else RedirectResponse(url, 303)

@@ -3,6 +3,7 @@ side by side, streamed token by token. Generation runs on a `generate` worker, n
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,7 +14,7 @@ from fastapi.responses import HTMLResponse, StreamingResponse
 from app import playground, runs
 from app.dataset_shapes import first_row_shape
 from app.deps import SessionDep, SettingsDep
-from app.events import follow
+from app.events import Event, follow
 from app.live import live_hub
 from app.models import ArtifactKind, ArtifactStatus, Run, RunStatus
 from app.queue import enqueue_generation
@@ -65,6 +66,9 @@ def start_generation(body: PlaygroundRequest, session: SessionDep, settings: Set
         body = body.model_copy(update={"chat": trained_with_chat(lookup_run(session, body.run_id).spec)})
     generation_id = playground.new_generation_id()
     try:
+        # From now on its events page knows the id, and answers 404 for any other.
+        with redis.Redis.from_url(settings.redis_url, socket_timeout=5) as client:
+            client.set(playground.known_key(generation_id), 1, ex=playground.KEEP_S)
         enqueue_generation(generation_id, body.model_dump())
     except Exception as exc:  # Redis down: say so rather than leave the page waiting
         raise HTTPException(503, f"the generate queue is unreachable ({type(exc).__name__}); is Redis up?") from exc
@@ -74,17 +78,35 @@ def start_generation(body: PlaygroundRequest, session: SessionDep, settings: Set
 @router.get("/api/v1/playground/{generation_id}/events", tags=["api"])
 async def generation_events(generation_id: str, request: Request, settings: SettingsDep) -> StreamingResponse:
     """Server-sent events of one playground request: start (the sides), token (side, text), done or error."""
+    unknown = HTTPException(404, f"no playground request with id {generation_id} (answers are kept an hour)")
     if not generation_id.isalnum() or len(generation_id) > 32:
-        raise HTTPException(404, f"no playground request with id {generation_id}")
+        raise unknown
     after = request.headers.get("Last-Event-ID", "0-0")
+    hub = live_hub(settings.redis_url)
+    key = playground.stream_key(generation_id)
+    try:
+        if not await hub.client.exists(key, playground.known_key(generation_id)):
+            raise unknown
+    except (redis.RedisError, OSError) as exc:
+        raise HTTPException(503, f"Redis is unreachable, so the answer cannot be read: {exc}") from exc
 
     async def stream() -> AsyncIterator[str]:
-        hub = live_hub(settings.redis_url)
+        heard = time.monotonic()
         try:
             yield "retry: 2000\n\n"
-            key = playground.stream_key(generation_id)
-            async for event in follow(hub.client, key, after, until=playground.FINAL_EVENTS):
-                yield ": keep-alive\n\n" if event is None else event.to_sse()
+            async for event in follow(hub.client, key, after, until=playground.FINAL_EVENTS, block_ms=5_000):
+                if event is not None:
+                    heard = time.monotonic()
+                    yield event.to_sse()
+                elif time.monotonic() - heard > playground.IDLE_S:
+                    message = (
+                        f"no answer for {playground.IDLE_S:.0f} s: is a generate worker running? "
+                        "(`loradeck up` starts one; `loradeck worker --queues generate`)"
+                    )
+                    yield Event(id=after, event="error", data={"message": message}).to_sse()
+                    return
+                else:
+                    yield ": keep-alive\n\n"
         except (redis.RedisError, OSError):
             return
 

@@ -60,7 +60,7 @@ def test_bad_spec_is_refused_naming_each_field_and_nothing_is_stored(client: Tes
         json={
             "r": 0,
             "base_model": "no such model",
-            "dataset": "/nowhere.jsonl",
+            "dataset": "assets/nowhere.jsonl",
             "target_modules": "q_proj;x",
         },
     )
@@ -68,7 +68,7 @@ def test_bad_spec_is_refused_naming_each_field_and_nothing_is_stored(client: Tes
     problems = {tuple(error["loc"][1:]): error["msg"] for error in response.json()["detail"]}
     assert set(problems) == {("r",), ("base_model",), ("dataset",), ("target_modules",)}
     assert "no such model is neither a local model directory nor a hub id" in problems[("base_model",)]
-    assert "no file at /nowhere.jsonl" in problems[("dataset",)]
+    assert "no file at assets/nowhere.jsonl" in problems[("dataset",)]
     assert client.get("/api/v1/runs").json() == []
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
+import redis
 
 from app.services import free_port
 
@@ -48,6 +50,13 @@ def test_up_serves_the_form_and_ctrl_c_stops_every_child(tmp_path: Path) -> None
         assert "redis-server" in names and "uvicorn" in names
         assert "-Q train,merge" in names and "-Q inspect" in names
         assert (tmp_path / "data" / "loradeck.db").is_file()
+        # The private Redis asks for the password generated into the data dir, and keeps it off the command line.
+        password = tmp_path / "data" / "redis_password"
+        assert password.stat().st_mode & 0o077 == 0
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=redis_port).ping()
+        assert redis.Redis(port=redis_port, password=password.read_text().strip()).ping()
+        assert password.read_text().strip() not in names
 
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=60) == 0

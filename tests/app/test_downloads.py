@@ -111,7 +111,7 @@ def test_downloads_stay_inside_the_artifact(server: str, artifact: Artifact, lor
     root = get_settings().runs_dir / "run1" / "merged"
     (root / "link").symlink_to(secret)
     with httpx.Client(base_url=server, timeout=30) as client:
-        for name in ("../../../loradeck.db", "/etc/passwd", "link", "missing.bin"):
+        for name in ("../../../loradeck.db", "/etc/passwd", "link", "missing.bin", "model.safetensors\x00.txt"):
             response = client.get("/api/v1/artifacts/art1/download", params={"file": name})
             assert response.status_code == 404, name
         with tarfile.open(fileobj=io.BytesIO(client.get("/api/v1/artifacts/art1/download").content)) as archive:

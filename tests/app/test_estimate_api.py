@@ -13,7 +13,10 @@ from fastapi.testclient import TestClient
 from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR
 from tests.conftest import Stack
 
-LLAMA_8B = Path(__file__).resolve().parents[1] / "worker" / "configs" / "llama-8b"
+CONFIGS = Path(__file__).resolve().parents[1] / "worker" / "configs"
+LLAMA_8B = CONFIGS / "llama-8b"
+# The stored configs are allowed base models here (a path outside the roots is refused, config.json or not).
+STACK_ENV = {"LORADECK_MODEL_ROOTS": str(CONFIGS)}
 DATASET = str(SAMPLE_DATASET_DIR / "train.jsonl")
 
 # The tiny Llama by hand: embeddings and lm_head 3008 x 192, 4 layers of 4 x 192² attention, 3 x 192 x 512 MLP

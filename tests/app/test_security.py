@@ -1,19 +1,26 @@
-"""Security: headers everywhere, cross-site posts refused, login beyond loopback, paths inside the roots."""
+"""Security: headers everywhere, foreign Hosts and cross-site posts refused, login wherever the socket is not
+loopback-only, sessions revoked by logout and a new password, paths inside the roots."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from app.security import hash_password, new_api_token, verify_password
+from app.security import SESSION_COOKIE, hash_password, new_api_token, verify_password
+from app.services import free_port
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -127,3 +134,162 @@ def test_paths_outside_the_allowed_roots_are_refused(client: TestClient) -> None
         assert _runs(client) == []
     finally:
         shutil.rmtree(outside)
+
+
+# --- DNS rebinding: only loopback names, IP addresses and the allowed hosts are served
+
+
+def test_a_foreign_host_is_refused_before_anything_happens(client: TestClient) -> None:
+    for host in ("evil.example:8000", "evil.example", "127.0.0.1.evil.example", "localhost.evil.example:80", ""):
+        headers = {"Host": host, "Origin": f"http://{host}", "Sec-Fetch-Site": "same-origin"}
+        listed = client.get("/api/v1/runs", headers=headers)
+        assert listed.status_code == 400 and "LORADECK_ALLOWED_HOSTS" in listed.json()["detail"], host
+        created = client.post("/api/v1/runs", json={"name": "rebound", "max_steps": 5}, headers=headers)
+        assert created.status_code == 400, host
+        form = client.post("/runs", data={"name": "rebound"}, headers=headers, follow_redirects=False)
+        assert form.status_code == 400, host
+        assert client.get("/", headers=headers).status_code == 400, host
+    assert _runs(client) == []
+
+
+def test_loopback_names_and_addresses_are_served(client: TestClient) -> None:
+    for host in ("localhost:8000", "LOCALHOST", "127.0.0.1:8000", "127.0.0.1", "[::1]:8000", "app.localhost:8000",
+                 "192.168.1.5:8000", "testserver"):  # fmt: skip
+        assert client.get("/api/v1/runs", headers={"Host": host}).status_code == 200, host
+        origin = {"Host": host, "Origin": f"http://{host}", "Sec-Fetch-Site": "same-origin"}
+        created = client.post("/api/v1/runs", json={"name": f"via {host}", "max_steps": 5}, headers=origin)
+        assert created.status_code == 201, (host, created.text)
+    assert len(_runs(client)) == 8
+
+
+def test_allowed_hosts_setting_admits_a_proxy_name(
+    loradeck_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LORADECK_ALLOWED_HOSTS", "testserver, loradeck.example.org")
+    from app.config import get_settings
+
+    get_settings.cache_clear()
+    from app.main import app
+
+    with TestClient(app) as client:
+        assert client.get("/api/v1/runs", headers={"Host": "loradeck.example.org"}).status_code == 200
+        assert client.get("/api/v1/runs", headers={"Host": "other.example.org"}).status_code == 400
+    get_settings.cache_clear()
+
+
+def test_a_post_with_origin_null_is_refused(client: TestClient) -> None:
+    response = client.post("/api/v1/runs", json={"name": "sandboxed", "max_steps": 5}, headers={"Origin": "null"})
+    assert response.status_code == 403 and "Origin: null" in response.json()["detail"]
+    assert _runs(client) == []
+
+
+# --- login follows the socket actually bound
+
+
+def _serve(command: list[str], env: dict[str, str], port: int) -> subprocess.Popen[str]:
+    process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+            return process
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    process.kill()
+    raise AssertionError(f"the web app did not start: {process.communicate()[0][-3000:]}")
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def test_a_bare_uvicorn_on_every_interface_demands_login(loradeck_env: dict[str, str]) -> None:
+    port = free_port()
+    env = {**os.environ, "LORADECK_HOST": "127.0.0.1"}  # the setting says loopback; the socket does not
+    web = _serve([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", str(port)], env, port)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(url + "/api/v1/runs").status_code == 401
+        page = httpx.get(url + "/runs/new")
+        assert page.status_code == 303 and page.headers["location"].startswith("/login")
+        created = httpx.post(url + "/api/v1/runs", json={"name": "no login", "max_steps": 5})
+        assert created.status_code == 401
+    finally:
+        _stop(web)
+
+
+def test_an_empty_host_demands_login(loradeck_env: dict[str, str], tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "LORADECK_HOST": ""}
+    refused = subprocess.run(
+        [sys.executable, "-m", "app.cli", "web", "--port", str(port)], env=env, cwd=REPO, capture_output=True, text=True
+    )
+    assert refused.returncode != 0 and "needs a login: set LORADECK_ADMIN_PASSWORD_HASH" in refused.stderr
+    env["LORADECK_ADMIN_PASSWORD_HASH"] = hash_password("a long admin password")
+    web = _serve([sys.executable, "-m", "app.cli", "web", "--port", str(port)], env, port)
+    try:
+        assert httpx.get(f"http://127.0.0.1:{port}/api/v1/runs").status_code == 401
+    finally:
+        _stop(web)
+
+
+# --- sessions and passwords
+
+
+@pytest.fixture
+def login_client(loradeck_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    monkeypatch.setenv("LORADECK_REQUIRE_LOGIN", "true")
+    monkeypatch.setenv("LORADECK_ADMIN_PASSWORD_HASH", hash_password("a long admin password"))
+    from app.config import get_settings
+    from app.routes.auth import throttle
+
+    get_settings.cache_clear()
+    from app.main import app
+
+    with TestClient(app) as client:
+        yield client
+    throttle.failures.clear()
+    get_settings.cache_clear()
+
+
+def _log_in(client: TestClient, password: str = "a long admin password") -> httpx.Response:
+    return client.post("/login", data={"password": password, "next": "/"}, follow_redirects=False)
+
+
+def test_wrong_passwords_in_a_row_are_throttled(login_client: TestClient) -> None:
+    answers = [_log_in(login_client, f"guess {n}").status_code for n in range(30)]
+    assert answers[:5] == [401] * 5 and answers.count(429) >= 24
+    held = _log_in(login_client)  # even the right one waits its turn
+    assert held.status_code == 429 and int(held.headers["retry-after"]) >= 1 and "try again" in held.text
+
+
+def test_logout_revokes_the_session_cookie(login_client: TestClient) -> None:
+    assert _log_in(login_client).status_code == 303
+    cookie = login_client.cookies[SESSION_COOKIE]
+    assert login_client.get("/runs/new").status_code == 200
+    login_client.post("/logout")
+    login_client.cookies.set(SESSION_COOKIE, cookie)  # the old cookie, replayed
+    assert login_client.get("/runs/new", follow_redirects=False).status_code == 303
+
+
+def test_a_new_password_revokes_old_sessions(login_client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.config import get_settings
+
+    assert _log_in(login_client).status_code == 303
+    assert login_client.get("/runs/new").status_code == 200
+    monkeypatch.setenv("LORADECK_ADMIN_PASSWORD_HASH", hash_password("another long password"))
+    get_settings.cache_clear()
+    assert login_client.get("/runs/new", follow_redirects=False).status_code == 303
+
+
+def test_cookie_secure_setting_marks_the_cookie(login_client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.config import get_settings
+
+    assert "secure" not in _log_in(login_client).headers["set-cookie"].lower()
+    monkeypatch.setenv("LORADECK_COOKIE_SECURE", "true")
+    get_settings.cache_clear()
+    assert "; secure" in _log_in(login_client).headers["set-cookie"].lower()
