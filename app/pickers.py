@@ -65,7 +65,8 @@ def model_options(settings: Settings) -> list[Choice]:
             if directory.resolve() in seen or len(options) >= MAX_MODELS:
                 continue
             seen.add(directory.resolve())
-            options.append(Choice(str(directory), f"{directory.name} · {describe_model(directory)}"))
+            where = f"in {directory.parent}"  # two models of one name are told apart by where they are
+            options.append(Choice(str(directory), f"{directory.name} · {describe_model(directory)} · {where}"))
     return options
 
 
