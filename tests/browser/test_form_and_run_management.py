@@ -34,9 +34,12 @@ TINY = {
 def sized(browser: Browser, request: pytest.FixtureRequest) -> Any:
     context = browser.new_context(viewport={"width": request.param, "height": 900}, accept_downloads=True)
     page = context.new_page()
-    page.width = request.param  # type: ignore[attr-defined]
     yield page
     context.close()
+
+
+def width(page: Page) -> int:
+    return int((page.viewport_size or {"width": 0})["width"])
 
 
 def narrow(browser: Browser) -> Any:
@@ -102,7 +105,7 @@ def test_sections_and_fields_per_method(stack: Stack, sized: Page) -> None:
     assert "r" not in sent and "use_dora" not in sent and "num_virtual_tokens" not in sent
     assert "target_modules" in sent and "feedforward_modules" in sent and "learning_rate" in sent
     no_horizontal_scroll(page)
-    shot(page, f"new-run-sections-{page.width}")  # type: ignore[attr-defined]
+    shot(page, f"new-run-sections-{width(page)}")
 
 
 def test_pickers_fill_dataset_and_local_model(
@@ -110,22 +113,22 @@ def test_pickers_fill_dataset_and_local_model(
 ) -> None:
     page = sized
     models = tmp_path_factory.mktemp("my-models")
-    local = models / f"my-tiny-llama-{page.width}"  # type: ignore[attr-defined]
+    local = models / f"my-tiny-llama-{width(page)}"
     shutil.copytree(TINY_MODEL_DIR, local)
     # Uploads are stored once by content: each width uploads a file of its own.
     rows = (
-        (SAMPLE_DATASET_DIR / "train.jsonl").read_text(encoding="utf-8").splitlines()[: 20 + WIDTHS.index(page.width)]
-    )  # type: ignore[attr-defined]
+        (SAMPLE_DATASET_DIR / "train.jsonl").read_text(encoding="utf-8").splitlines()[: 20 + WIDTHS.index(width(page))]
+    )
     upload = httpx.post(
         stack.url + "/api/v1/datasets",
         files={"file": ("addresses.jsonl", "\n".join(rows).encode(), "application/jsonl")},
-        data={"name": f"picked addresses {page.width}"},  # type: ignore[attr-defined]
+        data={"name": f"picked addresses {width(page)}"},
         timeout=60,
     )
     assert upload.status_code == 201, upload.text
     dataset = upload.json()
     page.goto(stack.url + "/runs/new")
-    option = page.locator("#pick-dataset option", has_text=f"picked addresses {page.width}")  # type: ignore[attr-defined]
+    option = page.locator("#pick-dataset option", has_text=f"picked addresses {width(page)}")
     expect(option).to_contain_text("rows")
     expect(option).to_contain_text("uploaded")
     expect(page.locator("#pick-dataset option", has_text="Bundled sample")).to_have_count(1)
@@ -182,7 +185,7 @@ def test_two_field_error_under_both_fields_in_one_round_trip(stack: Stack, sized
     expect(page.locator("#f-max_steps")).to_have_value("0")
     assert run_count(stack) == before
     no_horizontal_scroll(page)
-    shot(page, f"new-run-two-field-error-{page.width}")  # type: ignore[attr-defined]
+    shot(page, f"new-run-two-field-error-{width(page)}")
 
 
 def test_stop_mid_run_gives_a_stopped_run_whose_adapter_merges(stack: Stack, page: Page) -> None:
@@ -259,3 +262,29 @@ def test_delete_and_archive_at_390px(stack: Stack, browser: Browser) -> None:
         shot(page, "new-run-390")
     finally:
         context.close()
+
+
+def test_compare_picker_smoothing_and_export(stack: Stack, page: Page) -> None:
+    first = start_run(stack, name="twin", max_steps=3)
+    second = start_run(stack, name="twin", max_steps=3, learning_rate=1e-3)
+    for run in (first, second):
+        wait_for(stack, run["id"], lambda r: r["status"] == "succeeded", timeout=240)
+    page.goto(stack.url + "/compare")
+    # Two runs of one name are told apart by id, date, status and final loss.
+    for run in (first, second):
+        entry = page.locator(f'label.check[data-run-id="{run["id"]}"]')
+        expect(entry).to_contain_text(run["id"])
+        expect(entry).to_contain_text("succeeded")
+        expect(entry).to_contain_text("final loss")
+        entry.locator("input").check()
+    page.click("#compare-button")
+    expect(page.locator("#compare-chart")).to_have_attribute("data-series", "2", timeout=30_000)
+    page.locator("#compare-smoothing").fill("0.8")
+    expect(page.locator("#compare-smoothing-value")).to_have_text("0.80")
+    with page.expect_download() as csv_download:
+        page.click("#export-csv")
+    lines = Path(csv_download.value.path()).read_text().splitlines()
+    assert lines[0].startswith("run_id,run_name,step,kind")
+    assert {line.split(",")[0] for line in lines[1:]} == {first["id"], second["id"]}
+    exported = httpx.get(f"{stack.url}/compare/export?runs={first['id']},{second['id']}&format=json", timeout=30)
+    assert {row["run_id"] for row in exported.json()} == {first["id"], second["id"]}
