@@ -55,6 +55,8 @@ def test_up_serves_the_form_and_ctrl_c_stops_every_child(tmp_path: Path) -> None
         page = httpx.get(url + "/runs/new", timeout=10)
         assert page.status_code == 200 and 'name="lora_alpha"' in page.text
         assert httpx.get(url + "/healthz", timeout=10).json()["ok"] is True
+        icon = httpx.get(url + "/favicon.ico", timeout=10)
+        assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
         children = psutil.Process(up.pid).children(recursive=True)
         names = " ".join(" ".join(child.cmdline()) for child in children)
         assert "redis-server" in names and "uvicorn" in names
