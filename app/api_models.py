@@ -29,6 +29,10 @@ class RunOut(BaseModel):
     max_steps: int | None
     last_loss: float | None
     attempts: int = Field(default=0, description="Workers lost while training it; resumed each time.")
+    stop_requested: bool = Field(
+        default=False, description="Stop was asked: it ends `stopped` at its next step, adapter saved."
+    )
+    archived_at: datetime | None = Field(default=None, description="When it was archived (hidden from lists).")
     evaluation: dict[str, Any] | None = Field(
         default=None,
         description="After training: task metrics (exact match, JSON fields right) and regression prompts' "

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from urllib.parse import urlparse
 
 from app.config import REPO_ROOT, get_settings
@@ -159,14 +160,23 @@ def cmd_token(_: argparse.Namespace) -> int:
 class Supervisor:
     """Starts the children of `loradeck up`, restarts a worker that dies, stops them all in order."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
         self.env = env
+        self.log_dir = log_dir
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.stopping = False
 
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
     def spawn(self, name: str, args: list[str]) -> None:
-        # Own session: Ctrl-C reaches only `up`, which then stops the children in a safe order.
-        self.children[name] = subprocess.Popen(args, env=self.env, cwd=REPO_ROOT, start_new_session=True)
+        # Own session: Ctrl-C reaches only `up`, which then stops the children in a safe order. Each child
+        # writes to its own log file, so the terminal shows only the summary.
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_path(name).open("ab") as log:
+            self.children[name] = subprocess.Popen(
+                args, env=self.env, cwd=REPO_ROOT, start_new_session=True, stdout=log, stderr=subprocess.STDOUT
+            )
 
     def stop(self, *_: object) -> None:
         self.stopping = True
@@ -199,6 +209,19 @@ def wait_for_web(url: str, web: subprocess.Popen[bytes], timeout: float = 60.0) 
     return False
 
 
+def up_summary(url: str, data_dir: Path, supervisor: Supervisor) -> str:
+    """What `loradeck up` prints once the web answers: the URL first, then where everything is."""
+    workers = ", ".join(f"{name} ({queues})" for name, queues in UP_WORKERS)
+    return (
+        f"loradeck is up: {url}\n"
+        f"  data dir: {data_dir}\n"
+        f"  workers:  {workers}\n"
+        f"  logs:     {supervisor.log_dir}/{{web,trainer,inspector,generator}}.log"
+        f"  (follow them: tail -f {supervisor.log_dir}/*.log)\n"
+        "  Ctrl-C stops it."
+    )
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     host, port = bind(args)
     settings = get_settings()
@@ -212,7 +235,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         password = redis_password(settings.data_dir)
         redis_url = f"redis://:{password}@127.0.0.1:{target.port or 6390}{target.path or '/0'}"
     env = dict(os.environ, PYTHONUNBUFFERED="1", REDIS_URL=redis_url)
-    supervisor = Supervisor(env)
+    supervisor = Supervisor(env, settings.data_dir.resolve() / "logs")
     signal.signal(signal.SIGINT, supervisor.stop)
     signal.signal(signal.SIGTERM, supervisor.stop)
     try:
@@ -228,12 +251,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         supervisor.spawn("web", web_command(host, port))
         url = f"http://{host}:{port}"
         if not wait_for_web(url, supervisor.children["web"]):
-            print("loradeck: the web app did not start; see the messages above", file=sys.stderr)
+            print(f"loradeck: the web app did not start; see {supervisor.log_path('web')}", file=sys.stderr)
             return 1
-        print(
-            f"\n  loradeck is up: {url}\n  data dir: {settings.data_dir.resolve()}\n  Ctrl-C stops it.\n",
-            flush=True,
-        )
+        print(up_summary(url, settings.data_dir.resolve(), supervisor), flush=True)
         while not supervisor.stopping:
             time.sleep(0.5)
             if supervisor.children["web"].poll() is not None:
@@ -241,7 +261,10 @@ def cmd_up(args: argparse.Namespace) -> int:
                 return 1
             for name, queues in UP_WORKERS:
                 if supervisor.children[name].poll() is not None and not supervisor.stopping:
-                    print(f"loradeck: the {name} worker exited; starting a new one", file=sys.stderr)
+                    print(
+                        f"loradeck: the {name} worker exited (see {supervisor.log_path(name)}); starting a new one",
+                        file=sys.stderr,
+                    )
                     time.sleep(2)
                     supervisor.spawn(name, worker_command(queues, name))
         return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import typing
 from dataclasses import dataclass, field
 from enum import Enum
@@ -14,19 +15,72 @@ from starlette.datastructures import FormData
 
 from app.schemas import SAMPLE_TRAIN, RunSpec, default_eval
 
-BASIC_FIELDS = (
-    "name",
-    "base_model",
-    "dataset",
-    "method",
-    "r",
-    "lora_alpha",
-    "lora_dropout",
-    "target_modules",
-    "learning_rate",
-    "max_steps",
-    "per_device_train_batch_size",
-)
+# The form's sections, in order, each with its fields: every RunSpec field is in exactly one.
+SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("data", "Model and data", (
+        "name", "base_model", "dataset", "chat_template", "train_on_prompt", "max_seq_length", "packing",
+    )),
+    ("method", "Method", (
+        "method", "target_modules", "modules_to_save", "feedforward_modules", "num_virtual_tokens",
+        "prompt_tuning_init_text",
+    )),
+    ("lora", "LoRA", ("r", "lora_alpha", "lora_dropout", "use_dora", "use_rslora", "bias")),
+    ("quantization", "Quantization", (
+        "quantization", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype",
+    )),
+    ("schedule", "Schedule", (
+        "learning_rate", "lr_scheduler_type", "warmup_ratio", "max_steps", "num_train_epochs",
+        "per_device_train_batch_size", "gradient_accumulation_steps", "optim", "weight_decay", "max_grad_norm",
+        "gradient_checkpointing", "precision", "logging_steps", "seed",
+    )),
+    ("evaluation", "Evaluation", (
+        "eval_dataset", "eval_split", "eval_steps", "early_stopping_patience", "task_eval_rows",
+        "regression_prompts", "eval_max_new_tokens",
+    )),
+    ("placement", "Checkpoints and placement", ("save_steps", "save_total_limit", "worker", "gpus")),
+)  # fmt: skip
+
+# What a person reads; the RunSpec name stays beside it in small monospace.
+LABELS: dict[str, str] = {
+    "name": "Run name", "base_model": "Base model", "dataset": "Training data", "chat_template": "Chat template",
+    "train_on_prompt": "Train on prompts too", "max_seq_length": "Max sequence length", "packing": "Pack rows",
+    "method": "Method", "target_modules": "Target modules", "modules_to_save": "Modules trained in full",
+    "feedforward_modules": "Feed-forward modules", "num_virtual_tokens": "Virtual tokens",
+    "prompt_tuning_init_text": "Initial prompt text", "r": "Rank", "lora_alpha": "Alpha",
+    "lora_dropout": "Dropout", "use_dora": "DoRA", "use_rslora": "Rank-stabilised LoRA", "bias": "Train biases",
+    "quantization": "Base quantization", "bnb_4bit_quant_type": "4-bit type",
+    "bnb_4bit_use_double_quant": "Double quantization", "bnb_4bit_compute_dtype": "4-bit compute dtype",
+    "learning_rate": "Learning rate", "lr_scheduler_type": "LR schedule", "warmup_ratio": "Warmup share",
+    "max_steps": "Max steps", "num_train_epochs": "Epochs", "per_device_train_batch_size": "Batch size per device",
+    "gradient_accumulation_steps": "Gradient accumulation", "optim": "Optimizer", "weight_decay": "Weight decay",
+    "max_grad_norm": "Gradient clipping", "gradient_checkpointing": "Gradient checkpointing",
+    "precision": "Precision", "logging_steps": "Log every", "seed": "Seed", "eval_dataset": "Eval data",
+    "eval_split": "Held-out share", "eval_steps": "Evaluate every", "early_stopping_patience": "Early-stop patience",
+    "task_eval_rows": "Eval rows answered", "regression_prompts": "Regression prompts",
+    "eval_max_new_tokens": "Answer length", "save_steps": "Checkpoint every", "save_total_limit": "Checkpoints kept",
+    "worker": "Worker", "gpus": "GPUs",
+}  # fmt: skip
+
+# Fields that apply only to some methods: hidden (and not submitted) for the others.
+LORA_ONLY = ("lora", "qlora")
+METHOD_FIELDS: dict[str, tuple[str, ...]] = {
+    **{name: LORA_ONLY for name in ("r", "lora_alpha", "lora_dropout", "use_dora", "use_rslora", "bias")},
+    "target_modules": ("lora", "qlora", "ia3"),
+    "feedforward_modules": ("ia3",),
+    "num_virtual_tokens": ("prompt_tuning",),
+    "prompt_tuning_init_text": ("prompt_tuning",),
+}
+# bitsandbytes' 4-bit options: only when the base is loaded in 4 bits (qlora, or quantization 4bit).
+FOUR_BIT_FIELDS = ("bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype")
+
+assert sorted(n for _, _, names in SECTIONS for n in names) == sorted(RunSpec.model_fields), "a field lacks a section"
+
+
+def field_applies(name: str, method: str, quantization: str) -> bool:
+    """Whether a field means anything for this method and quantization (the same rule as run_form.js)."""
+    if name in FOUR_BIT_FIELDS:
+        return method == "qlora" or quantization == "4bit"
+    return method in METHOD_FIELDS.get(name, (method,))
 
 
 # Starting points offered above the form. A preset sets only the fields it names: the dataset, its eval
@@ -80,6 +134,19 @@ class FormField:
     choices: list[str] = field(default_factory=list)
     attrs: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    methods: tuple[str, ...] = ()  # the methods it applies to; empty: all
+    applies: bool = True
+
+
+@dataclass
+class FormSection:
+    key: str
+    title: str
+    fields: list[FormField]
+
+    @property
+    def applies(self) -> bool:
+        return any(f.applies for f in self.fields)
 
 
 def _choices(annotation: Any) -> list[str]:
@@ -104,11 +171,13 @@ def _display(value: Any, name: str = "") -> Any:
 
 
 def build_fields(values: dict[str, Any], errors: dict[str, str] | None = None) -> list[FormField]:
-    """Every RunSpec field as a form field, basic ones first, holding the given (or default) values."""
+    """Every RunSpec field as a form field, section by section, holding the given (or default) values."""
     errors = errors or {}
     defaults = form_defaults(values.get("dataset"))
+    method = str(_display(values.get("method", defaults["method"])))
+    quantization = str(values.get("quantization", defaults["quantization"]))
     fields = []
-    ordered = list(BASIC_FIELDS) + [name for name in RunSpec.model_fields if name not in BASIC_FIELDS]
+    ordered = [name for _, _, names in SECTIONS for name in names]
     for name in ordered:
         info = RunSpec.model_fields[name]
         annotation = info.annotation
@@ -134,24 +203,29 @@ def build_fields(values: dict[str, Any], errors: dict[str, str] | None = None) -
         fields.append(
             FormField(
                 name=name,
-                label=name,
+                label=LABELS.get(name, name),
                 help=info.description or "",
                 widget=widget,
                 value=_display(value, name),
                 choices=choices,
                 attrs=attrs,
                 error=errors.get(name),
+                methods=METHOD_FIELDS.get(name, ()),
+                applies=field_applies(name, method, quantization),
             )
         )
     return fields
 
 
+def build_sections(values: dict[str, Any], errors: dict[str, str] | None = None) -> list[FormSection]:
+    by_name = {f.name: f for f in build_fields(values, errors)}
+    return [FormSection(key, title, [by_name[name] for name in names]) for key, title, names in SECTIONS]
+
+
 def form_context(values: dict[str, Any], errors: dict[str, str] | None = None) -> dict[str, Any]:
-    """What the form templates need: the basic and the advanced fields, and the errors."""
-    fields = build_fields(values, errors)
+    """What the form templates need: the sections with their fields, and the errors."""
     return {
-        "basic": fields[: len(BASIC_FIELDS)],
-        "advanced": fields[len(BASIC_FIELDS) :],
+        "sections": build_sections(values, errors),
         "errors": errors or {},
         "presets": [(key, label) for key, (label, _) in PRESETS.items()],
         "preset_values": preset_values(),
@@ -172,6 +246,48 @@ def form_values(form: FormData) -> dict[str, Any]:
         if submitted:
             values[name] = submitted[-1]
     return values
+
+
+# Field names too common as words to be read as a field inside a message.
+_COMMON_WORDS = {"name", "r", "bias", "seed", "worker", "gpus", "optim", "precision", "dataset"}
+_FIELD_WORD = re.compile(r"(?<![A-Za-z0-9_])([a-z][a-z0-9_]*)(?![A-Za-z0-9_])")
+
+
+def fields_involved(name: str, message: str) -> list[str]:
+    """The fields an error is about: its own, the ones its message starts with ("use_dora, use_rslora: ...")
+    and every other field the message names (a cross-field rule names each side)."""
+    head, _, rest = message.partition(":")
+    named = [n.strip() for n in head.split(",")] if rest else []
+    involved = [n for n in [name, *named] if n in RunSpec.model_fields]
+    for word in _FIELD_WORD.findall(rest or message):
+        if word in RunSpec.model_fields and word not in _COMMON_WORDS and word not in involved:
+            involved.append(word)
+    return involved or [name]
+
+
+def check_form(values: dict[str, Any]) -> tuple[RunSpec | None, dict[str, str]]:
+    """Validate the submitted values, finding every error in one go: pydantic checks the cross-field rules
+    only once each field is valid, so each failing field is set aside (to its default) and the rest checked
+    again, until nothing new turns up. A cross-field error is listed under each field it names."""
+    errors: dict[str, str] = {}
+    trial = dict(values)
+    for _ in range(8):
+        try:
+            spec = RunSpec.model_validate(trial)
+        except ValidationError as exc:
+            found = validation_errors(exc)
+            progressed = False
+            for name, message in found.items():
+                for involved in fields_involved(name, message):
+                    errors.setdefault(involved, message)
+                    if involved in trial:
+                        trial.pop(involved)
+                        progressed = True
+            if not progressed:
+                break
+            continue
+        return (None, errors) if errors else (spec, {})
+    return None, errors
 
 
 def validation_errors(exc: ValidationError) -> dict[str, str]:

@@ -29,10 +29,11 @@ class RunStatus(enum.StrEnum):
     failed = "failed"
     cancelled = "cancelled"
     interrupted = "interrupted"
+    stopped = "stopped"  # stopped early on request, its adapter saved: a success with fewer steps
 
     @property
     def finished(self) -> bool:
-        return self in (RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled)
+        return self in (RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled, RunStatus.stopped)
 
 
 class ArtifactKind(enum.StrEnum):
@@ -59,6 +60,10 @@ class Run(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     cancel_requested: Mapped[bool] = mapped_column(default=False)
+    # "Stop": end at the next step with a checkpoint and the adapter saved (status stopped).
+    stop_requested: Mapped[bool] = mapped_column(default=False, server_default="0")
+    # Archived runs are kept but hidden from the runs list and the pickers.
+    archived_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     worker: Mapped[str | None] = mapped_column(String(200))
     error: Mapped[str | None] = mapped_column(Text)
     params_all: Mapped[int | None] = mapped_column(BigInteger)

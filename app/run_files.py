@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +42,27 @@ def checkpoints(settings: Settings, run_id: str) -> list[dict[str, Any]]:
                 size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
                 found.append({"name": path.name, "step": int(match.group(1)), "size_bytes": size})
     return sorted(found, key=lambda c: c["step"])
+
+
+def tree_size(path: Path) -> int:
+    """Bytes of every file below `path` (0 when it does not exist)."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+
+
+def removal_summary(settings: Settings, run_id: str) -> dict[str, Any]:
+    """What deleting the run removes from disk: its directory, that directory's size, and what it holds."""
+    root = run_dir(settings, run_id)
+    return {
+        "directory": str(root),
+        "exists": root.is_dir(),
+        "size_bytes": tree_size(root),
+        "entries": sorted(p.name for p in root.iterdir()) if root.is_dir() else [],
+        "checkpoints": len(checkpoints(settings, run_id)),
+    }
+
+
+def remove_run_dir(settings: Settings, run_id: str) -> None:
+    """Delete the run's directory: spec.json, checkpoints, adapter, merged model, train.log."""
+    root = run_dir(settings, run_id)
+    if root.is_dir() and root.resolve().is_relative_to(settings.runs_dir.resolve()):
+        shutil.rmtree(root)

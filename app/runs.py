@@ -41,10 +41,19 @@ def get_run(*, session: Session, run_id: str) -> Run:
 
 
 def list_runs(
-    *, session: Session, status: str | None = None, search: str | None = None, limit: int = 100, offset: int = 0
+    *,
+    session: Session,
+    status: str | None = None,
+    search: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+    archived: bool | None = False,
 ) -> Sequence[Run]:
-    """Runs, newest first; `search` matches part of the name, case-insensitively."""
+    """Runs, newest first; `search` matches part of the name, case-insensitively. Archived runs are left
+    out unless `archived` is True (only them) or None (all)."""
     query = select(Run).order_by(Run.created_at.desc(), Run.id.desc()).limit(limit).offset(offset)
+    if archived is not None:
+        query = query.where(Run.archived_at.is_not(None) if archived else Run.archived_at.is_(None))
     if status:
         query = query.where(Run.status == status)
     if search:
@@ -205,6 +214,46 @@ def request_cancel(*, session: Session, run_id: str) -> Run:
     return run
 
 
+def request_stop(*, session: Session, run_id: str) -> Run:
+    """Stop and keep what it learned: a running run saves a checkpoint and its adapter at the next step and
+    ends `stopped`; a queued one has learned nothing and is cancelled at once."""
+    run = get_run(session=session, run_id=run_id)
+    if RunStatus(run.status).finished:
+        raise Conflict(f"run {run_id} has already {run.status}")
+    if run.status == RunStatus.queued:
+        return request_cancel(session=session, run_id=run_id)
+    run.stop_requested = True
+    session.commit()
+    return run
+
+
+def stop_flags(*, session: Session, run_id: str) -> tuple[bool, bool]:
+    """(cancel_requested, stop_requested): what the training callback reads every step, in one query."""
+    row = session.execute(select(Run.cancel_requested, Run.stop_requested).where(Run.id == run_id)).first()
+    return (bool(row[0]), bool(row[1])) if row else (False, False)
+
+
+def delete_run(*, session: Session, run_id: str) -> Run:
+    """Delete a finished run's rows (its metrics and artifacts go with it). Refused while it may still train:
+    cancel it first. The caller removes its directory (app.run_files.remove_run_dir)."""
+    run = get_run(session=session, run_id=run_id)
+    if not RunStatus(run.status).finished:
+        raise Conflict(f"run {run_id} is {run.status}: cancel or stop it first, then delete it")
+    session.execute(delete(Metric).where(Metric.run_id == run_id))
+    session.execute(delete(Artifact).where(Artifact.run_id == run_id))
+    session.delete(run)
+    session.commit()
+    return run
+
+
+def set_archived(*, session: Session, run_id: str, archived: bool) -> Run:
+    """Archive (hide from the runs list and the pickers, keep everything) or bring a run back."""
+    run = get_run(session=session, run_id=run_id)
+    run.archived_at = utcnow() if archived else None
+    session.commit()
+    return run
+
+
 def fail_unplaceable(*, session: Session, run_id: str, error: str) -> bool:
     """A waiting run that no worker online can hold fails with the reason (if it is still waiting)."""
     waiting = (RunStatus.queued, RunStatus.interrupted)
@@ -234,8 +283,9 @@ def get_artifact(*, session: Session, artifact_id: str) -> Artifact:
 
 
 def can_merge(*, session: Session, run: Run) -> bool:
-    """A succeeded run, or one whose adapter is saved while base and adapter are still being evaluated."""
-    if run.status == RunStatus.succeeded:
+    """A succeeded (or stopped) run, or one whose adapter is saved while base and adapter are still being
+    evaluated."""
+    if run.status in (RunStatus.succeeded, RunStatus.stopped):
         return True
     adapter = session.scalar(
         select(Artifact.id).where(
@@ -263,6 +313,10 @@ def request_merge(*, session: Session, run_id: str, dtype: str) -> tuple[Artifac
     session.add(artifact)
     session.commit()
     return artifact, True
+
+
+def count_metrics(*, session: Session, run_id: str) -> int:
+    return int(session.scalar(select(func.count()).select_from(Metric).where(Metric.run_id == run_id)) or 0)
 
 
 def count_runs(*, session: Session, status: str | None = None) -> int:

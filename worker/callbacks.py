@@ -59,6 +59,7 @@ class MetricsCallback(TrainerCallback):
         self.publisher = publisher
         self.lease = lease
         self.cancelled = False
+        self.stopped = False  # "Stop": a checkpoint at this step, then the adapter is saved as for a success
         self.lease_lost = False
         self.handed_back = False  # stopped for a worker shutdown; resumes elsewhere
         self._pending: list[dict[str, Any]] = []
@@ -198,10 +199,16 @@ class MetricsCallback(TrainerCallback):
         # Every step, so a cancel stops within one optimizer step: one primary-key read, about 0.2 ms on
         # SQLite (a round trip on PostgreSQL), against a step of tens of milliseconds at the very least.
         with self.sessions() as session:
-            if runs.cancel_requested(session=session, run_id=self.run_id):
-                log.info("cancel requested; stopping after step %d", state.global_step)
-                self.cancelled = True
-                control.should_training_stop = True
+            cancel, stop = runs.stop_flags(session=session, run_id=self.run_id)
+        if cancel:
+            log.info("cancel requested; stopping after step %d", state.global_step)
+            self.cancelled = True
+            control.should_training_stop = True
+        elif stop and not self.stopped:
+            log.info("stop requested: a checkpoint and the adapter at step %d, then the run ends", state.global_step)
+            self.stopped = True
+            control.should_save = True  # saved at this very step, before training stops
+            control.should_training_stop = True
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

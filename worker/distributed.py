@@ -251,7 +251,7 @@ def train_rank(spec: RunSpec, run_id: str, worker: str, checkpoint: Path | None)
         if publisher is None:
             return None
         save_results(setup, spec, run_id, run_dir, sessions, publisher, details)
-        return RunStatus.succeeded
+        return RunStatus.stopped if metrics is not None and metrics.stopped else RunStatus.succeeded
     finally:
         if publisher is not None:
             publisher.close()

@@ -150,8 +150,10 @@ def _train(
     if callback.cancelled:
         return RunStatus.cancelled
     details = final_evaluation(trainer, setup, spec, callback, publisher)
+    if callback.stopped:
+        details["stopped_at_step"] = trainer.state.global_step
     save_results(setup, spec, run_id, run_dir, sessions, publisher, details)
-    return RunStatus.succeeded
+    return RunStatus.stopped if callback.stopped else RunStatus.succeeded
 
 
 @dataclass

@@ -14,13 +14,14 @@ from app.api_models import ArtifactOut, MergeRequest, MetricOut, RunOut
 from app.config import get_settings
 from app.deps import SessionDep, SettingsDep
 from app.downloads import download_response
-from app.events import Event, position_before_step
+from app.events import Event, position_before_step, stream_key
 from app.live import live_hub
 from app.metrics import metric_points
 from app.models import Artifact, Run, RunStatus
 from app.paths import spec_path_problems
+from app.preflight import module_name_problems
 from app.queue import enqueue_merge, enqueue_train
-from app.run_files import checkpoints, log_tail
+from app.run_files import checkpoints, log_tail, remove_run_dir
 from app.schemas import RunSpec
 
 router = APIRouter(prefix="/api/v1", tags=["api"])
@@ -34,17 +35,23 @@ def artifact_out(artifact: Artifact) -> ArtifactOut:
     return out
 
 
-def refuse_paths_outside_roots(spec: RunSpec) -> None:
-    """422 in the shape of a validation error, naming each field whose path lies outside the allowed roots."""
-    problems = spec_path_problems(spec, get_settings())
+def refuse_field_problems(problems: dict[str, str]) -> None:
+    """422 in the shape of a validation error, one item per field."""
     if problems:
         detail = [{"loc": ["body", name], "msg": message, "type": "value_error"} for name, message in problems.items()]
         raise HTTPException(422, detail)
 
 
+def refuse_paths_outside_roots(spec: RunSpec) -> None:
+    """422 naming each field whose path lies outside the allowed roots."""
+    refuse_field_problems(spec_path_problems(spec, get_settings()))
+
+
 def submit_run(*, session: SessionDep, spec: RunSpec) -> Run:
-    """Store the run and queue it. If the queue is unreachable, nothing is kept and the caller is told."""
+    """Store the run and queue it. If the queue is unreachable, nothing is kept and the caller is told.
+    Paths outside the roots and module names the model lacks (asked of an inspect worker) are refused first."""
     refuse_paths_outside_roots(spec)
+    refuse_field_problems(module_name_problems(spec))
     run = runs.create_run(session=session, spec=spec)
     enqueue_or_undo(session, run, lambda: enqueue_train(run.id, spec.worker), "the run was not created")
     return run
@@ -75,10 +82,14 @@ def create_run(spec: RunSpec, session: SessionDep) -> RunOut:
 
 @router.get("/runs")
 def list_runs(
-    session: SessionDep, status: RunStatus | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    session: SessionDep,
+    status: RunStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    archived: bool = False,
 ) -> list[RunOut]:
-    """Runs, newest first, optionally only those in one status."""
-    return [RunOut.model_validate(run) for run in runs.list_runs(session=session, status=status, limit=limit)]
+    """Runs, newest first, optionally only those in one status; `archived=true` lists the archived ones."""
+    listed = runs.list_runs(session=session, status=status, limit=limit, archived=archived)
+    return [RunOut.model_validate(run) for run in listed]
 
 
 @router.get("/runs/{run_id}")
@@ -168,6 +179,55 @@ def cancel_run(run_id: str, session: SessionDep) -> RunOut:
         return RunOut.model_validate(runs.request_cancel(session=session, run_id=run_id))
     except runs.Conflict as exc:
         raise HTTPException(409, str(exc)) from exc
+
+
+def conflict_to_http(action: Callable[[], Run]) -> Run:
+    """Run a state change; a run in the wrong state is a 409 naming why."""
+    try:
+        return action()
+    except runs.Conflict as exc:
+        raise HTTPException(409, str(exc)) from exc
+
+
+@router.post("/runs/{run_id}/stop")
+def stop_run(run_id: str, session: SessionDep) -> RunOut:
+    """Stop and keep what it learned: a checkpoint and the adapter at the next step; the run ends `stopped`."""
+    lookup_run(session, run_id)
+    return RunOut.model_validate(conflict_to_http(lambda: runs.request_stop(session=session, run_id=run_id)))
+
+
+def remove_run(*, session: SessionDep, settings: SettingsDep, run_id: str) -> None:
+    """Delete a finished run: its rows (metrics, artifacts), its directory and its event stream."""
+    lookup_run(session, run_id)
+    conflict_to_http(lambda: runs.delete_run(session=session, run_id=run_id))
+    remove_run_dir(settings, run_id)
+    try:
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+        client.delete(stream_key(run_id))
+        client.close()
+    except redis.RedisError:
+        pass  # a stream left behind expires with Redis's own trimming; the run is gone from the database
+
+
+@router.delete("/runs/{run_id}", status_code=204)
+def delete_run(run_id: str, session: SessionDep, settings: SettingsDep) -> Response:
+    """Delete a finished run with its files (409 while it is queued, running or interrupted)."""
+    remove_run(session=session, settings=settings, run_id=run_id)
+    return Response(status_code=204)
+
+
+@router.post("/runs/{run_id}/archive")
+def archive_run(run_id: str, session: SessionDep) -> RunOut:
+    """Hide the run from the runs list and the pickers; nothing is deleted."""
+    lookup_run(session, run_id)
+    return RunOut.model_validate(runs.set_archived(session=session, run_id=run_id, archived=True))
+
+
+@router.post("/runs/{run_id}/unarchive")
+def unarchive_run(run_id: str, session: SessionDep) -> RunOut:
+    """Bring an archived run back into the lists."""
+    lookup_run(session, run_id)
+    return RunOut.model_validate(runs.set_archived(session=session, run_id=run_id, archived=False))
 
 
 def start_merge(*, session: SessionDep, run_id: str, dtype: str) -> Artifact:

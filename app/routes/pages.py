@@ -5,16 +5,16 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from pydantic import ValidationError
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from app import runs
+from app.config import REPO_ROOT, get_settings
 from app.deps import SessionDep, SettingsDep, is_htmx, templates
-from app.forms import form_context, form_values, validation_errors
+from app.forms import check_form, fields_involved, form_context, form_values
 from app.models import RunStatus, utcnow
-from app.routes.api import artifact_out, lookup_run, start_merge, submit_run
-from app.routes.datasets import dataset_choices
-from app.run_files import checkpoints, log_tail
+from app.pickers import dataset_options, model_options
+from app.routes.api import artifact_out, conflict_to_http, lookup_run, remove_run, start_merge, submit_run
+from app.run_files import checkpoints, log_tail, removal_summary
 from app.schemas import RunSpec
 
 router = APIRouter(include_in_schema=False)
@@ -24,8 +24,10 @@ def render(request: Request, name: str, context: dict[str, Any], status_code: in
     return templates.TemplateResponse(request, name, context, status_code=status_code)
 
 
-def runs_context(session: SessionDep, status: str | None, q: str | None, sort: str | None = None) -> dict[str, Any]:
-    listed = runs.list_runs(session=session, status=status or None, search=q or None, limit=100)
+def runs_context(
+    session: SessionDep, status: str | None, q: str | None, sort: str | None = None, archived: bool = False
+) -> dict[str, Any]:
+    listed = runs.list_runs(session=session, status=status or None, search=q or None, limit=100, archived=archived)
     eval_losses = runs.final_eval_losses(session=session, run_ids=[run.id for run in listed])
     sort = sort if sort in runs.SORT_KEYS else "created"
     return {
@@ -36,24 +38,42 @@ def runs_context(session: SessionDep, status: str | None, q: str | None, sort: s
         "status": status or "",
         "q": q or "",
         "statuses": RunStatus,
+        "archived": archived,
         "now": utcnow(),
     }
 
 
 @router.get("/", response_class=HTMLResponse)
 def runs_page(
-    request: Request, session: SessionDep, status: str | None = None, q: str | None = None, sort: str | None = None
+    request: Request,
+    session: SessionDep,
+    status: str | None = None,
+    q: str | None = None,
+    sort: str | None = None,
+    archived: bool = False,
 ) -> HTMLResponse:
     """All runs, newest first (or by a column), with filters; the table refreshes itself."""
-    return render(request, "runs.html", runs_context(session, status, q, sort))
+    return render(request, "runs.html", runs_context(session, status, q, sort, archived))
 
 
 @router.get("/runs/table", response_class=HTMLResponse)
 def runs_table(
-    request: Request, session: SessionDep, status: str | None = None, q: str | None = None, sort: str | None = None
+    request: Request,
+    session: SessionDep,
+    status: str | None = None,
+    q: str | None = None,
+    sort: str | None = None,
+    archived: bool = False,
 ) -> HTMLResponse:
     """The runs table alone, polled by the runs page."""
-    return render(request, "_runs_table.html", runs_context(session, status, q, sort))
+    return render(request, "_runs_table.html", runs_context(session, status, q, sort, archived))
+
+
+@router.get("/favicon.ico", response_model=None)
+def favicon() -> FileResponse:
+    """The icon browsers ask for on every page (the pages also link it as /static/favicon.svg)."""
+    icon = REPO_ROOT / "static" / "favicon.svg"
+    return FileResponse(icon, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
 
 
 @router.get("/runs/new", response_class=HTMLResponse)
@@ -70,19 +90,19 @@ def new_run_page(
 
 
 def choices(session: SessionDep) -> dict[str, Any]:
-    """Suggestions for the form's path fields: the sample and the uploaded datasets."""
-    return {"datalists": {"dataset": dataset_choices(session), "eval_dataset": dataset_choices(session)}}
+    """The form's pickers: datasets (the sample and the uploads) and base models (bundled and local); each
+    field still takes a typed path or hub id."""
+    data = dataset_options(session)
+    return {"pickers": {"dataset": data, "eval_dataset": data, "base_model": model_options(get_settings())}}
 
 
 @router.post("/runs", response_class=HTMLResponse, response_model=None)
 async def submit_run_form(request: Request, session: SessionDep) -> Response:
     """Validate the form into a RunSpec, store and queue the run, then open its page."""
     values = form_values(await request.form())
-    try:
-        spec = RunSpec.model_validate(values)
-    except ValidationError as exc:
-        errors = validation_errors(exc)
-        # Everything the user typed stays in the form; each error sits under its field.
+    spec, errors = check_form(values)
+    if spec is None:
+        # Everything the user typed stays in the form; each error sits under each field it is about.
         template = "_run_form.html" if is_htmx(request) else "new_run.html"
         return render(request, template, form_context(values, errors) | choices(session), 422)
     try:
@@ -90,7 +110,11 @@ async def submit_run_form(request: Request, session: SessionDep) -> Response:
     except HTTPException as exc:
         detail = exc.detail
         if isinstance(detail, list):  # fields refused after validation, e.g. a path outside the roots
-            errors = {str(item["loc"][-1]): str(item["msg"]) for item in detail}
+            errors = {}
+            for item in detail:
+                message = str(item["msg"])
+                for name in fields_involved(str(item["loc"][-1]), message):
+                    errors.setdefault(name, message)
         else:
             errors = {"form": str(detail)}
         template = "_run_form.html" if is_htmx(request) else "new_run.html"
@@ -105,7 +129,10 @@ async def submit_run_form(request: Request, session: SessionDep) -> Response:
 def run_page(request: Request, run_id: str, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
     """One run: status, parameter card, live loss chart, artifacts."""
     # The page draws the stored metrics, then follows the live stream from the newest stored step.
-    return render(request, "run.html", artifacts_context(session, settings, run_id))
+    context = artifacts_context(session, settings, run_id)
+    context["removal"] = removal_summary(settings, run_id)
+    context["metric_count"] = runs.count_metrics(session=session, run_id=run_id)
+    return render(request, "run.html", context)
 
 
 def artifacts_context(session: SessionDep, settings: SettingsDep, run_id: str) -> dict[str, Any]:
@@ -151,8 +178,29 @@ def merge_form(request: Request, run_id: str, session: SessionDep, settings: Set
 def cancel_form(request: Request, run_id: str, session: SessionDep) -> Response:
     """Cancel from the run page."""
     lookup_run(session, run_id)
-    try:
-        runs.request_cancel(session=session, run_id=run_id)
-    except runs.Conflict as exc:
-        raise HTTPException(409, str(exc)) from exc
+    conflict_to_http(lambda: runs.request_cancel(session=session, run_id=run_id))
+    return RedirectResponse(f"/runs/{run_id}", status_code=303)
+
+
+@router.post("/runs/{run_id}/stop", response_class=HTMLResponse, response_model=None)
+def stop_form(request: Request, run_id: str, session: SessionDep) -> Response:
+    """Stop and save from the run page: a checkpoint and the adapter at the next step."""
+    lookup_run(session, run_id)
+    conflict_to_http(lambda: runs.request_stop(session=session, run_id=run_id))
+    return RedirectResponse(f"/runs/{run_id}", status_code=303)
+
+
+@router.post("/runs/{run_id}/delete", response_class=HTMLResponse, response_model=None)
+def delete_form(request: Request, run_id: str, session: SessionDep, settings: SettingsDep) -> Response:
+    """Delete the run and its files (the run page asks first, naming what goes), then back to the list."""
+    remove_run(session=session, settings=settings, run_id=run_id)
+    return RedirectResponse("/", status_code=303)
+
+
+@router.post("/runs/{run_id}/archive", response_class=HTMLResponse, response_model=None)
+def archive_form(request: Request, run_id: str, session: SessionDep) -> Response:
+    """Archive (or, with `archived=false`, bring back) from the run page."""
+    lookup_run(session, run_id)
+    archived = request.query_params.get("archived", "true") != "false"
+    runs.set_archived(session=session, run_id=run_id, archived=archived)
     return RedirectResponse(f"/runs/{run_id}", status_code=303)

@@ -5,7 +5,7 @@
   const root = document.getElementById("run");
   if (!root) return;
   const runId = root.dataset.runId;
-  const FINISHED = ["succeeded", "failed", "cancelled"];
+  const FINISHED = ["succeeded", "failed", "cancelled", "stopped"];
   const points = { train: [], eval: [] };
   const lastStep = { train: -1, eval: -1 };
   const charts = {};
@@ -221,8 +221,10 @@
     }
     if (FINISHED.includes(status)) {
       $("run-phase").hidden = true;
-      const cancel = $("cancel-form");
-      if (cancel) cancel.remove();
+      for (const id of ["cancel-form", "stop-form"]) {
+        const form = $(id);
+        if (form) form.remove();
+      }
       $("run-eta").textContent = "–";
       refresh("log-tail");
     }

@@ -38,13 +38,27 @@ def test_up_serves_the_form_and_ctrl_c_stops_every_child(tmp_path: Path) -> None
         url = f"http://127.0.0.1:{web_port}"
         output = b""
         deadline = time.monotonic() + 90
-        while b"loradeck is up" not in output:
+        while b"Ctrl-C stops it" not in output:
             assert time.monotonic() < deadline and up.poll() is None, output.decode()
             output += up.stdout.readline()  # type: ignore[union-attr]
         assert url.encode() in output
+        lines = output.decode().splitlines()
+        # One clean summary: the URL within the first lines, no Celery banner or worker log in the terminal.
+        assert any(url in line for line in lines[:3]), lines
+        text = output.decode()
+        assert "celery@" not in text and "[config]" not in text and "-------------- " not in text, text
+        logs = tmp_path / "data" / "logs"
+        assert str(logs) in text
+        deadline = time.monotonic() + 30
+        while b"ready" not in (logs / "trainer.log").read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert b"celery@" in (logs / "trainer.log").read_bytes() or b"ready" in (logs / "trainer.log").read_bytes()
+        assert (logs / "web.log").is_file() and (logs / "inspector.log").is_file()
         page = httpx.get(url + "/runs/new", timeout=10)
         assert page.status_code == 200 and 'name="lora_alpha"' in page.text
         assert httpx.get(url + "/healthz", timeout=10).json()["ok"] is True
+        icon = httpx.get(url + "/favicon.ico", timeout=10)
+        assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
         children = psutil.Process(up.pid).children(recursive=True)
         names = " ".join(" ".join(child.cmdline()) for child in children)
         assert "redis-server" in names and "uvicorn" in names
@@ -60,6 +74,8 @@ def test_up_serves_the_form_and_ctrl_c_stops_every_child(tmp_path: Path) -> None
 
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=60) == 0
+        rest = up.stdout.read().decode()  # type: ignore[union-attr]
+        assert "celery@" not in rest and "Traceback" not in rest, rest
         gone, alive = psutil.wait_procs(children, timeout=10)
         assert alive == [], f"still running after Ctrl-C: {[p.cmdline() for p in alive]}"
     finally:

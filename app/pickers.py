@@ -1,0 +1,93 @@
+"""What the new-run form's pickers offer: the datasets (the bundled sample and the uploads) and the base
+models (the bundled one and every directory with a config.json under the allowed model roots)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from app import datasets
+from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, Settings
+
+MAX_DEPTH = 4  # root/org/name/snapshot: deep enough for a hub-style cache, shallow enough to be quick
+MAX_MODELS = 100
+SKIPPED_DIRS = {"checkpoints", "datasets", "redis", "node_modules", "__pycache__", "adapter", "logs"}
+
+
+@dataclass
+class Choice:
+    value: str  # what the field receives
+    label: str  # what the picker shows
+
+
+def human_size(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1000:
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} TB"
+
+
+def dataset_options(session: Session) -> list[Choice]:
+    """The bundled sample, then the uploads, newest first: name, rows, trained tokens and upload date."""
+    options = [Choice(str(SAMPLE_DATASET_DIR / "train.jsonl"), "Bundled sample: Taiwanese addresses (train.jsonl)")]
+    for d in datasets.list_datasets(session=session):
+        tokens = (d.description or {}).get("trained_tokens")
+        parts = [d.name, f"{d.rows} rows" if d.rows is not None else "", f"{tokens:,} tokens" if tokens else ""]
+        parts.append(f"uploaded {d.created_at:%Y-%m-%d %H:%M}")
+        options.append(Choice(d.path, " · ".join(part for part in parts if part)))
+    return options
+
+
+def describe_model(directory: Path) -> str:
+    """ "LlamaForCausalLM · 4.2 MB": the architecture from config.json and the size of its weights."""
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    architectures = config.get("architectures") if isinstance(config, dict) else None
+    kind = architectures[0] if isinstance(architectures, list) and architectures else config.get("model_type", "?")
+    weights = sum(f.stat().st_size for f in directory.glob("*.safetensors") if f.is_file())
+    return f"{kind} · {human_size(weights)}" if weights else f"{kind} · no safetensors weights"
+
+
+def model_options(settings: Settings) -> list[Choice]:
+    """The bundled model, then each directory holding a config.json under the allowed roots."""
+    bundled = TINY_MODEL_DIR.resolve()
+    options = [Choice(str(TINY_MODEL_DIR), f"Bundled tiny model · {describe_model(bundled)}")]
+    seen = {bundled}
+    for root in settings.allowed_model_roots:
+        for directory in _model_dirs(root):
+            if directory.resolve() in seen or len(options) >= MAX_MODELS:
+                continue
+            seen.add(directory.resolve())
+            where = f"in {directory.parent}"  # two models of one name are told apart by where they are
+            options.append(Choice(str(directory), f"{directory.name} · {describe_model(directory)} · {where}"))
+    return options
+
+
+def _model_dirs(root: Path) -> list[Path]:
+    """Directories with a config.json below `root`, breadth first; a model's own subfolders are not searched."""
+    found: list[Path] = []
+    level = [root]
+    for _ in range(MAX_DEPTH + 1):
+        below: list[Path] = []
+        for directory in level:
+            if (directory / "config.json").is_file() and directory != root:
+                found.append(directory)
+                continue
+            try:
+                with os.scandir(directory) as entries:
+                    below += [
+                        Path(e.path)
+                        for e in entries
+                        if e.is_dir(follow_symlinks=False) and not e.name.startswith(".") and e.name not in SKIPPED_DIRS
+                    ]
+            except OSError:
+                continue
+        level = sorted(below)[:2000]
+    return found
