@@ -77,7 +77,7 @@ def test_new_run_presets_errors_and_duplicate(stack: Stack, page: Page) -> None:
     expect(page.locator("#f-name")).to_have_value("kept name")
     page.click('button[data-preset="lora"]')
     expect(page.locator("#f-method")).to_have_value("lora")
-    expect(page.locator("#f-max_steps")).to_have_value("60")
+    expect(page.locator("#f-max_steps")).to_have_value("5")  # a preset sets only its own fields
     # A mistake: the error sits under its field and everything typed stays.
     page.fill("#f-r", "0")
     page.fill("#f-learning_rate", "3e-4")
@@ -250,7 +250,8 @@ def test_the_estimate_card_follows_the_form(stack: Stack, page: Page) -> None:
     expect(trainable).not_to_be_empty(timeout=60_000)  # the inspect worker answers from config.json alone
     before = trainable.inner_text()
     expect(page.locator('#estimate-memory tr[data-part="activations"]')).to_be_visible()
-    page.fill("#f-r", "32")
+    rank = int(page.locator("#f-r").input_value())
+    page.fill("#f-r", str(4 * rank))
     expect(trainable).not_to_have_text(before, timeout=30_000)
     assert int(trainable.inner_text().replace(",", "")) == 4 * int(before.replace(",", ""))  # LoRA params grow with r
     page.fill("#f-r", "0")
