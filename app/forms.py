@@ -100,10 +100,10 @@ SAMPLE_TASK_RECIPE: dict[str, Any] = {
     "r": 16,
     "lora_alpha": 32,
     "lora_dropout": 0.0,
-    "learning_rate": 2e-3,
+    "learning_rate": 3e-3,
     "lr_scheduler_type": "cosine",
     "warmup_ratio": 0.05,
-    "max_steps": 300,
+    "max_steps": 400,
     "per_device_train_batch_size": 16,
 }
 

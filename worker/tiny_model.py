@@ -2,15 +2,16 @@
 
     python -m worker.tiny_model --out assets/tiny-llama
 
-Steps: train a byte-level BPE tokenizer on assets/corpus/*.txt plus generated rows in the sample
-task's format, initialise a small LlamaForCausalLM from a seed, pretrain it briefly on the pretraining
-texts (the corpus plus generated documents that mention addresses as plain text, none in the task's
-format), and save a standard Hugging Face directory. Everything is seeded, so the same seed, thread
-count and machine give the same bytes.
+Steps: train a byte-level BPE tokenizer on the pretraining texts (the corpus of assets/corpus/*.txt plus
+generated documents that mention addresses as plain text, none in the task's format), one token per Han
+character and per digit; pack those texts with copy sequences (a random span, then the same span again);
+initialise a small LlamaForCausalLM from a seed, pretrain it, and save a standard Hugging Face directory.
+Everything is seeded, so the same seed, thread count and machine give the same bytes. The default
+schedule takes a quarter of an hour on 2 CPU cores; `--steps` shortens it (the tests build with 3).
 
-The model knows the characters, the place names and JSON, but has never seen the sample task
-(`解析地址：<address>` followed by its eight-field JSON): that mapping is what a LoRA run teaches it.
-The tokenizer does see the task's format, so its keys and markers are short tokens.
+The model knows the characters, the place names and JSON, and copying from its context, but has never
+seen the sample task (`解析地址：<address>` followed by its eight-field JSON): that mapping is what a LoRA
+run teaches it. Neither the model nor the tokenizer reads a task row.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from typing import Any
 
 import torch
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from worker.sample_data import FIELDS, PROMPT_PREFIX, dataset_splits, format_address, generate_rows, random_fields
+from worker.sample_data import FIELDS, PROMPT_PREFIX, dataset_splits, format_address, random_fields
 
 CORPUS_DIR = Path(__file__).resolve().parent.parent / "assets" / "corpus"
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
@@ -36,12 +37,19 @@ SPECIAL_TOKENS = [PAD, BOS, EOS]  # ids 0, 1, 2: the trainer puts them first, in
 VOCAB_SIZE = 3000
 # A seed other than the sample dataset's, and dataset addresses are dropped, so eval stays unseen.
 CORPUS_ADDRESS_SEED = 20240
-CORPUS_ADDRESS_DOCS = 3000  # generated documents that mention addresses as plain text
-TOKENIZER_TASK_ROWS = 3000  # task rows the tokenizer is trained on (not the model), one in CHAT_EVERY as a chat
+CORPUS_ADDRESS_DOCS = 6000  # generated documents that mention addresses as plain text
+# CJK ideographs (with extension A and the compatibility block): the tokenizer keeps each one a token of its own.
+HAN_CHARACTER = "[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]"
+# Copy sequences: a span of random tokens, a newline, the same span again. Training on them forms the
+# attention circuit that finds a token seen before and predicts what followed it ("induction"), which is
+# what an answer that copies parts of its prompt needs; a model this small does not form it from prose.
+COPY_SHARE = 0.2  # of the packed tokens
+COPY_SPAN = (6, 40)  # tokens in the repeated span
 # Of the plain generated documents: JSON records using some of the task's keys, text -> JSON extractions
 # of other shapes, and the rest lists, sentences and JSON that mention addresses.
-RECORD_SHARE = 0.45
-EXTRACTION_SHARE = 0.2
+RECORD_SHARE = 0.3
+EXTRACTION_SHARE = 0.15
+PARTS_SHARE = 0.35  # an address, then some of its parts copied out (never the task's eight-key JSON)
 CHAT_EVERY = 4  # one generated document in four is a chat, so the template's markers are familiar
 
 # Plain-text role markers (no extra special tokens): <|user|>\n...\n<|assistant|>\n...</s>\n
@@ -55,7 +63,7 @@ CHAT_TEMPLATE = (
 
 SEQ_LEN = 128
 BATCH_SIZE = 16
-DEFAULT_STEPS = 150
+DEFAULT_STEPS = 2400
 LEARNING_RATE = 3e-3
 WARMUP_STEPS = 20
 
@@ -203,6 +211,34 @@ def _extraction_document(rng: random.Random, fields: dict[str, str | None], addr
     return f"{rng.choice(_EXTRACT_PROMPTS)}{text}\n{_compact(data)}"
 
 
+_PART_NAMES = {
+    "city": "縣市",
+    "district": "鄉鎮市區",
+    "road": "路街",
+    "section": "段",
+    "lane": "巷",
+    "alley": "弄",
+    "number": "門牌",
+    "floor": "樓層",
+}
+
+
+def _parts_document(rng: random.Random, fields: dict[str, str | None]) -> str:
+    """An address as text, then some of its parts copied out of it, in order: as a list, a sentence, or a
+    JSON object of at most four of the task's keys. Copying spans out of a text is what the task needs;
+    the task's own answer (all eight keys, nulls included) never appears."""
+    address = format_address(fields)
+    present = [name for name in FIELDS if fields[name]]
+    chosen = sorted(rng.sample(present, k=min(len(present), rng.randint(2, 4))), key=FIELDS.index)
+    kind = rng.randrange(3)
+    if kind == 0:
+        parts = "\n".join(f"{_PART_NAMES[name]}：{fields[name]}" for name in chosen)
+        return f"地址：{address}\n{parts}"
+    if kind == 1:
+        return f"{address}，" + "，".join(f"{_PART_NAMES[name]}是{fields[name]}" for name in chosen) + "。"
+    return f"{address}\n" + _compact({name: fields[name] for name in chosen})
+
+
 def _dataset_addresses() -> set[str]:
     train, eval_ = dataset_splits()
     return {row["prompt"].removeprefix(PROMPT_PREFIX).rstrip("\n") for row in train + eval_}
@@ -214,10 +250,13 @@ def address_documents(n: int = CORPUS_ADDRESS_DOCS, *, seed: int = CORPUS_ADDRES
     dataset_addresses = _dataset_addresses()
     rng = random.Random(seed)
 
-    def address() -> str:
-        while (text := format_address(random_fields(rng))) in dataset_addresses:
+    def address_fields() -> dict[str, str | None]:
+        while format_address(fields := random_fields(rng)) in dataset_addresses:
             pass
-        return text
+        return fields
+
+    def address() -> str:
+        return format_address(address_fields())
 
     documents: list[str] = []
     for i in range(n):
@@ -229,6 +268,8 @@ def address_documents(n: int = CORPUS_ADDRESS_DOCS, *, seed: int = CORPUS_ADDRES
             documents.append(_record_document(rng, random_fields(rng)))
         elif roll < RECORD_SHARE + EXTRACTION_SHARE:
             documents.append(_extraction_document(rng, random_fields(rng), draw[0]))
+        elif roll < RECORD_SHARE + EXTRACTION_SHARE + PARTS_SHARE:
+            documents.append(_parts_document(rng, address_fields()))
         else:
             documents.append(_address_document(rng, draw))
     return documents
@@ -255,31 +296,23 @@ def pretraining_texts(corpus_dir: Path = CORPUS_DIR) -> list[str]:
 
 
 def tokenizer_texts(corpus_dir: Path = CORPUS_DIR) -> list[str]:
-    """What the tokenizer is trained on: every corpus paragraph and TOKENIZER_TASK_ROWS rows of the task
-    (seed CORPUS_ADDRESS_SEED, dataset addresses dropped, one in CHAT_EVERY as a chat). The task's JSON
-    keys and place names so become short tokens; the model itself never reads these rows."""
-    documents = corpus_texts(corpus_dir)
-    dataset_prompts = {PROMPT_PREFIX + address + "\n" for address in _dataset_addresses()}
-    rows = generate_rows(TOKENIZER_TASK_ROWS, seed=CORPUS_ADDRESS_SEED)
-    rows = [row for row in rows if row["prompt"] not in dataset_prompts]
-    for i, row in enumerate(rows):
-        if i % CHAT_EVERY == 0:
-            messages = [
-                {"role": "user", "content": row["prompt"].rstrip("\n")},
-                {"role": "assistant", "content": row["completion"]},
-            ]
-            documents.append(render_chat(messages))
-        else:
-            documents.append(row["prompt"] + row["completion"])
-    return documents
+    """What the tokenizer is trained on: the pretraining texts and nothing else. No task rows: merges learned
+    from them fused a prompt's city+district+road into one token that no answer contains (so the model could
+    not copy it), and the model must not get the task's format for free."""
+    return pretraining_texts(corpus_dir)
 
 
 def train_tokenizer(documents: list[str]) -> PreTrainedTokenizerFast:
     """Byte-level BPE: any string encodes losslessly, with no <unk>."""
     tokenizer = Tokenizer(models.BPE())
-    # Single digits keep house numbers easy to copy for a model this small.
+    # One token per Han character and per digit: an answer's fields are then exactly the tokens of its
+    # prompt, so the model can copy them (BPE merges across Han characters made that impossible).
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        [
+            pre_tokenizers.Split(Regex(HAN_CHARACTER), behavior="isolated"),
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
     )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -332,16 +365,37 @@ def build_model(tokenizer: PreTrainedTokenizerFast, *, seed: int) -> LlamaForCau
     return LlamaForCausalLM(config)
 
 
+def _document_ids(tokenizer: PreTrainedTokenizerFast, doc: str) -> list[int]:
+    if doc.startswith(BOS):
+        return list(tokenizer(doc, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(doc)["input_ids"]) + [tokenizer.eos_token_id]
+
+
+def copy_sequences(pool: list[int], n_tokens: int, *, newline: int, seed: int) -> list[list[int]]:
+    """Copy sequences of about n_tokens in all: each a span of tokens drawn from pool, a newline, then the
+    same span again."""
+    rng = random.Random(seed)
+    sequences: list[list[int]] = []
+    total = 0
+    while total < n_tokens:
+        span = [rng.choice(pool) for _ in range(rng.randint(*COPY_SPAN))]
+        sequences.append([*span, newline, *span, newline])
+        total += len(sequences[-1])
+    return sequences
+
+
 def pack_corpus(tokenizer: PreTrainedTokenizerFast, documents: list[str], *, seed: int) -> torch.Tensor:
-    """All documents, shuffled, joined and cut into rows of SEQ_LEN tokens (nanoGPT-style packing)."""
-    order = list(documents)
-    random.Random(seed).shuffle(order)  # mixes prose and addresses in every window
-    stream: list[int] = []
-    for doc in order:
-        if doc.startswith(BOS):
-            stream += tokenizer(doc, add_special_tokens=False)["input_ids"]
-        else:
-            stream += tokenizer(doc)["input_ids"] + [tokenizer.eos_token_id]
+    """All documents and the copy sequences, shuffled, joined and cut into rows of SEQ_LEN tokens
+    (nanoGPT-style packing)."""
+    pieces = [_document_ids(tokenizer, doc) for doc in documents]
+    text_tokens = sum(len(piece) for piece in pieces)
+    # Each token the corpus uses, once: spans of distinct-ish tokens make the copy unambiguous to learn.
+    pool = sorted({token for piece in pieces for token in piece} - set(tokenizer.all_special_ids))
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"][0]
+    copy_tokens = int(text_tokens * COPY_SHARE / (1 - COPY_SHARE))
+    pieces += copy_sequences(pool, copy_tokens, newline=newline, seed=seed)
+    random.Random(seed).shuffle(pieces)  # mixes prose, addresses and copies in every window
+    stream = [token for piece in pieces for token in piece]
     n_rows = len(stream) // SEQ_LEN
     return torch.tensor(stream[: n_rows * SEQ_LEN], dtype=torch.long).view(n_rows, SEQ_LEN)
 
@@ -394,7 +448,7 @@ in seconds without downloading anything.
 
 | | |
 | --- | --- |
-| layers / hidden / heads / MLP | 4 / 192 / 6 / 512 |
+| layers / hidden / heads / MLP | 4 / 192 / 6 / 512 (untied embeddings) |
 | vocabulary | {facts["tokenizer_size"]} tokens (embedding rows padded to {facts["vocab_size"]}) |
 | context | 512 positions (pretrained on {SEQ_LEN}-token windows) |
 | special tokens | `<pad>` = 0, `<s>` = 1 (bos, added by the tokenizer), `</s>` = 2 (eos) |
@@ -407,22 +461,24 @@ in seconds without downloading anything.
 
 1. Pretraining text: the hand-written English, Traditional Chinese and JSON text in `assets/corpus/`
    (less any paragraph in the task's own format), plus {CORPUS_ADDRESS_DOCS} generated documents that
-   mention addresses as plain text: lists, sentences, JSON records of other shapes and text-to-JSON
-   extractions of other kinds (seed {CORPUS_ADDRESS_SEED}, no address of the `tw-address` sample dataset),
-   one in {CHAT_EVERY} written as a chat. None of it holds the sample task: no `解析地址：` prompt and no
-   JSON object with its eight keys (the build checks).
-2. Tokenizer: byte-level BPE (`tokenizers`), digits split one per token, trained on the corpus files
-   plus {TOKENIZER_TASK_ROWS} generated rows in the task's format (the model never reads those rows), so the
-   task's JSON keys and place names are short tokens. `decode(encode(x)) == x` for any text.
-3. Model: initialised with `torch.manual_seed({facts["seed"]})`, pretrained on the packed pretraining
+   mention addresses as plain text: lists, sentences, JSON records of other shapes, text-to-JSON
+   extractions of other kinds, and an address followed by some of its parts copied out of it (as a list,
+   a sentence or a JSON object of at most four keys) (seed {CORPUS_ADDRESS_SEED}, no address of the
+   `tw-address` sample dataset), one in {CHAT_EVERY} written as a chat. None of it holds the sample task:
+   no `解析地址：` prompt and no JSON object with its eight keys (the build checks).
+2. Copy sequences: {COPY_SHARE:.0%} of the packed tokens are spans of {COPY_SPAN[0]}-{COPY_SPAN[1]} random tokens,
+   a newline and the same span again, so the model meets copying from its context as such.
+3. Tokenizer: byte-level BPE (`tokenizers`) trained on the pretraining text alone (never on task rows),
+   with every Han character and every digit a token of its own: an answer's fields are then exactly
+   tokens of its prompt, so they can be copied. `decode(encode(x)) == x` for any text.
+4. Model: initialised with `torch.manual_seed({facts["seed"]})`, pretrained on the packed pretraining
    text with {facts["threads"]} torch threads (float sums, and so the weights, depend on the thread count),
    saved as float32 safetensors.
 
 The model knows the characters, the place names and JSON, but not the address-parsing task: greedy
-decoding of a task prompt does not give the task's JSON. A LoRA run on `assets/datasets/tw-address`
-teaches the format: the default QLoRA run's loss falls from about 2.2 to about 1.3 in its 60 steps, and
-to about 0.9 in 300. The values stay mostly wrong: a model this small, this briefly trained, does not
-copy the parts of an address into the fields.
+decoding of a task prompt does not give the task's JSON. A LoRA or QLoRA run on
+`assets/datasets/tw-address` teaches it; what the new-run form's default runs reach, and in how long on
+a CPU, is measured by `bench/accuracy.py` (see `bench/README.md` in the loradeck repository).
 
 ## Prompt formats
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,10 @@ LLAMA_8B = CONFIGS / "llama-8b"
 STACK_ENV = {"LORADECK_MODEL_ROOTS": str(CONFIGS)}
 DATASET = str(SAMPLE_DATASET_DIR / "train.jsonl")
 
-# The tiny Llama by hand: embeddings and lm_head 3008 x 192, 4 layers of 4 x 192² attention, 3 x 192 x 512 MLP
+# The tiny Llama by hand: embeddings and lm_head vocab x 192, 4 layers of 4 x 192² attention, 3 x 192 x 512 MLP
 # and 2 norms of 192, and a final norm.
-TINY_ALL = 2 * 3008 * 192 + 4 * (4 * 192 * 192 + 3 * 192 * 512 + 2 * 192) + 192
+TINY_VOCAB = json.loads((TINY_MODEL_DIR / "config.json").read_text())["vocab_size"]
+TINY_ALL = 2 * TINY_VOCAB * 192 + 4 * (4 * 192 * 192 + 3 * 192 * 512 + 2 * 192) + 192
 TINY_LORA_QV = 4 * 2 * (8 * 192 + 192 * 8)
 
 

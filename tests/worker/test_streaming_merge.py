@@ -24,6 +24,9 @@ from worker.streaming_merge import UnmergeableAdapter, merge_adapter_streaming
 PARITY = 1e-4  # fp32 logits, streaming merge vs PEFT: only summation order may differ
 
 
+TINY_VOCAB = int(json.loads((TINY_MODEL_DIR / "config.json").read_text())["vocab_size"])
+
+
 def _ids(vocab: int) -> torch.Tensor:
     return torch.randint(3, vocab, (2, 24), generator=torch.Generator().manual_seed(7))
 
@@ -84,7 +87,7 @@ def test_merge_matches_peft_merge_and_unload(case: str, tmp_path: Path) -> None:
     adapter = _make_adapter(TINY_MODEL_DIR, LORA_CASES[case](), tmp_path / "adapter")
     summary = merge_adapter_streaming(TINY_MODEL_DIR, adapter, tmp_path / "merged")
 
-    ids = _ids(3008)
+    ids = _ids(TINY_VOCAB)
     with_adapter, peft_merged = _peft_merged(TINY_MODEL_DIR, adapter, ids)
     merged = _logits(_load(tmp_path / "merged"), ids)  # stock loading, nothing of loradeck's
     assert (merged - peft_merged).abs().max() < PARITY
@@ -192,7 +195,7 @@ def test_many_shards_with_an_index_load_and_match_one_shard(tmp_path: Path) -> N
             for key in keys:
                 assert index["weight_map"][key] == shard
                 assert torch.equal(handle.get_tensor(key), reference[key])
-    ids = _ids(3008)
+    ids = _ids(TINY_VOCAB)
     assert torch.equal(_logits(_load(tmp_path / "many"), ids), _logits(_load(tmp_path / "one"), ids))
 
     # A sharded model is also a base: the index is followed, tensor by tensor, across its files.

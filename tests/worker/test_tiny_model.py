@@ -19,6 +19,7 @@ from worker.tiny_model import (
     address_documents,
     build_tiny_model,
     check_pretraining_texts,
+    copy_sequences,
     pretraining_texts,
     render_chat,
     tokenizer_texts,
@@ -69,10 +70,27 @@ def test_tokenizer_round_trips_text_and_prepends_bos(tokenizer: PreTrainedTokeni
         assert tokenizer.decode(ids, skip_special_tokens=True) == text
 
 
-def test_tokenizer_is_compact_on_addresses(tokenizer: PreTrainedTokenizerBase) -> None:
-    # The corpus taught it the place names: far fewer tokens than UTF-8 bytes.
-    ids = tokenizer(ADDRESS, add_special_tokens=False)["input_ids"]
-    assert len(ids) < len(ADDRESS)
+def test_tokenizer_gives_every_han_character_a_token_of_its_own(tokenizer: PreTrainedTokenizerBase) -> None:
+    # An answer's fields are then exactly tokens of its prompt, so the model can copy them; digits too.
+    train, eval_ = dataset_splits()
+    for row in (train + eval_)[:300]:
+        address = row["prompt"].removeprefix(PROMPT_PREFIX).rstrip("\n")
+        pieces = [tokenizer.decode([i]) for i in tokenizer(address, add_special_tokens=False)["input_ids"]]
+        assert pieces == list(address), address
+        prompt_ids = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+        for value in parse_fields(row["completion"]).values():
+            if value is not None:
+                value_ids = tokenizer(value, add_special_tokens=False)["input_ids"]
+                assert any(prompt_ids[i : i + len(value_ids)] == value_ids for i in range(len(prompt_ids))), value
+
+
+def test_copy_sequences_repeat_their_span() -> None:
+    sequences = copy_sequences(list(range(10, 60)), 5000, newline=7, seed=3)
+    assert sum(len(s) for s in sequences) >= 5000
+    for sequence in sequences:
+        half = len(sequence) // 2
+        assert sequence[:half] == sequence[half:] and sequence[half - 1] == 7
+    assert copy_sequences(list(range(10, 60)), 5000, newline=7, seed=3) == sequences
 
 
 def test_chat_template_renders_with_a_generation_prompt(tokenizer: PreTrainedTokenizerBase) -> None:
@@ -98,8 +116,8 @@ def test_pretraining_text_never_holds_the_task() -> None:
     # Addresses are there as plain text, and some of the task's keys in JSON records of other shapes.
     assert sum("號" in doc for doc in documents) > 1000
     assert any(doc.startswith('{"city":') for doc in documents)
-    # Only the tokenizer reads the task's format.
-    assert sum(doc.startswith(PROMPT_PREFIX) for doc in tokenizer_texts()) > 1000
+    # The tokenizer reads what the model reads: no task rows, so no merges learned from the task's format.
+    assert tokenizer_texts() == documents
 
 
 def test_pretraining_text_leaves_out_the_sample_dataset_addresses() -> None:
