@@ -1,7 +1,13 @@
-"""Exact-match accuracy on the sample task's eval split: the base, then the base plus the adapter of a
-default LoRA run and of a default QLoRA run of the tiny model, all in one invocation.
+"""Did the fine-tune work? The form's default runs on the sample task, as a user starts them, scored.
 
-    .venv/bin/python bench/accuracy.py [--rows 200]
+Each run is the new-run form's values for the bundled model and the sample dataset (with the LoRA preset,
+or the method switched for (IA)³ and prompt tuning), trained and evaluated by the real engine
+(`worker.train.run_training`). Recorded: the run's own evaluation (base beside adapter, exact match on
+`task_eval_rows` eval rows), its wall time from start to evaluated, and on `--rows` eval rows the
+adapter's and the base's scores with every answer checked against the plain no-cache greedy loop
+(`worker.evaluate.reference_greedy`). The base is the baseline of the same invocation.
+
+    .venv/bin/python bench/accuracy.py [--rows 200] [--only qlora,lora]
 """
 
 from __future__ import annotations
@@ -20,85 +26,135 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from bench.common import update_readme_section, write_result  # noqa: E402
 
+# name -> (what the table calls it, form values changed from the form's defaults)
+RUNS: dict[str, tuple[str, dict[str, Any]]] = {
+    "qlora": ("default QLoRA (the form as it opens)", {}),
+    "lora": ("default LoRA (the LoRA preset)", {"method": "lora", "quantization": "none"}),
+    "ia3": ("(IA)³, form defaults", {"method": "ia3", "quantization": "none", "learning_rate": 2e-2}),
+    "prompt_tuning": (
+        "prompt tuning, form defaults",
+        {"method": "prompt_tuning", "quantization": "none", "learning_rate": 3e-2},
+    ),
+}
 
-def train_default(method: str, **overrides: Any) -> tuple[Path, float]:
-    """Train a run with RunSpec's defaults but the method (and overrides); returns its adapter dir and seconds."""
-    from app import runs
-    from app.config import get_settings
-    from app.db import get_sessionmaker
+
+def form_spec(name: str, overrides: dict[str, Any]) -> Any:
+    """The spec the new-run form submits with its default values (and the given changes)."""
+    from app.forms import form_defaults
     from app.schemas import RunSpec
+
+    values = form_defaults() | {"name": f"bench-{name}", "save_steps": 0} | overrides
+    return RunSpec.model_validate(values)
+
+
+def train(spec: Any) -> tuple[str, float]:
+    """Train and evaluate a run through the engine; its id and the seconds from start to evaluated."""
+    from app import runs
+    from app.db import get_sessionmaker
     from worker.train import run_training
 
-    spec = RunSpec.model_validate({"method": method, "name": f"bench-{method}"} | overrides)
     with get_sessionmaker()() as session:
         run = runs.create_run(session=session, spec=spec)
     started = time.perf_counter()
     run_training(run.id)
-    elapsed = time.perf_counter() - started
-    with get_sessionmaker()() as session:
-        finished = runs.get_run(session=session, run_id=run.id)
-        if finished.status != "succeeded":
-            raise RuntimeError(f"the {method} run {finished.status}: {finished.error}")
-    return get_settings().runs_dir / run.id / "adapter", elapsed
+    return run.id, time.perf_counter() - started
+
+
+def score_rows(model: Any, tokenizer: Any, rows: list[dict[str, str]], max_new_tokens: int) -> dict[str, Any]:
+    """Exact match on the rows, and how many of the fast path's answers equal the reference loop's."""
+    from worker.data import encode_prompt
+    from worker.evaluate import generate_completions, reference_greedy, score
+
+    prompts = [encode_prompt(tokenizer, row["prompt"]) for row in rows]
+    fast = generate_completions(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
+    reference = [reference_greedy(model, tokenizer, ids, max_new_tokens=max_new_tokens) for ids in prompts]
+    same = sum(a == b for a, b in zip(fast, reference, strict=True))
+    return score(fast, [row["completion"] for row in rows]) | {"same_as_reference": same}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=200, help="eval rows to score")
+    parser.add_argument("--rows", type=int, default=200, help="eval rows scored beside the run's own evaluation")
+    parser.add_argument("--only", default=",".join(RUNS), help="comma-separated runs: " + ", ".join(RUNS))
     args = parser.parse_args()
+    chosen = [name for name in args.only.split(",") if name]
 
     scratch = Path(tempfile.mkdtemp(prefix="loradeck-bench-"))
     os.environ["LORADECK_DATA_DIR"] = str(scratch / "data")
     os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:1/0")  # no live feed needed: the DB holds metrics
-    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR
-    from app.db import migrate
-    from worker.evaluate import evaluate_rows
+    from app import runs
+    from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, get_settings
+    from app.db import get_sessionmaker, migrate
 
     migrate()
     rows = [json.loads(line) for line in (SAMPLE_DATASET_DIR / "eval.jsonl").open()][: args.rows]
     tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL_DIR)
 
     def base() -> Any:
-        return AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, dtype="auto").eval()
 
-    results: dict[str, Any] = {"base": evaluate_rows(base(), tokenizer, rows)}
-    runs_to_score = {"lora": ("lora", {}), "qlora": ("qlora", {}), "qlora_300": ("qlora", {"max_steps": 300})}
-    for name, (method, overrides) in runs_to_score.items():
-        adapter, seconds = train_default(method, **overrides)
-        scored = evaluate_rows(PeftModel.from_pretrained(base(), adapter), tokenizer, rows)
-        results[name] = scored | {"train_seconds": round(seconds, 1)}
+    results: dict[str, Any] = {}
+    for name in chosen:
+        label, overrides = RUNS[name]
+        spec = form_spec(name, overrides)
+        run_id, seconds = train(spec)
+        with get_sessionmaker()() as session:
+            run = runs.get_run(session=session, run_id=run_id)
+        if run.status != "succeeded":
+            raise RuntimeError(f"the {name} run {run.status}: {run.error}")
+        evaluation = run.evaluation or {}
+        adapter = PeftModel.from_pretrained(base(), get_settings().runs_dir / run_id / "adapter").eval()
+        results[name] = {
+            "label": label,
+            "spec": {k: spec.model_dump()[k] for k in ("method", "r", "learning_rate", "max_steps")},
+            "run_seconds": round(seconds, 1),
+            "evaluation_seconds": evaluation.get("seconds"),
+            "run_evaluation": evaluation.get("task"),
+            "rows": score_rows(adapter, tokenizer, rows, spec.eval_max_new_tokens),
+        }
+        print(name, json.dumps(results[name], ensure_ascii=False), flush=True)
+    results["base"] = {"rows": score_rows(base(), tokenizer, rows, 64)}
 
     command = f".venv/bin/python bench/accuracy.py --rows {args.rows}"
-    figures = {"eval_rows": len(rows), "results": results}
-    path = write_result("accuracy", command, figures)
+    path = write_result("accuracy", command, {"eval_rows": len(rows), "results": results})
     table = [
-        "## Sample task accuracy (tiny model, default runs)",
+        "## Did the fine-tune work? Sample task accuracy (tiny model, the form's default runs)",
         "",
-        f"`{command}` — {len(rows)} rows of `assets/datasets/tw-address/eval.jsonl`, greedy decoding. "
-        f"Recorded in `results/{path.name}`.",
+        f"`{command}` — each run is the new-run form as it opens on the bundled model and sample dataset (the "
+        "method changed where named), trained and evaluated by the engine. *Run* is from start to evaluated "
+        "(training, then base and adapter on the run's 50 eval rows); the last columns score "
+        f"{len(rows)} rows of `assets/datasets/tw-address/eval.jsonl` greedily, every answer checked against "
+        f"the plain no-cache greedy loop. Recorded in `results/{path.name}`.",
         "",
-        "| model | exact match | JSON fields right | training wall time |",
-        "| --- | --- | --- | --- |",
+        "| run | steps | run (train + evaluate) | run's evaluation: base → adapter exact match "
+        f"| adapter exact match ({len(rows)} rows) | JSON fields right | answers = reference loop |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    labels = (
-        ("base", "base"),
-        ("lora", "base + default LoRA (60 steps)"),
-        ("qlora", "base + default QLoRA (60 steps)"),
-        ("qlora_300", "base + QLoRA, 300 steps"),
+    base_rows = results["base"]["rows"]
+    table.append(
+        f"| base (no adapter) | – | – | – | {base_rows['exact_match']:.1%} | {base_rows['field_accuracy']:.1%} "
+        f"| {base_rows['same_as_reference']}/{len(rows)} |"
     )
-    for name, label in labels:
+    for name in chosen:
         r = results[name]
-        wall = f"{r['train_seconds']} s" if "train_seconds" in r else "–"
-        table.append(f"| {label} | {r['exact_match']:.1%} | {r['field_accuracy']:.1%} | {wall} |")
+        ev = r["run_evaluation"] or {}
+        scored = r["rows"]
+        in_run = f"{ev['base']['exact_match']:.0%} → {ev['adapter']['exact_match']:.0%}" if ev.get("adapter") else "–"
+        table.append(
+            f"| {r['label']} | {r['spec']['max_steps']} | {r['run_seconds']:.0f} s | {in_run} "
+            f"| {scored['exact_match']:.1%} | {scored['field_accuracy']:.1%} "
+            f"| {scored['same_as_reference']}/{len(rows)} |"
+        )
     table += [
         "",
-        "The tiny model (2.9M parameters) learns the answer's format and its empty fields, but it cannot copy",
-        "text from the prompt, so values such as road names and house numbers stay guesses and exact match stays",
-        "low: the figures show the engine's path end to end, not what a real base model reaches.",
+        "The base scores 0: it has never seen the task's prompt or its eight-key answer. LoRA and QLoRA learn to",
+        "copy an address's parts into the fields; (IA)³ (a few thousand scaling factors) and prompt tuning (16",
+        "virtual tokens) learn the answer's shape but not the copying in the same 400 steps. Every answer of",
+        "the evaluation's fast path (batched, KV cache; prompt tuning one prompt at a time with its virtual",
+        "tokens in the cache) equals the plain no-cache greedy loop's.",
     ]
     update_readme_section("accuracy", "\n".join(table))
     print("\n".join(table))
