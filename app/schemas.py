@@ -60,6 +60,16 @@ SAMPLE_TRAIN, SAMPLE_EVAL = SAMPLE_DATASET_DIR / "train.jsonl", SAMPLE_DATASET_D
 DEFAULT_EVAL_SPLIT = 0.1  # what the form proposes to hold out of a dataset that has no eval file
 
 
+def with_default_eval(spec: RunSpec) -> RunSpec:
+    """An API spec that says nothing of evaluation is scored on its dataset's own eval data, as the form's
+    is: the sample's eval file for the sample. Other files keep no eval unless asked (a split of a small file
+    could leave nothing to train on); the form and "Use in a new run" propose a split for them."""
+    if {"eval_dataset", "eval_split"} & spec.model_fields_set:
+        return spec
+    proposed = default_eval(spec.dataset)["eval_dataset"]
+    return spec.model_copy(update={"eval_dataset": proposed}) if proposed else spec
+
+
 def default_eval(dataset: str) -> dict[str, Any]:
     """The eval data that goes with a dataset when none is given: the bundled sample's own eval file, or a
     held-out share of the dataset itself. Never another dataset's eval file."""
@@ -344,18 +354,6 @@ class RunSpec(BaseModel):
         return value
 
     # --- rules between fields, one each
-    @model_validator(mode="before")
-    @classmethod
-    def _eval_follows_dataset(cls, data: Any) -> Any:
-        # A spec that says nothing of evaluation is scored on the eval data of its own dataset: the
-        # sample's eval file for the sample. Other files keep no eval unless asked (a split of a small
-        # file could leave nothing to train on); the form and "Use in a new run" propose a split.
-        if isinstance(data, dict) and "eval_dataset" not in data and "eval_split" not in data:
-            dataset = data.get("dataset") or get_settings().default_dataset
-            if isinstance(dataset, str) and default_eval(dataset)["eval_dataset"]:
-                data = {**data, "eval_dataset": default_eval(dataset)["eval_dataset"]}
-        return data
-
     @model_validator(mode="after")
     def _eval_rows_like_training_rows(self) -> RunSpec:
         if not self.eval_dataset:

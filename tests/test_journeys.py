@@ -96,7 +96,10 @@ def test_qlora_run_streams_metrics_then_merges_and_downloads(stack: Stack, tmp_p
 
     # Live: metric events came over SSE while the run was still running, each with its stream id.
     names = [name for _, name, _ in collector.events]
-    assert names.count("metric") == 30 and names[-1] == "done"
+    kinds = [data["kind"] for _, name, data in collector.events if name == "metric"]
+    # Every step, then the eval loss on the sample's eval file (a spec that names no eval data gets it).
+    assert kinds == ["train"] * 30 + ["eval"] and names[-1] == "done"
+    assert "evaluating" in names and names.index("evaluating") < names.index("evaluation")
     assert "running" in collector.status_at_metric
     params = next(data for _, name, data in collector.events if name == "params")
     assert params["trainable"] == final["params_trainable"] > 0
@@ -106,7 +109,7 @@ def test_qlora_run_streams_metrics_then_merges_and_downloads(stack: Stack, tmp_p
 
     # The stored history equals what was streamed, step by step.
     metrics = client.get(f"/api/v1/runs/{run['id']}/metrics").json()
-    assert [m["step"] for m in metrics] == list(range(1, 31))
+    assert [(m["step"], m["kind"]) for m in metrics] == [(step, "train") for step in range(1, 31)] + [(30, "eval")]
     streamed = [data["loss"] for _, name, data in collector.events if name == "metric"]
     assert [m["loss"] for m in metrics] == pytest.approx(streamed)
 

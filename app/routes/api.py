@@ -22,7 +22,7 @@ from app.paths import spec_path_problems
 from app.preflight import module_name_problems
 from app.queue import enqueue_merge, enqueue_train
 from app.run_files import checkpoints, log_tail, remove_run_dir
-from app.schemas import RunSpec
+from app.schemas import RunSpec, with_default_eval
 
 router = APIRouter(prefix="/api/v1", tags=["api"])
 MAX_STEP = 10**12  # past any run's steps, and inside the database's 64-bit integers
@@ -77,7 +77,7 @@ def lookup_run(session: SessionDep, run_id: str) -> Run:
 @router.post("/runs", status_code=201)
 def create_run(spec: RunSpec, session: SessionDep) -> RunOut:
     """Create a run from a RunSpec and queue it for training."""
-    return RunOut.model_validate(submit_run(session=session, spec=spec))
+    return RunOut.model_validate(submit_run(session=session, spec=with_default_eval(spec)))
 
 
 @router.get("/runs")

@@ -137,11 +137,21 @@ def test_form_submission_opens_the_run_page(client: TestClient) -> None:
 SAMPLE_TRAIN, SAMPLE_EVAL = SAMPLE_DATASET_DIR / "train.jsonl", SAMPLE_DATASET_DIR / "eval.jsonl"
 
 
+@pytest.mark.slow
 def test_a_run_created_with_no_fields_is_scored_on_the_samples_eval_file(client: TestClient) -> None:
+    from worker.train import run_training
+
     run = client.post("/api/v1/runs", json={}).json()
     assert run["spec"]["dataset"] == str(SAMPLE_TRAIN)
     assert run["spec"]["eval_dataset"] == str(SAMPLE_EVAL)
-    assert run["spec"]["task_eval_rows"] > 0
+    run_training(run["id"])  # the worker's own code, in this process
+    finished = client.get(f"/api/v1/runs/{run['id']}").json()
+    assert finished["status"] == "succeeded", finished["error"]
+    task = finished["evaluation"]["task"]
+    assert task["base"]["rows"] == task["adapter"]["rows"] == run["spec"]["task_eval_rows"] == 50
+
+
+def test_saying_anything_of_evaluation_is_kept_as_said(client: TestClient) -> None:
     # Saying something about evaluation is kept as said, even "none".
     none = client.post("/api/v1/runs", json={"eval_dataset": ""}).json()
     assert none["spec"]["eval_dataset"] == "" and none["spec"]["eval_split"] == 0

@@ -31,7 +31,8 @@ def shot(page: Page, name: str) -> None:
 
 
 def start_run(stack: Stack, **spec: Any) -> dict[str, Any]:
-    body = {"per_device_train_batch_size": 2, "max_seq_length": 64, "save_steps": 0, "regression_prompts": []} | spec
+    body = {"per_device_train_batch_size": 2, "max_seq_length": 64, "save_steps": 0, "regression_prompts": []}
+    body |= {"task_eval_rows": 0} | spec  # scoring base and adapter is the subject of test_fine_tune_works
     response = httpx.post(stack.url + "/api/v1/runs", json=body, timeout=30)
     assert response.status_code == 201, response.text
     return dict(response.json())
@@ -116,7 +117,8 @@ def test_new_run_with_keyboard_only(stack: Stack, page: Page) -> None:
 
 def test_run_page_controls_and_reload_mid_run(stack: Stack, page: Page) -> None:
     prompts = list(DEFAULT_REGRESSION_PROMPTS)
-    run = start_run(stack, name="watch me", max_steps=60, eval_split=0.05, eval_steps=20, regression_prompts=prompts)
+    spec = {"eval_split": 0.05, "eval_steps": 20, "regression_prompts": prompts, "task_eval_rows": 50}
+    run = start_run(stack, name="watch me", max_steps=60, **spec)
     page.goto(f"{stack.url}/runs/{run['id']}")
     page.wait_for_function("() => Number(document.querySelector('#loss-chart').dataset.points) >= 5", timeout=180_000)
     expect(page.locator("#run-status")).to_have_text("running")
