@@ -164,7 +164,7 @@ def _kept_for_backward(model: torch.nn.Module, spec: RunSpec) -> int:
         return tensor
 
     batch, length = spec.per_device_train_batch_size, spec.max_seq_length
-    ids = torch.randint(3, 3000, (batch, length))
+    ids = torch.randint(3, model.config.vocab_size, (batch, length))
     mask = torch.ones_like(ids)
     mask[0, -5:] = 0  # padding, as the collator makes
     model.train()
