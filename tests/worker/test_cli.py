@@ -75,7 +75,7 @@ def test_train_runs_a_yaml_spec_with_a_progress_bar_and_prints_the_adapter(
     lines = done.stdout.splitlines()
     assert lines[0] == f"run {run.id}: {run_dir}"
     assert lines[1] == "status: running"
-    assert lines[2].startswith("trainable params: 116,736 || all params: 3,043,008 || trainable%: 3.83")
+    assert lines[2].startswith("trainable params: 116,736 || all params: 2,969,280 || trainable%: 3.93")
     assert "checkpoint saved at step 5" in lines and "status: succeeded" in lines
     assert lines[-1] == f"adapter: {run_dir / 'adapter'}"
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()

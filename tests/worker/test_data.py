@@ -260,7 +260,8 @@ def test_packing_is_refused_for_prompt_tuning(tokenizer: PreTrainedTokenizerBase
 
 
 def test_describe_dataset_counts_what_max_seq_length_cuts(tokenizer: PreTrainedTokenizerBase) -> None:
-    # pc.jsonl rows are 22, 19, 7 and 18 tokens long, of which bos + prompt are 12, 14, 5 and 9.
+    # pc.jsonl rows are 42, 13, 7 and 16 tokens long, of which bos + prompt are 28, 10, 5 and 9 (the
+    # tokenizer gives every Han character a token of its own).
     described = describe_dataset(DATA / "pc.jsonl", tokenizer, max_seq_length=13)
 
     assert json.loads(json.dumps(described)) == described
@@ -270,13 +271,13 @@ def test_describe_dataset_counts_what_max_seq_length_cuts(tokenizer: PreTrainedT
         ["prompt", "completion"],
         "jsonl",
     )
-    assert described["tokens"] == {"min": 7, "p50": 18, "p90": 22, "p99": 22, "max": 22, "mean": 16.5, "total": 66}
+    assert described["tokens"] == {"min": 7, "p50": 13, "p90": 42, "p99": 42, "max": 42, "mean": 19.5, "total": 78}
     assert sum(described["histogram"]["counts"]) == 4
-    assert described["histogram"]["edges"][0] == 7 and described["histogram"]["edges"][-1] == 23
-    assert (described["truncated_rows"], described["truncated_share"]) == (3, 0.75)
-    assert described["dropped_rows"] == 1  # the 14-token prompt leaves no room at 13
-    assert described["trained_tokens"] == 1 + 2 + 4
-    assert [example["line"] for example in described["examples"]] == [1, 3, 4]
+    assert described["histogram"]["edges"][0] == 7 and described["histogram"]["edges"][-1] == 43
+    assert (described["truncated_rows"], described["truncated_share"]) == (2, 0.5)
+    assert described["dropped_rows"] == 1  # the 28-token prompt leaves no room at 13
+    assert described["trained_tokens"] == 3 + 2 + 4
+    assert [example["line"] for example in described["examples"]] == [2, 3, 4]
     assert described["examples"][1]["segments"] == [
         {"text": "<s>2+2=", "trained": False},
         {"text": "4</s>", "trained": True},
