@@ -184,6 +184,9 @@ def stack(
         "LORADECK_DATASET_ROOTS": str(tmp_path_factory.getbasetemp()),
         **getattr(request.module, "STACK_ENV", {}),
     }
+    for roots in ("LORADECK_MODEL_ROOTS", "LORADECK_DATASET_ROOTS"):  # a module's roots add to the temp folder
+        if roots in getattr(request.module, "STACK_ENV", {}):
+            env[roots] = f"{tmp_path_factory.getbasetemp()},{env[roots]}"
     subprocess.run([sys.executable, "-m", "app.cli", "migrate"], env=env, cwd=REPO, check=True)
     worker_log = root / "worker.log"
     with worker_log.open("wb") as log:

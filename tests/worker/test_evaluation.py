@@ -104,8 +104,10 @@ def test_a_qlora_evaluation_shows_the_full_precision_base_it_ships_against(lorad
     four_bit = AutoModelForCausalLM.from_pretrained(
         TINY_MODEL_DIR, quantization_config=quantization_config(spec), dtype=torch.float32
     )
-    assert answers != [reference_greedy(four_bit, tokenizer, prompt, max_new_tokens=24) for prompt in ids], (
-        "the 4-bit base answers these rows as the full-precision one does, so this test cannot tell them apart"
+    every = ids + regression_ids
+    full_answers = [reference_greedy(full, tokenizer, prompt, max_new_tokens=24) for prompt in every]
+    assert full_answers != [reference_greedy(four_bit, tokenizer, prompt, max_new_tokens=24) for prompt in every], (
+        "the 4-bit base answers these prompts as the full-precision one does, so this test cannot tell them apart"
     )
     assert [example["base"] for example in evaluation["examples"]] == answers
     assert [row["base"] for row in evaluation["regression"]] == [
