@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -137,7 +137,7 @@ class Stack:
     env: dict[str, str]
     data_dir: Path
     worker_log: Path
-    pids: dict[str, int]  # the processes by role: web, trainer, inspector, generator
+    pids: dict[str, int] = field(default_factory=dict)  # the processes by role: web, trainer, inspector, generator
 
     @property
     def database_url(self) -> str:

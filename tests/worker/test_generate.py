@@ -79,6 +79,8 @@ def test_the_cache_loads_a_base_and_an_adapter_once_and_lets_the_oldest_go(adapt
     model, name = cache.with_adapter(again, adapter_dir)
     assert again is first and cache.loads == 2  # one base, one adapter
     assert isinstance(model, PeftModel) and name in model.peft_config
-    quantized = spec.model_copy(update={"quantization": "4bit"})
-    cache.base(quantized)
-    assert cache.loads == 3 and len(cache.loaded) == 1  # capacity 1: the full-precision base was let go
+    # A QLoRA run answers on the same full-precision base: the one it ships against, as its evaluation does.
+    quantized = spec.model_copy(update={"quantization": "4bit", "method": "qlora"})
+    assert cache.base(quantized) is first and cache.loads == 2
+    cache.merged(TINY_MODEL_DIR, spec)  # another model
+    assert cache.loads == 3 and len(cache.loaded) == 1  # capacity 1: the base was let go

@@ -216,7 +216,8 @@ def test_a_bf16_merge_of_a_peaked_model_is_judged_relative_to_its_logits(
         # Off by more than the old fixed 5e-2 in absolute terms, and right: within bf16's rounding.
         assert details["max_abs_diff"] > 5e-2
         assert merged.status == ArtifactStatus.ready, merged.error
-        assert details["max_rel_diff"] < details["rel_tolerance"] and details["top1_agreement"] == 1.0
+        # bf16 rounding may flip a near-tie: top-1 agreement is recorded, the relative difference decides.
+        assert details["max_rel_diff"] < details["rel_tolerance"] and details["top1_agreement"] >= 0.95
         card = (get_settings().runs_dir / run_id / "merged" / "README.md").read_text()
         assert f"{details['max_rel_diff']:.3g} of that position's logit spread" in card
     else:
