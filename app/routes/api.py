@@ -25,7 +25,8 @@ from app.run_files import checkpoints, log_tail, remove_run_dir
 from app.schemas import RunSpec, with_default_eval
 
 router = APIRouter(prefix="/api/v1", tags=["api"])
-MAX_STEP = 10**12  # past any run's steps, and inside the database's 64-bit integers
+# Past any run's steps (max_steps <= 1e7), and inside the metrics table's step column (32-bit on PostgreSQL).
+MAX_STEP = 2**31 - 1
 
 
 def artifact_out(artifact: Artifact) -> ArtifactOut:

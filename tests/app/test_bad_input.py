@@ -80,6 +80,7 @@ OTHER_CASES: list[tuple[str, str, str, dict[str, Any], int, str]] = [
     ("infinite gradient clip", "POST", "/api/v1/runs", {"content": b'{"max_grad_norm": Infinity, "max_steps": 5}', "headers": {"content-type": "application/json"}}, 422, "finite number"),
     ("NaN temperature", "POST", "/api/v1/playground", {"content": b'{"run_id": "abc", "prompt": "hi", "temperature": NaN}', "headers": {"content-type": "application/json"}}, 422, "finite number"),
     ("metrics after step 2**63", "GET", "/api/v1/runs/RUN/metrics?after_step=9223372036854775808", {}, 422, "less than or equal to"),
+    ("metrics after step 10**12", "GET", "/api/v1/runs/RUN/metrics?after_step=999999999999", {}, 422, "less than or equal to"),
     ("events after step 2**63", "GET", "/api/v1/runs/RUN/events?after_step=9223372036854775808", {}, 422, "less than or equal to"),
     ("estimate of a model outside the roots", "POST", "/api/v1/estimate", {"json": {"base_model": "/etc"}}, 422, "outside the model directories"),
     ("unknown status filter", "GET", "/api/v1/runs?status=bogus", {}, 422, "'queued', 'running'"),
