@@ -130,7 +130,8 @@ class Scratch:
             LORADECK_MODEL_ROOTS=str(self.root),
             LORADECK_DATASET_ROOTS=str(self.root),
             OMP_WAIT_POLICY="PASSIVE",
-            PYTHONPATH=str(REPO),
+            # The repo first, then whatever the caller had (packages installed with --target elsewhere).
+            PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")])),
         )
         subprocess.run(
             [sys.executable, "-m", "app.cli", "migrate"], env=self.env, cwd=REPO, check=True, capture_output=True
