@@ -19,12 +19,9 @@ RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))
 COPY README.md alembic.ini ./
 COPY app ./app
 COPY worker ./worker
-COPY migrations ./migrations
-COPY templates ./templates
-COPY static ./static
 COPY assets ./assets
-# Editable: the app finds templates/, static/, migrations/ and assets/ beside its package (app/config.py's
-# REPO_ROOT), so the package must run from here, not from a copy in site-packages.
+# Editable: the app finds assets/ beside its package (app/config.py's REPO_ROOT), so the package must run
+# from here, not from a copy in site-packages.
 RUN pip install -c constraints.txt --no-deps -e .
 
 # Not root. The named volumes mounted on /data and /cache take these owners when first created.

@@ -26,9 +26,9 @@ quick: install
 	$(PY) -m pytest -m "not browser and not slow" -q
 
 lint: install
-	$(VENV)/bin/ruff check app worker tests migrations $(wildcard bench)
-	$(VENV)/bin/ruff format --check app worker tests migrations $(wildcard bench)
-	$(VENV)/bin/mypy app worker $(wildcard bench)
+	$(VENV)/bin/ruff check app worker tools tests $(wildcard bench)
+	$(VENV)/bin/ruff format --check app worker tools tests $(wildcard bench)
+	$(VENV)/bin/mypy app worker tools $(wildcard bench)
 
 install: $(STAMP)
 
@@ -57,10 +57,10 @@ system-deps:
 
 # Rebuild the bundled tiny model and sample dataset (both are committed; this reproduces them).
 tiny-model: install
-	$(PY) -m worker.tiny_model --out assets/tiny-llama
+	$(PY) -m tools.tiny_model --out assets/tiny-llama
 
 sample-data: install
-	$(PY) -m worker.sample_data --out assets/datasets/tw-address
+	$(PY) -m tools.sample_data --out assets/datasets/tw-address
 
 clean:
 	rm -rf $(VENV) data

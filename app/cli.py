@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from app.config import REPO_ROOT, get_settings
-from app.services import redis_password, start_redis, wait_for_redis
+from app.processes import redis_password, start_redis, wait_for_redis
 
 TRAINER_QUEUES = "train,merge"
 INSPECTOR_QUEUES = "inspect"
@@ -35,7 +35,7 @@ def worker_command(queues: str = TRAINER_QUEUES, name: str = "trainer", *, exact
     pool = ["--pool", "threads", "--concurrency", "2"] if queues == INSPECTOR_QUEUES else ["--pool", "solo"]
     node = f"{name}@%h" if exact_name else f"{name}-{os.getpid()}@%h"
     return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queues, *pool,
+        sys.executable, "-m", "celery", "-A", "worker.runtime.celery_app", "worker", "-Q", queues, *pool,
         "--hostname", node, "--loglevel", "INFO", "--without-gossip", "--without-mingle",
     ]  # fmt: skip
 
@@ -117,7 +117,7 @@ def run_in_worker_package(command: str, argv: list[str]) -> int:
 
 def bind(args: argparse.Namespace) -> tuple[str, int]:
     """Where the web app listens; the web process reads the same host to decide whether login is needed."""
-    from app.security import login_problem
+    from app.web.security import login_problem
 
     settings = get_settings()
     host, port = args.host or settings.host, args.port or settings.port
@@ -137,7 +137,7 @@ def cmd_web(args: argparse.Namespace) -> int:
 def cmd_hash_password(_: argparse.Namespace) -> int:
     import getpass
 
-    from app.security import hash_password
+    from app.web.security import hash_password
 
     password = getpass.getpass("admin password: ")
     if len(password) < 12:
@@ -149,7 +149,7 @@ def cmd_hash_password(_: argparse.Namespace) -> int:
 
 
 def cmd_token(_: argparse.Namespace) -> int:
-    from app.security import new_api_token
+    from app.web.security import new_api_token
 
     token, digest = new_api_token()
     print(f"API token (shown once; send as `Authorization: Bearer <token>`):\n  {token}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
@@ -9,8 +10,15 @@ from typing import Annotated, Any
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-ASSETS_DIR = REPO_ROOT / "assets"
+PACKAGE_DIR = Path(__file__).resolve().parent
+# Shipped inside the package, so a normal (non-editable) install finds them.
+TEMPLATES_DIR = PACKAGE_DIR / "templates"
+STATIC_DIR = PACKAGE_DIR / "static"
+MIGRATIONS_DIR = PACKAGE_DIR / "migrations"
+REPO_ROOT = PACKAGE_DIR.parent
+# The bundled tiny model and sample dataset: beside the package in a checkout; an install elsewhere (an image)
+# says where it put them.
+ASSETS_DIR = Path(os.environ.get("LORADECK_ASSETS_DIR") or REPO_ROOT / "assets")
 TINY_MODEL_DIR = ASSETS_DIR / "tiny-llama"
 SAMPLE_DATASET_DIR = ASSETS_DIR / "datasets" / "tw-address"
 

@@ -1,7 +1,7 @@
 """The row shape of a dataset file from its first record, read with the standard library in bounded memory.
 
 Enough for the web to refuse, before queueing, an eval file whose rows are of another shape than the
-training file's; the worker reads and checks every row (worker.datasets), with the same keys deciding.
+training file's; the worker reads and checks every row (worker.data.files), with the same keys deciding.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ SHAPE_NAMES = {"prompt_completion": "prompt/completion", "messages": "messages",
 
 
 def shape_of_record(record: object) -> str | None:
-    """The shape a parsed record has, by the keys worker.datasets looks at first; None if none fits."""
+    """The shape a parsed record has, by the keys worker.data.files looks at first; None if none fits."""
     if not isinstance(record, dict):
         return None
     if "messages" in record:

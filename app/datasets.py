@@ -1,4 +1,4 @@
-"""Uploaded datasets: stored once by content hash (app.uploads streams them in), described by a worker."""
+"""Uploaded datasets: stored once by content hash (app.web.uploads streams them in), described by a worker."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.config import REPO_ROOT, get_settings
+from app.config import MIGRATIONS_DIR, get_settings
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
@@ -79,11 +79,12 @@ def get_db() -> Iterator[Session]:
 
 
 def alembic_config(url: str | None = None) -> AlembicConfig:
-    """Alembic's configuration for the migrations in `migrations/`, on `url` (default: the configured database)."""
+    """Alembic's configuration for the migrations in `app/migrations/`, on `url` (default: the configured
+    database). No ini file: the package carries all it needs."""
     from alembic.config import Config
 
-    config = Config(str(REPO_ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(REPO_ROOT / "migrations"))
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", url or get_settings().resolved_database_url)
     return config
 

@@ -13,13 +13,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from app.config import REPO_ROOT
-from app.deps import templates
+from app.config import STATIC_DIR
 from app.health import health
-from app.live import close_hubs
-from app.routes import api, auth, compare, datasets, estimate, pages, playground, workers
-from app.security import SecurityMiddleware
-from app.uploads import BodyLimitMiddleware
+from app.web.deps import templates
+from app.web.live import close_hubs
+from app.web.routes import api, auth, compare, datasets, estimate, pages, playground, workers
+from app.web.security import SecurityMiddleware
+from app.web.uploads import BodyLimitMiddleware
 
 
 @asynccontextmanager
@@ -38,7 +38,7 @@ app = FastAPI(
 )
 app.add_middleware(BodyLimitMiddleware)
 app.add_middleware(SecurityMiddleware)
-app.mount("/static", StaticFiles(directory=REPO_ROOT / "static"), name="static")
+app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 app.include_router(api.router)
 app.include_router(pages.router)
 app.include_router(estimate.router)

@@ -72,11 +72,11 @@ class Run(Base):
     max_steps: Mapped[int | None] = mapped_column(Integer)
     last_loss: Mapped[float | None] = mapped_column(Float)
     # The worker's lease on a running run: renewed every few seconds; a reaper interrupts the run when it
-    # stops changing (worker/lease.py, worker/reaper.py).
+    # stops changing (worker/runtime/lease.py, worker/runtime/reaper.py).
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # workers lost while training it
     # After training: task metrics on eval rows and the regression prompts' answers, base beside adapter
-    # (worker/evaluate.py has the shape).
+    # (worker/engine/evaluate.py has the shape).
     evaluation: Mapped[dict | None] = mapped_column(JSON)
 
     metrics: Mapped[list[Metric]] = relationship(back_populates="run", cascade="all, delete-orphan")

@@ -53,7 +53,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
         # Every worker also listens on a queue of its own ("<name>.dq2"): a run pinned to a worker, or one
-        # that only some workers can hold, is sent there (worker/scheduling.py).
+        # that only some workers can hold, is sent there (worker/runtime/scheduling.py).
         "worker_direct": True,
     }
 

@@ -126,7 +126,7 @@ def claim_run(*, session: Session, run_id: str, worker: str) -> bool:
     """Move a run from queued or interrupted to running, atomically: only one worker ever wins.
 
     A running run is never taken, even from a worker that looks dead: the reaper first moves it to
-    interrupted, conditionally on the lease it saw expire (worker/reaper.py), so two workers never train it.
+    interrupted, conditionally on the lease it saw expire (worker/runtime/reaper.py), so two workers never train it.
     """
     now = utcnow()
     result = session.execute(

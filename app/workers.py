@@ -1,4 +1,4 @@
-"""The workers online, as their heartbeats in Redis describe them (see worker/registry.py)."""
+"""The workers online, as their heartbeats in Redis describe them (see worker/runtime/registry.py)."""
 
 from __future__ import annotations
 

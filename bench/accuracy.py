@@ -2,10 +2,10 @@
 
 Each run is the new-run form's values for the bundled model and the sample dataset (with the LoRA preset,
 or the method switched for (IA)³ and prompt tuning), trained and evaluated by the real engine
-(`worker.train.run_training`). Recorded: the run's own evaluation (base beside adapter, exact match on
+(`worker.engine.train.run_training`). Recorded: the run's own evaluation (base beside adapter, exact match on
 `task_eval_rows` eval rows), its wall time from start to evaluated, and on `--rows` eval rows the
 adapter's and the base's scores with every answer checked against the plain no-cache greedy loop
-(`worker.evaluate.reference_greedy`). The base is the baseline of the same invocation.
+(`worker.engine.evaluate.reference_greedy`). The base is the baseline of the same invocation.
 
     .venv/bin/python bench/accuracy.py [--rows 200] [--only qlora,lora]
 """
@@ -40,8 +40,8 @@ RUNS: dict[str, tuple[str, dict[str, Any]]] = {
 
 def form_spec(name: str, overrides: dict[str, Any]) -> Any:
     """The spec the new-run form submits with its default values (and the given changes)."""
-    from app.forms import form_defaults
     from app.schemas import RunSpec
+    from app.web.forms import form_defaults
 
     values = form_defaults() | {"name": f"bench-{name}", "save_steps": 0} | overrides
     return RunSpec.model_validate(values)
@@ -51,7 +51,7 @@ def train(spec: Any) -> tuple[str, float]:
     """Train and evaluate a run through the engine; its id and the seconds from start to evaluated."""
     from app import runs
     from app.db import get_sessionmaker
-    from worker.train import run_training
+    from worker.engine.train import run_training
 
     with get_sessionmaker()() as session:
         run = runs.create_run(session=session, spec=spec)
@@ -62,8 +62,8 @@ def train(spec: Any) -> tuple[str, float]:
 
 def score_rows(model: Any, tokenizer: Any, rows: list[dict[str, str]], max_new_tokens: int) -> dict[str, Any]:
     """Exact match on the rows, and how many of the fast path's answers equal the reference loop's."""
-    from worker.data import encode_prompt
-    from worker.evaluate import generate_completions, reference_greedy, score
+    from worker.data.encode import encode_prompt
+    from worker.engine.evaluate import generate_completions, reference_greedy, score
 
     prompts = [encode_prompt(tokenizer, row["prompt"]) for row in rows]
     fast = generate_completions(model, tokenizer, prompts, max_new_tokens=max_new_tokens)

@@ -150,7 +150,7 @@ def pad_collator(pad_token_id: int) -> Any:
 
 
 def training_arguments(spec: dict[str, Any], output_dir: Path) -> Any:
-    """The TrainingArguments values loradeck's worker/adapters.py derives from the same spec."""
+    """The TrainingArguments values loradeck's worker/engine/configs.py derives from the same spec."""
     import torch
     from transformers import TrainingArguments
 

@@ -4,7 +4,7 @@ chart, against a bare script's wait from its own start to its first logged step.
     .venv/bin/python bench/first_metric.py [--repeats 5]
 
 loradeck's side goes through the real path, as in production: a uvicorn of the app and a Celery worker
-(`python -m celery -A worker.celery_app worker -Q train,merge --pool solo`) already running and warm (it
+(`python -m celery -A worker.runtime.celery_app worker -Q train,merge --pool solo`) already running and warm (it
 has trained one run since it started, so torch, transformers and peft are imported, as in a long-lived
 worker), a private redis-server and a scratch SQLite database. The clock starts just before
 `POST /api/v1/runs` and stops at the first `metric` event of the run's Redis Stream (the stream id's
@@ -43,13 +43,13 @@ class Stack:
     """uvicorn and a Celery worker over a scratch data dir and its redis-server."""
 
     def __init__(self, scratch: Scratch) -> None:
-        from app.services import free_port
+        from app.processes import free_port
 
         self.scratch = scratch
         self.url = f"http://127.0.0.1:{free_port()}"
         self.worker_log = scratch.root / "worker.log"
         web = ["-m", "uvicorn", "app.main:app", "--port", self.url.rsplit(":", 1)[1], "--log-level", "warning"]
-        worker = ["-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "train,merge", "--pool", "solo"]
+        worker = ["-m", "celery", "-A", "worker.runtime.celery_app", "worker", "-Q", "train,merge", "--pool", "solo"]
         worker += ["--loglevel", "INFO"]  # it says "ready." at INFO
         with self.worker_log.open("wb") as log:
             self.worker = subprocess.Popen([sys.executable, *worker], env=scratch.env, cwd=REPO, stdout=log, stderr=log)

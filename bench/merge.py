@@ -83,7 +83,7 @@ def build(root: Path) -> dict[str, Any]:
 
 
 def merge_streaming(base: Path, adapter: Path, out: Path) -> dict[str, Any]:
-    from worker.streaming_merge import merge_adapter_streaming
+    from worker.merge.streaming import merge_adapter_streaming
 
     summary = merge_adapter_streaming(base, adapter, out)
     return {"shards": len(summary["shards"]), "merged_tensors": summary["merged_tensors"]}
@@ -103,7 +103,7 @@ def compare(first: Path, second: Path) -> dict[str, Any]:
     """How far apart the two merged models' weights are, tensor by tensor."""
     from safetensors import safe_open
 
-    from worker.safetensors_io import model_tensors
+    from worker.merge.safetensors_io import model_tensors
 
     ours, theirs = model_tensors(first), model_tensors(second)
     if ours.keys() != theirs.keys():

@@ -106,10 +106,10 @@ class Scratch:
     """A temporary data dir (SQLite, migrated) and a private redis-server; `env` points loradeck at both.
 
     With `require_redis=False` a machine without redis-server still runs: the runs' live events then wait
-    in the worker's buffer (worker/publisher.py) and the database keeps the metrics; `live_feed` says which."""
+    in the worker's buffer (worker/runtime/publisher.py) and the database keeps the metrics; `live_feed` says which."""
 
     def __init__(self, prefix: str = "loradeck-bench-", *, require_redis: bool = True) -> None:
-        from app.services import find_redis_server, free_port, start_redis
+        from app.processes import find_redis_server, free_port, start_redis
 
         self.root = Path(tempfile.mkdtemp(prefix=prefix))
         port = free_port()
@@ -181,8 +181,8 @@ def engine_run(spec: dict[str, Any]) -> dict[str, Any]:
     from app import runs
     from app.db import get_sessionmaker
     from app.schemas import RunSpec
-    from worker.callbacks import MetricsCallback
-    from worker.train import run_training
+    from worker.engine.callbacks import MetricsCallback
+    from worker.engine.train import run_training
 
     timing: dict[str, float] = {}
     hooks: dict[str, float] = {}

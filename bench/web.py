@@ -46,7 +46,7 @@ class Server:
     """uvicorn on a free port over a scratch data dir, with its own redis-server."""
 
     def __init__(self, root: Path) -> None:
-        from app.services import free_port, start_redis
+        from app.processes import free_port, start_redis
 
         self.redis_port, self.port = free_port(), free_port()
         self.redis = start_redis(port=self.redis_port, directory=root / "redis", persist=False)
@@ -151,7 +151,7 @@ def timed_gets(url: str, requests: int) -> list[float]:
 
 async def live_latency(server: Server, viewers: int, events: int) -> dict[str, Any]:
     """Publish metric events the way the worker does and time their arrival at `viewers` SSE clients."""
-    from worker.callbacks import EventPublisher
+    from worker.engine.callbacks import EventPublisher
 
     run_id = f"live{viewers}"
     from sqlalchemy import create_engine, insert

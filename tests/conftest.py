@@ -16,7 +16,7 @@ import httpx
 import pytest
 import redis
 
-from app.services import free_port, start_redis
+from app.processes import free_port, start_redis
 
 # Set before any test imports torch: spinning OpenMP threads crawl on a shared 2-core machine.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

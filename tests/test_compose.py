@@ -163,7 +163,7 @@ def test_every_variable_is_documented_in_env_example() -> None:
 
 def test_the_compose_environment_is_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each service's settings, from a fresh .env: valid, the same as loradeck's defaults, and a web that starts."""
-    from app.security import login_problem
+    from app.web.security import login_problem
 
     workdir = re.search(r"^WORKDIR (\S+)", DOCKERFILE, re.M)
     assert workdir
@@ -252,17 +252,17 @@ def test_web_and_workers_share_the_data_volume_and_workers_the_model_cache() -> 
 def test_the_dockerfile_installs_with_the_pins_and_ships_what_the_app_reads() -> None:
     installs = [line for line in DOCKERFILE.replace("\\\n", " ").splitlines() if "pip install" in line]
     assert installs and all("-c constraints.txt" in line for line in installs), "install with constraints.txt"
-    # app/config.py finds templates/, static/, migrations/ and assets/ beside the package: run it in place.
+    # app/config.py finds assets/ beside the package: run it in place.
     assert any(re.search(r"pip install .*-e \.", line) for line in installs), "install the project editable"
     copied = " ".join(re.findall(r"^COPY (.+)$", DOCKERFILE, re.M))
-    for needed in ("app", "worker", "templates", "static", "migrations", "alembic.ini", "assets", "README.md"):
+    for needed in ("app", "worker", "alembic.ini", "assets", "README.md"):
         assert re.search(rf"(^|\s){re.escape(needed)}(\s|$)", copied), f"the image lacks {needed}"
     assert re.search(r"^USER (?!root)\S+", DOCKERFILE, re.M), "run as a user, not root"
 
 
 def test_worker_check_finds_the_heartbeat_of_its_own_worker(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """`loradeck worker --check`, the workers' health check, against the heartbeat a real worker writes."""
-    from worker.registry import Heartbeat
+    from worker.runtime.registry import Heartbeat
 
     own_db = redis_url.rsplit("/", 1)[0] + "/5"  # not the database the session's worker stacks announce in
     monkeypatch.setenv("REDIS_URL", own_db)

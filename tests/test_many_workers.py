@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.services import free_port
+from app.processes import free_port
 from tests.browser.test_pages import start_run, wait_finished
 from tests.conftest import REPO, Stack, _wait_http
 

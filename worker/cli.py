@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-# Read by OpenMP when torch loads: spinning threads crawl when the CPU is shared (see worker.celery_app).
+# Read by OpenMP when torch loads: spinning threads crawl when the CPU is shared (see worker.runtime.celery_app).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import yaml  # noqa: E402
@@ -38,7 +38,7 @@ class BadSpecFile(Exception):
 
 def read_spec_file(path: Path, **overrides: Any) -> RunSpec:
     """A RunSpec from a YAML or JSON file with the API's fields; relative paths are from the current directory."""
-    from worker.adapters import validation_messages
+    from worker.engine.configs import validation_messages
 
     try:
         text = path.read_text(encoding="utf-8")
@@ -146,7 +146,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir = get_settings().runs_dir / run_id
     print(f"run {run_id}: {run_dir}", flush=True)
 
-    from worker.train import run_training
+    from worker.engine.train import run_training
 
     printer = ProgressPrinter()
     received: list[int] = []
@@ -190,7 +190,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         spec = read_spec_file(Path(args.spec_file))
     except BadSpecFile as exc:
         return _fail(exc.lines, EXIT_BAD_INPUT)
-    from worker.estimate import estimate_spec
+    from worker.engine.estimate import estimate_spec
 
     try:
         estimate = estimate_spec(spec)
@@ -216,7 +216,7 @@ def cmd_validate_dataset(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
     from app.config import get_settings
-    from worker.data import DatasetError, describe_dataset, validate_dataset
+    from worker.data.encode import DatasetError, describe_dataset, validate_dataset
 
     problems = validate_dataset(args.file)
     if args.json and problems:

@@ -70,7 +70,7 @@ def preflight(dry_run: bool) -> None:
     missing = [name for name in NEEDED if importlib.util.find_spec(name) is None]
     if not missing:
         try:  # what those need in turn (pydantic_core, mako, dotenv, ...): the engine's own imports tell
-            for module in ("worker.train", "app.db", "alembic.command"):
+            for module in ("worker.engine.train", "app.db", "alembic.command"):
                 importlib.import_module(module)
         except ImportError as exc:
             missing = [exc.name or str(exc)]

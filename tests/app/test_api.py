@@ -139,7 +139,7 @@ SAMPLE_TRAIN, SAMPLE_EVAL = SAMPLE_DATASET_DIR / "train.jsonl", SAMPLE_DATASET_D
 
 @pytest.mark.slow
 def test_a_run_created_with_no_fields_is_scored_on_the_samples_eval_file(client: TestClient) -> None:
-    from worker.train import run_training
+    from worker.engine.train import run_training
 
     run = client.post("/api/v1/runs", json={}).json()
     assert run["spec"]["dataset"] == str(SAMPLE_TRAIN)

@@ -14,8 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from app.forms import LINE_FIELDS
 from app.models import Artifact, Dataset, Metric, Run
+from app.web.forms import LINE_FIELDS
 
 # (what, method, path, keyword arguments for the request, status, words the message must contain)
 RUN_SPEC_CASES: list[tuple[str, dict[str, Any], str]] = [

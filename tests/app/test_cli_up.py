@@ -14,7 +14,7 @@ import psutil
 import pytest
 import redis
 
-from app.services import free_port
+from app.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -18,7 +18,7 @@ import uvicorn
 
 from app.archive import describe_tree
 from app.models import Artifact, ArtifactKind, ArtifactStatus, Run
-from app.services import free_port
+from app.processes import free_port
 
 
 @pytest.fixture

@@ -94,7 +94,7 @@ def test_form_fragment_renders_the_estimate(stack: Stack) -> None:
 def test_no_inspect_worker_is_a_503(loradeck_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     # A real Redis with nobody on the inspect queue; waiting 1 s rather than 30 keeps the test quick.
     from app.queue import ask_inspector
-    from app.routes import estimate
+    from app.web.routes import estimate
 
     monkeypatch.setattr(estimate, "ask_inspector", functools.partial(ask_inspector, timeout=1))
     from app.main import app

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from app.security import SESSION_COOKIE, hash_password, new_api_token, verify_password
-from app.services import free_port
+from app.processes import free_port
+from app.web.security import SESSION_COOKIE, hash_password, new_api_token, verify_password
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -245,7 +245,7 @@ def login_client(loradeck_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("LORADECK_REQUIRE_LOGIN", "true")
     monkeypatch.setenv("LORADECK_ADMIN_PASSWORD_HASH", hash_password("a long admin password"))
     from app.config import get_settings
-    from app.routes.auth import throttle
+    from app.web.routes.auth import throttle
 
     get_settings.cache_clear()
     from app.main import app

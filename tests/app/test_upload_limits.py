@@ -22,7 +22,7 @@ import httpx
 import psutil
 import pytest
 
-from app.services import free_port
+from app.processes import free_port
 from tests.conftest import REPO, Stack, _wait_http
 
 STACK_ENV = {"LORADECK_MAX_UPLOAD_BYTES": str(128 * 1024**2)}

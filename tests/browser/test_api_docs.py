@@ -11,7 +11,7 @@ import pytest
 import uvicorn
 from playwright.sync_api import Page
 
-from app.services import free_port
+from app.processes import free_port
 
 pytestmark = pytest.mark.browser
 

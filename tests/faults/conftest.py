@@ -19,7 +19,7 @@ import httpx
 import pytest
 import redis
 
-from app import runs, services
+from app import processes, runs
 from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, get_settings
 from app.db import get_sessionmaker, migrate
 from app.events import stream_key
@@ -52,12 +52,12 @@ class FaultStack:
         self.redis: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
         self.web: subprocess.Popen[bytes] | None = None
-        self.web_port = services.free_port()
+        self.web_port = processes.free_port()
         self.url = f"http://127.0.0.1:{self.web_port}"
 
     # --- processes
     def start_redis(self) -> None:
-        self.redis = services.start_redis(port=self.redis_port, directory=self.root / "redis", persist=True)
+        self.redis = processes.start_redis(port=self.redis_port, directory=self.root / "redis", persist=True)
 
     def stop_redis(self) -> None:
         assert self.redis is not None
@@ -187,7 +187,7 @@ def fault_stack(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[FaultStack]:
     """Its own persistent Redis, a migrated database, and a short lease; processes are started by the test."""
-    redis_port = services.free_port()
+    redis_port = processes.free_port()
     env = {
         "LORADECK_DATA_DIR": str(tmp_path / "data"),
         "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",

@@ -64,7 +64,7 @@ def test_the_queue_hands_a_training_worker_one_task_at_a_time() -> None:
     command = worker_command()
     assert command[command.index("--pool") + 1] == "solo"  # one task per GPU process, in the main thread
 
-    from worker.celery_app import app
+    from worker.runtime.celery_app import app
 
     assert app.conf.broker_connection_max_retries is None  # reconnects to Redis for as long as it takes
     assert app.conf.worker_cancel_long_running_tasks_on_connection_loss is False

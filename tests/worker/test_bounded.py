@@ -1,4 +1,4 @@
-"""worker.bounded: a call that needs more memory or time than it may have is stopped and said so."""
+"""worker.runtime.bounded: a call that needs more memory or time than it may have is stopped and said so."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from worker.bounded import LimitExceeded, run_bounded
+from worker.runtime.bounded import LimitExceeded, run_bounded
 
 MIB = 1024**2
 

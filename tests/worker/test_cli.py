@@ -21,7 +21,7 @@ from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, get_settings
 from app.db import get_sessionmaker
 from app.events import stream_key
 from app.models import RunStatus
-from app.services import free_port
+from app.processes import free_port
 from worker.cli import main
 
 REPO = Path(__file__).resolve().parents[2]

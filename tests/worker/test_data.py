@@ -12,8 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from app.config import TINY_MODEL_DIR
 from app.schemas import RunSpec
-from worker.chat_templates import NAMED_TEMPLATES, encode_conversation, render_chat, resolve_chat_template
-from worker.data import (
+from worker.data.chat import NAMED_TEMPLATES, encode_conversation, render_chat, resolve_chat_template
+from worker.data.encode import (
     IGNORE_INDEX,
     DatasetError,
     PadCollator,

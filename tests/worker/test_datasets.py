@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from worker.datasets import DatasetError, read_dataset, read_rows, validate_dataset
+from worker.data.files import DatasetError, read_dataset, read_rows, validate_dataset
 
 DATA = Path(__file__).parent / "data"
 

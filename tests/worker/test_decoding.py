@@ -12,10 +12,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR
 from app.schemas import RunSpec
-from worker.adapters import model_dtype, peft_config, quantization_config
-from worker.data import eval_rows
-from worker.evaluate import chat_prompt, evaluate_run, reference_greedy, score
-from worker.generate import Sampling, Side, decode_lockstep
+from worker.data.encode import eval_rows
+from worker.engine.configs import model_dtype, peft_config, quantization_config
+from worker.engine.evaluate import chat_prompt, evaluate_run, reference_greedy, score
+from worker.serving.generate import Sampling, Side, decode_lockstep
 
 METHODS = ["lora", "qlora", "ia3", "prompt_tuning"]
 ROWS = 6  # of different lengths, so a batch is padded

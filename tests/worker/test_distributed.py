@@ -24,9 +24,9 @@ from app.db import get_sessionmaker
 from app.events import stream_key
 from app.models import RunStatus
 from app.schemas import RunSpec
-from worker.distributed import launch_command
-from worker.lease import HANDED_BACK, WORKER_STOPPING, resume_step
-from worker.train import run_training
+from worker.engine.distributed import launch_command
+from worker.engine.train import run_training
+from worker.runtime.lease import HANDED_BACK, WORKER_STOPPING, resume_step
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = SAMPLE_DATASET_DIR / "train.jsonl"
@@ -69,7 +69,7 @@ def _ranks(run_id: str) -> list[psutil.Process]:
     found = []
     for process in psutil.process_iter(["cmdline", "ppid"]):
         cmdline = process.info["cmdline"] or []
-        if "worker.distributed" in cmdline and run_id in cmdline and "accelerate.commands.launch" not in cmdline:
+        if "worker.engine.distributed" in cmdline and run_id in cmdline and "accelerate.commands.launch" not in cmdline:
             found.append(process)
     # A rank may fork helpers of its own (torch elastic's "pt_elastic"); they carry its command line.
     pids = {process.pid for process in found}
@@ -83,7 +83,7 @@ def test_the_launch_command_asks_accelerate_for_one_process_per_gpu(loradeck_env
     assert "--num_processes=4" in command and "--num_machines=1" in command
     assert command[-5:] == [
         "-m",
-        "worker.distributed",
+        "worker.engine.distributed",
         "r1",
         "--worker=box:7",
         "--resume-from=/data/runs/r1/checkpoint-10",
@@ -200,7 +200,12 @@ def test_a_two_process_run_handed_back_on_shutdown_resumes_from_its_checkpoint(l
 def test_killing_the_worker_leaves_no_training_process(loradeck_env: dict[str, str]) -> None:
     run_id = _create_run(max_steps=10_000)
     worker = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from worker.train import run_training; run_training(sys.argv[1])", run_id],
+        [
+            sys.executable,
+            "-c",
+            "import sys; from worker.engine.train import run_training; run_training(sys.argv[1])",
+            run_id,
+        ],  # fmt: skip
         cwd=REPO,
         env={**os.environ, **loradeck_env},
     )

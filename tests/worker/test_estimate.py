@@ -14,8 +14,8 @@ from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
 from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR
 from app.schemas import RunSpec
-from worker.estimate import answer_estimate, estimate_spec
-from worker.train import _apply_adapter, _load_model
+from worker.engine.estimate import answer_estimate, estimate_spec
+from worker.engine.train import _apply_adapter, _load_model
 
 LLAMA_8B = Path(__file__).parent / "configs" / "llama-8b"
 DATASET = str(SAMPLE_DATASET_DIR / "train.jsonl")

@@ -8,8 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR
-from worker.data import encode_prompt
-from worker.evaluate import generate_completions, score
+from worker.data.encode import encode_prompt
+from worker.engine.evaluate import generate_completions, score
 
 
 def test_score_counts_exact_matches_and_json_fields() -> None:

@@ -13,9 +13,9 @@ from app import runs
 from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, get_settings
 from app.db import get_sessionmaker
 from app.schemas import RunSpec
-from worker.adapters import quantization_config
-from worker.evaluate import chat_prompt, generate_completions, reference_greedy
-from worker.train import run_training
+from worker.engine.configs import quantization_config
+from worker.engine.evaluate import chat_prompt, generate_completions, reference_greedy
+from worker.engine.train import run_training
 
 pytestmark = pytest.mark.slow
 

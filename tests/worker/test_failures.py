@@ -26,9 +26,9 @@ from app.db import get_sessionmaker
 from app.events import stream_key
 from app.models import Run, RunStatus
 from app.schemas import RunSpec
-from worker.lease import Lease
-from worker.reaper import MAX_ATTEMPTS, REQUEUE_AFTER_LEASES, Reaper
-from worker.train import run_training
+from worker.engine.train import run_training
+from worker.runtime.lease import Lease
+from worker.runtime.reaper import MAX_ATTEMPTS, REQUEUE_AFTER_LEASES, Reaper
 
 TRAIN = SAMPLE_DATASET_DIR / "train.jsonl"
 
@@ -303,7 +303,7 @@ def test_claims_racing_for_one_run_let_exactly_one_win(loradeck_env: dict[str, s
 def test_a_cancelled_run_lets_go_of_its_model(loradeck_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker's memory goes back when a run ends: nothing keeps the adapted model alive (on a GPU,
     torch.cuda.empty_cache then returns its memory to the device)."""
-    import worker.train as train
+    import worker.engine.train as train
 
     models: list[weakref.ref[Any]] = []
     apply_adapter = train._apply_adapter

@@ -33,13 +33,13 @@ from app.models import ArtifactStatus, RunStatus
 from app.peft_defaults import IA3_DEFAULT_MODEL_TYPES
 from app.schemas import RunSpec
 from tests.worker.families import CORPUS, FAMILIES, build_family
-from worker.chat_templates import IGNORE_INDEX
-from worker.data import DatasetError, load_training_data
-from worker.estimate import answer_estimate
-from worker.generate import run_playground
-from worker.merge import merge_artifact
-from worker.streaming_merge import merge_adapter_streaming
-from worker.train import run_training
+from worker.data.chat import IGNORE_INDEX
+from worker.data.encode import DatasetError, load_training_data
+from worker.engine.estimate import answer_estimate
+from worker.engine.train import run_training
+from worker.merge.artifact import merge_artifact
+from worker.merge.streaming import merge_adapter_streaming
+from worker.serving.generate import run_playground
 
 PARITY = 1e-4  # fp32 logits, merged vs adapter-on-base: only summation order may differ
 NAMES = list(FAMILIES)
@@ -394,7 +394,7 @@ def test_lora_and_qlora_train_evaluate_merge_and_generate(
     with get_sessionmaker()() as session:
         merged = runs.get_artifact(session=session, artifact_id=artifact.id)
     assert merged.status == ArtifactStatus.ready, merged.error
-    assert merged.details["max_abs_diff"] < PARITY  # checked by worker.merge against adapter-on-base, in fp32
+    assert merged.details["max_abs_diff"] < PARITY  # checked by worker.merge.artifact against adapter-on-base, in fp32
     card = (get_settings().runs_dir / run_id / "merged" / "README.md").read_text()
     assert "untied" not in card  # all-linear leaves lm_head and the embeddings alone
     assert merged.details["untied_embeddings"] is False

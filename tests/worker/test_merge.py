@@ -20,9 +20,9 @@ from app.db import get_sessionmaker
 from app.events import stream_key
 from app.models import Artifact, ArtifactKind, ArtifactStatus, RunStatus
 from app.schemas import RunSpec
-from worker import streaming_merge
-from worker.merge import merge_artifact
-from worker.train import run_training
+from worker.engine.train import run_training
+from worker.merge import streaming as streaming_merge
+from worker.merge.artifact import merge_artifact
 
 
 def _spec(**overrides: object) -> RunSpec:

@@ -23,9 +23,9 @@ from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, get_settings
 from app.db import get_sessionmaker
 from app.models import RunStatus
 from app.schemas import RunSpec
-from worker.adapters import RunError, peft_config, quantization_config, training_arguments, training_callbacks
-from worker.data import PadCollator, make_collator
-from worker.train import _apply_adapter, _build_trainer, _load_model, run_training
+from worker.data.encode import PadCollator, make_collator
+from worker.engine.configs import RunError, peft_config, quantization_config, training_arguments, training_callbacks
+from worker.engine.train import _apply_adapter, _build_trainer, _load_model, run_training
 
 TRAIN = SAMPLE_DATASET_DIR / "train.jsonl"
 ON_CPU = not torch.cuda.is_available()

@@ -19,7 +19,7 @@ from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, get_settings
 from app.db import get_sessionmaker
 from app.models import RunStatus
 from app.schemas import RunSpec
-from worker.train import run_training
+from worker.engine.train import run_training
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = SAMPLE_DATASET_DIR / "train.jsonl"
@@ -28,7 +28,7 @@ TRAIN = SAMPLE_DATASET_DIR / "train.jsonl"
 # checkpoint-10 is on disk and step 11's metric point is in the database, as after a real crash.
 KILLED_WORKER = """
 import sys, time
-import worker.callbacks as callbacks
+import worker.engine.callbacks as callbacks
 callbacks.FLUSH_EVERY_S = 0.0
 original = callbacks.MetricsCallback.on_step_end
 def stall(self, args, state, control, **kwargs):
@@ -36,7 +36,7 @@ def stall(self, args, state, control, **kwargs):
     if state.global_step >= 12:
         time.sleep(600)
 callbacks.MetricsCallback.on_step_end = stall
-from worker.train import run_training
+from worker.engine.train import run_training
 run_training(sys.argv[1])
 """
 

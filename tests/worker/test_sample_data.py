@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.sample_data import (
+from tools.sample_data import (
     FIELDS,
     PROMPT_PREFIX,
     format_address,
@@ -69,7 +69,7 @@ def test_committed_dataset_equals_a_fresh_generation(tmp_path: Path) -> None:
     for split in ("train", "eval"):
         committed = DATASET_DIR / f"{split}.jsonl"
         assert committed.read_bytes() == paths[split].read_bytes(), (
-            f"{committed} is stale: run `python -m worker.sample_data --out assets/datasets/tw-address`"
+            f"{committed} is stale: run `python -m tools.sample_data --out assets/datasets/tw-address`"
         )
 
 

@@ -17,9 +17,9 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from app.config import TINY_MODEL_DIR
-from worker.model_card import write_sha256sums
-from worker.safetensors_io import INDEX_FILE, ShardWriter, TensorSpec, verify_shard
-from worker.streaming_merge import UnmergeableAdapter, merge_adapter_streaming
+from worker.merge.model_card import write_sha256sums
+from worker.merge.safetensors_io import INDEX_FILE, ShardWriter, TensorSpec, verify_shard
+from worker.merge.streaming import UnmergeableAdapter, merge_adapter_streaming
 
 PARITY = 1e-4  # fp32 logits, streaming merge vs PEFT: only summation order may differ
 

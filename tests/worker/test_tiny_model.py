@@ -13,8 +13,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from worker.sample_data import FIELDS, PROMPT_PREFIX, dataset_splits, generate_rows, parse_fields
-from worker.tiny_model import (
+from tools.sample_data import FIELDS, PROMPT_PREFIX, dataset_splits, generate_rows, parse_fields
+from tools.tiny_model import (
     CHAT_TEMPLATE,
     address_documents,
     build_tiny_model,

@@ -19,9 +19,9 @@ from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, get_settings
 from app.db import get_sessionmaker
 from app.events import stream_key
 from app.models import ArtifactKind, ArtifactStatus, RunStatus
+from app.processes import free_port
 from app.schemas import RunSpec
-from app.services import free_port
-from worker.train import run_training
+from worker.engine.train import run_training
 
 TRAIN = SAMPLE_DATASET_DIR / "train.jsonl"
 EVAL = SAMPLE_DATASET_DIR / "eval.jsonl"

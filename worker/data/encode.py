@@ -1,0 +1,338 @@
+"""Dataset rows -> token ids and labels, the eval split, the batch collators, and a dataset's description.
+
+Labels are IGNORE_INDEX on whatever the model is given rather than asked to write: the prompt of a
+prompt/completion row (`bos + prompt + completion + eos`), the system and user turns of a
+conversation and the markup around them (see worker.data.chat); `train_on_prompt` and text rows
+train on every token. The prompt and the completion are tokenized separately and their ids joined,
+so the boundary between "given" and "to learn" is exact (tokenizing the joined text can merge the last
+prompt character with the first completion one). Reading and checking files is worker.data.files.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from jinja2.exceptions import TemplateError
+from torch.utils.data import Dataset
+from transformers import DataCollatorWithFlattening, PreTrainedTokenizerBase
+
+from app.schemas import RunSpec
+from worker.data.chat import (
+    IGNORE_INDEX,
+    chat_template_name,
+    encode_conversation,
+    render_chat,
+    resolve_chat_template,
+    warn_about_markup,
+)
+from worker.data.files import SHAPE_NAMES, Row, read_dataset, read_rows
+
+# Re-exported: train.py, merge.py and the CLI import the whole dataset contract from here.
+from worker.data.files import DatasetError as DatasetError
+from worker.data.files import RowProblem as RowProblem
+from worker.data.files import validate_dataset as validate_dataset
+
+log = logging.getLogger(__name__)
+Example = dict[str, list[int]]
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+    """The ids the model sees before the completion: bos (when the tokenizer has one) + prompt."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    return bos + list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+
+def encode_row(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    completion: str,
+    max_seq_length: int,
+    *,
+    train_on_prompt: bool = False,
+) -> Example:
+    """input_ids and labels for one prompt/completion row, cut to max_seq_length."""
+    row = Row(line=0, prompt=prompt, completion=completion)
+    return _truncate(encode_example(row, tokenizer, "", train_on_prompt=train_on_prompt), max_seq_length)
+
+
+def encode_example(
+    row: Row, tokenizer: PreTrainedTokenizerBase, template: str, *, train_on_prompt: bool = False
+) -> Example:
+    """input_ids and labels for a row of any shape, not yet cut; `template` is the Jinja source for messages."""
+    if row.shape == "messages":
+        return encode_conversation(tokenizer, template, row.messages, train_on_prompt=train_on_prompt)
+    if tokenizer.eos_token_id is None:
+        raise DatasetError("the tokenizer has no eos token, so the model could never learn where to stop")
+    if row.shape == "text":
+        ids = [*encode_prompt(tokenizer, row.text), tokenizer.eos_token_id]
+        return {"input_ids": ids, "labels": list(ids)}
+    prompt_ids = encode_prompt(tokenizer, row.prompt)
+    completion_ids = [*tokenizer(row.completion, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+    labels = prompt_ids if train_on_prompt else [IGNORE_INDEX] * len(prompt_ids)
+    return {"input_ids": prompt_ids + completion_ids, "labels": labels + completion_ids}
+
+
+def encode_row_prompt(row: Row, tokenizer: PreTrainedTokenizerBase, chat_template: str = "auto") -> list[int]:
+    """The ids a row gives the model before its first answer (what the merge check compares logits on)."""
+    if row.shape == "messages":
+        first_answer = next(i for i, turn in enumerate(row.messages) if turn["role"] == "assistant")
+        template = resolve_chat_template(tokenizer, chat_template)
+        text = render_chat(tokenizer, template, row.messages[:first_answer], add_generation_prompt=True)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return encode_prompt(tokenizer, row.prompt if row.shape == "prompt_completion" else row.text)
+
+
+def _truncate(example: Example, max_seq_length: int) -> Example:
+    return {key: ids[:max_seq_length] for key, ids in example.items()}
+
+
+def _learns_something(example: Example) -> bool:
+    return any(label != IGNORE_INDEX for label in example["labels"])
+
+
+class TokenizedDataset(Dataset[dict[str, list[int]]]):
+    """Rows tokenized once up front: the datasets here are small next to the cost of a training step."""
+
+    def __init__(self, examples: list[Example]) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> Example:
+        return self.examples[index]
+
+
+def _encode_all(
+    rows: list[Row], tokenizer: PreTrainedTokenizerBase, chat_template: str, train_on_prompt: bool, path: Path
+) -> list[Example]:
+    """Every row encoded whole; a template that cannot render a row names the row."""
+    template = ""
+    if rows and rows[0].shape == "messages":
+        name = chat_template_name(tokenizer, chat_template)
+        template = resolve_chat_template(tokenizer, chat_template)
+        warn_about_markup(tokenizer, name)
+    unit = "row" if path.suffix.lower() == ".parquet" else "line"
+    examples = []
+    for row in rows:
+        try:
+            examples.append(encode_example(row, tokenizer, template, train_on_prompt=train_on_prompt))
+        except (DatasetError, TemplateError) as exc:
+            raise DatasetError(f"{path.name} {unit} {row.line}: {exc}") from None
+    return examples
+
+
+def _fit(examples: list[Example], rows: list[Row], max_seq_length: int, name: str) -> list[Example]:
+    """Cut each example to max_seq_length; drop those left with nothing to learn (their prompt fills it)."""
+    kept: list[Example] = []
+    dropped: list[int] = []
+    for example, row in zip(examples, rows, strict=True):
+        example = _truncate(example, max_seq_length)
+        if _learns_something(example):
+            kept.append(example)
+        else:
+            dropped.append(row.line)
+    if dropped:
+        log.warning(
+            "dataset %s: %d rows have prompts of %d tokens or more and no room left for the completion "
+            "(lines %s); they are skipped. Raise max_seq_length to keep them.",
+            name,
+            len(dropped),
+            max_seq_length,
+            ", ".join(map(str, dropped[:10])) + (" ..." if len(dropped) > 10 else ""),
+        )
+    if not kept:
+        raise DatasetError(
+            f"dataset {name}: every prompt is at least max_seq_length={max_seq_length} tokens long, "
+            "so no completion token is left to learn; raise max_seq_length"
+        )
+    return kept
+
+
+def load_dataset(
+    path: str | Path,
+    tokenizer: PreTrainedTokenizerBase,
+    max_seq_length: int,
+    *,
+    train_on_prompt: bool = False,
+    chat_template: str = "auto",
+) -> TokenizedDataset:
+    """Read, check and tokenize a dataset file. Rows left with nothing to learn are dropped with a warning."""
+    rows, path = read_rows(path), Path(path)
+    examples = _encode_all(rows, tokenizer, chat_template, train_on_prompt, path)
+    return TokenizedDataset(_fit(examples, rows, max_seq_length, path.name))
+
+
+def split_rows(rows: list[Row], fraction: float, seed: int) -> tuple[list[Row], list[Row]]:
+    """Hold out round(fraction * rows) rows (at least one), chosen by `seed` alone: the same file, share
+    and seed always give the same split, whatever max_seq_length or the tokenizer."""
+    count = max(1, round(len(rows) * fraction))
+    if count >= len(rows):
+        raise DatasetError(
+            f"eval_split: {len(rows)} rows are too few to hold out {fraction:g} of them and still train; "
+            "add rows, or give an eval_dataset"
+        )
+    held_out = set(random.Random(seed).sample(range(len(rows)), count))
+    train = [row for index, row in enumerate(rows) if index not in held_out]
+    return train, [row for index, row in enumerate(rows) if index in held_out]
+
+
+def eval_rows(spec: RunSpec) -> list[Row]:
+    """The run's held-out rows as read: the same split as `load_training_data`, untokenized."""
+    if spec.eval_split:
+        return split_rows(read_rows(spec.dataset), spec.eval_split, spec.seed)[1]
+    if spec.eval_dataset:
+        return read_rows(spec.eval_dataset)
+    return []
+
+
+def _same_shape(train: Row, held_out: Row, train_path: Path, eval_path: Path) -> None:
+    # The web refuses this before queueing where it can read the files' first rows (app.dataset_shapes);
+    # Parquet files and specs from the command line meet it here.
+    if train.shape != held_out.shape:
+        raise DatasetError(
+            f"eval_dataset: {eval_path.name} holds {SHAPE_NAMES[held_out.shape]} rows but dataset {train_path.name} "
+            f"holds {SHAPE_NAMES[train.shape]} rows; give an eval file of the same shape, or use eval_split"
+        )
+
+
+def load_training_data(
+    spec: RunSpec, tokenizer: PreTrainedTokenizerBase
+) -> tuple[TokenizedDataset, TokenizedDataset | None]:
+    """The run's train and eval data: eval from spec.eval_dataset, or spec.eval_split of spec.dataset."""
+
+    def tokenize(rows: list[Row], path: Path) -> TokenizedDataset:
+        examples = _encode_all(rows, tokenizer, spec.chat_template, spec.train_on_prompt, path)
+        return TokenizedDataset(_fit(examples, rows, spec.max_seq_length, path.name))
+
+    path = Path(spec.dataset)
+    rows, eval_data = read_rows(path), None
+    if spec.eval_split:
+        rows, eval_rows = split_rows(rows, spec.eval_split, spec.seed)
+        eval_data = tokenize(eval_rows, path)
+    elif spec.eval_dataset:
+        eval_data = load_dataset(
+            spec.eval_dataset,
+            tokenizer,
+            spec.max_seq_length,
+            train_on_prompt=spec.train_on_prompt,
+            chat_template=spec.chat_template,
+        )
+    if spec.eval_dataset and rows and eval_data is not None:
+        _same_shape(rows[0], read_rows(spec.eval_dataset, limit=1)[0], path, Path(spec.eval_dataset))
+    train_data = tokenize(rows, path)
+    log.info("dataset: %d train rows, %d eval rows", len(train_data), len(eval_data) if eval_data else 0)
+    return train_data, eval_data
+
+
+@dataclass
+class PadCollator:
+    """Right-pads a batch: input_ids with the pad id, labels with IGNORE_INDEX, attention_mask 1/0."""
+
+    pad_token_id: int
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(feature["input_ids"]) for feature in features)
+        input_ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(features), width), dtype=torch.long)
+        for i, feature in enumerate(features):
+            length = len(feature["input_ids"])
+            input_ids[i, :length] = torch.tensor(feature["input_ids"], dtype=torch.long)
+            labels[i, :length] = torch.tensor(feature["labels"], dtype=torch.long)
+            attention_mask[i, :length] = 1
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def make_collator(spec: RunSpec, tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
+    """Padding, or with spec.packing a padding-free batch: the examples joined into one row whose
+    position_ids restart at 0 for each, and labels IGNORE_INDEX on each example's first token.
+
+    transformers sees the restarts in position_ids and keeps each example's attention to itself
+    (sdpa, eager and flash attention alike), but only without an attention_mask and without a KV
+    cache: the model must run with `config.use_cache = False`, as training does anyway.
+    """
+    if spec.packing:
+        if spec.method == "prompt_tuning":
+            # PEFT drops position_ids for prompt tuning, and the packed examples would then see each other.
+            raise ValueError("packing: not with method prompt_tuning; turn packing off")
+        return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)  # type: ignore[no-any-return]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return PadCollator(pad_token_id=int(pad_id or 0))
+
+
+def describe_dataset(
+    path: str | Path,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    max_seq_length: int,
+    train_on_prompt: bool = False,
+    chat_template: str = "auto",
+) -> dict[str, Any]:
+    """What the UI and CLI show about a dataset, as JSON: rows, shape, fields, the token-length
+    distribution before cutting (nearest-rank percentiles; histogram bin i counts lengths in
+    [edges[i], edges[i+1])), rows max_seq_length would cut or drop, the tokens the loss falls on after
+    cutting, and the first 3 kept rows as the model sees them, in trained and untrained segments."""
+    path = Path(path)
+    found = read_dataset(path)
+    found.raise_for_problems()
+    whole = _encode_all(found.rows, tokenizer, chat_template, train_on_prompt, path)
+    cut = [_truncate(example, max_seq_length) for example in whole]
+    kept = [(row, example) for row, example in zip(found.rows, cut, strict=True) if _learns_something(example)]
+    lengths = sorted(len(example["input_ids"]) for example in whole)
+    truncated = sum(length > max_seq_length for length in lengths)
+    return {
+        "file": found.name,
+        "format": found.format,
+        "rows": len(found.rows),
+        "shape": found.shape,
+        "fields": found.fields,
+        "chat_template": chat_template_name(tokenizer, chat_template) if found.shape == "messages" else None,
+        "max_seq_length": max_seq_length,
+        "train_on_prompt": train_on_prompt,
+        "tokens": {
+            "min": lengths[0],
+            **{f"p{p}": lengths[max(0, math.ceil(p / 100 * len(lengths)) - 1)] for p in (50, 90, 99)},
+            "max": lengths[-1],
+            "mean": sum(lengths) / len(lengths),
+            "total": sum(lengths),
+        },
+        "histogram": _histogram(lengths),
+        "truncated_rows": truncated,
+        "truncated_share": truncated / len(lengths),
+        "dropped_rows": len(found.rows) - len(kept),
+        "trained_tokens": sum(label != IGNORE_INDEX for _, example in kept for label in example["labels"]),
+        "examples": [
+            {"line": row.line, "tokens": len(example["input_ids"]), "segments": _segments(tokenizer, example)}
+            for row, example in kept[:3]
+        ],
+    }
+
+
+def _histogram(lengths: list[int], bins: int = 20) -> dict[str, list[int]]:
+    """At most `bins` bins of equal integer width from the shortest to the longest length."""
+    low, high = lengths[0], lengths[-1]
+    width = max(1, math.ceil((high - low + 1) / bins))
+    counts = [0] * math.ceil((high - low + 1) / width)
+    for length in lengths:
+        counts[(length - low) // width] += 1
+    return {"edges": [low + i * width for i in range(len(counts) + 1)], "counts": counts}
+
+
+def _segments(tokenizer: PreTrainedTokenizerBase, example: Example) -> list[dict[str, Any]]:
+    """The example's text in runs of trained / untrained tokens, each run decoded on its own."""
+    runs: list[tuple[bool, list[int]]] = []
+    for token, label in zip(example["input_ids"], example["labels"], strict=True):
+        trained = label != IGNORE_INDEX
+        if runs and runs[-1][0] == trained:
+            runs[-1][1].append(token)
+        else:
+            runs.append((trained, [token]))
+    return [{"text": tokenizer.decode(ids), "trained": trained} for trained, ids in runs]

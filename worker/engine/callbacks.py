@@ -1,0 +1,256 @@
+"""What a run reports: Trainer logs -> live events in Redis and metric rows; checkpoints (and the clock a resumed
+run continues from); when to stop (cancel, a lost lease, a NaN loss); train.log.
+
+The database is the source of truth, so Redis trouble is logged and skipped, never raised into
+the training loop (worker/runtime/publisher.py sends the events from a thread of its own).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from app import runs
+from app.models import Metric
+from worker.runtime.lease import WORKER_STOPPING, Lease
+from worker.runtime.publisher import EventPublisher, EventSink
+
+log = logging.getLogger(__name__)
+
+FLUSH_EVERY_S = 1.0
+# Written into each checkpoint next to Trainer's files: what a resumed run continues its clock from.
+RESUME_STATE_FILE = "loradeck_state.json"
+
+__all__ = ["EventPublisher", "EventSink", "MetricsCallback", "TrainingDiverged", "run_log", "tail_lines"]
+
+
+def _number(value: Any) -> float | None:
+    # NaN and infinity are not JSON (the browser's JSON.parse refuses them): a metric point holds None there.
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss (or the gradient norm) stopped being a finite number; training cannot recover from that."""
+
+    def __init__(self, *, step: int, name: str, value: float) -> None:
+        super().__init__(f"{name} became {value} at step {step}")
+        self.step, self.name, self.value = step, name, value
+
+
+class MetricsCallback(TrainerCallback):
+    """Turns each Trainer log into a metric point, and stops training when the run's cancel flag is set,
+    when its lease is lost (another worker owns the run now), or when the loss is no longer a number."""
+
+    def __init__(
+        self, *, run_id: str, sessions: sessionmaker[Session], publisher: EventPublisher, lease: Lease | None = None
+    ) -> None:
+        self.run_id = run_id
+        self.sessions = sessions
+        self.publisher = publisher
+        self.lease = lease
+        self.cancelled = False
+        self.stopped = False  # "Stop": a checkpoint at this step, then the adapter is saved as for a success
+        self.lease_lost = False
+        self.handed_back = False  # stopped for a worker shutdown; resumes elsewhere
+        self._pending: list[dict[str, Any]] = []
+        self._started = time.monotonic()
+        self._last_flush = 0.0
+        self._last_log_time = self._started
+        self._last_log_tokens = 0
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        # Trainer has restored its state from the checkpoint by now: global_step > 0 means a resume, and
+        # num_input_tokens_seen already continues from the checkpoint. The clock does so from here.
+        elapsed = self._elapsed_at(Path(str(args.output_dir)), state.global_step) if state.global_step else 0.0
+        self._last_log_time = time.monotonic()
+        self._started = self._last_log_time - elapsed
+        self._last_log_tokens = state.num_input_tokens_seen
+        self.publisher.publish(
+            "log",
+            {
+                "lines": [f"training steps {state.global_step + 1} to {state.max_steps}"],
+                "step": state.global_step,
+                "max_steps": state.max_steps,
+            },
+        )
+
+    def _elapsed_at(self, checkpoints: Path, step: int) -> float:
+        """Training seconds up to `step`: from the checkpoint's own record, else from the last metric point."""
+        try:
+            saved = json.loads((checkpoints / f"checkpoint-{step}" / RESUME_STATE_FILE).read_text())
+            return float(saved["time"])
+        except (OSError, ValueError, KeyError, TypeError):
+            with self.sessions() as session:
+                last = session.scalar(
+                    select(Metric.time)
+                    .where(Metric.run_id == self.run_id, Metric.step <= step)
+                    .order_by(Metric.step.desc(), Metric.id.desc())
+                    .limit(1)
+                )
+            return float(last or 0.0)
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        checkpoint = Path(str(args.output_dir)) / f"checkpoint-{state.global_step}"
+        elapsed = round(time.monotonic() - self._started, 3)
+        if checkpoint.is_dir():
+            (checkpoint / RESUME_STATE_FILE).write_text(json.dumps({"step": state.global_step, "time": elapsed}))
+        self.flush()  # the metric points up to the checkpoint are in the database before we go on
+        log.info("checkpoint saved at step %d", state.global_step)
+        self.publisher.publish("checkpoint", {"step": state.global_step, "path": checkpoint.name})
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        point = self.point_from_log(state, logs or {})
+        if point is None:
+            return
+        values = logs or {}
+        log.info(
+            "step %d %s loss %s lr %s grad_norm %s",
+            point["step"],
+            point["kind"],
+            values.get("eval_loss", values.get("loss")),
+            point["learning_rate"],
+            values.get("grad_norm"),
+        )
+        self.publisher.publish("metric", point)
+        self._pending.append(point)
+        # Under fp16 the grad scaler meets infinite gradients now and then and skips that step by design.
+        diverged = _first_not_finite(values, grad_norm=not args.fp16)
+        if diverged is not None:
+            # Stop at the step it happened: every step from here on would only train on NaN weights.
+            self.flush()
+            raise TrainingDiverged(step=state.global_step, name=diverged[0], value=diverged[1])
+        if time.monotonic() - self._last_flush >= FLUSH_EVERY_S:
+            self.flush()
+
+    def point_from_log(self, state: TrainerState, logs: dict[str, Any]) -> dict[str, Any] | None:
+        """A metric point, or None for logs that carry no loss (the end-of-training summary)."""
+        if "eval_loss" in logs:
+            kind, loss = "eval", _number(logs["eval_loss"])
+        elif "loss" in logs:
+            kind, loss = "train", _number(logs["loss"])
+        else:
+            return None
+        now = time.monotonic()
+        tokens_seen = int(logs.get("num_input_tokens_seen", state.num_input_tokens_seen) or 0)
+        point: dict[str, Any] = {
+            "step": state.global_step,
+            "kind": kind,
+            "time": round(now - self._started, 3),
+            "epoch": _number(logs.get("epoch", state.epoch)),
+            "loss": loss,
+            "learning_rate": _number(logs.get("learning_rate")),
+            "grad_norm": _number(logs.get("grad_norm")),
+            "tokens_per_sec": None,
+            "tokens_seen": tokens_seen or None,
+        }
+        if kind == "train":
+            # Throughput between two logs, so a slow start (loading, compiling) does not drag the number down.
+            elapsed = now - self._last_log_time
+            if tokens_seen and elapsed > 0:
+                point["tokens_per_sec"] = round((tokens_seen - self._last_log_tokens) / elapsed, 1)
+            self._last_log_time, self._last_log_tokens = now, tokens_seen
+        return point
+
+    def flush(self) -> None:
+        """Write the points logged since the last flush in one transaction."""
+        self._last_flush = time.monotonic()
+        if not self._pending:
+            return
+        points, self._pending = self._pending, []
+        with self.sessions() as session:
+            if self.lease is None:
+                runs.add_metrics(session=session, run_id=self.run_id, points=points)
+                return
+            owner = self.lease.worker
+            if not runs.add_owned_metrics(session=session, run_id=self.run_id, worker=owner, points=points):
+                self.lease.lost = True  # taken away between two renewals: stop at the next step, write nothing
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if self.lease is not None and self.lease.lost:
+            log.warning("lease lost; stopping after step %d (the run's new worker resumes it)", state.global_step)
+            self.lease_lost = True
+            control.should_training_stop = True
+            return
+        if WORKER_STOPPING.is_set() and not self.handed_back:
+            log.info("the worker is stopping: a checkpoint at step %d, then back to the queue", state.global_step)
+            self.handed_back = True
+            control.should_save = args.save_strategy != "no"  # saved before training stops, at this very step
+            control.should_training_stop = True
+            return
+        # Every step, so a cancel stops within one optimizer step: one primary-key read, about 0.2 ms on
+        # SQLite (a round trip on PostgreSQL), against a step of tens of milliseconds at the very least.
+        with self.sessions() as session:
+            cancel, stop = runs.stop_flags(session=session, run_id=self.run_id)
+        if cancel:
+            log.info("cancel requested; stopping after step %d", state.global_step)
+            self.cancelled = True
+            control.should_training_stop = True
+        elif stop and not self.stopped:
+            log.info("stop requested: a checkpoint and the adapter at step %d, then the run ends", state.global_step)
+            self.stopped = True
+            control.should_save = True  # saved at this very step, before training stops
+            control.should_training_stop = True
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.flush()
+
+
+def _first_not_finite(logs: dict[str, Any], *, grad_norm: bool) -> tuple[str, float] | None:
+    """("loss", nan) when the logged loss (or eval loss, or gradient norm) is NaN or infinite, else None."""
+    for name in ("loss", "eval_loss", "grad_norm") if grad_norm else ("loss", "eval_loss"):
+        value = logs.get(name)
+        if isinstance(value, int | float) and not math.isfinite(value):
+            return name, float(value)
+    return None
+
+
+@contextlib.contextmanager
+def run_log(path: Path) -> Iterator[None]:
+    """Copy this process's log records (ours and transformers') into the run's train.log while it trains."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # transformers' loggers do not propagate to the root (except under CI), so they need the handler too.
+    loggers = [logging.getLogger()]
+    if not logging.getLogger("transformers").propagate:
+        loggers.append(logging.getLogger("transformers"))
+    ours = logging.getLogger("worker")
+    old_level = ours.level
+    ours.setLevel(logging.INFO)
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+        ours.setLevel(old_level)
+        handler.close()
+
+
+def tail_lines(path: Path, lines: int = 20) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []

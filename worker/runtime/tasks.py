@@ -1,0 +1,58 @@
+"""Celery tasks: each one takes an id, imports its heavy code when it runs, and calls a domain function.
+
+Progress goes to the database and the run's Redis Stream, never to a Celery result backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+
+from app.paths import enforcing_roots
+from app.queue import ESTIMATE_TASK, GENERATE_TASK, MERGE_TASK, TRAIN_TASK, Queue
+
+# Every task re-checks the paths it reads against the allowed roots (app.paths): a spec stored before the
+# roots changed, or one that reached the queue some other way, reads nothing outside them.
+
+
+@shared_task(name=TRAIN_TASK, queue=Queue.train.value, acks_late=True, ignore_result=True)
+def train_run(run_id: str) -> None:
+    """Train one queued run to succeeded, failed or cancelled, if this worker can hold it; else pass it on."""
+    from worker.engine.train import run_training
+    from worker.runtime.celery_app import worker_record
+    from worker.runtime.scheduling import place
+
+    with enforcing_roots():
+        if place(run_id, worker_record()):
+            run_training(run_id)
+
+
+@shared_task(name=MERGE_TASK, queue=Queue.merge.value, acks_late=True, ignore_result=True)
+def merge_artifact(artifact_id: str) -> None:
+    """Merge a run's adapter into its base model and check the result."""
+    from worker.merge.artifact import merge_artifact as merge
+
+    with enforcing_roots():
+        merge(artifact_id)
+
+
+@shared_task(name=ESTIMATE_TASK, queue=Queue.inspect.value, ignore_result=False)
+def estimate(spec: dict[str, Any]) -> dict[str, Any]:
+    """Parameter counts and a memory estimate for a spec. A refusal comes back as data, never raised."""
+    try:
+        from worker.engine.estimate import answer_estimate
+
+        with enforcing_roots():
+            return answer_estimate(spec)
+    except Exception as exc:  # raised, it would reach the web as a bare 500
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+@shared_task(name=GENERATE_TASK, queue=Queue.generate.value, ignore_result=True)
+def playground(generation_id: str, request: dict[str, Any]) -> None:
+    """Answer a playground prompt with the run's base and its adapter (or checkpoint, or merged model)."""
+    from worker.serving.generate import run_playground
+
+    with enforcing_roots():
+        run_playground(generation_id, request)
