@@ -35,7 +35,7 @@ install: $(STAMP)
 $(STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[web,worker,test]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 # Every benchmark; each writes bench/results/<name>.json and its table in bench/README.md.

@@ -101,13 +101,13 @@ def check_worker(name: str | None) -> int:
     live = [
         record
         for record in workers
-        if record.get("host") == host and wanted in (None, record["name"]) and record["age"] < 3 * HEARTBEAT_S
+        if record.host == host and wanted in (None, record.name) and record.age < 3 * HEARTBEAT_S
     ]
     if not live:
         print(f"loradeck: no heartbeat from {wanted or 'a worker on ' + host} in the last {3 * HEARTBEAT_S:.0f} s")
         return 1
     for record in live:
-        print(f"{record['name']}: heartbeat {record['age']:.1f} s ago, queues {','.join(record['queues'])}")
+        print(f"{record.name}: heartbeat {record.age:.1f} s ago, queues {','.join(record.queues)}")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +12,31 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.errors import InputTooLarge, InvalidInput
 from app.models import Dataset
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 SAFE_NAME = re.compile(r"[^\w.\- ]+")
 
 
-class UploadRefused(ValueError):
+class UploadRefused(InvalidInput):
     """The upload cannot be stored; the message says what to fix."""
+
+
+class UploadTooLarge(UploadRefused, InputTooLarge):
+    """The upload is past the upload limit; the message names the limit and its setting."""
+
+
+@dataclass
+class Upload:
+    """A parsed upload: the file stored under a temporary name (the caller moves or deletes it), and the fields."""
+
+    path: Path
+    filename: str
+    sha256: str
+    size: int
+    suffix: str
+    fields: dict[str, str] = field(default_factory=dict)
 
 
 def clean_filename(filename: str) -> tuple[str, str]:

@@ -15,7 +15,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-EVENT_TYPES = ("status", "params", "metric", "log", "checkpoint", "artifact", "evaluating", "evaluation", "done")
+from app.contracts.events import RUN_EVENTS, LiveEvent
 
 
 def stream_key(run_id: str) -> str:
@@ -32,11 +32,11 @@ class Event:
         return f"id: {self.id}\nevent: {self.event}\ndata: {json.dumps(self.data, separators=(',', ':'))}\n\n"
 
 
-def publish(client: redis.Redis, run_id: str, event: str, data: dict[str, Any], *, maxlen: int) -> str:
+def publish(client: redis.Redis, run_id: str, event: LiveEvent, *, maxlen: int) -> str:
     """Append one event to the run's stream; the stream keeps about `maxlen` of the newest."""
-    if event not in EVENT_TYPES:
-        raise ValueError(f"unknown event type {event!r}; expected one of {EVENT_TYPES}")
-    fields = {"event": event, "data": json.dumps(data, separators=(",", ":"))}
+    if RUN_EVENTS.get(event.type) is not type(event):
+        raise ValueError(f"{type(event).__name__} is not a run event; run events are {', '.join(RUN_EVENTS)}")
+    fields = {"event": event.type, "data": json.dumps(event.data(), separators=(",", ":"))}
     stream_id = client.xadd(stream_key(run_id), fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
     return stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
 
@@ -47,15 +47,6 @@ def decode_entry(entry_id: Any, fields: dict[Any, Any]) -> Event:
 
     decoded = {text(k): text(v) for k, v in fields.items()}
     return Event(id=text(entry_id), event=decoded.get("event", "log"), data=json.loads(decoded.get("data", "{}")))
-
-
-def last_event_id(client: redis.Redis, run_id: str) -> str:
-    """The id of the newest event in the run's stream, or "0-0" when there is none."""
-    newest = client.xrevrange(stream_key(run_id), count=1)
-    if not newest:
-        return "0-0"
-    entry_id = newest[0][0]  # type: ignore[index]
-    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 
 async def follow(

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from app.config import STATIC_DIR
-from app.health import health
-from app.web.deps import templates
+from app.schemas import RunSpec
+from app.services.health import health
+from app.web import errors
+from app.web.deps import render
 from app.web.live import close_hubs
 from app.web.routes import api, auth, compare, datasets, estimate, pages, playground, workers
 from app.web.security import SecurityMiddleware
@@ -39,38 +39,31 @@ app = FastAPI(
 app.add_middleware(BodyLimitMiddleware)
 app.add_middleware(SecurityMiddleware)
 app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-app.include_router(api.router)
-app.include_router(pages.router)
-app.include_router(estimate.router)
-app.include_router(compare.router)
-app.include_router(workers.router)
-app.include_router(datasets.router)
-app.include_router(auth.router)
-app.include_router(playground.router)
+for module in (api, pages, estimate, compare, workers, datasets, auth, playground):
+    app.include_router(module.router)
+errors.install(app)
 
 
-def _finite(value: Any) -> Any:
-    # A refused NaN or Infinity is echoed back in the error, and JSON has no spelling for it.
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
-    return value
+def openapi() -> dict[str, Any]:
+    """FastAPI's document, plus the RunSpec schema the run and estimate bodies refer to (they are read as JSON
+    and checked by a service, so FastAPI does not see the model)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        spec = RunSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(spec.pop("$defs", {}))
+        schema["components"]["schemas"]["RunSpec"] = spec
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
-@app.exception_handler(RequestValidationError)
-async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    """422 with every field's problem, as FastAPI words it, even for a value JSON cannot spell."""
-    return JSONResponse(status_code=422, content={"detail": _finite(jsonable_encoder(exc.errors()))})
+app.openapi = openapi  # type: ignore[method-assign]
 
 
 @app.get("/api/docs", include_in_schema=False)
 def api_docs(request: Request) -> HTMLResponse:
     """Swagger UI from vendored files: FastAPI's own page loads it from a CDN with an inline script, which
     the Content-Security-Policy (and an offline machine) refuses."""
-    return templates.TemplateResponse(request, "api_docs.html", {})
+    return render(request, "api_docs.html", {})
 
 
 @app.get("/healthz", tags=["api"])

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
 
 import redis
 
-EVENT_TYPES = ("start", "token", "done", "error")
-FINAL_EVENTS = ("done", "error")
+from app.contracts.events import FINAL_PLAYGROUND_EVENTS, PLAYGROUND_EVENTS, LiveEvent
+
+FINAL_EVENTS = FINAL_PLAYGROUND_EVENTS
+
 KEEP_S = 3600
 # A request nothing was heard of for this long is given up (its task expires from the queue after 60 s).
 IDLE_S = 90.0
@@ -37,11 +38,12 @@ def known_key(generation_id: str) -> str:
     return f"loradeck:playground:{generation_id}:known"
 
 
-def publish(client: redis.Redis, generation_id: str, event: str, data: dict[str, Any]) -> None:
-    if event not in EVENT_TYPES:
-        raise ValueError(f"unknown playground event {event!r}; expected one of {EVENT_TYPES}")
+def publish(client: redis.Redis, generation_id: str, event: LiveEvent) -> None:
+    if PLAYGROUND_EVENTS.get(event.type) is not type(event):
+        raise ValueError(f"{type(event).__name__} is not a playground event; they are {', '.join(PLAYGROUND_EVENTS)}")
     key = stream_key(generation_id)
     pipe = client.pipeline()
-    pipe.xadd(key, {"event": event, "data": json.dumps(data, ensure_ascii=False, separators=(",", ":"))})
+    data = json.dumps(event.data(), ensure_ascii=False, separators=(",", ":"))
+    pipe.xadd(key, {"event": event.type, "data": data})
     pipe.expire(key, KEEP_S)
     pipe.execute()

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
+
+import redis
 
 if TYPE_CHECKING:
     from celery import Celery
 
 from app.config import Settings, get_settings
+from app.contracts.datasets import DescribeAnswer, DescribeRequest
+from app.contracts.estimate import EstimateAnswer
+from app.errors import Unavailable
 
 
 class Queue(StrEnum):
@@ -87,25 +94,44 @@ def enqueue_generation(generation_id: str, request: dict[str, Any]) -> None:
     get_celery().send_task(GENERATE_TASK, args=[generation_id, request], queue=Queue.generate.value, expires=60)
 
 
-class InspectUnavailable(RuntimeError):
-    """No worker answered an inspect task in time."""
+@contextmanager
+def reaching_redis(undone: str) -> Iterator[None]:
+    """Redis (the broker, or the live streams) unreachable inside this block: Unavailable, naming what did not
+    happen. The one place that decides what "Redis is down" means for a request."""
+    from kombu.exceptions import OperationalError  # celery's, imported with it on first use
+
+    try:
+        yield
+    except (redis.RedisError, OSError, OperationalError) as exc:
+        raise Unavailable(f"Redis is unreachable, so {undone}: {exc or type(exc).__name__}") from exc
 
 
 def ask_inspector(task: str, payload: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
-    """Run a quick inspect task on a worker and wait for its answer (the web never loads models itself)."""
+    """Run a quick inspect task on a worker and wait for its answer (the web never loads models itself).
+    Unavailable when no worker answers in time, or Redis cannot be reached."""
     from celery.exceptions import TimeoutError as CeleryTimeout
 
     timeout = timeout or get_settings().inspect_time_limit_s + INSPECT_MARGIN_S
-
-    result = get_celery().send_task(task, args=[payload], queue=Queue.inspect.value, ignore_result=False)
-    try:
-        answer = result.get(timeout=timeout, propagate=True)
-    except CeleryTimeout as exc:
-        result.revoke()
-        raise InspectUnavailable(
-            f"no worker answered on the {Queue.inspect.value} queue within {timeout:.0f} s: "
-            "start one with `loradeck up` or `loradeck worker --queues inspect`"
-        ) from exc
-    finally:
-        result.forget()
+    with reaching_redis("no worker was asked"):
+        result = get_celery().send_task(task, args=[payload], queue=Queue.inspect.value, ignore_result=False)
+        try:
+            answer = result.get(timeout=timeout, propagate=True)
+        except CeleryTimeout as exc:
+            result.revoke()
+            raise Unavailable(
+                f"no worker answered on the {Queue.inspect.value} queue within {timeout:.0f} s: "
+                "start one with `loradeck up` or `loradeck worker --queues inspect`"
+            ) from exc
+        finally:
+            result.forget()
     return dict(answer)
+
+
+def ask_estimate(spec: dict[str, Any]) -> EstimateAnswer:
+    """An inspect worker's estimate of a spec (given as JSON), or its refusal."""
+    return EstimateAnswer.model_validate(ask_inspector(ESTIMATE_TASK, spec))
+
+
+def ask_description(request: DescribeRequest) -> DescribeAnswer:
+    """An inspect worker's check and description of a dataset file."""
+    return DescribeAnswer.model_validate(ask_inspector(DESCRIBE_DATASET_TASK, request.model_dump(mode="json")))

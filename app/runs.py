@@ -12,18 +12,12 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from app.contracts.evaluation import evaluation_of
+from app.errors import Conflict, NotFound
 from app.models import Artifact, ArtifactKind, ArtifactStatus, Metric, Run, RunStatus, utcnow
 from app.schemas import RunSpec
 
 METRIC_FIELDS = ("epoch", "loss", "learning_rate", "grad_norm", "tokens_per_sec", "tokens_seen")
-
-
-class NotFound(LookupError):
-    """No such run or artifact."""
-
-
-class Conflict(RuntimeError):
-    """The request does not fit the run's current state."""
 
 
 def create_run(*, session: Session, spec: RunSpec) -> Run:
@@ -82,9 +76,10 @@ def final_eval_losses(*, session: Session, run_ids: Sequence[str]) -> dict[str, 
 
 def exact_match(run: Run, side: str = "adapter") -> float | None:
     """The share of eval rows the adapter (or the base) answered exactly, once the evaluation has run."""
-    task = (run.evaluation or {}).get("task") or {}
-    value = (task.get(side) or {}).get("exact_match")
-    return float(value) if isinstance(value, int | float) else None
+    evaluation = evaluation_of(run.evaluation)
+    if evaluation is None or evaluation.task is None:
+        return None
+    return (evaluation.task.base if side == "base" else evaluation.task.adapter).exact_match
 
 
 # Columns the runs list and the compare page sort by: a run (and its final eval loss) -> a sort key.
@@ -235,7 +230,7 @@ def stop_flags(*, session: Session, run_id: str) -> tuple[bool, bool]:
 
 def delete_run(*, session: Session, run_id: str) -> Run:
     """Delete a finished run's rows (its metrics and artifacts go with it). Refused while it may still train:
-    cancel it first. The caller removes its directory (app.run_files.remove_run_dir)."""
+    cancel it first. The caller removes its directory (app.rundir.RunDir.remove)."""
     run = get_run(session=session, run_id=run_id)
     if not RunStatus(run.status).finished:
         raise Conflict(f"run {run_id} is {run.status}: cancel or stop it first, then delete it")
@@ -317,40 +312,6 @@ def request_merge(*, session: Session, run_id: str, dtype: str) -> tuple[Artifac
 
 def count_metrics(*, session: Session, run_id: str) -> int:
     return int(session.scalar(select(func.count()).select_from(Metric).where(Metric.run_id == run_id)) or 0)
-
-
-def count_runs(*, session: Session, status: str | None = None) -> int:
-    query = select(func.count()).select_from(Run)
-    if status:
-        query = query.where(Run.status == status)
-    return int(session.scalar(query) or 0)
-
-
-def progress_of(run: Run, now: datetime) -> dict[str, float | None]:
-    """Share done, seconds elapsed and an ETA from the pace so far (None where it cannot be known)."""
-    total = run.max_steps if run.max_steps and run.max_steps > 0 else None
-    percent = min(100.0, 100.0 * run.step / total) if total else None
-    if run.started_at is None:
-        return {"percent": percent, "elapsed": None, "eta": None}
-    started = run.started_at if run.started_at.tzinfo else run.started_at.replace(tzinfo=UTC)
-    finished = run.finished_at or now
-    finished = finished if finished.tzinfo else finished.replace(tzinfo=UTC)
-    elapsed = max(0.0, (finished - started).total_seconds())
-    eta = None
-    if run.status == RunStatus.running and total and run.step:
-        eta = elapsed / run.step * (total - run.step)
-    return {"percent": percent, "elapsed": elapsed, "eta": eta}
-
-
-def duration(seconds: float | None) -> str:
-    """12s, 3m 04s, 2h 05m."""
-    if seconds is None:
-        return "–"
-    whole = int(seconds)
-    hours, minutes, secs = whole // 3600, whole % 3600 // 60, whole % 60
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
 def renew_lease(*, session: Session, run_id: str, worker: str) -> bool:

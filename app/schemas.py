@@ -1,4 +1,8 @@
-"""RunSpec: everything a run is, validated once and frozen into the database at creation.
+"""RunSpec: everything a run is, in the shape it is stored in the database at creation.
+
+RunSpec is pure: it looks at nothing outside itself, so a stored spec always reads back. Whether the files
+it names exist and fit together is the pre-flight check's business (app.preflight), run at submit and again
+when a worker claims the run.
 
 Field names follow PEFT's `LoraConfig` / `IA3Config` / `PromptTuningConfig`, transformers'
 `TrainingArguments` and `BitsAndBytesConfig`, so a spec reads like the code it configures. Every field
@@ -17,43 +21,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from app.config import SAMPLE_DATASET_DIR, get_settings
-from app.dataset_shapes import SHAPE_NAMES, first_row_shape
-from app.paths import dataset_outside, inside, model_outside, roots_enforced
-from app.peft_defaults import IA3_DEFAULT_MODEL_TYPES, ia3_feedforward_refusal, model_type
 
 # Hugging Face's own rule for a repo id (huggingface_hub.utils.validate_repo_id), with the org required:
 # word characters, '-' and '.', starting and ending with a word character, no '--' or '..', no '.git' end.
 HUB_ID = re.compile(r"^\b[\w\-.]{1,96}\b/\b[\w\-.]{1,96}\b$", re.ASCII)
 MODULE_NAME = re.compile(r"^[A-Za-z_][\w.]*$")
 DATASET_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
-CHAT_TEMPLATES = ("auto", "chatml", "llama-3", "zephyr", "alpaca")
+MIN_SEQ_LENGTH, MAX_SEQ_LENGTH = 8, 1_048_576  # max_seq_length's bounds, wherever a length is asked for
 
 
 def is_hub_id(value: str) -> bool:
     return bool(HUB_ID.match(value)) and "--" not in value and ".." not in value and not value.endswith(".git")
-
-
-def check_base_model(value: str) -> str:
-    """A local model directory (resolved) or a hub id; anything else is refused with what to give.
-
-    Where the roots are enforced (app.paths), a path outside them is refused before it is looked at."""
-    if not value:
-        raise ValueError("base_model is empty: give a local model directory or a hub id like org/name")
-    path = Path(value).expanduser()
-    hub_id = is_hub_id(value)
-    if roots_enforced() and not inside(path, get_settings().allowed_model_roots):
-        if hub_id:
-            return value
-        if not value.startswith(("/", ".", "~")) and "/" not in value:
-            raise ValueError(f"base_model: {value} is neither a local model directory nor a hub id (org/name)")
-        raise ValueError(model_outside(value, get_settings()))
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ValueError(f"base_model: {value} is a directory without config.json")
-        return str(path.resolve())
-    if hub_id:
-        return value
-    raise ValueError(f"base_model: {value} is neither a local model directory nor a hub id (org/name)")
 
 
 SAMPLE_TRAIN, SAMPLE_EVAL = SAMPLE_DATASET_DIR / "train.jsonl", SAMPLE_DATASET_DIR / "eval.jsonl"
@@ -217,7 +195,9 @@ class RunSpec(BaseModel):
     gradient_checkpointing: bool = Field(
         default=False, description="Recompute activations in the backward pass: less memory, ~30% slower."
     )
-    max_seq_length: int = Field(default=256, ge=8, le=1_048_576, description="Examples are cut to this many tokens.")
+    max_seq_length: int = Field(
+        default=256, ge=MIN_SEQ_LENGTH, le=MAX_SEQ_LENGTH, description="Examples are cut to this many tokens."
+    )
     packing: bool = Field(
         default=False, description="Pack several short examples into each sequence, without cross-attention."
     )
@@ -310,23 +290,20 @@ class RunSpec(BaseModel):
 
     @field_validator("base_model")
     @classmethod
-    def _base_model_exists(cls, value: str) -> str:
-        return check_base_model(value)
+    def _base_model_given(cls, value: str) -> str:
+        if not value:
+            raise ValueError("base_model is empty: give a local model directory or a hub id like org/name")
+        return value
 
     @field_validator("dataset", "eval_dataset")
     @classmethod
-    def _dataset_exists(cls, value: str, info: ValidationInfo) -> str:
+    def _dataset_format(cls, value: str, info: ValidationInfo) -> str:
         if not value and info.field_name == "eval_dataset":
             return value
-        path = Path(value).expanduser()
-        if path.suffix.lower() not in DATASET_SUFFIXES:
-            raise ValueError(f"{info.field_name}: {path.name} is not one of {', '.join(DATASET_SUFFIXES)}")
-        # The roots first: whether a file outside them exists is nobody's business.
-        if roots_enforced() and not inside(path, get_settings().allowed_dataset_roots):
-            raise ValueError(dataset_outside(str(info.field_name), value, get_settings()))
-        if not path.is_file():
-            raise ValueError(f"{info.field_name}: no file at {value}")
-        return str(path.resolve())
+        name = Path(value).name
+        if Path(value).suffix.lower() not in DATASET_SUFFIXES:
+            raise ValueError(f"{info.field_name}: {name} is not one of {', '.join(DATASET_SUFFIXES)}")
+        return value
 
     @field_validator("target_modules", "modules_to_save", "feedforward_modules", mode="before")
     @classmethod
@@ -355,19 +332,6 @@ class RunSpec(BaseModel):
 
     # --- rules between fields, one each
     @model_validator(mode="after")
-    def _eval_rows_like_training_rows(self) -> RunSpec:
-        if not self.eval_dataset:
-            return self
-        train, held_out = first_row_shape(self.dataset), first_row_shape(self.eval_dataset)
-        if train and held_out and train != held_out:
-            raise ValueError(
-                f"eval_dataset: {Path(self.eval_dataset).name} holds {SHAPE_NAMES[held_out]} rows but dataset "
-                f"{Path(self.dataset).name} holds {SHAPE_NAMES[train]} rows; give an eval file of the same "
-                "shape, or use eval_split to hold out part of the dataset"
-            )
-        return self
-
-    @model_validator(mode="after")
     def _quantization_fits_method(self) -> RunSpec:
         if self.method == Method.qlora and self.quantization in ("none", "8bit"):
             raise ValueError(
@@ -392,15 +356,6 @@ class RunSpec(BaseModel):
             outside = sorted(set(self.feedforward_modules) - set(self.target_modules))
             if outside:
                 raise ValueError(f"feedforward_modules: {', '.join(outside)} must also be in target_modules")
-        return self
-
-    @model_validator(mode="after")
-    def _ia3_modules_known(self) -> RunSpec:
-        # PEFT refuses (IA)³ without feedforward_modules where it has no defaults (Phi-3): refuse it here, at
-        # submit, not at the worker. A hub id's config is not read here; the worker refuses it the same way.
-        kind = model_type(self.base_model) if self.method == Method.ia3 and not self.feedforward_modules else None
-        if kind is not None and kind not in IA3_DEFAULT_MODEL_TYPES:
-            raise ValueError(ia3_feedforward_refusal(kind))
         return self
 
     @model_validator(mode="after")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
 
 import redis
+
+from app.contracts.workers import WorkerRecord
 
 HEARTBEAT_S = 5.0
 PREFIX = "loradeck:workers:"
@@ -16,14 +17,14 @@ def worker_key(name: str) -> str:
     return PREFIX + name
 
 
-def list_workers(client: redis.Redis) -> list[dict[str, Any]]:
+def list_workers(client: redis.Redis) -> list[WorkerRecord]:
     """Live workers, by name, each with its age in seconds since the last heartbeat."""
     workers = []
     for key in client.scan_iter(match=PREFIX + "*", count=200):
         raw = client.get(key)
         if raw is None:
             continue
-        record = json.loads(raw)
-        record["age"] = max(0.0, time.time() - float(record.get("seen", 0)))
+        record = WorkerRecord.model_validate(json.loads(raw))
+        record.age = max(0.0, time.time() - record.seen)
         workers.append(record)
-    return sorted(workers, key=lambda record: record["name"])
+    return sorted(workers, key=lambda record: record.name)

@@ -5,7 +5,7 @@ or the method switched for (IA)³ and prompt tuning), trained and evaluated by t
 (`worker.engine.train.run_training`). Recorded: the run's own evaluation (base beside adapter, exact match on
 `task_eval_rows` eval rows), its wall time from start to evaluated, and on `--rows` eval rows the
 adapter's and the base's scores with every answer checked against the plain no-cache greedy loop
-(`worker.engine.evaluate.reference_greedy`). The base is the baseline of the same invocation.
+(`worker.serving.decoding.reference_greedy`). The base is the baseline of the same invocation.
 
     .venv/bin/python bench/accuracy.py [--rows 200] [--only qlora,lora]
 """
@@ -63,13 +63,14 @@ def train(spec: Any) -> tuple[str, float]:
 def score_rows(model: Any, tokenizer: Any, rows: list[dict[str, str]], max_new_tokens: int) -> dict[str, Any]:
     """Exact match on the rows, and how many of the fast path's answers equal the reference loop's."""
     from worker.data.encode import encode_prompt
-    from worker.engine.evaluate import generate_completions, reference_greedy, score
+    from worker.engine.evaluate import score
+    from worker.serving.decoding import generate_completions, reference_greedy
 
     prompts = [encode_prompt(tokenizer, row["prompt"]) for row in rows]
     fast = generate_completions(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
     reference = [reference_greedy(model, tokenizer, ids, max_new_tokens=max_new_tokens) for ids in prompts]
     same = sum(a == b for a, b in zip(fast, reference, strict=True))
-    return score(fast, [row["completion"] for row in rows]) | {"same_as_reference": same}
+    return score(fast, [row["completion"] for row in rows]).model_dump() | {"same_as_reference": same}
 
 
 def main() -> None:

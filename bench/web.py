@@ -151,7 +151,8 @@ def timed_gets(url: str, requests: int) -> list[float]:
 
 async def live_latency(server: Server, viewers: int, events: int) -> dict[str, Any]:
     """Publish metric events the way the worker does and time their arrival at `viewers` SSE clients."""
-    from worker.engine.callbacks import EventPublisher
+    from app.contracts.events import DoneEvent, MetricEvent
+    from worker.runtime.publisher import EventPublisher
 
     run_id = f"live{viewers}"
     from sqlalchemy import create_engine, insert
@@ -178,9 +179,9 @@ async def live_latency(server: Server, viewers: int, events: int) -> dict[str, A
             async for line in response.aiter_lines():
                 if line.startswith("data: "):
                     data = json.loads(line[6:])
-                    if "sent" in data:
-                        latencies.append(time.time() - data["sent"])
-                    if data.get("status") == "done":
+                    if "time" in data:
+                        latencies.append(time.time() - data["time"])
+                    if data.get("status") == "succeeded":
                         return
 
     limits = httpx.Limits(max_connections=viewers + 10, max_keepalive_connections=viewers + 10)
@@ -190,9 +191,10 @@ async def live_latency(server: Server, viewers: int, events: int) -> dict[str, A
         await asyncio.sleep(0.5)
         publisher = EventPublisher(server.env["REDIS_URL"], run_id, maxlen=20_000)
         for step in range(1, events + 1):
-            publisher.publish("metric", {"step": step, "kind": "train", "loss": 1.0, "sent": time.time()})
+            # The point's `time` carries the wall clock at sending, so a viewer can tell the latency.
+            publisher.publish(MetricEvent(step=step, kind="train", loss=1.0, time=time.time()))
             await asyncio.sleep(0.05)
-        publisher.publish("done", {"status": "done"})
+        publisher.publish(DoneEvent(status="succeeded"))
         await asyncio.wait_for(asyncio.gather(*tasks), 120)
     return summary(latencies) | {"viewers": viewers, "events": events}
 

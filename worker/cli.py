@@ -21,7 +21,6 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import yaml  # noqa: E402
-from pydantic import ValidationError  # noqa: E402
 
 from app.schemas import RunSpec  # noqa: E402
 
@@ -37,8 +36,11 @@ class BadSpecFile(Exception):
 
 
 def read_spec_file(path: Path, **overrides: Any) -> RunSpec:
-    """A RunSpec from a YAML or JSON file with the API's fields; relative paths are from the current directory."""
-    from worker.engine.configs import validation_messages
+    """A RunSpec from a YAML or JSON file with the API's fields, checked as the API checks one (the files it
+    names anywhere: the allowed roots are the web's); relative paths are from the current directory."""
+    from app.config import get_settings
+    from app.errors import InvalidInput, field_message
+    from app.preflight import validate_spec
 
     try:
         text = path.read_text(encoding="utf-8")
@@ -52,10 +54,11 @@ def read_spec_file(path: Path, **overrides: Any) -> RunSpec:
         ) from None
     if not isinstance(raw, dict):
         raise BadSpecFile([f"{path}: expected a mapping of RunSpec fields (base_model, dataset, method, ...)"])
+    values = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
     try:
-        return RunSpec.model_validate({**raw, **{k: v for k, v in overrides.items() if v is not None}})
-    except ValidationError as exc:
-        raise BadSpecFile(validation_messages(exc)) from None
+        return validate_spec(values, get_settings(), enforce_roots=False)
+    except InvalidInput as exc:
+        raise BadSpecFile([field_message(error) for error in exc.errors] or [str(exc)]) from None
 
 
 class ProgressPrinter:
@@ -161,7 +164,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
-        run_training(run_id, on_event=printer)
+        run_training(run_id, on_event=printer, enforce_roots=False)
     except KeyboardInterrupt:
         printer.close()
         with sessions() as session:
@@ -190,6 +193,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         spec = read_spec_file(Path(args.spec_file))
     except BadSpecFile as exc:
         return _fail(exc.lines, EXIT_BAD_INPUT)
+    from app.formatting import human_bytes
     from worker.engine.estimate import estimate_spec
 
     try:
@@ -197,17 +201,14 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:  # EstimateError (a ValueError) names the field to change
         return _fail([str(exc)], EXIT_FAILED)
     if args.json:
-        print(json.dumps(estimate, indent=2))
+        print(json.dumps(estimate.model_dump(mode="json"), indent=2))
         return 0
-    params = estimate["params"]
-    print(
-        f"trainable params: {params['trainable']:,d} || all params: {params['all']:,d} "
-        f"|| trainable%: {params['percent']:.4f}"
-    )
+    params = estimate.params
+    print(f"trainable params: {params.trainable:,d} || all params: {params.all:,d} || trainable%: {params.percent:.4f}")
     print("\nmemory per GPU (estimate)")
-    for part, size in estimate["memory"].items():
-        print(f"  {part:<12} {_bytes(size):>10}")
-    for note in estimate.get("notes", []):
+    for part, size in estimate.memory.model_dump().items():
+        print(f"  {part:<12} {human_bytes(size):>10}")
+    for note in estimate.notes:
         print(f"note: {note}")
     return 0
 
@@ -216,7 +217,8 @@ def cmd_validate_dataset(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
     from app.config import get_settings
-    from worker.data.encode import DatasetError, describe_dataset, validate_dataset
+    from worker.data.describe import describe_dataset
+    from worker.data.files import DatasetError, validate_dataset
 
     problems = validate_dataset(args.file)
     if args.json and problems:
@@ -238,17 +240,18 @@ def cmd_validate_dataset(args: argparse.Namespace) -> int:
     except (DatasetError, OSError, ValueError) as exc:
         return _fail([str(exc)], EXIT_FAILED)
     if args.json:
-        print(json.dumps({"ok": True, "description": description}, indent=2, ensure_ascii=False))
+        described = description.model_dump(mode="json", exclude_unset=True)
+        print(json.dumps({"ok": True, "description": described}, indent=2, ensure_ascii=False))
         return 0
-    tokens = description["tokens"]
-    print(f"{description['file']}: {description['rows']} rows of {description['shape']} ({description['format']})")
+    d, tokens = description, description.tokens
+    print(f"{d.file}: {d.rows} rows of {d.shape} ({d.format})")
     print(
-        f"tokens per row: min {tokens['min']}, p50 {tokens['p50']}, p90 {tokens['p90']}, p99 {tokens['p99']}, "
-        f"max {tokens['max']} (with the tokenizer of {model})"
+        f"tokens per row: min {tokens.min}, p50 {tokens.p50}, p90 {tokens.p90}, p99 {tokens.p99}, "
+        f"max {tokens.max} (with the tokenizer of {model})"
     )
     print(
-        f"cut at max_seq_length {args.max_seq_length}: {description['truncated_rows']} rows "
-        f"({description['truncated_share']:.1%}); dropped with nothing left to learn: {description['dropped_rows']}"
+        f"cut at max_seq_length {args.max_seq_length}: {d.truncated_rows} rows "
+        f"({d.truncated_share:.1%}); dropped with nothing left to learn: {d.dropped_rows}"
     )
     return 0
 
@@ -259,14 +262,6 @@ def _quiet_console() -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             handler.setLevel(logging.WARNING)
-
-
-def _bytes(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(size) < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.2f} {unit}"
-        size /= 1024
-    return f"{size:.2f} TiB"  # unreachable; keeps mypy sure of a return
 
 
 def main(argv: list[str] | None = None) -> int:

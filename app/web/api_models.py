@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.models import Artifact, ArtifactStatus
+
 
 class RunOut(BaseModel):
     """A run as the API returns it."""
@@ -71,9 +73,23 @@ class ArtifactOut(BaseModel):
     download_url: str | None = None
 
 
+class CheckpointOut(BaseModel):
+    name: str = Field(description="Trainer's folder name, checkpoint-<step>.")
+    step: int
+    size_bytes: int
+
+
 class MergeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         default="auto", description="dtype of the merged weights; auto: the base model's own dtype."
     )
+
+
+def artifact_out(artifact: Artifact) -> ArtifactOut:
+    """An artifact as the API and the pages show it: a ready one with its download URL."""
+    out = ArtifactOut.model_validate(artifact)
+    if artifact.status == ArtifactStatus.ready:
+        out.download_url = f"/api/v1/artifacts/{artifact.id}/download"
+    return out

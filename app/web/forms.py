@@ -13,6 +13,8 @@ from annotated_types import Ge, Gt, Le, Lt
 from pydantic import ValidationError
 from starlette.datastructures import FormData
 
+from app.config import Settings
+from app.preflight import INPUT_FIELDS, input_problems, rule_problems
 from app.schemas import SAMPLE_TRAIN, RunSpec, default_eval
 
 # The form's sections, in order, each with its fields: every RunSpec field is in exactly one.
@@ -61,7 +63,10 @@ LABELS: dict[str, str] = {
     "worker": "Worker", "gpus": "GPUs",
 }  # fmt: skip
 
-# Fields that apply only to some methods: hidden (and not submitted) for the others.
+# Fields that apply only to some methods, or to a base loaded in some quantization: hidden (and not submitted)
+# otherwise. A field applies when the method is one of its methods or the quantization one of its
+# quantizations; the page gets both lists (data-methods, data-quantizations) and static/js/run_form.js reads
+# them, so the rule is written here alone.
 LORA_ONLY = ("lora", "qlora")
 METHOD_FIELDS: dict[str, tuple[str, ...]] = {
     **{name: LORA_ONLY for name in ("r", "lora_alpha", "lora_dropout", "use_dora", "use_rslora", "bias")},
@@ -69,18 +74,22 @@ METHOD_FIELDS: dict[str, tuple[str, ...]] = {
     "feedforward_modules": ("ia3",),
     "num_virtual_tokens": ("prompt_tuning",),
     "prompt_tuning_init_text": ("prompt_tuning",),
+    # bitsandbytes' 4-bit options: only when the base is loaded in 4 bits (qlora, or quantization 4bit).
+    **dict.fromkeys(("bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype"), ("qlora",)),
 }
-# bitsandbytes' 4-bit options: only when the base is loaded in 4 bits (qlora, or quantization 4bit).
-FOUR_BIT_FIELDS = ("bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype")
+QUANTIZATION_FIELDS: dict[str, tuple[str, ...]] = dict.fromkeys(
+    ("bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype"), ("4bit",)
+)
 
 assert sorted(n for _, _, names in SECTIONS for n in names) == sorted(RunSpec.model_fields), "a field lacks a section"
 
 
 def field_applies(name: str, method: str, quantization: str) -> bool:
-    """Whether a field means anything for this method and quantization (the same rule as run_form.js)."""
-    if name in FOUR_BIT_FIELDS:
-        return method == "qlora" or quantization == "4bit"
-    return method in METHOD_FIELDS.get(name, (method,))
+    """Whether a field means anything for this method and quantization."""
+    methods, quantizations = METHOD_FIELDS.get(name, ()), QUANTIZATION_FIELDS.get(name, ())
+    if not methods and not quantizations:
+        return True
+    return method in methods or quantization in quantizations
 
 
 # Starting points offered above the form. A preset sets only the fields it names: the dataset, its eval
@@ -134,7 +143,8 @@ class FormField:
     choices: list[str] = field(default_factory=list)
     attrs: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
-    methods: tuple[str, ...] = ()  # the methods it applies to; empty: all
+    methods: tuple[str, ...] = ()  # the methods it applies to (or the quantizations below); both empty: always
+    quantizations: tuple[str, ...] = ()
     applies: bool = True
 
 
@@ -211,6 +221,7 @@ def build_fields(values: dict[str, Any], errors: dict[str, str] | None = None) -
                 attrs=attrs,
                 error=errors.get(name),
                 methods=METHOD_FIELDS.get(name, ()),
+                quantizations=QUANTIZATION_FIELDS.get(name, ()),
                 applies=field_applies(name, method, quantization),
             )
         )
@@ -265,29 +276,43 @@ def fields_involved(name: str, message: str) -> list[str]:
     return involved or [name]
 
 
-def check_form(values: dict[str, Any]) -> tuple[RunSpec | None, dict[str, str]]:
+def check_form(values: dict[str, Any], settings: Settings) -> tuple[RunSpec | None, dict[str, str]]:
     """Validate the submitted values, finding every error in one go: pydantic checks the cross-field rules
     only once each field is valid, so each failing field is set aside (to its default) and the rest checked
-    again, until nothing new turns up. A cross-field error is listed under each field it names."""
+    again, until nothing new turns up; then the inputs on disk (app.preflight), the same way. A cross-field
+    error is listed under each field it names."""
     errors: dict[str, str] = {}
     trial = dict(values)
+    spec: RunSpec | None = None
     for _ in range(8):
         try:
             spec = RunSpec.model_validate(trial)
         except ValidationError as exc:
-            found = validation_errors(exc)
-            progressed = False
-            for name, message in found.items():
-                for involved in fields_involved(name, message):
-                    errors.setdefault(involved, message)
-                    if involved in trial:
-                        trial.pop(involved)
-                        progressed = True
-            if not progressed:
+            if not _set_aside(validation_errors(exc), errors, trial):
                 break
             continue
-        return (None, errors) if errors else (spec, {})
-    return None, errors
+        break
+    given = {name: values[name] for name in INPUT_FIELDS if name in values and name not in errors}
+    resolved, problems = input_problems(given, settings, enforce_roots=True)
+    _set_aside(problems, errors, trial)
+    if spec is not None and not problems:
+        spec = spec.model_copy(update=resolved)
+        for problem in rule_problems(spec):  # each names its fields, as a cross-field rule does
+            _set_aside({"form": problem}, errors, trial)
+    return (None, errors) if errors or spec is None else (spec, {})
+
+
+def _set_aside(found: dict[str, str], errors: dict[str, str], trial: dict[str, Any]) -> bool:
+    """Record each error under every field it involves and drop those fields from the trial; True when a
+    field was dropped (so checking again may find more)."""
+    progressed = False
+    for name, message in found.items():
+        for involved in fields_involved(name, message):
+            errors.setdefault(involved, message)
+            if involved in trial:
+                trial.pop(involved)
+                progressed = True
+    return progressed
 
 
 def validation_errors(exc: ValidationError) -> dict[str, str]:

@@ -73,6 +73,7 @@ class LiveHub:
     """The feeds of one event loop, over one Redis connection pool."""
 
     def __init__(self, url: str) -> None:
+        self.url = url
         # No read timeout: the feed's XREAD blocks for seconds on purpose (redis-py 8 defaults to 5 s).
         self.client = aioredis.Redis.from_url(url, socket_timeout=None)
         self.feeds: dict[str, RunFeed] = {}
@@ -116,10 +117,11 @@ _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LiveHub] = weakref.W
 
 
 def live_hub(url: str) -> LiveHub:
-    """This event loop's hub (a test client may run several loops; each gets its own)."""
+    """This event loop's hub for the Redis at `url` (a test client may run several loops, and the settings'
+    URL may change between tests; each pair gets its own)."""
     loop = asyncio.get_running_loop()
     hub = _hubs.get(loop)
-    if hub is None or str(hub.client.connection_pool.connection_kwargs.get("port")) not in url:
+    if hub is None or hub.url != url:
         hub = _hubs[loop] = LiveHub(url)
     return hub
 

@@ -29,7 +29,6 @@ from urllib.parse import quote
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings, get_settings
-from app.paths import enforcing_roots
 from app.web.binding import listening_addresses
 
 log = logging.getLogger(__name__)
@@ -241,8 +240,7 @@ class SecurityMiddleware:
             )
             await send({"type": "http.response.body", "body": json.dumps({"detail": body}).encode()})
             return
-        with enforcing_roots():  # every request: paths only under the allowed roots (app.paths)
-            await self.app(scope, receive, send_with_headers)
+        await self.app(scope, receive, send_with_headers)
 
     def _refusal(self, scope: Scope, headers: dict[str, str], settings: Settings) -> tuple[int, str, list[Any]] | None:
         path: str = scope["path"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,8 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings, get_settings
-from app.datasets import UploadRefused, clean_filename
+from app.datasets import Upload, UploadRefused, UploadTooLarge, clean_filename
+from app.schemas import MAX_SEQ_LENGTH, MIN_SEQ_LENGTH
 
 UPLOAD_PATHS = ("/api/v1/datasets", "/datasets")
 FORM_ALLOWANCE = 1024**2  # the multipart framing and the upload form's few small fields
@@ -97,7 +97,7 @@ class DatasetSink:
     def write(self, data: bytes) -> int:
         self.size += len(data)
         if self.size > self.limit:
-            raise UploadRefused(
+            raise UploadTooLarge(
                 f"file: larger than the {self.limit / 1024**2:,.0f} MiB upload limit (LORADECK_MAX_UPLOAD_BYTES)"
             )
         self.digest.update(data)
@@ -126,18 +126,6 @@ class _BoundedParser(MultiPartParser):
                 raise UploadRefused("send one dataset file, in the multipart field `file`")
             self.sink = DatasetSink(self.settings, part.file.filename or "")
             part.file = UploadFile(file=self.sink, filename=part.file.filename)  # type: ignore[arg-type]
-
-
-@dataclass
-class Upload:
-    """A parsed upload: the file stored under a temporary name (the caller moves or deletes it), and the fields."""
-
-    path: Path
-    filename: str
-    sha256: str
-    size: int
-    suffix: str
-    fields: dict[str, str] = field(default_factory=dict)
 
 
 async def read_upload(request: Request, settings: Settings) -> Upload:
@@ -183,7 +171,12 @@ UPLOAD_OPENAPI: dict[str, Any] = {
                         "file": {"type": "string", "format": "binary", "description": "JSONL, CSV or Parquet."},
                         "name": {"type": "string", "maxLength": 200, "description": "A name; empty: the file's."},
                         "base_model": {"type": "string", "description": "Whose tokenizer counts the tokens."},
-                        "max_seq_length": {"type": "integer", "minimum": 8, "maximum": 1048576, "default": 256},
+                        "max_seq_length": {
+                            "type": "integer",
+                            "minimum": MIN_SEQ_LENGTH,
+                            "maximum": MAX_SEQ_LENGTH,
+                            "default": 256,
+                        },
                     },
                 }
             }

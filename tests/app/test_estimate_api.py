@@ -93,10 +93,9 @@ def test_form_fragment_renders_the_estimate(stack: Stack) -> None:
 
 def test_no_inspect_worker_is_a_503(loradeck_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     # A real Redis with nobody on the inspect queue; waiting 1 s rather than 30 keeps the test quick.
-    from app.queue import ask_inspector
-    from app.web.routes import estimate
+    from app import queue
 
-    monkeypatch.setattr(estimate, "ask_inspector", functools.partial(ask_inspector, timeout=1))
+    monkeypatch.setattr(queue, "ask_inspector", functools.partial(queue.ask_inspector, timeout=1))
     from app.main import app
 
     with TestClient(app) as client:

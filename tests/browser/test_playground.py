@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from app.config import TINY_MODEL_DIR
 from tests.browser.test_pages import shot, start_run, wait_finished
 from tests.conftest import Stack
-from worker.engine.evaluate import chat_prompt
+from worker.serving.decoding import chat_prompt
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 PROMPT = "解析地址：臺中市西屯區市政路500號\n"

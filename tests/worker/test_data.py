@@ -13,11 +13,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from app.config import TINY_MODEL_DIR
 from app.schemas import RunSpec
 from worker.data.chat import NAMED_TEMPLATES, encode_conversation, render_chat, resolve_chat_template
+from worker.data.describe import describe_dataset
 from worker.data.encode import (
     IGNORE_INDEX,
     DatasetError,
     PadCollator,
-    describe_dataset,
     encode_row,
     encode_row_prompt,
     load_dataset,
@@ -262,7 +262,7 @@ def test_packing_is_refused_for_prompt_tuning(tokenizer: PreTrainedTokenizerBase
 def test_describe_dataset_counts_what_max_seq_length_cuts(tokenizer: PreTrainedTokenizerBase) -> None:
     # pc.jsonl rows are 42, 13, 7 and 16 tokens long, of which bos + prompt are 28, 10, 5 and 9 (the
     # tokenizer gives every Han character a token of its own).
-    described = describe_dataset(DATA / "pc.jsonl", tokenizer, max_seq_length=13)
+    described = describe_dataset(DATA / "pc.jsonl", tokenizer, max_seq_length=13).model_dump(mode="json")
 
     assert json.loads(json.dumps(described)) == described
     assert described["rows"] == 4
@@ -287,7 +287,9 @@ def test_describe_dataset_counts_what_max_seq_length_cuts(tokenizer: PreTrainedT
 def test_describe_dataset_of_a_chat_file_shows_the_template_as_the_model_sees_it(
     tokenizer: PreTrainedTokenizerBase,
 ) -> None:
-    described = describe_dataset(DATA / "chat.csv", tokenizer, max_seq_length=512, chat_template="zephyr")
+    described = describe_dataset(DATA / "chat.csv", tokenizer, max_seq_length=512, chat_template="zephyr").model_dump(
+        mode="json"
+    )
 
     assert (described["rows"], described["shape"], described["chat_template"]) == (3, "messages", "zephyr")
     assert described["fields"] == ["id", "messages"]

@@ -14,7 +14,8 @@ from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR
 from app.schemas import RunSpec
 from worker.data.encode import eval_rows
 from worker.engine.configs import model_dtype, peft_config, quantization_config
-from worker.engine.evaluate import chat_prompt, evaluate_run, reference_greedy, score
+from worker.engine.evaluate import evaluate_run, score
+from worker.serving.decoding import chat_prompt, reference_greedy
 from worker.serving.generate import Sampling, Side, decode_lockstep
 
 METHODS = ["lora", "qlora", "ia3", "prompt_tuning"]
@@ -82,16 +83,17 @@ def test_the_evaluations_answers_are_the_reference_loops(adapted: tuple[RunSpec,
     with model.disable_adapter():
         base = _references(model, tokenizer, prompts)
     assert adapter != base  # the adapter changes the answers, so the two columns are told apart
-    examples = result["examples"]
-    assert [example["adapter"] for example in examples] == adapter[: len(examples)]
-    assert [example["base"] for example in examples] == base[: len(examples)]
+    examples = result.examples
+    assert [example.adapter for example in examples] == adapter[: len(examples)]
+    assert [example.base for example in examples] == base[: len(examples)]
     references = [row.completion for row in rows]
-    assert result["task"]["adapter"] == score(adapter, references)
-    assert result["task"]["base"] == score(base, references)
+    assert result.task is not None
+    assert result.task.adapter == score(adapter, references)
+    assert result.task.base == score(base, references)
     regression = [chat_prompt(tokenizer, prompt, chat=True) for prompt in REGRESSION]
-    assert [row["adapter"] for row in result["regression"]] == _references(model, tokenizer, regression)
+    assert [row.adapter for row in result.regression] == _references(model, tokenizer, regression)
     with model.disable_adapter():
-        assert [row["base"] for row in result["regression"]] == _references(model, tokenizer, regression)
+        assert [row.base for row in result.regression] == _references(model, tokenizer, regression)
 
 
 def test_the_playgrounds_answers_are_the_reference_loops(adapted: tuple[RunSpec, PeftModel]) -> None:

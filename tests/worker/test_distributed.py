@@ -23,10 +23,11 @@ from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, get_settings
 from app.db import get_sessionmaker
 from app.events import stream_key
 from app.models import RunStatus
+from app.rundir import RunDir
 from app.schemas import RunSpec
 from worker.engine.distributed import launch_command
 from worker.engine.train import run_training
-from worker.runtime.lease import HANDED_BACK, WORKER_STOPPING, resume_step
+from worker.runtime.lease import HANDED_BACK, WORKER_STOPPING
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = SAMPLE_DATASET_DIR / "train.jsonl"
@@ -181,7 +182,7 @@ def test_a_two_process_run_handed_back_on_shutdown_resumes_from_its_checkpoint(l
     assert not worker.is_alive()
     run = _run(run_id)
     assert run.status == RunStatus.interrupted and run.error == HANDED_BACK
-    stopped_at = resume_step(get_settings().runs_dir / run_id / "checkpoints")
+    stopped_at = RunDir.of(run_id).resume_step()
     assert 2 <= stopped_at < 30 and _ranks(run_id) == []
 
     run_training(run_id)

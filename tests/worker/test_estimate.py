@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR
 from app.schemas import RunSpec
 from worker.engine.estimate import answer_estimate, estimate_spec
-from worker.engine.train import _apply_adapter, _load_model
+from worker.engine.steps import apply_adapter, load_model
 
 LLAMA_8B = Path(__file__).parent / "configs" / "llama-8b"
 DATASET = str(SAMPLE_DATASET_DIR / "train.jsonl")
@@ -34,7 +34,7 @@ def make_spec(base_model: Path | str = TINY_MODEL_DIR, **overrides: Any) -> RunS
 
 def loaded(spec: RunSpec) -> Any:
     """The PEFT model as training builds it: real weights, real bitsandbytes quantization."""
-    return _apply_adapter(_load_model(spec), spec)
+    return apply_adapter(load_model(spec), spec)
 
 
 SPECS: dict[str, dict[str, Any]] = {
@@ -64,7 +64,7 @@ def test_counts_equal_what_peft_prints_for_the_loaded_model(
     model.print_trainable_parameters()
     printed = capsys.readouterr().out.strip()
 
-    params = estimate_spec(spec)["params"]
+    params = estimate_spec(spec).params.model_dump()
 
     assert (params["trainable"], params["all"]) == model.get_nb_trainable_parameters()
     estimated = (
@@ -119,7 +119,7 @@ def test_counts_equal_the_loaded_model_with_biases_ties_and_odd_sizes(
     odd_models: dict[str, Path], model_name: str, overrides: dict[str, Any]
 ) -> None:
     spec = make_spec(odd_models[model_name], **overrides)
-    params = estimate_spec(spec)["params"]
+    params = estimate_spec(spec).params.model_dump()
     assert (params["trainable"], params["all"]) == loaded(spec).get_nb_trainable_parameters()
 
 
@@ -146,7 +146,7 @@ def _stored_bytes(model: torch.nn.Module) -> int:
 )
 def test_weight_bytes_equal_the_quantized_model(overrides: dict[str, Any]) -> None:
     spec = make_spec(**overrides)
-    memory = estimate_spec(spec)["memory"]
+    memory = estimate_spec(spec).memory.model_dump()
     # A k-bit base's other tensors are upcast to fp32 for training, so the GPU's dtype does not matter here.
     assert memory["weights"] + memory["adapter"] == _stored_bytes(loaded(spec))
 
@@ -186,7 +186,7 @@ def _kept_for_backward(model: torch.nn.Module, spec: RunSpec) -> int:
 def test_activations_match_a_real_training_step(overrides: dict[str, Any]) -> None:
     # fp32 on both sides: a CPU trains in fp32. (Dropout is left out: on a CPU its mask is fp32, on a GPU bool.)
     spec = make_spec(precision="fp32", per_device_train_batch_size=4, max_seq_length=128, **overrides)
-    estimated = estimate_spec(spec)["memory"]["activations"]
+    estimated = estimate_spec(spec).memory.activations
     real = _kept_for_backward(loaded(spec), spec)
     assert 0.9 * real <= estimated <= 1.1 * real
 
@@ -198,10 +198,10 @@ def test_an_8b_model_from_config_json_alone_in_seconds() -> None:
     qlora = estimate_spec(make_spec(LLAMA_8B))  # all-linear r=8 on NF4
     elapsed = time.monotonic() - started
 
-    assert full["params"]["all"] - full["params"]["trainable"] == ALL_8B == 8_030_261_248
-    assert full["params"]["trainable"] == LORA_QV_8B == 3_407_872
-    assert full["params"]["percent"] == pytest.approx(100 * LORA_QV_8B / (ALL_8B + LORA_QV_8B))
-    assert full["model"] == {
+    assert full.params.all - full.params.trainable == ALL_8B == 8_030_261_248
+    assert full.params.trainable == LORA_QV_8B == 3_407_872
+    assert full.params.percent == pytest.approx(100 * LORA_QV_8B / (ALL_8B + LORA_QV_8B))
+    assert full.model.model_dump() == {
         "architecture": "LlamaForCausalLM",
         "layers": 32,
         "hidden_size": 4096,
@@ -215,13 +215,13 @@ def test_an_8b_model_from_config_json_alone_in_seconds() -> None:
         },
     }
     lora_all_linear = LAYERS * R * (2 * (H + H) + 2 * (H + KV) + 3 * (H + FFN))
-    assert qlora["params"]["trainable"] == lora_all_linear == 20_971_520
-    assert qlora["params"]["all"] == ALL_8B + lora_all_linear  # every 4-bit weight here has an even size
+    assert qlora.params.trainable == lora_all_linear == 20_971_520
+    assert qlora.params.all == ALL_8B + lora_all_linear  # every 4-bit weight here has an even size
     assert elapsed < 20, f"the 8B estimates took {elapsed:.1f} s"
 
 
 def _memory(**overrides: Any) -> dict[str, int]:
-    return dict(estimate_spec(make_spec(LLAMA_8B, **overrides))["memory"])
+    return estimate_spec(make_spec(LLAMA_8B, **overrides)).memory.model_dump()
 
 
 def test_8b_memory_by_quantization() -> None:
@@ -265,20 +265,26 @@ def test_a_hub_id_reads_config_json_from_the_local_cache(tmp_path: Path, monkeyp
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
 
     estimate = estimate_spec(make_spec("meta-llama/Meta-Llama-3-8B", method="lora", target_modules="q_proj,v_proj"))
-    assert estimate["params"]["all"] == ALL_8B + LORA_QV_8B
+    assert estimate.params.all == ALL_8B + LORA_QV_8B
 
 
 def test_refusals_name_the_field() -> None:
-    bad_rank = answer_estimate({"base_model": str(TINY_MODEL_DIR), "dataset": DATASET, "r": 0})
+    bad_rank = answer_estimate(
+        {"base_model": str(TINY_MODEL_DIR), "dataset": DATASET, "r": 0}, enforce_roots=False
+    ).model_dump()
     assert bad_rank["ok"] is False and bad_rank["error"].startswith("r: ")
 
-    unknown = answer_estimate({"base_model": str(TINY_MODEL_DIR), "dataset": DATASET, "target_modules": ["qkv"]})
+    unknown = answer_estimate(
+        {"base_model": str(TINY_MODEL_DIR), "dataset": DATASET, "target_modules": ["qkv"]}, enforce_roots=False
+    ).model_dump()
     assert unknown["ok"] is False and unknown["error"].startswith("target_modules: qkv not found")
 
-    hub = answer_estimate({"base_model": "nobody-here/no-such-model-7b", "dataset": DATASET})
+    hub = answer_estimate(
+        {"base_model": "nobody-here/no-such-model-7b", "dataset": DATASET}, enforce_roots=False
+    ).model_dump()
     assert hub["ok"] is False
     assert hub["error"].startswith("base_model: nobody-here/no-such-model-7b is a hub id")
     assert "Hugging Face cache" in hub["error"]
 
-    good = answer_estimate(make_spec().model_dump(mode="json"))
+    good = answer_estimate(make_spec().model_dump(mode="json"), enforce_roots=False).model_dump()
     assert good["ok"] is True and good["estimate"]["params"]["trainable"] > 0

@@ -9,16 +9,17 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR
 from worker.data.encode import encode_prompt
-from worker.engine.evaluate import generate_completions, score
+from worker.engine.evaluate import score
+from worker.serving.decoding import generate_completions
 
 
 def test_score_counts_exact_matches_and_json_fields() -> None:
     references = ['{"a":1,"b":2}', '{"a":3,"b":4}', '{"a":null,"b":1}', '{"a":null}', "plain"]
     predictions = ['{"a":1,"b":2}', '{"a":3,"b":5}', '{"b":1}', "not json", "plain "]
     result = score(predictions, references)
-    assert result["exact_match"] == 2 / 5
+    assert result.exact_match == 2 / 5
     # A missing key is not a right null, and an answer that is not JSON gets nothing right.
-    assert result["field_accuracy"] == 4 / 7
+    assert result.field_accuracy == 4 / 7
 
 
 def test_batched_greedy_generation_equals_one_prompt_at_a_time() -> None:

@@ -14,8 +14,8 @@ from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, get_settings
 from app.db import get_sessionmaker
 from app.schemas import RunSpec
 from worker.engine.configs import quantization_config
-from worker.engine.evaluate import chat_prompt, generate_completions, reference_greedy
 from worker.engine.train import run_training
+from worker.serving.decoding import chat_prompt, generate_completions, reference_greedy
 
 pytestmark = pytest.mark.slow
 

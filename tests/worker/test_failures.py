@@ -303,17 +303,17 @@ def test_claims_racing_for_one_run_let_exactly_one_win(loradeck_env: dict[str, s
 def test_a_cancelled_run_lets_go_of_its_model(loradeck_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker's memory goes back when a run ends: nothing keeps the adapted model alive (on a GPU,
     torch.cuda.empty_cache then returns its memory to the device)."""
-    import worker.engine.train as train
+    import worker.engine.steps as steps
 
     models: list[weakref.ref[Any]] = []
-    apply_adapter = train._apply_adapter
+    apply_adapter = steps.apply_adapter
 
     def remember(model: Any, spec: RunSpec) -> Any:
         adapted = apply_adapter(model, spec)
         models.append(weakref.ref(adapted))
         return adapted
 
-    monkeypatch.setattr(train, "_apply_adapter", remember)
+    monkeypatch.setattr(steps, "apply_adapter", remember)
     run_id = _create_run(max_steps=10_000)
     worker = threading.Thread(target=run_training, args=(run_id,))
     worker.start()

@@ -113,7 +113,7 @@ def test_estimate_equals_peft_or_refuses_where_peft_does(
     fields, make_config = METHODS[method]
     model = AutoModelForCausalLM.from_pretrained(family_dirs[family], dtype=torch.float32)
     raw = {"base_model": str(family_dirs[family]), "dataset": str(chat_data[family]), "precision": "fp32", **fields}
-    answer = answer_estimate(raw)
+    answer = answer_estimate(raw, enforce_roots=False).model_dump()
     try:
         peft_model = get_peft_model(model, make_config())
     except ValueError as exc:  # PEFT refuses: so must the estimate, before anything is queued
@@ -139,14 +139,14 @@ def test_target_module_choices_are_the_familys_own_names_and_estimate(
     family: str, family_dirs: dict[str, Path], chat_data: dict[str, Path]
 ) -> None:
     raw = {"base_model": str(family_dirs[family]), "dataset": str(chat_data[family]), "method": "lora"}
-    choices = answer_estimate(raw)["estimate"]["model"]["target_choices"]
+    choices = answer_estimate(raw, enforce_roots=False).model_dump()["estimate"]["model"]["target_choices"]
     assert choices["attention only"] == ATTENTION.get(family, "q_proj, k_proj, v_proj, o_proj")
     assert choices["all linear"] == "all-linear"
     assert choices["with embeddings"].endswith(", embed_tokens, lm_head")
     model = AutoModelForCausalLM.from_pretrained(family_dirs[family], dtype=torch.float32)
     config = LoraConfig(**{**LORA, "target_modules": choices["with embeddings"].split(", ")})
     expected = get_peft_model(model, config).get_nb_trainable_parameters()
-    answer = answer_estimate(raw | {"target_modules": choices["with embeddings"]})
+    answer = answer_estimate(raw | {"target_modules": choices["with embeddings"]}, enforce_roots=False).model_dump()
     assert (answer["estimate"]["params"]["trainable"], answer["estimate"]["params"]["all"]) == expected
 
 
@@ -162,7 +162,8 @@ def test_phi3_ia3_runs_once_its_feedforward_modules_are_named(
     family_dirs: dict[str, Path], chat_data: dict[str, Path]
 ) -> None:
     fields = {"method": "ia3", "target_modules": "qkv_proj,down_proj", "feedforward_modules": "down_proj"}
-    answer = answer_estimate({"base_model": str(family_dirs["phi3"]), "dataset": str(chat_data["phi3"]), **fields})
+    raw = {"base_model": str(family_dirs["phi3"]), "dataset": str(chat_data["phi3"]), **fields}
+    answer = answer_estimate(raw, enforce_roots=False).model_dump()
     model = AutoModelForCausalLM.from_pretrained(family_dirs["phi3"], dtype=torch.float32)
     config = IA3Config(
         task_type="CAUSAL_LM", target_modules=["qkv_proj", "down_proj"], feedforward_modules=["down_proj"]

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR
 from app.schemas import RunSpec
-from worker.engine.evaluate import chat_prompt
+from worker.serving.decoding import chat_prompt
 from worker.serving.generate import ModelCache, Sampling, Side, decode_lockstep
 
 PROMPT = "解析地址：臺北市大安區復興南路一段390號2樓\n"

@@ -22,10 +22,13 @@ from app import runs
 from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, get_settings
 from app.db import get_sessionmaker
 from app.models import RunStatus
+from app.rundir import RunDir
 from app.schemas import RunSpec
 from worker.data.encode import PadCollator, make_collator
-from worker.engine.configs import RunError, peft_config, quantization_config, training_arguments, training_callbacks
-from worker.engine.train import _apply_adapter, _build_trainer, _load_model, run_training
+from worker.engine.configs import peft_config, quantization_config, training_arguments, training_callbacks
+from worker.engine.steps import TrainingSetup, apply_adapter, build_trainer, load_model
+from worker.engine.train import run_training
+from worker.errors import RunError
 
 TRAIN = SAMPLE_DATASET_DIR / "train.jsonl"
 ON_CPU = not torch.cuda.is_available()
@@ -213,7 +216,7 @@ def test_training_knobs_reach_the_training_arguments(tmp_path: Path) -> None:
         save_steps=20,
         save_total_limit=4,
     )
-    args = training_arguments(spec, tmp_path / "run")
+    args = training_arguments(spec, RunDir(run_id="r", root=tmp_path / "run", runs_dir=tmp_path).checkpoints_dir)
     assert args.output_dir == str(tmp_path / "run" / "checkpoints")
     assert (args.learning_rate, args.lr_scheduler_type, args.warmup_steps) == (3e-4, "cosine", 5)
     assert (args.max_steps, args.per_device_train_batch_size, args.gradient_accumulation_steps) == (50, 2, 4)
@@ -239,9 +242,10 @@ def test_the_trainer_gets_the_collator_and_the_callbacks(tmp_path: Path, loradec
     spec = _spec(method="lora", packing=True, eval_split=0.1, eval_steps=5, save_steps=5, early_stopping_patience=2)
     tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL_DIR)
     assert isinstance(make_collator(_spec(method="lora"), tokenizer), PadCollator)
-    model = _apply_adapter(_load_model(spec), spec)
+    model = apply_adapter(load_model(spec), spec)
     args = training_arguments(spec, tmp_path)
-    trainer = _build_trainer(model, tokenizer, [], [], spec, args, TrainerCallback())  # type: ignore[arg-type]
+    setup = TrainingSetup(args=args, tokenizer=tokenizer, train_data=[], eval_data=[], model=model)
+    trainer = build_trainer(setup, spec, TrainerCallback())
     assert isinstance(trainer.data_collator, DataCollatorWithFlattening)
     (early,) = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, EarlyStoppingCallback)]
     assert early.early_stopping_patience == 2

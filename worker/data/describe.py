@@ -1,4 +1,5 @@
-"""The inspect task that validates and describes a dataset file for the web (row problems or statistics).
+"""A dataset file described for the web: every row checked, then token lengths, what max_seq_length cuts,
+and the first rows as the model sees them (app.contracts.datasets).
 
 The file is a user's upload, so the work runs in a child process under the inspection memory and time limits
 (worker.runtime.bounded); the paths are checked against the allowed roots before anything is read.
@@ -6,17 +7,81 @@ The file is a user's upload, so the work runs in a child process under the inspe
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from celery import shared_task
+from pydantic import ValidationError
+from transformers import PreTrainedTokenizerBase
 
 from app.config import get_settings
-from app.paths import dataset_outside, enforcing_roots, inside
-from app.queue import DESCRIBE_DATASET_TASK, Queue
+from app.contracts.datasets import DatasetDescription, DescribeAnswer, DescribeRequest, RowProblemOut
+from app.paths import dataset_outside, inside
+from app.preflight import base_model_problem
+from worker.data.chat import IGNORE_INDEX, chat_template_name
+from worker.data.encode import Example, encode_all, learns_something, truncate
+from worker.data.files import read_dataset, validate_dataset
 
 MAX_PROBLEMS = 200
+
+
+def answer_description(payload: dict[str, Any]) -> DescribeAnswer:
+    """The inspect task's answer: the description, or every bad row (the first 200); never raises."""
+    try:
+        request = DescribeRequest.model_validate(payload)
+    except ValidationError as exc:
+        return _refusal(f"the request to describe a dataset is malformed: {exc}")
+    try:
+        return describe_bounded(request)
+    except Exception as exc:  # a file the readers choke on is still the user's to fix, not a crash
+        return _refusal(f"{type(exc).__name__}: {exc}")
+
+
+def describe_bounded(request: DescribeRequest) -> DescribeAnswer:
+    """`describe`, in a child process under the inspection limits; a refusal comes back as data."""
+    from worker.runtime.bounded import LimitExceeded, run_bounded
+
+    settings = get_settings()
+    if not inside(Path(request.path), settings.allowed_dataset_roots):
+        return _refusal(dataset_outside("dataset", request.path, settings))
+    base_model, problem = base_model_problem(request.base_model, settings, enforce_roots=True)
+    if problem:
+        return _refusal(problem)
+    try:
+        answer: dict[str, Any] = run_bounded(
+            "worker.data.describe:describe",
+            request.model_copy(update={"base_model": base_model}).model_dump(mode="json"),
+            memory_bytes=settings.inspect_memory_mb * 1024**2,
+            time_s=settings.inspect_time_limit_s,
+            what=f"checking {Path(request.path).name}",
+        )
+    except LimitExceeded as exc:
+        return _refusal(f"{exc}; nothing was stored")
+    except RuntimeError as exc:  # the readers choked on it: still the user's file to fix
+        return _refusal(str(exc))
+    return DescribeAnswer.model_validate(answer)
+
+
+def describe(payload: dict[str, Any]) -> dict[str, Any]:
+    """The child's work (a DescribeAnswer as JSON-ready data): the rows' problems, else the description."""
+    request = DescribeRequest.model_validate(payload)
+    problems = validate_dataset(request.path)
+    if problems:
+        shown = [RowProblemOut(line=p.line, message=p.message) for p in problems[:MAX_PROBLEMS]]
+        return DescribeAnswer(ok=False, problems=shown, count=len(problems)).model_dump(mode="json")
+    description = describe_dataset(
+        request.path,
+        _tokenizer(request.base_model),
+        max_seq_length=request.max_seq_length,
+        train_on_prompt=request.train_on_prompt,
+        chat_template=request.chat_template,
+    )
+    return DescribeAnswer(ok=True, description=description).model_dump(mode="json", exclude_unset=True)
+
+
+def _refusal(message: str) -> DescribeAnswer:
+    return DescribeAnswer(ok=False, problems=[RowProblemOut(line=0, message=message)], count=1)
 
 
 @lru_cache(maxsize=4)
@@ -27,62 +92,73 @@ def _tokenizer(base_model: str) -> Any:
     return AutoTokenizer.from_pretrained(base_model, trust_remote_code=get_settings().allow_trust_remote_code)
 
 
-def describe(payload: dict[str, Any]) -> dict[str, Any]:
-    """{"ok": False, "problems": [...], "count": n} for a file with bad rows, else {"ok": True, "description"}."""
-    from worker.data.encode import describe_dataset
-    from worker.data.files import validate_dataset
-
-    problems = validate_dataset(payload["path"])
-    if problems:
-        shown = [{"line": p.line, "message": p.message} for p in problems[:MAX_PROBLEMS]]
-        return {"ok": False, "problems": shown, "count": len(problems)}
-    description = describe_dataset(
-        payload["path"],
-        _tokenizer(payload["base_model"]),
-        max_seq_length=int(payload["max_seq_length"]),
-        train_on_prompt=bool(payload.get("train_on_prompt", False)),
-        chat_template=str(payload.get("chat_template", "auto")),
+def describe_dataset(
+    path: str | Path,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    max_seq_length: int,
+    train_on_prompt: bool = False,
+    chat_template: str = "auto",
+) -> DatasetDescription:
+    """What the UI and CLI show about a dataset: rows, shape, fields, the token-length
+    distribution before cutting (nearest-rank percentiles; histogram bin i counts lengths in
+    [edges[i], edges[i+1])), rows max_seq_length would cut or drop, the tokens the loss falls on after
+    cutting, and the first 3 kept rows as the model sees them, in trained and untrained segments."""
+    path = Path(path)
+    found = read_dataset(path)
+    found.raise_for_problems()
+    whole = encode_all(found.rows, tokenizer, chat_template, train_on_prompt, path)
+    cut = [truncate(example, max_seq_length) for example in whole]
+    kept = [(row, example) for row, example in zip(found.rows, cut, strict=True) if learns_something(example)]
+    lengths = sorted(len(example["input_ids"]) for example in whole)
+    truncated = sum(length > max_seq_length for length in lengths)
+    return DatasetDescription.model_validate(
+        {
+            "file": found.name,
+            "format": found.format,
+            "rows": len(found.rows),
+            "shape": found.shape,
+            "fields": found.fields,
+            "chat_template": chat_template_name(tokenizer, chat_template) if found.shape == "messages" else None,
+            "max_seq_length": max_seq_length,
+            "train_on_prompt": train_on_prompt,
+            "tokens": {
+                "min": lengths[0],
+                **{f"p{p}": lengths[max(0, math.ceil(p / 100 * len(lengths)) - 1)] for p in (50, 90, 99)},
+                "max": lengths[-1],
+                "mean": sum(lengths) / len(lengths),
+                "total": sum(lengths),
+            },
+            "histogram": _histogram(lengths),
+            "truncated_rows": truncated,
+            "truncated_share": truncated / len(lengths),
+            "dropped_rows": len(found.rows) - len(kept),
+            "trained_tokens": sum(label != IGNORE_INDEX for _, example in kept for label in example["labels"]),
+            "examples": [
+                {"line": row.line, "tokens": len(example["input_ids"]), "segments": _segments(tokenizer, example)}
+                for row, example in kept[:3]
+            ],
+        }
     )
-    return {"ok": True, "description": description}
 
 
-def _refusal(message: str) -> dict[str, Any]:
-    return {"ok": False, "problems": [{"line": 0, "message": message}], "count": 1}
+def _histogram(lengths: list[int], bins: int = 20) -> dict[str, list[int]]:
+    """At most `bins` bins of equal integer width from the shortest to the longest length."""
+    low, high = lengths[0], lengths[-1]
+    width = max(1, math.ceil((high - low + 1) / bins))
+    counts = [0] * math.ceil((high - low + 1) / width)
+    for length in lengths:
+        counts[(length - low) // width] += 1
+    return {"edges": [low + i * width for i in range(len(counts) + 1)], "counts": counts}
 
 
-def describe_bounded(payload: dict[str, Any]) -> dict[str, Any]:
-    """`describe`, in a child process under the inspection limits; a refusal comes back as data."""
-    from app.schemas import check_base_model
-    from worker.runtime.bounded import LimitExceeded, run_bounded
-
-    settings = get_settings()
-    path = str(payload.get("path", ""))
-    if not inside(Path(path), settings.allowed_dataset_roots):
-        return _refusal(dataset_outside("dataset", path, settings))
-    try:
-        with enforcing_roots():
-            check_base_model(str(payload.get("base_model", "")))
-    except ValueError as exc:
-        return _refusal(str(exc))
-    try:
-        answer: dict[str, Any] = run_bounded(
-            "worker.data.describe:describe",
-            payload,
-            memory_bytes=settings.inspect_memory_mb * 1024**2,
-            time_s=settings.inspect_time_limit_s,
-            what=f"checking {Path(path).name}",
-        )
-    except LimitExceeded as exc:
-        return _refusal(f"{exc}; nothing was stored")
-    except RuntimeError as exc:  # the readers choked on it: still the user's file to fix
-        return _refusal(str(exc))
-    return answer
-
-
-@shared_task(name=DESCRIBE_DATASET_TASK, queue=Queue.inspect.value, ignore_result=False)
-def describe_dataset_task(payload: dict[str, Any]) -> dict[str, Any]:
-    """Validate and describe a dataset file; never raises (the web shows the error as data)."""
-    try:
-        return describe_bounded(payload)
-    except Exception as exc:  # a file the readers choke on is still the user's to fix, not a crash
-        return _refusal(f"{type(exc).__name__}: {exc}")
+def _segments(tokenizer: PreTrainedTokenizerBase, example: Example) -> list[dict[str, Any]]:
+    """The example's text in runs of trained / untrained tokens, each run decoded on its own."""
+    runs: list[tuple[bool, list[int]]] = []
+    for token, label in zip(example["input_ids"], example["labels"], strict=True):
+        trained = label != IGNORE_INDEX
+        if runs and runs[-1][0] == trained:
+            runs[-1][1].append(token)
+        else:
+            runs.append((trained, [token]))
+    return [{"text": tokenizer.decode(ids), "trained": trained} for trained, ids in runs]

@@ -1,17 +1,17 @@
-"""Dataset rows -> token ids and labels, the eval split, the batch collators, and a dataset's description.
+"""Dataset rows -> token ids and labels, the eval split and the batch collators.
 
 Labels are IGNORE_INDEX on whatever the model is given rather than asked to write: the prompt of a
 prompt/completion row (`bos + prompt + completion + eos`), the system and user turns of a
 conversation and the markup around them (see worker.data.chat); `train_on_prompt` and text rows
 train on every token. The prompt and the completion are tokenized separately and their ids joined,
 so the boundary between "given" and "to learn" is exact (tokenizing the joined text can merge the last
-prompt character with the first completion one). Reading and checking files is worker.data.files.
+prompt character with the first completion one). Reading and checking files is worker.data.files; a
+file's description for the web is worker.data.describe.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +32,7 @@ from worker.data.chat import (
     resolve_chat_template,
     warn_about_markup,
 )
-from worker.data.files import SHAPE_NAMES, Row, read_dataset, read_rows
+from worker.data.files import SHAPE_NAMES, Row, read_rows
 
 # Re-exported: train.py, merge.py and the CLI import the whole dataset contract from here.
 from worker.data.files import DatasetError as DatasetError
@@ -59,7 +59,7 @@ def encode_row(
 ) -> Example:
     """input_ids and labels for one prompt/completion row, cut to max_seq_length."""
     row = Row(line=0, prompt=prompt, completion=completion)
-    return _truncate(encode_example(row, tokenizer, "", train_on_prompt=train_on_prompt), max_seq_length)
+    return truncate(encode_example(row, tokenizer, "", train_on_prompt=train_on_prompt), max_seq_length)
 
 
 def encode_example(
@@ -89,11 +89,11 @@ def encode_row_prompt(row: Row, tokenizer: PreTrainedTokenizerBase, chat_templat
     return encode_prompt(tokenizer, row.prompt if row.shape == "prompt_completion" else row.text)
 
 
-def _truncate(example: Example, max_seq_length: int) -> Example:
+def truncate(example: Example, max_seq_length: int) -> Example:
     return {key: ids[:max_seq_length] for key, ids in example.items()}
 
 
-def _learns_something(example: Example) -> bool:
+def learns_something(example: Example) -> bool:
     return any(label != IGNORE_INDEX for label in example["labels"])
 
 
@@ -110,7 +110,7 @@ class TokenizedDataset(Dataset[dict[str, list[int]]]):
         return self.examples[index]
 
 
-def _encode_all(
+def encode_all(
     rows: list[Row], tokenizer: PreTrainedTokenizerBase, chat_template: str, train_on_prompt: bool, path: Path
 ) -> list[Example]:
     """Every row encoded whole; a template that cannot render a row names the row."""
@@ -134,8 +134,8 @@ def _fit(examples: list[Example], rows: list[Row], max_seq_length: int, name: st
     kept: list[Example] = []
     dropped: list[int] = []
     for example, row in zip(examples, rows, strict=True):
-        example = _truncate(example, max_seq_length)
-        if _learns_something(example):
+        example = truncate(example, max_seq_length)
+        if learns_something(example):
             kept.append(example)
         else:
             dropped.append(row.line)
@@ -166,7 +166,7 @@ def load_dataset(
 ) -> TokenizedDataset:
     """Read, check and tokenize a dataset file. Rows left with nothing to learn are dropped with a warning."""
     rows, path = read_rows(path), Path(path)
-    examples = _encode_all(rows, tokenizer, chat_template, train_on_prompt, path)
+    examples = encode_all(rows, tokenizer, chat_template, train_on_prompt, path)
     return TokenizedDataset(_fit(examples, rows, max_seq_length, path.name))
 
 
@@ -209,7 +209,7 @@ def load_training_data(
     """The run's train and eval data: eval from spec.eval_dataset, or spec.eval_split of spec.dataset."""
 
     def tokenize(rows: list[Row], path: Path) -> TokenizedDataset:
-        examples = _encode_all(rows, tokenizer, spec.chat_template, spec.train_on_prompt, path)
+        examples = encode_all(rows, tokenizer, spec.chat_template, spec.train_on_prompt, path)
         return TokenizedDataset(_fit(examples, rows, spec.max_seq_length, path.name))
 
     path = Path(spec.dataset)
@@ -266,73 +266,3 @@ def make_collator(spec: RunSpec, tokenizer: PreTrainedTokenizerBase) -> Callable
         return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)  # type: ignore[no-any-return]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return PadCollator(pad_token_id=int(pad_id or 0))
-
-
-def describe_dataset(
-    path: str | Path,
-    tokenizer: PreTrainedTokenizerBase,
-    *,
-    max_seq_length: int,
-    train_on_prompt: bool = False,
-    chat_template: str = "auto",
-) -> dict[str, Any]:
-    """What the UI and CLI show about a dataset, as JSON: rows, shape, fields, the token-length
-    distribution before cutting (nearest-rank percentiles; histogram bin i counts lengths in
-    [edges[i], edges[i+1])), rows max_seq_length would cut or drop, the tokens the loss falls on after
-    cutting, and the first 3 kept rows as the model sees them, in trained and untrained segments."""
-    path = Path(path)
-    found = read_dataset(path)
-    found.raise_for_problems()
-    whole = _encode_all(found.rows, tokenizer, chat_template, train_on_prompt, path)
-    cut = [_truncate(example, max_seq_length) for example in whole]
-    kept = [(row, example) for row, example in zip(found.rows, cut, strict=True) if _learns_something(example)]
-    lengths = sorted(len(example["input_ids"]) for example in whole)
-    truncated = sum(length > max_seq_length for length in lengths)
-    return {
-        "file": found.name,
-        "format": found.format,
-        "rows": len(found.rows),
-        "shape": found.shape,
-        "fields": found.fields,
-        "chat_template": chat_template_name(tokenizer, chat_template) if found.shape == "messages" else None,
-        "max_seq_length": max_seq_length,
-        "train_on_prompt": train_on_prompt,
-        "tokens": {
-            "min": lengths[0],
-            **{f"p{p}": lengths[max(0, math.ceil(p / 100 * len(lengths)) - 1)] for p in (50, 90, 99)},
-            "max": lengths[-1],
-            "mean": sum(lengths) / len(lengths),
-            "total": sum(lengths),
-        },
-        "histogram": _histogram(lengths),
-        "truncated_rows": truncated,
-        "truncated_share": truncated / len(lengths),
-        "dropped_rows": len(found.rows) - len(kept),
-        "trained_tokens": sum(label != IGNORE_INDEX for _, example in kept for label in example["labels"]),
-        "examples": [
-            {"line": row.line, "tokens": len(example["input_ids"]), "segments": _segments(tokenizer, example)}
-            for row, example in kept[:3]
-        ],
-    }
-
-
-def _histogram(lengths: list[int], bins: int = 20) -> dict[str, list[int]]:
-    """At most `bins` bins of equal integer width from the shortest to the longest length."""
-    low, high = lengths[0], lengths[-1]
-    width = max(1, math.ceil((high - low + 1) / bins))
-    counts = [0] * math.ceil((high - low + 1) / width)
-    for length in lengths:
-        counts[(length - low) // width] += 1
-    return {"edges": [low + i * width for i in range(len(counts) + 1)], "counts": counts}
-
-
-def _segments(tokenizer: PreTrainedTokenizerBase, example: Example) -> list[dict[str, Any]]:
-    """The example's text in runs of trained / untrained tokens, each run decoded on its own."""
-    runs: list[tuple[bool, list[int]]] = []
-    for token, label in zip(example["input_ids"], example["labels"], strict=True):
-        trained = label != IGNORE_INDEX
-        if runs and runs[-1][0] == trained:
-            runs[-1][1].append(token)
-        else:
-            runs.append((trained, [token]))
-    return [{"text": tokenizer.decode(ids), "trained": trained} for trained, ids in runs]

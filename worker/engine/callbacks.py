@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from app import runs
+from app.contracts.events import CheckpointEvent, LogEvent, MetricEvent
 from app.models import Metric
 from worker.runtime.lease import WORKER_STOPPING, Lease
 from worker.runtime.publisher import EventPublisher, EventSink
@@ -78,12 +79,11 @@ class MetricsCallback(TrainerCallback):
         self._started = self._last_log_time - elapsed
         self._last_log_tokens = state.num_input_tokens_seen
         self.publisher.publish(
-            "log",
-            {
-                "lines": [f"training steps {state.global_step + 1} to {state.max_steps}"],
-                "step": state.global_step,
-                "max_steps": state.max_steps,
-            },
+            LogEvent(
+                lines=[f"training steps {state.global_step + 1} to {state.max_steps}"],
+                step=state.global_step,
+                max_steps=state.max_steps,
+            )
         )
 
     def _elapsed_at(self, checkpoints: Path, step: int) -> float:
@@ -108,7 +108,7 @@ class MetricsCallback(TrainerCallback):
             (checkpoint / RESUME_STATE_FILE).write_text(json.dumps({"step": state.global_step, "time": elapsed}))
         self.flush()  # the metric points up to the checkpoint are in the database before we go on
         log.info("checkpoint saved at step %d", state.global_step)
-        self.publisher.publish("checkpoint", {"step": state.global_step, "path": checkpoint.name})
+        self.publisher.publish(CheckpointEvent(step=state.global_step, path=checkpoint.name))
 
     def on_log(
         self,
@@ -130,7 +130,7 @@ class MetricsCallback(TrainerCallback):
             point["learning_rate"],
             values.get("grad_norm"),
         )
-        self.publisher.publish("metric", point)
+        self.publisher.publish(MetricEvent(**point))
         self._pending.append(point)
         # Under fp16 the grad scaler meets infinite gradients now and then and skips that step by design.
         diverged = _first_not_finite(values, grad_norm=not args.fp16)

@@ -18,7 +18,6 @@ from peft.utils.constants import (
     TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING,
     TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING,
 )
-from pydantic import ValidationError
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -29,8 +28,11 @@ from transformers import (
 )
 
 from app.config import get_settings
+from app.errors import InvalidInput
 from app.peft_defaults import ia3_feedforward_refusal
+from app.preflight import check_inputs, stored_spec
 from app.schemas import RunSpec
+from worker.errors import RunError
 
 log = logging.getLogger(__name__)
 
@@ -38,26 +40,21 @@ ALL_LINEAR = "all-linear"
 Precision = Literal["bf16", "fp16", "fp32"]
 
 
-class RunError(RuntimeError):
-    """A problem with the run's spec or inputs; the message is shown to the user as it is."""
-
-
-def validation_messages(exc: ValidationError) -> list[str]:
-    """pydantic's errors as `field: message` lines (cross-field messages already start with the field)."""
-    messages = []
-    for error in exc.errors():
-        field = ".".join(map(str, error["loc"]))
-        message = str(error["msg"]).removeprefix("Value error, ")
-        messages.append(message if not field or message.startswith(field) else f"{field}: {message}")
-    return messages
-
-
 def read_spec(raw_spec: dict[str, Any]) -> RunSpec:
-    """Validate a stored spec again: the files it names may have gone since the run was queued."""
+    """A stored spec in its shape (app.preflight.stored_spec); RunError names what no longer reads."""
     try:
-        return RunSpec.model_validate(raw_spec)
-    except ValidationError as exc:
-        raise RunError("; ".join(validation_messages(exc))) from None
+        return stored_spec(raw_spec)
+    except InvalidInput as exc:
+        raise RunError(str(exc)) from None
+
+
+def claimed_spec(raw_spec: dict[str, Any], *, enforce_roots: bool) -> RunSpec:
+    """A stored spec as a worker about to train it takes it: its shape, then the pre-flight check of its inputs
+    again (a file can go while the run waits), whose failure ends the run with its reason."""
+    try:
+        return check_inputs(read_spec(raw_spec), get_settings(), enforce_roots=enforce_roots)
+    except InvalidInput as exc:
+        raise RunError(str(exc)) from None
 
 
 def quantization_mode(spec: RunSpec) -> Literal["none", "8bit", "4bit"]:
@@ -220,14 +217,14 @@ def check_module_names(spec: RunSpec) -> None:
             )
 
 
-def training_arguments(spec: RunSpec, run_dir: Path) -> TrainingArguments:
-    """TrainingArguments for the spec; checkpoints go to `<run_dir>/checkpoints` in Trainer's own format."""
+def training_arguments(spec: RunSpec, checkpoints_dir: Path) -> TrainingArguments:
+    """TrainingArguments for the spec; checkpoints go to `checkpoints_dir` in Trainer's own format (RunDir's)."""
     precision = resolve_precision(spec)
     has_eval = bool(spec.eval_dataset or spec.eval_split)
     evaluating = has_eval and spec.eval_steps > 0
     early_stopping = spec.early_stopping_patience > 0
     return TrainingArguments(
-        output_dir=str(run_dir / "checkpoints"),
+        output_dir=str(checkpoints_dir),
         learning_rate=spec.learning_rate,
         lr_scheduler_type=spec.lr_scheduler_type,
         warmup_steps=warmup_steps(spec),
@@ -279,3 +276,17 @@ def training_callbacks(spec: RunSpec) -> list[TrainerCallback]:
     if spec.early_stopping_patience:
         return [EarlyStoppingCallback(early_stopping_patience=spec.early_stopping_patience)]
     return []
+
+
+def vllm_lora_incompatibility(adapter_config: dict[str, Any]) -> str | None:
+    """Why vLLM could not serve this adapter as a LoRA on the base (the merged model it can always serve)."""
+    if adapter_config.get("peft_type") != "LORA":
+        return f"vLLM serves LoRA adapters only, not {adapter_config.get('peft_type')}"
+    if adapter_config.get("modules_to_save"):
+        return (
+            f"it trains whole modules ({', '.join(adapter_config['modules_to_save'])} in modules_to_save), "
+            "which vLLM's LoRA loading cannot apply"
+        )
+    if adapter_config.get("use_dora"):
+        return "vLLM's LoRA serving does not implement DoRA"
+    return None

@@ -1,13 +1,13 @@
 """Multi-GPU runs: `accelerate launch` (DDP) across `spec.gpus` processes of one machine.
 
 The worker that claimed the run stays what it is for a one-GPU run: it holds the lease, records the end,
-and hands the run back on shutdown (worker/engine/train.py). For `gpus > 1` it runs
+and hands the run back on shutdown (worker.engine.train). For `gpus > 1` it runs
 
     python -m accelerate.commands.launch --multi_gpu --num_processes N ... -m worker.engine.distributed RUN_ID
 
 as a child process (`train_distributed`), writes its output into train.log and waits. Each rank process
-(`main`) builds the same model and data with worker/engine/train.py's steps; Trainer wraps the model in DDP and
-splits the batches. Rank 0 alone reports: metric rows and events, the adapter, the evaluation. It reads the
+(`main`) builds the same model and data with the same steps (worker.engine.steps); Trainer wraps the model in
+DDP and splits the batches. Rank 0 alone reports: metric rows and events, the adapter, the evaluation. It reads the
 cancel flag as a one-GPU run does, and `RankSync` hands its decision to the other ranks every step, so all
 of them stop (and save the hand-back checkpoint) at the same step instead of waiting in the next all-reduce.
 Each rank writes how it ended into `<run_dir>/ranks/<rank>.json`; the worker maps that onto the run's end.
@@ -42,17 +42,18 @@ from app.config import get_settings
 from app.db import get_sessionmaker
 from app.models import RunStatus
 from app.processes import free_port
+from app.rundir import RunDir
 from app.schemas import RunSpec
-from worker.engine.callbacks import EventPublisher, MetricsCallback
-from worker.engine.configs import RunError, read_spec
+from worker.engine.callbacks import MetricsCallback
+from worker.engine.configs import read_spec
 from worker.engine.failures import explain, explained
-from worker.engine.train import build_trainer, final_evaluation, fit, prepare_training, report_params, save_results
+from worker.engine.steps import build_trainer, final_evaluation, fit, prepare_training, report_params, save_results
+from worker.errors import RunError
 from worker.runtime.lease import WORKER_STOPPING, Lease, heartbeat_every, resume_point
+from worker.runtime.publisher import EventPublisher
 
 log = logging.getLogger(__name__)
 
-RESULTS_DIR = "ranks"  # <run_dir>/ranks/<rank>.json: how each rank ended
-STOP_FILE = "stop"  # <run_dir>/ranks/stop: the worker is shutting down; rank 0 checkpoints and hands back
 STOP_GRACE_S = 30.0  # after SIGTERM, how long the launcher has to stop its ranks before it is killed
 PR_SET_PDEATHSIG = 1
 
@@ -75,22 +76,22 @@ def check_gpus(spec: RunSpec) -> None:
 def train_distributed(
     spec: RunSpec,
     *,
-    run_id: str,
-    run_dir: Path,
+    run_dir: RunDir,
     sessions: sessionmaker[Session],
     publisher: EventPublisher,
     lease: Lease,
 ) -> RunStatus:
-    """Train the run across `spec.gpus` processes; the status it ended with (a failure raises RunError)."""
+    """Train the run across `spec.gpus` processes; the status it ended with (a failure raises RunError).
+    Each rank writes how it ended into the run directory's ranks/<rank>.json; ranks/stop asks them to stop."""
     check_gpus(spec)
     # Only this process may drop partial checkpoints and the metric points past the last complete one.
-    checkpoint = resume_point(run_id, run_dir / "checkpoints", sessions, publisher)
-    results = run_dir / RESULTS_DIR
+    checkpoint = resume_point(run_dir, sessions, publisher)
+    results = run_dir.ranks_dir
     shutil.rmtree(results, ignore_errors=True)  # the ends of an earlier attempt
     results.mkdir(parents=True)
-    command = launch_command(spec, run_id=run_id, worker=lease.worker, checkpoint=checkpoint)
+    command = launch_command(spec, run_id=run_dir.run_id, worker=lease.worker, checkpoint=checkpoint)
     log.info("launching %d training processes: %s", spec.gpus, " ".join(command))
-    with (run_dir / "train.log").open("ab") as output:  # the ranks' log lines go straight into train.log
+    with run_dir.log_file.open("ab") as output:  # the ranks' log lines go straight into train.log
         process = subprocess.Popen(
             command,
             stdout=output,
@@ -101,7 +102,7 @@ def train_distributed(
             preexec_fn=_die_with_parent,  # noqa: PLW1509 - only a prctl call between fork and exec
         )
     try:
-        code = _wait(process, lease, results / STOP_FILE)
+        code = _wait(process, lease, run_dir.stop_file)
     finally:
         stop_ranks(process)  # on any way out of here (an error, a shutdown), no trainer is left behind
     if lease.lost:
@@ -225,7 +226,7 @@ def train_rank(spec: RunSpec, run_id: str, worker: str, checkpoint: Path | None)
     """This rank's share of the run; rank 0 returns how the run ended, the others None."""
     settings = get_settings()
     sessions = get_sessionmaker()
-    run_dir = settings.runs_dir / run_id
+    run_dir = RunDir.of(run_id, settings)
     first = int(os.environ.get("RANK", "0")) == 0
     setup = prepare_training(spec, run_dir)
     publisher: EventPublisher | None = None
@@ -239,7 +240,7 @@ def train_rank(spec: RunSpec, run_id: str, worker: str, checkpoint: Path | None)
         )
         metrics = MetricsCallback(run_id=run_id, sessions=sessions, publisher=publisher, lease=lease)
         report_params(setup.model, run_id, sessions, publisher)
-    sync = RankSync(metrics, run_dir / RESULTS_DIR / STOP_FILE)
+    sync = RankSync(metrics, run_dir.stop_file)
     trainer = build_trainer(setup, spec, *(c for c in (metrics, sync) if c is not None))
     try:
         fit(trainer, checkpoint, metrics)
@@ -250,7 +251,7 @@ def train_rank(spec: RunSpec, run_id: str, worker: str, checkpoint: Path | None)
         details = final_evaluation(trainer, setup, spec, metrics, publisher)
         if publisher is None:
             return None
-        save_results(setup, spec, run_id, run_dir, sessions, publisher, details)
+        save_results(setup, spec, run_dir, sessions, publisher, details)
         return RunStatus.stopped if metrics is not None and metrics.stopped else RunStatus.succeeded
     finally:
         if publisher is not None:
@@ -266,15 +267,16 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     _log_to_stderr(rank)
     _exit_orphaned()
-    run_dir = get_settings().runs_dir / options.run_id
-    result = run_dir / RESULTS_DIR / f"{rank}.json"
+    run_dir = RunDir.of(options.run_id)
+    result = run_dir.rank_result(rank)
     with get_sessionmaker()() as session:
         raw_spec = runs.get_run(session=session, run_id=options.run_id).spec
     try:
+        # Its inputs were checked by the worker that claimed the run, a moment ago.
         status = train_rank(read_spec(raw_spec), options.run_id, options.worker, options.resume_from)
     except Exception as exc:
-        error = explain(exc, raw_spec, run_dir)
-        log.error("rank %d failed: %s", rank, error, exc_info=not explained(exc, run_dir))
+        error = explain(exc, raw_spec, run_dir.root)
+        log.error("rank %d failed: %s", rank, error, exc_info=not explained(exc, run_dir.root))
         _write(result, {"status": RunStatus.failed.value, "error": error})
         return 1
     if status is not None:

@@ -1,8 +1,9 @@
 """Pre-flight estimate of a run: parameter counts and training memory, from the base model's config.json alone.
 
 The model is built on the meta device (shapes and dtypes, no storage; no weight is read or even needed)
-and adapted the way `worker.engine.train` adapts the real one: `prepare_model_for_kbit_training` for a quantized
-base, then `get_peft_model` with `worker.engine.configs.peft_config(spec)`, then trained weights in fp32. So
+and adapted the way training adapts the real one (`worker.engine.steps.adapt`: `prepare_model_for_kbit_training`
+for a quantized base, then `get_peft_model` with `worker.engine.configs.peft_config(spec)`, then trained weights
+in fp32). So
 `all` and `trainable` are what `PeftModel.get_nb_trainable_parameters()` prints for the loaded run. The
 one difference, bitsandbytes' 4-bit packing, is applied analytically: a quantized weight of n values is
 stored as ceil(n / 2) bytes and PEFT counts each stored byte twice, i.e. n rounded up to even. Which
@@ -27,24 +28,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft import PeftModel
 from peft.tuners.ia3 import IA3Layer
 from peft.tuners.lora import LoraLayer
-from pydantic import ValidationError
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers.quantizers import AutoHfQuantizer
 
 from app.config import get_settings
+from app.contracts.estimate import EstimateAnswer, EstimateOut, MemoryOut, ModelOut, ParamsOut
+from app.errors import InvalidInput
+from app.preflight import validate_spec
 from app.schemas import RunSpec
 from worker.engine.configs import (
-    RunError,
     check_module_names,
     model_dtype,
     peft_config,
     quantization_config,
     quantization_mode,
-    validation_messages,
 )
+from worker.engine.steps import adapt
+from worker.errors import RunError
 
 ADAMW_STATES = {"adamw_torch": None, "paged_adamw_32bit": 4}  # None: the parameter's own dtype
 ADAMW_8BIT = ("adamw_8bit", "paged_adamw_8bit")
@@ -58,27 +61,25 @@ class EstimateError(ValueError):
     """The spec cannot be estimated; the message names the field to change."""
 
 
-def answer_estimate(raw_spec: dict[str, Any]) -> dict[str, Any]:
-    """The inspect task's answer: `{"ok": True, "estimate": ...}` or `{"ok": False, "error": "field: ..."}`."""
+def answer_estimate(raw_spec: dict[str, Any], *, enforce_roots: bool) -> EstimateAnswer:
+    """The inspect task's answer: the estimate, or the refusal naming the field to change. The spec is
+    checked as the web checks one (its files, under the allowed roots where `enforce_roots`)."""
     try:
-        spec = RunSpec.model_validate(raw_spec)
-    except ValidationError as exc:
-        return {"ok": False, "error": "; ".join(validation_messages(exc))}
-    try:
-        return {"ok": True, "estimate": estimate_spec(spec)}
-    except EstimateError as exc:
-        return {"ok": False, "error": str(exc)}
+        spec = validate_spec(raw_spec, get_settings(), enforce_roots=enforce_roots)
+        return EstimateAnswer(ok=True, estimate=estimate_spec(spec))
+    except (InvalidInput, EstimateError) as exc:
+        return EstimateAnswer(ok=False, error=str(exc))
 
 
-def estimate_spec(spec: RunSpec) -> dict[str, Any]:
-    """Parameter counts, memory by part and the model's shape for a spec, as JSON-ready data."""
+def estimate_spec(spec: RunSpec) -> EstimateOut:
+    """Parameter counts, memory by part and the model's shape for a spec."""
     try:
         return _estimate(spec)
     except RunError as exc:  # worker.engine.configs' refusals already name the field
         raise EstimateError(str(exc)) from None
 
 
-def _estimate(spec: RunSpec) -> dict[str, Any]:
+def _estimate(spec: RunSpec) -> EstimateOut:
     notes: list[str] = []
     config = read_config(spec.base_model)
     dtype = training_dtype(spec, notes)
@@ -115,24 +116,24 @@ def _estimate(spec: RunSpec) -> dict[str, Any]:
         "kernels); not counted: the CUDA context (about 0.5 GiB) and allocator fragmentation."
     )
     text = config.get_text_config()
-    return {
-        "params": {
-            "all": counts["all"],
-            "trainable": counts["trainable"],
-            "percent": 100.0 * counts["trainable"] / counts["all"] if counts["all"] else 0.0,
-        },
-        "memory": memory,
-        "model": {
-            "architecture": (config.architectures or [type(model).__name__])[0],
-            "layers": text.num_hidden_layers,
-            "hidden_size": text.hidden_size,
-            "vocab_size": text.vocab_size,
-            "dtype": str(dtype).removeprefix("torch."),
-            "quantization": quantization,
-            "target_choices": choices,
-        },
-        "notes": notes,
-    }
+    return EstimateOut(
+        params=ParamsOut(
+            all=counts["all"],
+            trainable=counts["trainable"],
+            percent=100.0 * counts["trainable"] / counts["all"] if counts["all"] else 0.0,
+        ),
+        memory=MemoryOut(**memory),
+        model=ModelOut(
+            architecture=(config.architectures or [type(model).__name__])[0],
+            layers=text.num_hidden_layers,
+            hidden_size=text.hidden_size,
+            vocab_size=text.vocab_size,
+            dtype=str(dtype).removeprefix("torch."),
+            quantization=quantization,
+            target_choices=choices,
+        ),
+        notes=notes,
+    )
 
 
 def target_module_choices(model: PreTrainedModel) -> dict[str, str]:
@@ -211,22 +212,16 @@ def _quantized_layers(config: PretrainedConfig, spec: RunSpec, dtype: torch.dtyp
 
 
 def _adapt(model: PreTrainedModel, spec: RunSpec) -> PeftModel:
-    """What `worker.engine.train._apply_adapter` does to the loaded base, done to the skeleton."""
+    """What training does to the loaded base (`worker.engine.steps.apply_adapter`), done to the skeleton."""
     if Path(spec.base_model).is_dir():
         check_module_names(spec)  # the same early refusal of unknown module names as training
-    if quantization_mode(spec) != "none":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     # Initial values never change a count; text init would need the tokenizer and real embeddings.
     config = peft_config(spec.model_copy(update={"prompt_tuning_init_text": ""}), model_type=model.config.model_type)
     try:
-        peft_model: PeftModel = get_peft_model(model, config)  # type: ignore[assignment]
+        return adapt(model, config, quantized=quantization_mode(spec) != "none", gradient_checkpointing=False)
     except ValueError as exc:
         field = "target_modules" if "arget modules" in str(exc) else "method"
         raise EstimateError(f"{field}: {exc}") from None
-    for param in peft_model.parameters():
-        if param.requires_grad and param.dtype != torch.float32:
-            param.data = param.data.float()  # training keeps trained weights in fp32
-    return peft_model
 
 
 def _quantized_bytes(param: torch.nn.Parameter, quantization: str, spec: RunSpec) -> int:

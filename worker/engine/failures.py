@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from worker.engine.callbacks import TrainingDiverged
-from worker.engine.configs import RunError
+from worker.errors import RunError
 
 # torch.save reports a full disk as a RuntimeError of its zip writer, without the errno.
 WRITE_FAILED = ("file write failed", "No space left on device", "unexpected pos")

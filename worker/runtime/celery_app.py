@@ -16,6 +16,7 @@ from typing import Any
 from celery import Celery, signals
 
 from app.config import get_settings
+from app.contracts.workers import TaskInfo, WorkerRecord
 from app.queue import celery_config
 
 # Read by OpenMP when torch loads, so it must be set before the first task imports torch. Spinning
@@ -24,7 +25,7 @@ from app.queue import celery_config
 # and about 10% longer when the cores are free. An operator's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-app = Celery("loradeck", include=["worker.runtime.tasks", "worker.data.describe"])
+app = Celery("loradeck", include=["worker.runtime.tasks"])
 app.conf.update(celery_config(get_settings()))
 app.conf.update(
     # Redis may be away for a while (a restart, a failover): keep reconnecting instead of exiting after
@@ -59,13 +60,13 @@ def _register(sender: Any, **_: Any) -> None:
         threading.Thread(target=warm, name="loradeck-forkserver", daemon=True).start()
 
 
-def worker_record() -> dict[str, Any]:
+def worker_record() -> WorkerRecord:
     """This worker's heartbeat record (name, queues, GPUs, memory offered), for placing runs."""
     if _heartbeat is None:  # not a Celery worker (a task run in-process): it holds whatever it is given
-        return {"name": "", "queues": ["train"], "gpu_count": 0, "memory_per_gpu": None}
-    if "gpu_count" not in _heartbeat.record:
+        return WorkerRecord(name="", queues=["train"], gpu_count=0, memory_per_gpu=None)
+    if _heartbeat.record.gpu_count is None:
         _heartbeat.describe_devices()
-    return dict(_heartbeat.record)
+    return _heartbeat.record.model_copy()
 
 
 @signals.worker_shutting_down.connect
@@ -87,7 +88,7 @@ def _unregister(**_: Any) -> None:
 @signals.task_prerun.connect
 def _task_started(task: Any = None, args: Any = None, **_: Any) -> None:
     if _heartbeat is not None and task is not None:
-        _heartbeat.set_task({"name": task.name, "args": list(args or []), "since": time.time()})
+        _heartbeat.set_task(TaskInfo(name=task.name, args=list(args or []), since=time.time()))
 
 
 @signals.task_postrun.connect

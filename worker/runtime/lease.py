@@ -10,7 +10,6 @@ training stops at the next step, so the run never trains in two places at once.
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 from pathlib import Path
 from types import TracebackType
@@ -19,12 +18,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import runs
+from app.contracts.events import LogEvent
+from app.rundir import RunDir
 from worker.runtime.publisher import EventPublisher
 
 log = logging.getLogger(__name__)
 
 # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR, spelled out: the reaper must not import transformers.
-CHECKPOINT_PREFIX = "checkpoint"
 # Set when the Celery worker begins a warm shutdown (`loradeck up` stopping, a deploy): the run in progress
 # saves a checkpoint at its next step and goes back to the queue. Otherwise the worker would train on until
 # the run ends, be killed, and cost the run one of its attempts.
@@ -82,37 +82,16 @@ class Lease:
             self.renew()
 
 
-def complete_checkpoints(checkpoints: Path, *, remove_partial: bool = False) -> list[tuple[int, Path]]:
-    """(step, path) of each checkpoint Trainer finished writing, oldest first.
-
-    Trainer writes trainer_state.json last, so a checkpoint without it was cut off mid-save; with
-    `remove_partial` such leftovers are deleted (only the worker about to resume may do that).
-    """
-    complete: list[tuple[int, Path]] = []
-    for path in checkpoints.glob(f"{CHECKPOINT_PREFIX}-*"):
-        step = path.name.rsplit("-", 1)[-1]
-        if step.isdigit() and (path / "trainer_state.json").is_file():
-            complete.append((int(step), path))
-        elif remove_partial:
-            shutil.rmtree(path, ignore_errors=True)
-    return sorted(complete)
-
-
-def resume_step(checkpoints: Path) -> int:
-    """The step a run resumes from: its newest complete checkpoint's, 0 without one."""
-    complete = complete_checkpoints(checkpoints)
-    return complete[-1][0] if complete else 0
-
-
-def resume_point(
-    run_id: str, checkpoints: Path, sessions: sessionmaker[Session], publisher: EventPublisher
-) -> Path | None:
-    """The newest complete checkpoint (None: start afresh), with the metric points past it dropped."""
-    step, checkpoint = max(complete_checkpoints(checkpoints, remove_partial=True), default=(0, None))
+def resume_point(run_dir: RunDir, sessions: sessionmaker[Session], publisher: EventPublisher) -> Path | None:
+    """The newest complete checkpoint (None: start afresh), with the metric points past it dropped; leftovers
+    of a save that was cut off are deleted (only the worker about to resume may do that)."""
+    run_dir.remove_partial_checkpoints()
+    complete = run_dir.checkpoints(complete_only=True)
+    step, checkpoint = (complete[-1].step, complete[-1].path) if complete else (0, None)
     with sessions() as session:
         # The steps past the checkpoint are trained again; their old points would repeat those steps.
-        dropped = runs.truncate_metrics(session=session, run_id=run_id, after_step=step)
+        dropped = runs.truncate_metrics(session=session, run_id=run_dir.run_id, after_step=step)
     if checkpoint is not None:
         log.info("resuming from %s (%d later metric points dropped)", checkpoint, dropped)
-        publisher.publish("log", {"lines": [f"resumed from the checkpoint at step {step}"], "step": step})
+        publisher.publish(LogEvent(lines=[f"resumed from the checkpoint at step {step}"], step=step))
     return checkpoint

@@ -17,6 +17,7 @@ from typing import Any
 import redis
 
 from app import events
+from app.contracts.events import RUN_EVENTS, LiveEvent
 
 log = logging.getLogger(__name__)
 
@@ -40,23 +41,23 @@ class EventPublisher:
         self.maxlen = maxlen
         self.echo = echo
         self.dropped = 0
-        self._waiting: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
+        self._waiting: collections.deque[LiveEvent] = collections.deque()
         self._cond = threading.Condition()
         self._closing = False
         self._down_since: float | None = None
         self._sender = threading.Thread(target=self._send_loop, name=f"loradeck-events-{run_id}", daemon=True)
         self._sender.start()
 
-    def publish(self, event: str, data: dict[str, Any]) -> None:
-        if event not in events.EVENT_TYPES:  # a programming error: raise it here, not in the sender thread
-            raise ValueError(f"unknown event type {event!r}; expected one of {events.EVENT_TYPES}")
+    def publish(self, event: LiveEvent) -> None:
+        if RUN_EVENTS.get(event.type) is not type(event):  # a programming error: raise it here, not in the sender
+            raise ValueError(f"{type(event).__name__} is not a run event; run events are {', '.join(RUN_EVENTS)}")
         if self.echo is not None:
-            self.echo(event, data)
+            self.echo(event.type, event.data())
         with self._cond:
             if len(self._waiting) >= BUFFER_EVENTS:
                 self._waiting.popleft()
                 self.dropped += 1
-            self._waiting.append((event, data))
+            self._waiting.append(event)
             self._cond.notify()
 
     def close(self, wait_s: float = CLOSE_WAIT_S) -> None:
@@ -76,18 +77,18 @@ class EventPublisher:
                     self._cond.wait()
                 if not self._waiting:
                     return
-                event, data = self._waiting.popleft()
+                event = self._waiting.popleft()
             try:
-                events.publish(self.client, self.run_id, event, data, maxlen=self.maxlen)
+                events.publish(self.client, self.run_id, event, maxlen=self.maxlen)
             except redis.RedisError as exc:
-                if not self._went_down(exc, event, data):
+                if not self._went_down(exc, event):
                     return
                 continue
             if self._down_since is not None:
                 log.info("Redis is back after %.0f s; live events resume", time.monotonic() - self._down_since)
                 self._down_since = None
 
-    def _went_down(self, exc: redis.RedisError, event: str, data: dict[str, Any]) -> bool:
+    def _went_down(self, exc: redis.RedisError, event: LiveEvent) -> bool:
         """Put the event back and wait before retrying; False when the run is over (drop what is left)."""
         with self._cond:
             if self._closing:
@@ -95,7 +96,7 @@ class EventPublisher:
                 log.warning("Redis is unreachable (%s): the run's last %d live events are dropped", exc, self.dropped)
                 self._waiting.clear()
                 return False
-            self._waiting.appendleft((event, data))
+            self._waiting.appendleft(event)
             if self._down_since is None:
                 self._down_since = time.monotonic()
                 log.warning("live events wait: Redis is unreachable (%s); the database keeps the metrics", exc)

@@ -21,17 +21,16 @@ from datetime import datetime
 from typing import Any
 
 import redis
-from pydantic import ValidationError
 
 from app import events, runs
 from app.config import get_settings
+from app.contracts.events import DoneEvent, LiveEvent, StatusEvent
 from app.db import get_sessionmaker
 from app.models import Run, RunStatus, utcnow
-from app.paths import enforcing_roots
 from app.queue import enqueue_train
-from app.schemas import RunSpec
-from worker.runtime.lease import HANDED_BACK, reap_every, resume_step
-from worker.runtime.scheduling import fail_unrunnable
+from app.rundir import RunDir
+from worker.runtime.lease import HANDED_BACK, reap_every
+from worker.runtime.scheduling import runnable
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +102,7 @@ class Reaper:
         roots now) fail at once with the reason, instead of waiting, maybe for days, behind other runs."""
         with get_sessionmaker()() as session:
             specs = [(run.id, run.spec) for run in runs.list_runs(session=session, status=RunStatus.queued, limit=1000)]
-        ended = []
-        with enforcing_roots():
-            for run_id, spec in specs:
-                try:
-                    RunSpec.model_validate(spec)
-                except ValidationError as exc:
-                    if fail_unrunnable(run_id, exc):
-                        ended.append(run_id)
-        return ended
+        return [run_id for run_id, spec in specs if not runnable(run_id, spec)]
 
     def _timeout(self, status: str, cancel: bool) -> float:
         if status == RunStatus.running:
@@ -125,7 +116,7 @@ class Reaper:
             if run is None or run.heartbeat_at != heartbeat:
                 return None
             status = RunStatus(run.status)
-            step = resume_step(get_settings().runs_dir / run_id / "checkpoints")
+            step = RunDir.of(run_id).resume_step()
             new, values = _decide(run, step)
             if new is None or not runs.update_run_if(
                 session=session, run_id=run_id, status=status, heartbeat_at=heartbeat, values=values
@@ -136,11 +127,11 @@ class Reaper:
             log.info("run %s is still interrupted, unclaimed; enqueued again", run_id)
         else:
             log.warning("run %s: %s", run_id, values.get("error") or new.value)
-            self._publish(run_id, "status", {"status": new.value, "error": values.get("error")})
+            self._publish(run_id, StatusEvent(status=new.value, error=values.get("error")))
         if new == RunStatus.interrupted:
             self._send(run_id)
         else:
-            self._publish(run_id, "done", {"status": new.value})
+            self._publish(run_id, DoneEvent(status=new.value))
         return run_id, new
 
     def _send(self, run_id: str) -> None:
@@ -152,11 +143,11 @@ class Reaper:
         else:
             self.unsent.discard(run_id)
 
-    def _publish(self, run_id: str, event: str, data: dict[str, Any]) -> None:
+    def _publish(self, run_id: str, event: LiveEvent) -> None:
         try:
-            events.publish(self.redis, run_id, event, data, maxlen=get_settings().stream_maxlen)
+            events.publish(self.redis, run_id, event, maxlen=get_settings().stream_maxlen)
         except redis.RedisError as exc:  # the database has the new status; only the live feed misses it
-            log.warning("run %s: %s event not published: %s", run_id, event, exc)
+            log.warning("run %s: %s event not published: %s", run_id, event.type, exc)
 
 
 def _decide(run: Run, step: int) -> tuple[RunStatus | None, dict[str, Any]]:

@@ -1,6 +1,9 @@
-"""Celery tasks: each one takes an id, imports its heavy code when it runs, and calls a domain function.
+"""Celery tasks: each one takes an id (or a typed payload, app.contracts), imports its heavy code when it runs,
+and calls a domain function.
 
-Progress goes to the database and the run's Redis Stream, never to a Celery result backend.
+Progress goes to the database and the run's Redis Stream, never to a Celery result backend. Every task checks
+the paths it reads against the allowed roots (app.preflight, enforce_roots): a spec stored before the roots
+changed, or one that reached the queue some other way, reads nothing outside them.
 """
 
 from __future__ import annotations
@@ -9,11 +12,7 @@ from typing import Any
 
 from celery import shared_task
 
-from app.paths import enforcing_roots
-from app.queue import ESTIMATE_TASK, GENERATE_TASK, MERGE_TASK, TRAIN_TASK, Queue
-
-# Every task re-checks the paths it reads against the allowed roots (app.paths): a spec stored before the
-# roots changed, or one that reached the queue some other way, reads nothing outside them.
+from app.queue import DESCRIBE_DATASET_TASK, ESTIMATE_TASK, GENERATE_TASK, MERGE_TASK, TRAIN_TASK, Queue
 
 
 @shared_task(name=TRAIN_TASK, queue=Queue.train.value, acks_late=True, ignore_result=True)
@@ -23,9 +22,8 @@ def train_run(run_id: str) -> None:
     from worker.runtime.celery_app import worker_record
     from worker.runtime.scheduling import place
 
-    with enforcing_roots():
-        if place(run_id, worker_record()):
-            run_training(run_id)
+    if place(run_id, worker_record()):
+        run_training(run_id, enforce_roots=True)
 
 
 @shared_task(name=MERGE_TASK, queue=Queue.merge.value, acks_late=True, ignore_result=True)
@@ -33,20 +31,27 @@ def merge_artifact(artifact_id: str) -> None:
     """Merge a run's adapter into its base model and check the result."""
     from worker.merge.artifact import merge_artifact as merge
 
-    with enforcing_roots():
-        merge(artifact_id)
+    merge(artifact_id)
 
 
 @shared_task(name=ESTIMATE_TASK, queue=Queue.inspect.value, ignore_result=False)
 def estimate(spec: dict[str, Any]) -> dict[str, Any]:
-    """Parameter counts and a memory estimate for a spec. A refusal comes back as data, never raised."""
+    """Parameter counts and a memory estimate for a spec (app.contracts.estimate.EstimateAnswer). A refusal
+    comes back as data, never raised."""
     try:
         from worker.engine.estimate import answer_estimate
 
-        with enforcing_roots():
-            return answer_estimate(spec)
+        return answer_estimate(spec, enforce_roots=True).model_dump(mode="json")
     except Exception as exc:  # raised, it would reach the web as a bare 500
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+@shared_task(name=DESCRIBE_DATASET_TASK, queue=Queue.inspect.value, ignore_result=False)
+def describe_dataset(payload: dict[str, Any]) -> dict[str, Any]:
+    """Validate and describe a dataset file (app.contracts.datasets); never raises (the web shows the error)."""
+    from worker.data.describe import answer_description
+
+    return answer_description(payload).model_dump(mode="json", exclude_unset=True)
 
 
 @shared_task(name=GENERATE_TASK, queue=Queue.generate.value, ignore_result=True)
@@ -54,5 +59,4 @@ def playground(generation_id: str, request: dict[str, Any]) -> None:
     """Answer a playground prompt with the run's base and its adapter (or checkpoint, or merged model)."""
     from worker.serving.generate import run_playground
 
-    with enforcing_roots():
-        run_playground(generation_id, request)
+    run_playground(generation_id, request)

@@ -3,8 +3,8 @@
 Side 0 is always the run's base; side 1 is its adapter, one of its checkpoints, or its merged model. Both
 decode in one loop, a token of each in turn, so their answers grow side by side on the page. Each token's
 text goes to the request's Redis Stream (`app.playground`). Greedy decoding gives exactly the text of the
-plain greedy loop without a cache (`worker.engine.evaluate.reference_greedy`), for every method: the same
-argmax of the same logits, a KV cache (`worker.engine.evaluate.CachedLM`) only saving the work.
+plain greedy loop without a cache (`worker.serving.decoding.reference_greedy`), for every method: the same
+argmax of the same logits, a KV cache (`worker.serving.decoding.CachedLM`) only saving the work.
 
 Models stay loaded between requests (`ModelCache`): a base is loaded once per worker while in use, with
 the run's adapters and checkpoints attached to it by name; an idle model is let go after a while.
@@ -31,11 +31,15 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopP
 
 from app import playground, runs
 from app.config import get_settings
+from app.contracts.events import AnsweredEvent, ErrorEvent, StartEvent, TokenEvent
 from app.db import get_sessionmaker
+from app.errors import InvalidInput
 from app.models import ArtifactKind, ArtifactStatus
+from app.preflight import check_inputs, stored_spec
+from app.rundir import RunDir
 from app.schemas import PlaygroundRequest, RunSpec
 from worker.engine.configs import model_dtype, quantization_config
-from worker.engine.evaluate import CachedLM, chat_prompt, eos_ids
+from worker.serving.decoding import CachedLM, chat_prompt, eos_ids
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +250,8 @@ def _sides(request: PlaygroundRequest, cache: ModelCache) -> tuple[list[Side], P
     settings = get_settings()
     with get_sessionmaker()() as session:
         run = runs.get_run(session=session, run_id=request.run_id)
-        spec = RunSpec.model_validate(run.spec)
+        # The base is read: it must still be there, under the allowed roots.
+        spec = check_inputs(stored_spec(run.spec), settings, fields=("base_model",))
         merged = None
         if request.compare == "merged":
             ready = [
@@ -263,8 +268,8 @@ def _sides(request: PlaygroundRequest, cache: ModelCache) -> tuple[list[Side], P
         base = cache.base(spec)  # with capacity 1 the cache lets the merged model go; this request still holds it
         return [Side("base", base.model, None), Side("merged", other.model, None)], base.tokenizer
     base = cache.base(spec)
-    run_dir = settings.runs_dir / request.run_id
-    adapter_dir = run_dir / "adapter" if request.compare == "adapter" else run_dir / "checkpoints" / request.compare
+    run_dir = RunDir.of(request.run_id, settings)
+    adapter_dir = run_dir.adapter_dir if request.compare == "adapter" else run_dir.checkpoint_dir(request.compare)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise playground.PlaygroundError(f"no {request.compare} for this run (nothing at {adapter_dir.name})")
     model, name = cache.with_adapter(base, adapter_dir)
@@ -283,7 +288,7 @@ def run_playground(generation_id: str, payload: dict[str, Any]) -> None:
             ids = torch.tensor(
                 [chat_prompt(tokenizer, request.prompt, chat=bool(request.chat))], device=sides[0].model.device
             )
-            playground.publish(client, generation_id, "start", {"sides": [side.label for side in sides]})
+            playground.publish(client, generation_id, StartEvent(sides=[side.label for side in sides]))
             sampling = Sampling(request.temperature, request.top_p, request.max_new_tokens, request.seed)
             started = time.perf_counter()
             texts = decode_lockstep(
@@ -291,14 +296,14 @@ def run_playground(generation_id: str, payload: dict[str, Any]) -> None:
                 tokenizer,
                 ids,
                 sampling,
-                lambda side, text: playground.publish(client, generation_id, "token", {"side": side, "text": text}),
+                lambda side, text: playground.publish(client, generation_id, TokenEvent(side=side, text=text)),
             )
         seconds = round(time.perf_counter() - started, 3)
-        playground.publish(client, generation_id, "done", {"texts": texts, "seconds": seconds})
-    except playground.PlaygroundError as exc:
-        playground.publish(client, generation_id, "error", {"message": str(exc)})
+        playground.publish(client, generation_id, AnsweredEvent(texts=texts, seconds=seconds))
+    except (playground.PlaygroundError, InvalidInput) as exc:
+        playground.publish(client, generation_id, ErrorEvent(message=str(exc)))
     except Exception as exc:
         log.exception("playground request %s failed", generation_id)
-        playground.publish(client, generation_id, "error", {"message": f"{type(exc).__name__}: {exc}"})
+        playground.publish(client, generation_id, ErrorEvent(message=f"{type(exc).__name__}: {exc}"))
     finally:
         client.close()

@@ -16,20 +16,7 @@
     const perRun = histories.map((points) => new Map(points.filter((p) => p.kind === kind && p[field] !== null).map((p) => [p.step, p[field]])));
     const steps = Array.from(new Set(perRun.flatMap((m) => Array.from(m.keys())))).sort((a, b) => a - b);
     const alpha = Number(document.getElementById("compare-smoothing").value);
-    return [steps].concat(perRun.map((m) => smooth(steps.map((s) => (m.has(s) ? m.get(s) : null)), alpha)));
-  }
-
-  // The run page's smoothing: an exponential moving average with TensorBoard's debiasing.
-  function smooth(values, alpha) {
-    if (!alpha) return values;
-    let last = 0;
-    let weight = 0;
-    return values.map((v) => {
-      if (v === null) return null;
-      last = last * alpha + (1 - alpha) * v;
-      weight = weight * alpha + (1 - alpha);
-      return last / weight;
-    });
+    return [steps].concat(perRun.map((m) => window.loradeck.smooth(steps.map((s) => (m.has(s) ? m.get(s) : null)), alpha)));
   }
 
   function draw() {

@@ -5,7 +5,7 @@
   const root = document.getElementById("run");
   if (!root) return;
   const runId = root.dataset.runId;
-  const FINISHED = ["succeeded", "failed", "cancelled", "stopped"];
+  const FINISHED = root.dataset.final.split(" "); // the final states, as the server names them
   const points = { train: [], eval: [] };
   const lastStep = { train: -1, eval: -1 };
   const charts = {};
@@ -15,31 +15,12 @@
   const $ = (id) => document.getElementById(id);
   const fmt = (v, digits) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
 
-  function duration(seconds) {
-    if (!isFinite(seconds) || seconds < 0) return "–";
-    const h = Math.floor(seconds / 3600), m = Math.floor((seconds % 3600) / 60), s = Math.floor(seconds % 60);
-    return h ? `${h}h ${m}m` : m ? `${m}m ${s}s` : `${s}s`;
-  }
-
   // --- chart data -------------------------------------------------------------------------------
   function xOf(p) {
     const mode = $("x-axis").value;
     if (mode === "time") return p.time;
     if (mode === "tokens") return p.tokens_seen;
     return p.step;
-  }
-
-  function ema(values, alpha) {
-    // Debiased exponential moving average, as TensorBoard draws it.
-    const out = [];
-    let last = 0, weight = 0;
-    for (const v of values) {
-      if (v === null) { out.push(null); continue; }
-      last = alpha * last + (1 - alpha) * v;
-      weight = alpha * weight + (1 - alpha);
-      out.push(last / weight);
-    }
-    return out;
   }
 
   function lossData() {
@@ -52,7 +33,7 @@
     const usable = [...byX.values()].sort((a, b) => a[0] - b[0]);
     const train = usable.map((r) => r[1]);
     const alpha = Number($("smoothing").value);
-    const smooth = ema(train, alpha).map((v, i) => (train[i] === null ? null : v));
+    const smooth = window.loradeck.smooth(train, alpha).map((v, i) => (train[i] === null ? null : v));
     return [usable.map((r) => r[0]), train, smooth, usable.map((r) => r[2])];
   }
 
@@ -202,12 +183,12 @@
   }
 
   function updateEta(p) {
-    const max = Number(root.dataset.maxSteps || 0);
-    if (!max || !p.time || !p.step) return;
-    $("run-elapsed").textContent = duration(p.time);
-    $("run-eta").textContent = FINISHED.includes(root.dataset.status) ? "–" : duration((p.time / p.step) * (max - p.step));
+    // A live point carries its elapsed time and the ETA as the server words them (app/formatting.py);
+    // a stored one does not, and the page keeps what the server rendered.
+    if (p.elapsed_text !== undefined) $("run-elapsed").textContent = p.elapsed_text;
+    if (p.eta_text !== undefined) $("run-eta").textContent = p.eta_text;
     const bar = $("run-progress");
-    if (bar) bar.value = p.step;
+    if (bar && p.step) bar.value = p.step;
   }
 
   function setStatus(status, error) {

@@ -1,15 +1,14 @@
 // The new-run form: fields that do not apply to the chosen method (or to a base that is not 4-bit) are
-// hidden and disabled, so they are not submitted (the same rule as app/web/forms.py field_applies); a picker
-// fills the field beside it; after a refused submit, focus goes to the first field in error.
+// hidden and disabled, so they are not submitted; which apply when comes from the server (data-methods,
+// data-quantizations: app/web/forms.py). A picker fills the field beside it; after a refused submit, focus
+// goes to the first field in error.
 (function () {
   "use strict";
-  const FOUR_BIT = ["bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype"];
-
   function applies(field, method, quantization) {
-    const name = field.dataset.field;
-    if (FOUR_BIT.includes(name)) return method === "qlora" || quantization === "4bit";
-    const methods = field.dataset.methods;
-    return !methods || methods.split(" ").includes(method);
+    const methods = field.dataset.methods, quantizations = field.dataset.quantizations;
+    if (!methods && !quantizations) return true;
+    return (!!methods && methods.split(" ").includes(method)) ||
+      (!!quantizations && quantizations.split(" ").includes(quantization));
   }
 
   function update(form) {

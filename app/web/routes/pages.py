@@ -1,72 +1,51 @@
-"""HTML pages (Jinja2 + htmx), built on the same functions as the JSON API."""
+"""HTML pages of runs (Jinja2 + htmx), built on the same services as the JSON API."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
-from app import runs
 from app.config import STATIC_DIR, get_settings
+from app.errors import DomainError, InvalidInput
 from app.models import RunStatus, utcnow
-from app.run_files import checkpoints, log_tail, removal_summary
 from app.schemas import RunSpec
-from app.web.deps import SessionDep, SettingsDep, is_htmx, templates
+from app.services import runs
+from app.services.runs import RunsOverview
+from app.web.api_models import artifact_out
+from app.web.deps import SessionDep, SettingsDep, context_of, is_htmx, page_or_fragment, render
+from app.web.errors import http_status
 from app.web.forms import check_form, fields_involved, form_context, form_values
 from app.web.pickers import dataset_options, model_options
-from app.web.routes.api import artifact_out, conflict_to_http, lookup_run, remove_run, start_merge, submit_run
 
 router = APIRouter(include_in_schema=False)
 
 
-def render(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
-    return templates.TemplateResponse(request, name, context, status_code=status_code)
+def runs_overview(
+    session: SessionDep,
+    status: str | None = None,
+    q: str | None = None,
+    sort: str | None = None,
+    archived: bool = False,
+) -> RunsOverview:
+    """The runs list the page and its self-refreshing table show: filters and sort from the query."""
+    return runs.runs_overview(session=session, status=status, q=q, sort=sort, archived=archived)
 
 
-def runs_context(
-    session: SessionDep, status: str | None, q: str | None, sort: str | None = None, archived: bool = False
-) -> dict[str, Any]:
-    listed = runs.list_runs(session=session, status=status or None, search=q or None, limit=100, archived=archived)
-    eval_losses = runs.final_eval_losses(session=session, run_ids=[run.id for run in listed])
-    sort = sort if sort in runs.SORT_KEYS else "created"
-    return {
-        "runs": runs.sort_runs(listed, eval_losses, sort),
-        "eval_losses": eval_losses,
-        "sort": sort,
-        "positions": runs.queue_positions(session=session),
-        "status": status or "",
-        "q": q or "",
-        "statuses": RunStatus,
-        "archived": archived,
-        "now": utcnow(),
-    }
+OverviewDep = Annotated[RunsOverview, Depends(runs_overview)]
 
 
 @router.get("/", response_class=HTMLResponse)
-def runs_page(
-    request: Request,
-    session: SessionDep,
-    status: str | None = None,
-    q: str | None = None,
-    sort: str | None = None,
-    archived: bool = False,
-) -> HTMLResponse:
+def runs_page(request: Request, overview: OverviewDep) -> HTMLResponse:
     """All runs, newest first (or by a column), with filters; the table refreshes itself."""
-    return render(request, "runs.html", runs_context(session, status, q, sort, archived))
+    return render(request, "runs.html", context_of(overview) | {"statuses": RunStatus})
 
 
 @router.get("/runs/table", response_class=HTMLResponse)
-def runs_table(
-    request: Request,
-    session: SessionDep,
-    status: str | None = None,
-    q: str | None = None,
-    sort: str | None = None,
-    archived: bool = False,
-) -> HTMLResponse:
+def runs_table(request: Request, overview: OverviewDep) -> HTMLResponse:
     """The runs table alone, polled by the runs page."""
-    return render(request, "_runs_table.html", runs_context(session, status, q, sort, archived))
+    return render(request, "_runs_table.html", context_of(overview) | {"statuses": RunStatus})
 
 
 @router.get("/favicon.ico", response_model=None)
@@ -83,7 +62,7 @@ def new_run_page(
     """The new-run form: RunSpec's defaults, a past run's spec (duplicate), or fields given in the query."""
     values: dict[str, Any] = {}
     if from_run:
-        source = lookup_run(session, from_run)
+        source = runs.get_run(session=session, run_id=from_run)
         values = dict(source.spec) | {"name": f"{source.name} (copy)"}
     values |= {name: request.query_params[name] for name in RunSpec.model_fields if name in request.query_params}
     return render(request, "new_run.html", form_context(values) | {"source": from_run} | choices(session))
@@ -97,32 +76,36 @@ def choices(session: SessionDep) -> dict[str, Any]:
 
 
 @router.post("/runs", response_class=HTMLResponse, response_model=None)
-async def submit_run_form(request: Request, session: SessionDep) -> Response:
+async def submit_run_form(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
     """Validate the form into a RunSpec, store and queue the run, then open its page."""
     values = form_values(await request.form())
-    spec, errors = check_form(values)
-    if spec is None:
-        # Everything the user typed stays in the form; each error sits under each field it is about.
-        template = "_run_form.html" if is_htmx(request) else "new_run.html"
-        return render(request, template, form_context(values, errors) | choices(session), 422)
-    try:
-        run = submit_run(session=session, spec=spec)
-    except HTTPException as exc:
-        detail = exc.detail
-        if isinstance(detail, list):  # fields refused after validation, e.g. a path outside the roots
-            errors = {}
-            for item in detail:
-                message = str(item["msg"])
-                for name in fields_involved(str(item["loc"][-1]), message):
-                    errors.setdefault(name, message)
+    spec, errors = check_form(values, settings)
+    status = 422
+    if spec is not None:
+        try:
+            run = runs.submit_run(session=session, spec=spec)
+        except DomainError as exc:
+            errors, status = refused_fields(exc), http_status(exc)
         else:
-            errors = {"form": str(detail)}
-        template = "_run_form.html" if is_htmx(request) else "new_run.html"
-        return render(request, template, form_context(values, errors) | choices(session), exc.status_code)
-    url = f"/runs/{run.id}"
-    if is_htmx(request):
-        return Response(status_code=204, headers={"HX-Redirect": url})
-    return RedirectResponse(url, status_code=303)
+            url = f"/runs/{run.id}"
+            if is_htmx(request):
+                return Response(status_code=204, headers={"HX-Redirect": url})
+            return RedirectResponse(url, status_code=303)
+    # Everything the user typed stays in the form; each error sits under each field it is about.
+    template = page_or_fragment(request, "new_run.html", "_run_form.html")
+    return render(request, template, form_context(values, errors) | choices(session), status)
+
+
+def refused_fields(exc: DomainError) -> dict[str, str]:
+    """A refusal after the form validated (module names the model lacks, the queue down), under its fields."""
+    if not isinstance(exc, InvalidInput) or not exc.errors:
+        return {"form": str(exc)}
+    errors: dict[str, str] = {}
+    for error in exc.errors:
+        message = str(error["msg"]).removeprefix("Value error, ")
+        for name in fields_involved(str(error["loc"][-1]) if error["loc"] else "form", message):
+            errors.setdefault(name, message)
+    return errors
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
@@ -130,18 +113,18 @@ def run_page(request: Request, run_id: str, session: SessionDep, settings: Setti
     """One run: status, parameter card, live loss chart, artifacts."""
     # The page draws the stored metrics, then follows the live stream from the newest stored step.
     context = artifacts_context(session, settings, run_id)
-    context["removal"] = removal_summary(settings, run_id)
+    context["removal"] = runs.removal_summary(settings=settings, run_id=run_id)
     context["metric_count"] = runs.count_metrics(session=session, run_id=run_id)
+    context["now"] = utcnow()
     return render(request, "run.html", context)
 
 
 def artifacts_context(session: SessionDep, settings: SettingsDep, run_id: str) -> dict[str, Any]:
-    run = lookup_run(session, run_id)
-    artifacts = [artifact_out(a) for a in runs.list_artifacts(session=session, run_id=run_id)]
+    run = runs.get_run(session=session, run_id=run_id)
     return {
         "run": run,
-        "artifacts": artifacts,
-        "checkpoints": checkpoints(settings, run_id),
+        "artifacts": [artifact_out(a) for a in runs.list_artifacts(session=session, run_id=run_id)],
+        "checkpoints": runs.run_checkpoints(session=session, settings=settings, run_id=run_id),
         "mergeable": runs.can_merge(session=session, run=run),
     }
 
@@ -155,52 +138,49 @@ def artifacts_fragment(request: Request, run_id: str, session: SessionDep, setti
 @router.get("/runs/{run_id}/evaluation", response_class=HTMLResponse)
 def evaluation_fragment(request: Request, run_id: str, session: SessionDep) -> HTMLResponse:
     """Task metrics and regression answers, base beside adapter; refreshed when the evaluation event arrives."""
-    return render(request, "_evaluation.html", {"run": lookup_run(session, run_id)})
+    return render(request, "_evaluation.html", {"run": runs.get_run(session=session, run_id=run_id)})
 
 
 @router.get("/runs/{run_id}/log", response_class=HTMLResponse)
 def log_fragment(request: Request, run_id: str, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
     """The last lines of the run's training log."""
-    lookup_run(session, run_id)
-    return render(request, "_log.html", {"lines": log_tail(settings, run_id, 80)})
+    lines = runs.run_log(session=session, settings=settings, run_id=run_id, lines=80)
+    return render(request, "_log.html", {"lines": lines})
 
 
 @router.post("/runs/{run_id}/merge", response_class=HTMLResponse, response_model=None)
 def merge_form(request: Request, run_id: str, session: SessionDep, settings: SettingsDep) -> Response:
     """ "Merge & download": queue the merge; the panel shows its progress and then the download."""
-    start_merge(session=session, run_id=run_id, dtype="auto")
+    runs.start_merge(session=session, run_id=run_id, dtype="auto")
     if not is_htmx(request):
         return RedirectResponse(f"/runs/{run_id}", status_code=303)
     return artifacts_fragment(request, run_id, session, settings)
 
 
 @router.post("/runs/{run_id}/cancel", response_class=HTMLResponse, response_model=None)
-def cancel_form(request: Request, run_id: str, session: SessionDep) -> Response:
+def cancel_form(run_id: str, session: SessionDep) -> Response:
     """Cancel from the run page."""
-    lookup_run(session, run_id)
-    conflict_to_http(lambda: runs.request_cancel(session=session, run_id=run_id))
+    runs.cancel_run(session=session, run_id=run_id)
     return RedirectResponse(f"/runs/{run_id}", status_code=303)
 
 
 @router.post("/runs/{run_id}/stop", response_class=HTMLResponse, response_model=None)
-def stop_form(request: Request, run_id: str, session: SessionDep) -> Response:
+def stop_form(run_id: str, session: SessionDep) -> Response:
     """Stop and save from the run page: a checkpoint and the adapter at the next step."""
-    lookup_run(session, run_id)
-    conflict_to_http(lambda: runs.request_stop(session=session, run_id=run_id))
+    runs.stop_run(session=session, run_id=run_id)
     return RedirectResponse(f"/runs/{run_id}", status_code=303)
 
 
 @router.post("/runs/{run_id}/delete", response_class=HTMLResponse, response_model=None)
-def delete_form(request: Request, run_id: str, session: SessionDep, settings: SettingsDep) -> Response:
+def delete_form(run_id: str, session: SessionDep, settings: SettingsDep) -> Response:
     """Delete the run and its files (the run page asks first, naming what goes), then back to the list."""
-    remove_run(session=session, settings=settings, run_id=run_id)
+    runs.delete_run(session=session, settings=settings, run_id=run_id)
     return RedirectResponse("/", status_code=303)
 
 
 @router.post("/runs/{run_id}/archive", response_class=HTMLResponse, response_model=None)
 def archive_form(request: Request, run_id: str, session: SessionDep) -> Response:
     """Archive (or, with `archived=false`, bring back) from the run page."""
-    lookup_run(session, run_id)
     archived = request.query_params.get("archived", "true") != "false"
     runs.set_archived(session=session, run_id=run_id, archived=archived)
     return RedirectResponse(f"/runs/{run_id}", status_code=303)

@@ -1,0 +1,72 @@
+"""A run's evaluation after training (`runs.evaluation`): base and adapter on the eval rows and the regression
+prompts. The worker writes it (worker.engine.evaluate), the run page and the API read it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Stored(BaseModel):
+    # Read back from the database: an evaluation stored by an older version may carry keys this one dropped.
+    model_config = ConfigDict(extra="ignore")
+
+
+class TaskScore(_Stored):
+    rows: int
+    exact_match: float = Field(description="Share of rows answered exactly.")
+    field_accuracy: float | None = Field(default=None, description="JSON answers: share of fields right.")
+
+
+class TaskScores(_Stored):
+    base: TaskScore
+    adapter: TaskScore
+
+
+class Example(_Stored):
+    prompt: str
+    expected: str
+    base: str
+    adapter: str
+
+
+class RegressionAnswer(_Stored):
+    prompt: str
+    base: str
+    adapter: str
+
+
+class EvaluatedBase(_Stored):
+    """The base the answers were given on: for a run trained on a quantized copy, the full-precision base
+    the merged download uses (or, where it did not fit, the quantized one, with a note)."""
+
+    label: str
+    dtype: str
+    quantization: str
+    trained_quantization: str | None = None
+    note: str | None = None
+
+
+class Progress(_Stored):
+    done: int
+    total: int
+
+
+class Evaluation(_Stored):
+    base: EvaluatedBase | None = None
+    task: TaskScores | None = None
+    task_skipped: str | None = Field(default=None, description="Why there are no task metrics.")
+    examples: list[Example] = Field(default_factory=list)
+    regression: list[RegressionAnswer] = Field(default_factory=list)
+    seconds: float | None = None
+    error: str | None = Field(default=None, description="Why the evaluation failed (the adapter is saved).")
+    progress: Progress | None = Field(default=None, description="While it runs: rows answered so far.")
+
+    def stored(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+def evaluation_of(stored: dict[str, Any] | None) -> Evaluation | None:
+    """The stored evaluation, typed; None where the run has none."""
+    return Evaluation.model_validate(stored) if stored else None

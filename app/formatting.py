@@ -1,0 +1,62 @@
+"""How numbers read on a page, written once: durations, an ETA, byte sizes, the run states that are final.
+
+Pages rendered on the server use these as Jinja filters and globals; the live run page gets the same values
+computed here, inside its server-sent events (app.web.routes.runs), so no rule is written again in JS.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from app.models import Run, RunStatus
+
+FINAL_STATUSES = tuple(status.value for status in RunStatus if status.finished)
+
+
+def duration(seconds: float | None) -> str:
+    """12s, 3m 04s, 2h 05m; – when unknown."""
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "–"
+    whole = int(seconds)
+    hours, minutes, secs = whole // 3600, whole % 3600 // 60, whole % 60
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def eta(elapsed: float, step: int, total: int | None) -> float | None:
+    """Seconds left at the pace so far: `step` of `total` steps took `elapsed` seconds."""
+    if not total or total <= 0 or step <= 0 or elapsed <= 0:
+        return None
+    return elapsed / step * max(0, total - step)
+
+
+def human_bytes(count: float | None) -> str:
+    """1536 -> "1.5 KiB"; binary units, as GPU memory and files are counted here."""
+    if count is None:
+        return "–"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(count) < 1024:
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"
+
+
+def progress_of(run: Run, now: datetime) -> dict[str, float | None]:
+    """Share done, seconds elapsed and an ETA from the pace so far (None where it cannot be known)."""
+    total = run.max_steps if run.max_steps and run.max_steps > 0 else None
+    percent = min(100.0, 100.0 * run.step / total) if total else None
+    if run.started_at is None:
+        return {"percent": percent, "elapsed": None, "eta": None}
+    started = run.started_at if run.started_at.tzinfo else run.started_at.replace(tzinfo=UTC)
+    finished = run.finished_at or now
+    finished = finished if finished.tzinfo else finished.replace(tzinfo=UTC)
+    elapsed = max(0.0, (finished - started).total_seconds())
+    left = eta(elapsed, run.step, total) if run.status == RunStatus.running else None
+    return {"percent": percent, "elapsed": elapsed, "eta": left}
+
+
+def live_progress(time: float, step: int, total: int | None, status: str) -> dict[str, str]:
+    """What the run page shows beside a live metric point: elapsed training time and the ETA."""
+    left = None if status in FINAL_STATUSES else eta(time, step, total)
+    return {"elapsed_text": duration(time), "eta_text": duration(left)}

@@ -1,0 +1,65 @@
+"""Comparing runs: their results side by side, the spec fields in which they differ, every metric point."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app import runs
+from app.models import Run
+from app.runs import METRIC_FIELDS
+
+MAX_COMPARED = 8
+EXPORT_COLUMNS = ("run_id", "run_name", "step", "kind", "time", *METRIC_FIELDS)
+
+
+@dataclass
+class Comparison:
+    compared: list[Run]
+    results: list[Run]  # sorted by the chosen column
+    eval_losses: dict[str, float]
+    sort: str
+    differences: list[dict[str, Any]]
+    candidates: Sequence[Run]  # what the picker offers
+
+
+def compare(*, session: Session, run_ids: Sequence[str], sort: str) -> Comparison:
+    """Up to MAX_COMPARED runs (NotFound names a missing one), their results sorted by `sort`."""
+    ids = list(dict.fromkeys(run_ids))[:MAX_COMPARED]
+    compared = [runs.get_run(session=session, run_id=run_id) for run_id in ids]
+    eval_losses = runs.final_eval_losses(session=session, run_ids=ids)
+    return Comparison(
+        compared=compared,
+        results=runs.sort_runs(compared, eval_losses, sort),
+        eval_losses=eval_losses,
+        sort=sort,
+        differences=differing_fields(compared) if len(compared) > 1 else [],
+        candidates=runs.list_runs(session=session, limit=100),
+    )
+
+
+def differing_fields(compared: list[Run]) -> list[dict[str, Any]]:
+    """The spec fields whose values are not the same in every run, with each run's value."""
+    names: list[str] = []
+    for run in compared:
+        names += [name for name in run.spec if name not in names]
+    rows = []
+    for name in names:
+        values = [run.spec.get(name) for run in compared]
+        if any(value != values[0] for value in values[1:]):
+            rows.append({"field": name, "values": values})
+    return rows
+
+
+def metric_rows(*, session: Session, run_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """Every metric point of the runs, one row per point, in EXPORT_COLUMNS."""
+    rows = []
+    for run_id in list(dict.fromkeys(run_ids))[:MAX_COMPARED]:
+        run = runs.get_run(session=session, run_id=run_id)
+        for metric in runs.list_metrics(session=session, run_id=run.id):
+            values = {name: getattr(metric, name) for name in ("step", "kind", "time", *METRIC_FIELDS)}
+            rows.append({"run_id": run.id, "run_name": run.name} | values)
+    return rows

@@ -1,0 +1,270 @@
+"""The training steps, each doing one thing: what one process of a run does from spec to saved adapter.
+
+A one-GPU run (worker.engine.train) and every rank of a multi-GPU run (worker.engine.distributed) call the
+same steps; the pre-flight estimate (worker.engine.estimate) adapts its skeleton with `adapt` as training
+adapts the loaded base. Nothing here claims, leases or ends a run: that is worker.engine.train's story.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from sqlalchemy import delete
+from sqlalchemy.orm import Session, sessionmaker
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+
+from app import runs
+from app.archive import describe_tree
+from app.config import get_settings
+from app.contracts.events import ArtifactEvent, LogEvent, ParamsEvent
+from app.models import Artifact, ArtifactKind, ArtifactStatus
+from app.rundir import RunDir, checkpoint_step
+from app.schemas import RunSpec
+from worker.data.encode import load_training_data, make_collator
+from worker.engine.callbacks import MetricsCallback
+from worker.engine.configs import (
+    check_module_names,
+    model_dtype,
+    peft_config,
+    quantization_config,
+    training_arguments,
+    training_callbacks,
+    vllm_lora_incompatibility,
+)
+from worker.engine.evaluate import evaluate_after_training
+from worker.engine.failures import model_not_found
+from worker.runtime.publisher import EventPublisher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingSetup:
+    """What a training process builds from the spec before Trainer: arguments, tokenizer, data, adapted model."""
+
+    args: TrainingArguments
+    tokenizer: PreTrainedTokenizerBase
+    train_data: Any
+    eval_data: Any | None
+    model: PeftModel
+
+
+def prepare_training(spec: RunSpec, run_dir: RunDir) -> TrainingSetup:
+    """Everything up to Trainer; each process of a multi-GPU run builds its own copy."""
+    args = training_arguments(spec, run_dir.checkpoints_dir)  # first: it refuses a precision the device lacks
+    # Trainer's default averages a NaN loss away in the logs (a diverged run would log 0.0 and go on).
+    args.logging_nan_inf_filter = False
+    set_seed(spec.seed)  # before the adapter exists: its initial weights come from this seed
+    tokenizer = load_tokenizer(spec)
+    train_data, eval_data = load_training_data(spec, tokenizer)
+    check_module_names(spec)
+    model = apply_adapter(load_model(spec), spec)
+    return TrainingSetup(args, tokenizer, train_data, eval_data, model)
+
+
+def report_params(model: PeftModel, run_id: str, sessions: sessionmaker[Session], publisher: EventPublisher) -> None:
+    trainable, total = model.get_nb_trainable_parameters()
+    with sessions() as session:
+        runs.record_params(session=session, run_id=run_id, params_all=total, params_trainable=trainable)
+    percent = 100.0 * trainable / total if total else 0.0
+    publisher.publish(ParamsEvent(all=total, trainable=trainable, percent=percent))
+    log.info("trainable params: %d || all params: %d || trainable%%: %.4f", trainable, total, percent)
+
+
+def fit(trainer: Trainer, checkpoint: Path | None, callback: MetricsCallback | None) -> None:
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    finally:
+        if callback is not None:
+            callback.flush()  # the points before a failure are in the database too
+
+
+def final_evaluation(
+    trainer: Trainer,
+    setup: TrainingSetup,
+    spec: RunSpec,
+    callback: MetricsCallback | None,
+    publisher: EventPublisher | None,
+) -> dict[str, Any]:
+    """The adapter artifact's details; evaluates once more when the last step had no evaluation of its own.
+    Every process of a multi-GPU run calls it (evaluation is a collective); only the first one reports."""
+    details: dict[str, Any] = {"format": "peft", "method": spec.method}
+    if setup.args.load_best_model_at_end:
+        if publisher is not None:
+            details |= best_checkpoint(trainer, publisher)
+    elif setup.eval_data is not None and (not spec.eval_steps or trainer.state.global_step % spec.eval_steps):
+        trainer.evaluate()
+        if callback is not None:
+            callback.flush()
+    return details
+
+
+def save_results(
+    setup: TrainingSetup,
+    spec: RunSpec,
+    run_dir: RunDir,
+    sessions: sessionmaker[Session],
+    publisher: EventPublisher,
+    details: dict[str, Any],
+) -> None:
+    """The adapter and its artifact row, then base beside adapter on the eval rows and regression prompts."""
+    save_adapter(setup.model, run_dir, sessions, publisher, details)
+    evaluate_after_training(
+        setup.model, setup.tokenizer, spec, run_dir.run_id, run_dir.adapter_dir, sessions, publisher
+    )
+
+
+def best_checkpoint(trainer: Trainer, publisher: EventPublisher) -> dict[str, Any]:
+    """Which checkpoint Trainer loaded back as the result (early stopping keeps the best eval loss)."""
+    best = trainer.state.best_model_checkpoint
+    if best is None:
+        return {}
+    step = checkpoint_step(best)
+    if step is None:
+        return {}
+    # state.best_metric may belong to an evaluation without a checkpoint; the log has the loaded one's.
+    losses = [e["eval_loss"] for e in trainer.state.log_history if e.get("step") == step and "eval_loss" in e]
+    loss = float(losses[-1]) if losses else trainer.state.best_metric
+    stopped = trainer.state.global_step
+    line = f"kept the checkpoint of step {step} (eval loss {loss:.4f}) as the result; training ended at step {stopped}"
+    log.info(line)
+    publisher.publish(LogEvent(lines=[line]))
+    return {"best_step": step, "best_eval_loss": loss, "stopped_at_step": stopped}
+
+
+def device() -> str:
+    # LOCAL_RANK: this process's GPU in a multi-GPU run (worker/engine/distributed.py); unset, the first one.
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
+
+
+def load_tokenizer(spec: RunSpec) -> PreTrainedTokenizerBase:
+    trust = get_settings().allow_trust_remote_code
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec.base_model, trust_remote_code=trust)
+    except OSError as exc:  # the first read of base_model: a hub id that does not resolve fails here
+        raise model_not_found(spec.base_model, exc) from exc
+    if tokenizer.pad_token_id is None:
+        # Padding is masked out of the loss and attention, so any id will do; eos is the usual choice.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer  # type: ignore[no-any-return]
+
+
+def load_model(spec: RunSpec) -> PreTrainedModel:
+    """The frozen base: 4-bit or 8-bit through bitsandbytes, or full precision; on the GPU when there is one."""
+    model = AutoModelForCausalLM.from_pretrained(
+        spec.base_model,
+        device_map={"": device()},
+        dtype=model_dtype(spec),
+        quantization_config=quantization_config(spec),
+        trust_remote_code=get_settings().allow_trust_remote_code,
+        use_safetensors=True,
+    )
+    model.config.use_cache = False  # the KV cache only helps generation and costs memory in training
+    return model  # type: ignore[no-any-return]
+
+
+def apply_adapter(model: PreTrainedModel, spec: RunSpec) -> PeftModel:
+    """The run's adapter on the loaded base."""
+    config = peft_config(spec, model_type=model.config.model_type)
+    quantized = bool(getattr(model, "is_quantized", False))
+    return adapt(model, config, quantized=quantized, gradient_checkpointing=spec.gradient_checkpointing)
+
+
+def adapt(model: PreTrainedModel, config: PeftConfig, *, quantized: bool, gradient_checkpointing: bool) -> PeftModel:
+    """PEFT on a base (a loaded one, or the estimate's skeleton): a quantized base is prepared first, and
+    every trained weight is kept in fp32."""
+    if quantized:
+        # Freezes the quantized base and upcasts norms to fp32 for stable training.
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    peft_model: PeftModel = get_peft_model(model, config)  # type: ignore[assignment]
+    for parameter in peft_model.parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            # Trained weights stay fp32 (a copied lm_head would be bf16/fp16 on a half-precision base): the
+            # fp16 grad scaler refuses half-precision grads, and small updates vanish in bf16.
+            parameter.data = parameter.data.float()
+    return peft_model
+
+
+def build_trainer(setup: TrainingSetup, spec: RunSpec, *callbacks: TrainerCallback) -> Trainer:
+    trainer = Trainer(
+        model=setup.model,
+        args=setup.args,
+        train_dataset=setup.train_data,
+        eval_dataset=setup.eval_data,
+        data_collator=make_collator(spec, setup.tokenizer),
+        processing_class=setup.tokenizer,
+        callbacks=[*callbacks, *training_callbacks(spec)],
+    )
+    trainer.remove_callback(PrinterCallback)  # it prints every log to stdout; ours go to train.log and Redis
+    return trainer
+
+
+def save_adapter(
+    model: PeftModel,
+    run_dir: RunDir,
+    sessions: sessionmaker[Session],
+    publisher: EventPublisher,
+    details: dict[str, Any],
+) -> None:
+    """Save in PEFT's own format (adapter_config.json + adapter_model.safetensors) and record the artifact,
+    saying whether vLLM can serve it as a LoRA."""
+    run_id, adapter_dir = run_dir.run_id, run_dir.adapter_dir
+    shutil.rmtree(adapter_dir, ignore_errors=True)  # a resumed run must not mix files of two attempts
+    model.save_pretrained(str(adapter_dir), safe_serialization=True)
+    adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    details = details | {"vllm": vllm_lora_incompatibility(adapter_config)}
+    tree = describe_tree(adapter_dir, prefix=f"{run_id}-adapter")
+    with sessions() as session:
+        # An attempt killed between saving and finishing left its row; this adapter replaces that one.
+        session.execute(delete(Artifact).where(Artifact.run_id == run_id, Artifact.kind == ArtifactKind.adapter))
+        artifact = Artifact(
+            run_id=run_id,
+            kind=ArtifactKind.adapter,
+            status=ArtifactStatus.ready,
+            path=run_dir.relative(adapter_dir),
+            size_bytes=tree["archive_size"],
+            sha256=tree["archive_sha256"],
+            files=tree["files"],
+            details=details,
+        )
+        session.add(artifact)
+        session.commit()
+        event = ArtifactEvent(
+            id=artifact.id,
+            kind=artifact.kind,
+            status=artifact.status,
+            size_bytes=artifact.size_bytes,
+            sha256=artifact.sha256,
+            details=details,
+        )
+    log.info("adapter saved to %s (%d bytes as an archive)", adapter_dir, tree["archive_size"])
+    publisher.publish(event)
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
