@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,17 +18,18 @@ import httpx
 import pytest
 import redis
 
-from app import processes, runs
+from app import runs
 from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, get_settings
 from app.db import get_sessionmaker, migrate
 from app.events import stream_key
 from app.models import Run
+from app.processes import free_port, start_redis
 from app.queue import enqueue_train
 from app.schemas import RunSpec
 from app.workers import list_workers
-from tests.conftest import _clear_caches, _wait_http
+from tests.conftest import _clear_caches
+from tests.processes import Processes
 
-REPO = Path(__file__).resolve().parents[2]
 LEASE_TIMEOUT_S = 6  # the reapers then look every 2 s and the lease is renewed every second
 T = TypeVar("T")
 
@@ -49,15 +49,16 @@ def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, every
 class FaultStack:
     def __init__(self, root: Path, env: dict[str, str], redis_port: int) -> None:
         self.root, self.env, self.redis_port = root, env, redis_port
+        self.processes = Processes(root, env)
         self.redis: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
         self.web: subprocess.Popen[bytes] | None = None
-        self.web_port = processes.free_port()
+        self.web_port = free_port()
         self.url = f"http://127.0.0.1:{self.web_port}"
 
     # --- processes
     def start_redis(self) -> None:
-        self.redis = processes.start_redis(port=self.redis_port, directory=self.root / "redis", persist=True)
+        self.redis = start_redis(port=self.redis_port, directory=self.root / "redis", persist=True)
 
     def stop_redis(self) -> None:
         assert self.redis is not None
@@ -65,14 +66,7 @@ class FaultStack:
         self.redis.wait(timeout=30)
 
     def start_worker(self, queues: str = "train,merge") -> subprocess.Popen[bytes]:
-        log = (self.root / f"worker-{len(self.workers)}.log").open("wb")
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker", "--queues", queues],
-            env=self.env,
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        worker = self.processes.start_worker("--queues", queues, log=f"worker-{len(self.workers)}.log")
         self.workers.append(worker)
         return worker
 
@@ -89,14 +83,7 @@ class FaultStack:
         client.close()
 
     def start_web(self) -> None:
-        self.web = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(self.web_port)],
-            env=self.env,
-            cwd=REPO,
-            stdout=(self.root / "web.log").open("ab"),
-            stderr=subprocess.STDOUT,
-        )
-        _wait_http(self.url, self.web)
+        self.web = self.processes.start_web(self.web_port, log="web.log")
 
     def kill(self, process: subprocess.Popen[bytes] | None, sig: int = signal.SIGKILL) -> None:
         if process is not None and process.poll() is None:
@@ -107,18 +94,14 @@ class FaultStack:
         return "\n".join(path.read_text(errors="replace")[-3000:] for path in sorted(self.root.glob("worker-*.log")))
 
     def close(self) -> None:
-        for process in [self.web, *self.workers]:
-            if process is not None and process.poll() is None:
-                process.terminate()
-        for process in [self.web, *self.workers, self.redis]:
-            if process is None:
-                continue
-            if process is self.redis and process.poll() is None:
-                process.terminate()
+        self.processes.close(timeout=20)
+        if self.redis is not None:
+            if self.redis.poll() is None:
+                self.redis.terminate()
             try:
-                process.wait(timeout=20)
+                self.redis.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                process.kill()
+                self.redis.kill()
 
     # --- runs, read straight from the database and the run's directory
     def create_run(self, **overrides: Any) -> str:
@@ -187,7 +170,7 @@ def fault_stack(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[FaultStack]:
     """Its own persistent Redis, a migrated database, and a short lease; processes are started by the test."""
-    redis_port = processes.free_port()
+    redis_port = free_port()
     env = {
         "LORADECK_DATA_DIR": str(tmp_path / "data"),
         "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
