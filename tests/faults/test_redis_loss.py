@@ -59,13 +59,9 @@ class ReconnectingSSE(threading.Thread):
 
 def test_training_survives_a_redis_restart_and_live_events_come_back(fault_stack: FaultStack) -> None:
     stack = fault_stack
-    stack.start_worker()
-    stack.start_web()
-    stack.wait_for_workers(1)
+    stack.start_all()
     client = stack.client()
-    spec = {"name": "through a redis restart", "method": "lora", "precision": "fp32", "max_steps": 80}
-    spec |= {"per_device_train_batch_size": 2, "max_seq_length": 64, "save_steps": 10}
-    run_id = client.post("/api/v1/runs", json=spec).json()["id"]
+    run_id = stack.submit(name="through a redis restart", max_steps=80, save_steps=10)
     viewer = ReconnectingSSE(stack.url, run_id)
     viewer.start()
 
@@ -93,6 +89,6 @@ def test_training_survives_a_redis_restart_and_live_events_come_back(fault_stack
     assert viewer.events[-1][1:] == ("done", {"status": "succeeded"})
 
     # The Celery worker reconnected to the broker on its own: it takes the next run.
-    second = client.post("/api/v1/runs", json=spec | {"name": "after the restart", "max_steps": 3}).json()["id"]
+    second = stack.submit(name="after the restart", max_steps=3, save_steps=10)
     assert stack.wait_status(second, ("succeeded", "failed"), 90).status == "succeeded"
     print(f"Redis stopped at step {stopped_at}; {viewer.connections} SSE connections")

@@ -29,4 +29,4 @@ def test_a_queued_run_whose_inputs_vanished_fails_naming_them(fault_stack: Fault
     failed = stack.wait_status(no_model, ("failed", "succeeded", "running"), 120)
     assert failed.status == "failed" and str(model) in (failed.error or ""), failed.error
     # The failure is stored first, then announced live: the page's stream ends with it.
-    wait_for(lambda: [event for _, event, _ in stack.events(no_dataset)][-2:] == ["status", "done"], 30, "the events")
+    wait_for(lambda: [event for event, _ in stack.events(no_dataset)][-2:] == ["status", "done"], 30, "the events")
