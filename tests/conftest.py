@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -23,6 +25,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # the process stacks, gets a database of its own there. Unset: a fresh SQLite file in the test's data dir.
 TEST_DATABASE_URL = os.environ.get("LORADECK_TEST_DATABASE_URL", "")
 DATABASE_FIXTURES = {"database_url", "module_database_url"}
+T = TypeVar("T")
 
 
 ENGINE_TESTS = REPO / "tests" / "worker"
@@ -138,6 +141,18 @@ def stack_env(data_dir: Path, redis_url: str, database_url: str, port: int) -> d
         "DATABASE_URL": database_url,
         "PYTHONUNBUFFERED": "1",
     }
+
+
+def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, every: float = 0.1) -> T:
+    """Poll until `predicate` returns something truthy, and return it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
 
 
 @dataclass

@@ -8,7 +8,6 @@ import io
 import json
 import tarfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +18,9 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR
-from tests.conftest import Stack
+from tests.conftest import Stack, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
 
 
 class SSECollector(threading.Thread):
@@ -90,6 +79,7 @@ def test_qlora_run_streams_metrics_then_merges_and_downloads(stack: Stack, tmp_p
         lambda: (r := client.get(f"/api/v1/runs/{run['id']}").json())["status"] in ("succeeded", "failed") and r,
         timeout=300,
         what="the run to finish",
+        every=0.25,
     )
     assert final["status"] == "succeeded", f"{final['error']}\n{stack.worker_log.read_text()[-3000:]}"
     collector.join(timeout=30)
@@ -136,6 +126,7 @@ def test_qlora_run_streams_metrics_then_merges_and_downloads(stack: Stack, tmp_p
         ),
         timeout=180,
         what="the merge",
+        every=0.25,
     )  # fmt: skip
     assert merged_artifact["status"] == "ready", merged_artifact["error"]
     merged_dir = _download(client, merged_artifact["download_url"], tmp_path / "merged")
@@ -154,6 +145,7 @@ def test_events_resume_after_last_event_id(stack: Stack) -> None:
         lambda: client.get(f"/api/v1/runs/{run['id']}").json()["status"] in ("succeeded", "failed"),
         timeout=180,
         what="the run to finish",
+        every=0.25,
     )
     everything = SSECollector(stack, run["id"])
     everything.run()

@@ -8,10 +8,9 @@ import os
 import re
 import signal
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -23,24 +22,11 @@ from app.models import Run
 from app.processes import free_port, start_redis
 from app.queue import enqueue_train
 from app.workers import list_workers
-from tests.conftest import _clear_caches
+from tests.conftest import _clear_caches, wait_for
 from tests.processes import Processes
 from tests.worker.conftest import create_run, read_events, read_run, train_points
 
 LEASE_TIMEOUT_S = 6  # the reapers then look every 2 s and the lease is renewed every second
-T = TypeVar("T")
-
-
-def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, every: float = 0.1) -> T:
-    """Poll until `predicate` returns something truthy, and return it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
 
 
 # The runs a test creates straight in the database, unless it says otherwise (on top of tests/worker/conftest.py's

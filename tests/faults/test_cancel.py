@@ -8,7 +8,8 @@ import time
 import pytest
 
 from app.config import get_settings
-from tests.faults.conftest import FaultStack, wait_for
+from tests.conftest import wait_for
+from tests.faults.conftest import FaultStack
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.faults.conftest import FaultStack, wait_for
+from tests.conftest import wait_for
+from tests.faults.conftest import FaultStack
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,8 @@ import shutil
 from pathlib import Path
 
 from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR
-from tests.faults.conftest import FaultStack, wait_for
+from tests.conftest import wait_for
+from tests.faults.conftest import FaultStack
 
 
 def test_a_queued_run_whose_inputs_vanished_fails_naming_them(fault_stack: FaultStack, tmp_path: Path) -> None:

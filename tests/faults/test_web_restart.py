@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults.conftest import FaultStack, wait_for
+from tests.conftest import wait_for
+from tests.faults.conftest import FaultStack
 
 pytestmark = pytest.mark.slow
 

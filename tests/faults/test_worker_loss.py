@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from tests.faults.conftest import LEASE_TIMEOUT_S, FaultStack, wait_for
+from tests.conftest import wait_for
+from tests.faults.conftest import LEASE_TIMEOUT_S, FaultStack
 
 pytestmark = pytest.mark.slow
 
