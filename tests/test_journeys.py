@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR
 from tests.conftest import Stack, wait_for
+from tests.sse import Event, open_stream
 
 pytestmark = pytest.mark.slow
 
@@ -29,27 +30,18 @@ class SSECollector(threading.Thread):
     def __init__(self, stack: Stack, run_id: str) -> None:
         super().__init__(daemon=True)
         self.stack, self.run_id = stack, run_id
-        self.events: list[tuple[str, str, dict[str, Any]]] = []
+        self.events: list[Event] = []
         self.status_at_metric: list[str] = []
 
     def run(self) -> None:
         with (
             httpx.Client(base_url=self.stack.url, timeout=httpx.Timeout(5, read=60)) as client,
-            client.stream("GET", f"/api/v1/runs/{self.run_id}/events") as response,
+            open_stream(client, f"/api/v1/runs/{self.run_id}/events", until=("done",)) as events,
         ):
-            event_id, name = "", ""
-            for line in response.iter_lines():
-                if line.startswith("id: "):
-                    event_id = line[4:]
-                elif line.startswith("event: "):
-                    name = line[7:]
-                elif line.startswith("data: "):
-                    data = json.loads(line[6:])
-                    self.events.append((event_id, name, data))
-                    if name == "metric" and len(self.status_at_metric) < 3:
-                        self.status_at_metric.append(client.get(f"/api/v1/runs/{self.run_id}").json()["status"])
-                    if name == "done":
-                        return
+            for event in events:
+                self.events.append(event)
+                if event.name == "metric" and len(self.status_at_metric) < 3:
+                    self.status_at_metric.append(client.get(f"/api/v1/runs/{self.run_id}").json()["status"])
 
 
 def _download(client: httpx.Client, url: str, into: Path) -> Path:
@@ -150,11 +142,6 @@ def test_events_resume_after_last_event_id(stack: Stack) -> None:
     everything = SSECollector(stack, run["id"])
     everything.run()
     middle = len(everything.events) // 2
-    resumed = []
-    with client.stream(
-        "GET", f"/api/v1/runs/{run['id']}/events", headers={"Last-Event-ID": everything.events[middle][0]}
-    ) as response:
-        for line in response.iter_lines():
-            if line.startswith("id: "):
-                resumed.append(line[4:])
+    with open_stream(client, f"/api/v1/runs/{run['id']}/events", last_event_id=everything.events[middle].id) as events:
+        resumed = [event.id for event in events]
     assert resumed == [event_id for event_id, _, _ in everything.events[middle + 1 :]]
