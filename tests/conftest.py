@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -129,6 +130,26 @@ def loradeck_env(
 
     get_engine().dispose()
     _clear_caches()
+
+
+@pytest.fixture
+def web_url(loradeck_env: dict[str, str]) -> Iterator[str]:
+    """The web app alone, served by uvicorn on a thread of the test's own process with its settings; its URL."""
+    import uvicorn
+
+    from app.main import app
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
 
 
 def stack_env(data_dir: Path, redis_url: str, database_url: str, port: int) -> dict[str, str]:
