@@ -64,7 +64,7 @@ class Run(Base):
     stop_requested: Mapped[bool] = mapped_column(default=False, server_default="0")
     # Archived runs are kept but hidden from the runs list and the pickers.
     archived_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    worker: Mapped[str | None] = mapped_column(String(200))
+    worker: Mapped[str | None] = mapped_column(String(200))  # the lease holder, host:pid (not RunSpec.worker)
     error: Mapped[str | None] = mapped_column(Text)
     params_all: Mapped[int | None] = mapped_column(BigInteger)
     params_trainable: Mapped[int | None] = mapped_column(BigInteger)
@@ -76,7 +76,7 @@ class Run(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # workers lost while training it
     # After training: task metrics on eval rows and the regression prompts' answers, base beside adapter
-    # (worker/engine/evaluate.py has the shape).
+    # (app/contracts/evaluation.py has the shape).
     evaluation: Mapped[dict | None] = mapped_column(JSON)
 
     metrics: Mapped[list[Metric]] = relationship(back_populates="run", cascade="all, delete-orphan")

@@ -261,10 +261,6 @@ def fail_unplaceable(*, session: Session, run_id: str, error: str) -> bool:
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def cancel_requested(*, session: Session, run_id: str) -> bool:
-    return bool(session.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
-
-
 def list_artifacts(*, session: Session, run_id: str) -> Sequence[Artifact]:
     query = select(Artifact).where(Artifact.run_id == run_id).order_by(Artifact.created_at, Artifact.id)
     return session.scalars(query).all()

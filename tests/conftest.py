@@ -3,29 +3,30 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
 import redis
 
 from app.processes import free_port, start_redis
+from tests.processes import REPO, Processes
 
 # Set before any test imports torch: spinning OpenMP threads crawl on a shared 2-core machine.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-REPO = Path(__file__).resolve().parent.parent
 # A PostgreSQL server's maintenance database (scripts/with-postgres.sh sets it): each test, or each module for
 # the process stacks, gets a database of its own there. Unset: a fresh SQLite file in the test's data dir.
 TEST_DATABASE_URL = os.environ.get("LORADECK_TEST_DATABASE_URL", "")
 DATABASE_FIXTURES = {"database_url", "module_database_url"}
+T = TypeVar("T")
 
 
 ENGINE_TESTS = REPO / "tests" / "worker"
@@ -131,6 +132,50 @@ def loradeck_env(
     _clear_caches()
 
 
+@pytest.fixture
+def web_url(loradeck_env: dict[str, str]) -> Iterator[str]:
+    """The web app alone, served by uvicorn on a thread of the test's own process with its settings; its URL."""
+    import uvicorn
+
+    from app.main import app
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def stack_env(data_dir: Path, redis_url: str, database_url: str, port: int) -> dict[str, str]:
+    """The environment of a stack's processes: the test's own, plus their data dir, a Redis database of their own
+    (picked by the web's `port`, so queued tasks never leak between stacks) and `database_url`."""
+    return {
+        **os.environ,
+        "LORADECK_DATA_DIR": str(data_dir),
+        "REDIS_URL": redis_url.rsplit("/", 1)[0] + f"/{port % 15 + 1}",
+        "DATABASE_URL": database_url,
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, every: float = 0.1) -> T:
+    """Poll until `predicate` returns something truthy, and return it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
 @dataclass
 class Stack:
     url: str
@@ -148,20 +193,6 @@ class Stack:
         return httpx.Client(base_url=self.url, timeout=30)
 
 
-def _wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"web server exited with code {process.returncode}")
-        try:
-            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer within {timeout} s")
-
-
 @pytest.fixture(scope="module")
 def stack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, redis_url: str, module_database_url: str
@@ -169,55 +200,28 @@ def stack(
     """The whole thing as a user runs it: migrations, a Celery worker process and uvicorn, as subprocesses.
     A test module may set `STACK_ENV`, a dict of settings, to change the stack's environment."""
     root = tmp_path_factory.mktemp("stack")
-    data_dir = root / "data"
     port = free_port()
-    # Each module gets its own Redis database, so queued tasks never leak between stacks.
-    db_index = port % 15 + 1
-    env = {
-        **os.environ,
-        "LORADECK_DATA_DIR": str(data_dir),
-        "REDIS_URL": redis_url.rsplit("/", 1)[0] + f"/{db_index}",
-        "DATABASE_URL": module_database_url,
-        "PYTHONUNBUFFERED": "1",
+    module_env = getattr(request.module, "STACK_ENV", {})
+    env = stack_env(root / "data", redis_url, module_database_url, port) | {
         "LORADECK_MAX_UPLOAD_BYTES": str(5 * 1024**2),
         "LORADECK_MODEL_ROOTS": str(tmp_path_factory.getbasetemp()),
         "LORADECK_DATASET_ROOTS": str(tmp_path_factory.getbasetemp()),
-        **getattr(request.module, "STACK_ENV", {}),
+        **module_env,
     }
     for roots in ("LORADECK_MODEL_ROOTS", "LORADECK_DATASET_ROOTS"):  # a module's roots add to the temp folder
-        if roots in getattr(request.module, "STACK_ENV", {}):
+        if roots in module_env:
             env[roots] = f"{tmp_path_factory.getbasetemp()},{env[roots]}"
-    subprocess.run([sys.executable, "-m", "app.cli", "migrate"], env=env, cwd=REPO, check=True)
-    worker_log = root / "worker.log"
-    with worker_log.open("wb") as log:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker"], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
-        )
-        helpers = [
-            subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "worker", "--queues", queues],
-                env=env,
-                cwd=REPO,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            for queues in ("inspect", "generate")
-        ]
-    web = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        cwd=REPO,
-    )
-    url = f"http://127.0.0.1:{port}"
+    processes = Processes(root, env)
+    processes.migrate()
     try:
-        _wait_http(url, web)
-        pids = {"web": web.pid, "trainer": worker.pid, "inspector": helpers[0].pid, "generator": helpers[1].pid}
-        yield Stack(url=url, env=env, data_dir=data_dir, worker_log=worker_log, pids=pids)
+        pids = {
+            "trainer": processes.start_worker(log="worker.log").pid,
+            "inspector": processes.start_worker("--queues", "inspect", log="worker.log").pid,
+            "generator": processes.start_worker("--queues", "generate", log="worker.log").pid,
+            "web": processes.start_web(port).pid,
+        }
+        yield Stack(
+            url=f"http://127.0.0.1:{port}", env=env, data_dir=root / "data", worker_log=root / "worker.log", pids=pids
+        )
     finally:
-        for process in (web, worker, *helpers):
-            process.terminate()
-        for process in (web, worker, *helpers):
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        processes.close()

@@ -8,7 +8,6 @@ import io
 import json
 import tarfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +18,10 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR
-from tests.conftest import Stack
+from tests.conftest import Stack, wait_for
+from tests.sse import Event, open_stream
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
 
 
 class SSECollector(threading.Thread):
@@ -40,27 +30,18 @@ class SSECollector(threading.Thread):
     def __init__(self, stack: Stack, run_id: str) -> None:
         super().__init__(daemon=True)
         self.stack, self.run_id = stack, run_id
-        self.events: list[tuple[str, str, dict[str, Any]]] = []
+        self.events: list[Event] = []
         self.status_at_metric: list[str] = []
 
     def run(self) -> None:
         with (
             httpx.Client(base_url=self.stack.url, timeout=httpx.Timeout(5, read=60)) as client,
-            client.stream("GET", f"/api/v1/runs/{self.run_id}/events") as response,
+            open_stream(client, f"/api/v1/runs/{self.run_id}/events", until=("done",)) as events,
         ):
-            event_id, name = "", ""
-            for line in response.iter_lines():
-                if line.startswith("id: "):
-                    event_id = line[4:]
-                elif line.startswith("event: "):
-                    name = line[7:]
-                elif line.startswith("data: "):
-                    data = json.loads(line[6:])
-                    self.events.append((event_id, name, data))
-                    if name == "metric" and len(self.status_at_metric) < 3:
-                        self.status_at_metric.append(client.get(f"/api/v1/runs/{self.run_id}").json()["status"])
-                    if name == "done":
-                        return
+            for event in events:
+                self.events.append(event)
+                if event.name == "metric" and len(self.status_at_metric) < 3:
+                    self.status_at_metric.append(client.get(f"/api/v1/runs/{self.run_id}").json()["status"])
 
 
 def _download(client: httpx.Client, url: str, into: Path) -> Path:
@@ -90,6 +71,7 @@ def test_qlora_run_streams_metrics_then_merges_and_downloads(stack: Stack, tmp_p
         lambda: (r := client.get(f"/api/v1/runs/{run['id']}").json())["status"] in ("succeeded", "failed") and r,
         timeout=300,
         what="the run to finish",
+        every=0.25,
     )
     assert final["status"] == "succeeded", f"{final['error']}\n{stack.worker_log.read_text()[-3000:]}"
     collector.join(timeout=30)
@@ -136,6 +118,7 @@ def test_qlora_run_streams_metrics_then_merges_and_downloads(stack: Stack, tmp_p
         ),
         timeout=180,
         what="the merge",
+        every=0.25,
     )  # fmt: skip
     assert merged_artifact["status"] == "ready", merged_artifact["error"]
     merged_dir = _download(client, merged_artifact["download_url"], tmp_path / "merged")
@@ -154,15 +137,11 @@ def test_events_resume_after_last_event_id(stack: Stack) -> None:
         lambda: client.get(f"/api/v1/runs/{run['id']}").json()["status"] in ("succeeded", "failed"),
         timeout=180,
         what="the run to finish",
+        every=0.25,
     )
     everything = SSECollector(stack, run["id"])
     everything.run()
     middle = len(everything.events) // 2
-    resumed = []
-    with client.stream(
-        "GET", f"/api/v1/runs/{run['id']}/events", headers={"Last-Event-ID": everything.events[middle][0]}
-    ) as response:
-        for line in response.iter_lines():
-            if line.startswith("id: "):
-                resumed.append(line[4:])
+    with open_stream(client, f"/api/v1/runs/{run['id']}/events", last_event_id=everything.events[middle].id) as events:
+        resumed = [event.id for event in events]
     assert resumed == [event_id for event_id, _, _ in everything.events[middle + 1 :]]

@@ -3,10 +3,8 @@ none trains twice, a pinned run trains only on its worker, and a run goes only t
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,7 +14,8 @@ import pytest
 
 from app.processes import free_port
 from tests.browser.test_pages import start_run, wait_finished
-from tests.conftest import REPO, Stack, _wait_http
+from tests.conftest import Stack, stack_env
+from tests.processes import Processes
 
 pytestmark = pytest.mark.slow
 HOST = socket.gethostname()
@@ -29,48 +28,26 @@ def fleet(
 ) -> Iterator[tuple[Stack, dict[str, subprocess.Popen[bytes]]]]:
     root = tmp_path_factory.mktemp("fleet")
     port = free_port()
-    env = {
-        **os.environ,
-        "LORADECK_DATA_DIR": str(root / "shared-data"),
-        "REDIS_URL": redis_url.rsplit("/", 1)[0] + f"/{port % 15 + 1}",
-        "DATABASE_URL": module_database_url,
-        "PYTHONUNBUFFERED": "1",
-    }
-    subprocess.run([sys.executable, "-m", "app.cli", "migrate"], env=env, cwd=REPO, check=True)
-    workers: dict[str, subprocess.Popen[bytes]] = {}
-    # w1 offers 50 MiB per "GPU": enough for the quick runs, too little for the big one; w2 offers 4 GiB.
-    for name, memory in (("w1", "0.05"), ("w2", "4")):
-        scratch = root / f"scratch-{name}"
-        scratch.mkdir()
-        worker_env = env | {"TMPDIR": str(scratch), "HF_HOME": str(scratch / "hf"), "LORADECK_WORKER_MEMORY_GB": memory}
-        log = (root / f"{name}.log").open("wb")
-        workers[name] = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker", "--queues", "train", "--name", name],
-            env=worker_env,
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    web = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)], env=env, cwd=REPO
-    )
-    url = f"http://127.0.0.1:{port}"
+    processes = Processes(root, stack_env(root / "shared-data", redis_url, module_database_url, port))
+    processes.migrate()
     try:
-        _wait_http(url, web)
+        workers: dict[str, subprocess.Popen[bytes]] = {}
+        # w1 offers 50 MiB per "GPU": enough for the quick runs, too little for the big one; w2 offers 4 GiB.
+        for name, memory in (("w1", "0.05"), ("w2", "4")):
+            scratch = root / f"scratch-{name}"
+            scratch.mkdir()
+            own = {"TMPDIR": str(scratch), "HF_HOME": str(scratch / "hf"), "LORADECK_WORKER_MEMORY_GB": memory}
+            workers[name] = processes.start_worker("--queues", "train", "--name", name, log=f"{name}.log", env=own)
+        processes.start_web(port)
+        url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 90
         expected = {f"w1@{HOST}", f"w2@{HOST}"}
         while {w["name"] for w in httpx.get(url + "/api/v1/workers", timeout=30).json()} != expected:
             assert time.monotonic() < deadline, "the two workers did not register"
             time.sleep(0.5)
-        yield Stack(url=url, env=env, data_dir=root / "shared-data", worker_log=root / "w1.log"), workers
+        yield Stack(url=url, env=processes.env, data_dir=root / "shared-data", worker_log=root / "w1.log"), workers
     finally:
-        for process in (web, *workers.values()):
-            process.terminate()
-        for process in (web, *workers.values()):
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        processes.close()
 
 
 def _trained_by(run: dict[str, Any], workers: dict[str, subprocess.Popen[bytes]]) -> str:

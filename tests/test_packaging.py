@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from app.processes import free_port
-from tests.conftest import _wait_http
+from tests.processes import wait_http
 
 REPO = Path(__file__).resolve().parent.parent
 ML_LIBRARIES = {"torch", "transformers", "peft", "bitsandbytes", "accelerate", "safetensors", "tokenizers"}
@@ -52,7 +52,7 @@ def test_a_web_only_install_serves_the_app_without_torch(tmp_path: Path, redis_u
     web = subprocess.Popen(serve, cwd=elsewhere, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_http(url, web)
+        wait_http(url, web)
         with httpx.Client(base_url=url, timeout=30) as client:
             assert client.get("/healthz").json()["ok"] is True  # the migrated database and Redis
             runs = client.get("/")

@@ -75,6 +75,19 @@ class ArtifactEvent(LiveEvent):
     details: dict[str, Any] | None = None
 
 
+def artifact_event(artifact: Any) -> ArtifactEvent:
+    """The event announcing an artifact row (app.models.Artifact) as it now is."""
+    return ArtifactEvent(
+        id=artifact.id,
+        kind=artifact.kind,
+        status=artifact.status,
+        size_bytes=artifact.size_bytes,
+        sha256=artifact.sha256,
+        error=artifact.error,
+        details=artifact.details,
+    )
+
+
 class EvaluatingEvent(LiveEvent):
     """Base and adapter have answered `done` of `total` eval rows and regression prompts."""
 

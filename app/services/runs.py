@@ -212,8 +212,3 @@ def get_artifact(*, session: Session, artifact_id: str) -> Artifact:
 
 def can_merge(*, session: Session, run: Run) -> bool:
     return runs.can_merge(session=session, run=run)
-
-
-def compared_runs(*, session: Session, run_ids: Sequence[str]) -> list[Run]:
-    """The runs to compare, each looked up (NotFound names a missing one)."""
-    return [runs.get_run(session=session, run_id=run_id) for run_id in run_ids]

@@ -23,7 +23,10 @@ class RunOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     error: str | None
-    worker: str | None
+    worker: str | None = Field(
+        description="The process that holds the run's lease while it trains (host:pid). Not RunSpec.worker, "
+        "which names the Celery worker (node name) a run is pinned to."
+    )
     params_all: int | None
     params_trainable: int | None
     params_percent: float | None

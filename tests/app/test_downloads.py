@@ -7,35 +7,13 @@ import hashlib
 import io
 import os
 import tarfile
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from app.archive import describe_tree
 from app.models import Artifact, ArtifactKind, ArtifactStatus, Run
-from app.processes import free_port
-
-
-@pytest.fixture
-def server(loradeck_env: dict[str, str]) -> Iterator[str]:
-    from app.main import app
-
-    port = free_port()
-    config = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=config.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not config.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    config.should_exit = True
-    thread.join(timeout=10)
 
 
 @pytest.fixture
@@ -82,16 +60,16 @@ def _interrupted_then_resumed(client: httpx.Client, url: str, stop_after: int) -
     return received + rest.content
 
 
-def test_single_file_download_resumes_with_range(server: str, artifact: Artifact) -> None:
-    url = f"{server}/api/v1/artifacts/art1/download?file=model.safetensors"
+def test_single_file_download_resumes_with_range(web_url: str, artifact: Artifact) -> None:
+    url = f"{web_url}/api/v1/artifacts/art1/download?file=model.safetensors"
     with httpx.Client(timeout=30) as client:
         body = _interrupted_then_resumed(client, url, stop_after=1_234_567)
     expected = next(f["sha256"] for f in artifact.files or [] if f["name"] == "model.safetensors")
     assert hashlib.sha256(body).hexdigest() == expected
 
 
-def test_archive_download_resumes_with_range(server: str, artifact: Artifact) -> None:
-    url = f"{server}/api/v1/artifacts/art1/download"
+def test_archive_download_resumes_with_range(web_url: str, artifact: Artifact) -> None:
+    url = f"{web_url}/api/v1/artifacts/art1/download"
     with httpx.Client(timeout=30) as client:
         whole = client.get(url)
         assert whole.headers["etag"] == f'"{artifact.sha256}"'
@@ -104,13 +82,13 @@ def test_archive_download_resumes_with_range(server: str, artifact: Artifact) ->
     assert hashlib.sha256(body).hexdigest() == artifact.sha256 == hashlib.sha256(whole.content).hexdigest()
 
 
-def test_downloads_stay_inside_the_artifact(server: str, artifact: Artifact, loradeck_env: dict[str, str]) -> None:
+def test_downloads_stay_inside_the_artifact(web_url: str, artifact: Artifact, loradeck_env: dict[str, str]) -> None:
     from app.config import get_settings
 
     secret = Path(loradeck_env["LORADECK_DATA_DIR"]) / "loradeck.db"
     root = get_settings().runs_dir / "run1" / "merged"
     (root / "link").symlink_to(secret)
-    with httpx.Client(base_url=server, timeout=30) as client:
+    with httpx.Client(base_url=web_url, timeout=30) as client:
         for name in ("../../../loradeck.db", "/etc/passwd", "link", "missing.bin", "model.safetensors\x00.txt"):
             response = client.get("/api/v1/artifacts/art1/download", params={"file": name})
             assert response.status_code == 404, name
@@ -119,11 +97,11 @@ def test_downloads_stay_inside_the_artifact(server: str, artifact: Artifact, lor
         assert client.get("/api/v1/artifacts/nope/download").status_code == 404
 
 
-def test_a_pending_artifact_cannot_be_downloaded(server: str, artifact: Artifact) -> None:
+def test_a_pending_artifact_cannot_be_downloaded(web_url: str, artifact: Artifact) -> None:
     from app.db import get_sessionmaker
 
     with get_sessionmaker()() as session:
         session.add(Artifact(id="art2", run_id="run1", kind=ArtifactKind.merged, status=ArtifactStatus.running))
         session.commit()
-    response = httpx.get(f"{server}/api/v1/artifacts/art2/download", timeout=30)
+    response = httpx.get(f"{web_url}/api/v1/artifacts/art2/download", timeout=30)
     assert response.status_code == 409 and "not ready" in response.json()["detail"]

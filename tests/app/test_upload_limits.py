@@ -11,8 +11,6 @@ import json
 import os
 import select
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +21,8 @@ import psutil
 import pytest
 
 from app.processes import free_port
-from tests.conftest import REPO, Stack, _wait_http
+from tests.conftest import Stack
+from tests.processes import Processes
 
 STACK_ENV = {"LORADECK_MAX_UPLOAD_BYTES": str(128 * 1024**2)}
 MIB = 1024**2
@@ -144,15 +143,12 @@ def small_limit_web(loradeck_env: dict[str, str], tmp_path: Path) -> Iterator[tu
     temporary.mkdir()
     port = free_port()
     env = {**os.environ, "LORADECK_MAX_UPLOAD_BYTES": str(10 * MIB), "TMPDIR": str(temporary)}
-    web = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)], env=env, cwd=REPO
-    )
+    processes = Processes(tmp_path, env)
     try:
-        _wait_http(f"http://127.0.0.1:{port}", web)
+        processes.start_web(port)
         yield port, temporary
     finally:
-        web.terminate()
-        web.wait(timeout=20)
+        processes.close(timeout=20)
 
 
 @pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "content-length"])

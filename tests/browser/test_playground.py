@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -16,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from app.config import TINY_MODEL_DIR
 from tests.browser.test_pages import shot, start_run, wait_finished
 from tests.conftest import Stack
+from tests.sse import open_stream
 from worker.serving.decoding import chat_prompt
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -62,17 +62,8 @@ def test_both_answers_stream_in_and_greedy_matches_generate(stack: Stack, page: 
 
 
 def _follow(url: str, timeout: float = 120) -> list[tuple[str, dict[str, Any]]]:
-    events: list[tuple[str, dict[str, Any]]] = []
-    with httpx.stream("GET", url, timeout=timeout) as response:
-        kind = ""
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                kind = line.removeprefix("event: ")
-            elif line.startswith("data: "):
-                events.append((kind, json.loads(line.removeprefix("data: "))))
-                if kind in ("done", "error"):
-                    return events
-    return events
+    with httpx.Client(timeout=timeout) as client, open_stream(client, url, until=("done", "error")) as events:
+        return [(event.name, event.data) for event in events]
 
 
 def test_a_playground_request_during_a_training_run_neither_waits_for_it_nor_disturbs_it(

@@ -4,60 +4,59 @@ is noticed in seconds. The test process reads and writes the same database and R
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 import redis
 
-from app import processes, runs
-from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, get_settings
-from app.db import get_sessionmaker, migrate
-from app.events import stream_key
+from app.config import get_settings
+from app.db import migrate
 from app.models import Run
+from app.processes import free_port, start_redis
 from app.queue import enqueue_train
-from app.schemas import RunSpec
 from app.workers import list_workers
-from tests.conftest import _clear_caches, _wait_http
+from tests.conftest import _clear_caches, wait_for
+from tests.processes import Processes
+from tests.worker.conftest import create_run, read_events, read_run, train_points
 
-REPO = Path(__file__).resolve().parents[2]
 LEASE_TIMEOUT_S = 6  # the reapers then look every 2 s and the lease is renewed every second
-T = TypeVar("T")
 
 
-def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, every: float = 0.1) -> T:
-    """Poll until `predicate` returns something truthy, and return it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
+# The runs a test creates straight in the database, unless it says otherwise (on top of tests/worker/conftest.py's
+# `run_spec`): a few seconds of training, a checkpoint every 10 steps.
+DATABASE_RUN = {
+    "method": "lora",
+    "precision": "fp32",
+    "max_steps": 60,
+    "save_steps": 10,
+    "per_device_train_batch_size": 2,
+    "max_seq_length": 64,
+    "learning_rate": 2e-3,
+}
+# What a test submits through the API, its name, steps and checkpoints aside; the rest are RunSpec's defaults.
+API_RUN = {"method": "lora", "precision": "fp32", "per_device_train_batch_size": 2, "max_seq_length": 64}
 
 
 class FaultStack:
     def __init__(self, root: Path, env: dict[str, str], redis_port: int) -> None:
         self.root, self.env, self.redis_port = root, env, redis_port
+        self.processes = Processes(root, env)
         self.redis: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
         self.web: subprocess.Popen[bytes] | None = None
-        self.web_port = processes.free_port()
+        self.web_port = free_port()
         self.url = f"http://127.0.0.1:{self.web_port}"
 
     # --- processes
     def start_redis(self) -> None:
-        self.redis = processes.start_redis(port=self.redis_port, directory=self.root / "redis", persist=True)
+        self.redis = start_redis(port=self.redis_port, directory=self.root / "redis", persist=True)
 
     def stop_redis(self) -> None:
         assert self.redis is not None
@@ -65,14 +64,7 @@ class FaultStack:
         self.redis.wait(timeout=30)
 
     def start_worker(self, queues: str = "train,merge") -> subprocess.Popen[bytes]:
-        log = (self.root / f"worker-{len(self.workers)}.log").open("wb")
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker", "--queues", queues],
-            env=self.env,
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        worker = self.processes.start_worker("--queues", queues, log=f"worker-{len(self.workers)}.log")
         self.workers.append(worker)
         return worker
 
@@ -89,14 +81,14 @@ class FaultStack:
         client.close()
 
     def start_web(self) -> None:
-        self.web = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(self.web_port)],
-            env=self.env,
-            cwd=REPO,
-            stdout=(self.root / "web.log").open("ab"),
-            stderr=subprocess.STDOUT,
-        )
-        _wait_http(self.url, self.web)
+        self.web = self.processes.start_web(self.web_port, log="web.log")
+
+    def start_all(self, workers: int = 1) -> None:
+        """`workers` training workers and the web, returned once the workers announce themselves."""
+        for _ in range(workers):
+            self.start_worker()
+        self.start_web()
+        self.wait_for_workers(workers)
 
     def kill(self, process: subprocess.Popen[bytes] | None, sig: int = signal.SIGKILL) -> None:
         if process is not None and process.poll() is None:
@@ -107,43 +99,31 @@ class FaultStack:
         return "\n".join(path.read_text(errors="replace")[-3000:] for path in sorted(self.root.glob("worker-*.log")))
 
     def close(self) -> None:
-        for process in [self.web, *self.workers]:
-            if process is not None and process.poll() is None:
-                process.terminate()
-        for process in [self.web, *self.workers, self.redis]:
-            if process is None:
-                continue
-            if process is self.redis and process.poll() is None:
-                process.terminate()
+        self.processes.close(timeout=20)
+        if self.redis is not None:
+            if self.redis.poll() is None:
+                self.redis.terminate()
             try:
-                process.wait(timeout=20)
+                self.redis.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                process.kill()
+                self.redis.kill()
 
     # --- runs, read straight from the database and the run's directory
-    def create_run(self, **overrides: Any) -> str:
-        fields: dict[str, Any] = {
-            "base_model": str(TINY_MODEL_DIR),
-            "dataset": str(SAMPLE_DATASET_DIR / "train.jsonl"),
-            "method": "lora",
-            "precision": "fp32",
-            "max_steps": 60,
-            "regression_prompts": [],  # the evaluation has tests of its own; here it would only cost time
-            "save_steps": 10,
-            "per_device_train_batch_size": 2,
-            "max_seq_length": 64,
-            "learning_rate": 2e-3,
-            **overrides,
-        }
-        with get_sessionmaker()() as session:
-            return runs.create_run(session=session, spec=RunSpec(**fields)).id
+    def create_run(self, **fields: Any) -> str:
+        return create_run(DATABASE_RUN, **fields)
+
+    def submit(self, **fields: Any) -> str:
+        """A run of `API_RUN` and `fields`, submitted as a user submits one; its id."""
+        with self.client() as client:
+            response = client.post("/api/v1/runs", json=API_RUN | fields)
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
 
     def enqueue(self, run_id: str) -> None:
         enqueue_train(run_id)
 
     def run(self, run_id: str) -> Run:
-        with get_sessionmaker()() as session:
-            return runs.get_run(session=session, run_id=run_id)
+        return read_run(run_id)
 
     def wait_status(self, run_id: str, statuses: tuple[str, ...], timeout: float) -> Run:
         def reached() -> Run | None:
@@ -156,8 +136,7 @@ class FaultStack:
             raise AssertionError(f"run is {self.run(run_id).status}, not {statuses}:\n{self.worker_logs()}") from None
 
     def train_steps(self, run_id: str) -> list[int]:
-        with get_sessionmaker()() as session:
-            return [p.step for p in runs.list_metrics(session=session, run_id=run_id) if p.kind == "train"]
+        return [point.step for point in train_points(run_id)]
 
     def train_log(self, run_id: str) -> str:
         path = get_settings().runs_dir / run_id / "train.log"
@@ -172,11 +151,8 @@ class FaultStack:
         steps = re.findall(r"\bstep (\d+) train loss", self.train_log(run_id))
         return int(steps[-1]) if steps else 0
 
-    def events(self, run_id: str) -> list[tuple[str, str, dict[str, Any]]]:
-        client = redis.Redis.from_url(self.env["REDIS_URL"], decode_responses=True)
-        entries: Any = client.xrange(stream_key(run_id))
-        client.close()
-        return [(entry_id, fields["event"], json.loads(fields["data"])) for entry_id, fields in entries]
+    def events(self, run_id: str) -> list[tuple[str, dict[str, Any]]]:
+        return read_events(run_id)
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30)
@@ -187,7 +163,7 @@ def fault_stack(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[FaultStack]:
     """Its own persistent Redis, a migrated database, and a short lease; processes are started by the test."""
-    redis_port = processes.free_port()
+    redis_port = free_port()
     env = {
         "LORADECK_DATA_DIR": str(tmp_path / "data"),
         "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",

@@ -8,20 +8,17 @@ import time
 import pytest
 
 from app.config import get_settings
-from tests.faults.conftest import FaultStack, wait_for
+from tests.conftest import wait_for
+from tests.faults.conftest import FaultStack
 
 pytestmark = pytest.mark.slow
 
 
 def test_cancel_stops_training_within_one_step_and_keeps_the_checkpoint(fault_stack: FaultStack) -> None:
     stack = fault_stack
-    stack.start_worker()
-    stack.start_web()
-    stack.wait_for_workers(1)
-    spec = {"name": "cancel me", "method": "lora", "precision": "fp32", "max_steps": 5000}
-    spec |= {"per_device_train_batch_size": 2, "max_seq_length": 64, "save_steps": 5}
+    stack.start_all()
+    run_id = stack.submit(name="cancel me", max_steps=5000, save_steps=5)
     with stack.client() as client:
-        run_id = client.post("/api/v1/runs", json=spec).json()["id"]
         wait_for(lambda: stack.logged_step(run_id) >= 8, 90, "step 8")
 
         # The step the user sees when they click: train.log has a line as each step ends.
@@ -39,5 +36,5 @@ def test_cancel_stops_training_within_one_step_and_keeps_the_checkpoint(fault_st
     assert final.step == last
     checkpoint = get_settings().runs_dir / run_id / "checkpoints" / "checkpoint-5"
     assert (checkpoint / "trainer_state.json").is_file() and (checkpoint / "adapter_model.safetensors").is_file()
-    assert stack.events(run_id)[-1][1:] == ("done", {"status": "cancelled"})
+    assert stack.events(run_id)[-1] == ("done", {"status": "cancelled"})
     print(f"cancel at step {seen}: stopped after step {last}, cancelled {took:.2f} s after the click")

@@ -8,7 +8,8 @@ import pytest
 from app.cli import worker_command
 from app.config import get_settings
 from app.queue import VISIBILITY_TIMEOUT_S, celery_config
-from tests.faults.conftest import FaultStack, wait_for
+from tests.conftest import wait_for
+from tests.faults.conftest import FaultStack
 
 
 @pytest.mark.slow

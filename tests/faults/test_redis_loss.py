@@ -3,15 +3,15 @@ client that reconnects with Last-Event-ID gets the events again, and the Celery 
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.faults.conftest import FaultStack, wait_for
+from tests.conftest import wait_for
+from tests.faults.conftest import FaultStack
+from tests.sse import Event, open_stream
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,7 @@ class ReconnectingSSE(threading.Thread):
     def __init__(self, url: str, run_id: str) -> None:
         super().__init__(daemon=True)
         self.url, self.run_id = url, run_id
-        self.events: list[tuple[str, str, dict[str, Any]]] = []
+        self.events: list[Event] = []
         self.connections = 0
         self.resumed_with: list[str] = []  # the Last-Event-ID of each reconnect that got events
         self.stop = threading.Event()
@@ -30,28 +30,21 @@ class ReconnectingSSE(threading.Thread):
     def run(self) -> None:
         last_id = ""
         while not self.stop.is_set():
-            headers = {"Last-Event-ID": last_id} if last_id else {}
             received = 0
             try:
                 with (
                     httpx.Client(base_url=self.url, timeout=httpx.Timeout(5, read=30)) as client,
-                    client.stream("GET", f"/api/v1/runs/{self.run_id}/events", headers=headers) as response,
+                    open_stream(client, f"/api/v1/runs/{self.run_id}/events", last_event_id=last_id) as events,
                 ):
                     self.connections += 1
-                    event_id, name = "", ""
-                    for line in response.iter_lines():
-                        if line.startswith("id: "):
-                            event_id = line[4:]
-                        elif line.startswith("event: "):
-                            name = line[7:]
-                        elif line.startswith("data: "):
-                            self.events.append((event_id, name, json.loads(line[6:])))
-                            if received == 0 and last_id:
-                                self.resumed_with.append(last_id)
-                            received += 1
-                            last_id = event_id
-                            if name == "done":
-                                return
+                    for event in events:
+                        self.events.append(event)
+                        if received == 0 and last_id:
+                            self.resumed_with.append(last_id)
+                        received += 1
+                        last_id = event.id
+                        if event.name == "done":
+                            return
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)  # the browser waits `retry:` (2 s); quicker here
@@ -59,13 +52,9 @@ class ReconnectingSSE(threading.Thread):
 
 def test_training_survives_a_redis_restart_and_live_events_come_back(fault_stack: FaultStack) -> None:
     stack = fault_stack
-    stack.start_worker()
-    stack.start_web()
-    stack.wait_for_workers(1)
+    stack.start_all()
     client = stack.client()
-    spec = {"name": "through a redis restart", "method": "lora", "precision": "fp32", "max_steps": 80}
-    spec |= {"per_device_train_batch_size": 2, "max_seq_length": 64, "save_steps": 10}
-    run_id = client.post("/api/v1/runs", json=spec).json()["id"]
+    run_id = stack.submit(name="through a redis restart", max_steps=80, save_steps=10)
     viewer = ReconnectingSSE(stack.url, run_id)
     viewer.start()
 
@@ -93,6 +82,6 @@ def test_training_survives_a_redis_restart_and_live_events_come_back(fault_stack
     assert viewer.events[-1][1:] == ("done", {"status": "succeeded"})
 
     # The Celery worker reconnected to the broker on its own: it takes the next run.
-    second = client.post("/api/v1/runs", json=spec | {"name": "after the restart", "max_steps": 3}).json()["id"]
+    second = stack.submit(name="after the restart", max_steps=3, save_steps=10)
     assert stack.wait_status(second, ("succeeded", "failed"), 90).status == "succeeded"
     print(f"Redis stopped at step {stopped_at}; {viewer.connections} SSE connections")

@@ -7,7 +7,8 @@ import shutil
 from pathlib import Path
 
 from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR
-from tests.faults.conftest import FaultStack, wait_for
+from tests.conftest import wait_for
+from tests.faults.conftest import FaultStack
 
 
 def test_a_queued_run_whose_inputs_vanished_fails_naming_them(fault_stack: FaultStack, tmp_path: Path) -> None:
@@ -29,4 +30,4 @@ def test_a_queued_run_whose_inputs_vanished_fails_naming_them(fault_stack: Fault
     failed = stack.wait_status(no_model, ("failed", "succeeded", "running"), 120)
     assert failed.status == "failed" and str(model) in (failed.error or ""), failed.error
     # The failure is stored first, then announced live: the page's stream ends with it.
-    wait_for(lambda: [event for _, event, _ in stack.events(no_dataset)][-2:] == ["status", "done"], 30, "the events")
+    wait_for(lambda: [event for event, _ in stack.events(no_dataset)][-2:] == ["status", "done"], 30, "the events")

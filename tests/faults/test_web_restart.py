@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults.conftest import FaultStack, wait_for
+from tests.conftest import wait_for
+from tests.faults.conftest import FaultStack
 
 pytestmark = pytest.mark.slow
 
 
 def test_a_web_restart_mid_run_loses_nothing_and_interrupts_nothing(fault_stack: FaultStack) -> None:
     stack = fault_stack
-    stack.start_worker()
-    stack.start_web()
-    stack.wait_for_workers(1)
-    spec = {"name": "through a web restart", "method": "lora", "precision": "fp32", "max_steps": 60}
-    spec |= {"per_device_train_batch_size": 2, "max_seq_length": 64, "save_steps": 10}
-    with stack.client() as client:
-        run_id = client.post("/api/v1/runs", json=spec).json()["id"]
+    stack.start_all()
+    run_id = stack.submit(name="through a web restart", max_steps=60, save_steps=10)
 
     wait_for(lambda: stack.logged_step(run_id) >= 5, 90, "step 5")
     stack.kill(stack.web)  # SIGKILL: no graceful shutdown to lean on

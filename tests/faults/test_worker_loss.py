@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from tests.faults.conftest import LEASE_TIMEOUT_S, FaultStack, wait_for
+from tests.conftest import wait_for
+from tests.faults.conftest import LEASE_TIMEOUT_S, FaultStack
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +36,7 @@ def test_a_sigkilled_worker_s_run_is_interrupted_then_resumed_by_another_worker(
     noticed = time.monotonic() - killed_at
     assert noticed < 60
     reaped = wait_for(  # published just after the database write
-        lambda: next((data for _, _, data in stack.events(run_id) if data.get("status") == "interrupted"), None),
+        lambda: next((data for _, data in stack.events(run_id) if data.get("status") == "interrupted"), None),
         10,
         "the interrupted event",
     )
@@ -50,7 +51,7 @@ def test_a_sigkilled_worker_s_run_is_interrupted_then_resumed_by_another_worker(
     assert stack.train_steps(run_id) == list(range(1, 61))  # the lost steps trained again, none twice
     assert stack.starts(run_id) == 2
     resumed = {"lines": [f"resumed from the checkpoint at step {resumed_from}"], "step": resumed_from}
-    assert resumed in [data for _, event, data in stack.events(run_id) if event == "log"]
+    assert resumed in [data for event, data in stack.events(run_id) if event == "log"]
     print(
         f"killed at step {killed_step}; interrupted {noticed:.1f} s later (lease {LEASE_TIMEOUT_S} s); "
         f"resumed from step {resumed_from}"
@@ -84,5 +85,5 @@ def test_a_worker_stopped_mid_run_hands_the_run_back_without_losing_an_attempt(f
     assert final.attempts == 0
     assert stack.train_steps(run_id) == list(range(1, 61))
     resumed = {"lines": [f"resumed from the checkpoint at step {stopped_at}"], "step": stopped_at}
-    assert resumed in [data for _, event, data in stack.events(run_id) if event == "log"]
+    assert resumed in [data for event, data in stack.events(run_id) if event == "log"]
     print(f"SIGTERM at step {stopped_at}: the worker exited {stopped_in:.1f} s later; resumed from there")

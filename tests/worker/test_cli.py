@@ -12,20 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from app import runs
 from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, get_settings
 from app.db import get_sessionmaker
-from app.events import stream_key
 from app.models import RunStatus
 from app.processes import free_port
+from tests.worker.conftest import TRAIN, read_events
 from worker.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
-TRAIN = SAMPLE_DATASET_DIR / "train.jsonl"
 SPEC_YAML = f"""\
 name: from-the-terminal
 base_model: {TINY_MODEL_DIR}
@@ -82,9 +80,7 @@ def test_train_runs_a_yaml_spec_with_a_progress_bar_and_prints_the_adapter(
     assert "12/12" in done.stderr and "loss=" in done.stderr  # the tqdm bar
     assert {"spec.json", "train.log", "adapter", "checkpoints"} <= {path.name for path in run_dir.iterdir()}
     # The live events went to Redis as a worker's would.
-    client = redis.Redis.from_url(loradeck_env["REDIS_URL"], decode_responses=True)
-    kinds = [fields["event"] for _id, fields in client.xrange(stream_key(run.id))]  # type: ignore[union-attr,index]
-    client.close()
+    kinds = [kind for kind, _ in read_events(run.id)]
     assert kinds[:2] == ["status", "params"] and kinds[-1] == "done" and kinds.count("metric") == 12
 
 

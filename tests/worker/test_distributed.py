@@ -2,67 +2,49 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
-import redis
-import torch
-from peft import PeftModel
-from transformers import AutoModelForCausalLM
 
 from app import runs
-from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, get_settings
+from app.config import TINY_MODEL_DIR, get_settings
 from app.db import get_sessionmaker
-from app.events import stream_key
 from app.models import RunStatus
 from app.rundir import RunDir
 from app.schemas import RunSpec
+from tests.worker.conftest import (
+    TRAIN,
+    adapter_logit_change,
+    create_run,
+    read_events,
+    read_run,
+    train_in_thread,
+    wait_for_step,
+)
 from worker.engine.distributed import launch_command
 from worker.engine.train import run_training
 from worker.runtime.lease import HANDED_BACK, WORKER_STOPPING
 
 REPO = Path(__file__).resolve().parents[2]
-TRAIN = SAMPLE_DATASET_DIR / "train.jsonl"
 
 
-def _create_run(**overrides: Any) -> str:
-    fields: dict[str, Any] = {
-        "base_model": str(TINY_MODEL_DIR),
-        "dataset": str(TRAIN),
-        "method": "lora",
-        "precision": "fp32",
-        "gpus": 2,
-        "max_steps": 6,
-        "save_steps": 0,
-        "per_device_train_batch_size": 2,
-        "learning_rate": 2e-3,
-        "max_seq_length": 64,
-        "task_eval_rows": 0,
-        "regression_prompts": [],
-        **overrides,
-    }
-    with get_sessionmaker()() as session:
-        return runs.create_run(session=session, spec=RunSpec(**fields)).id
-
-
-def _run(run_id: str) -> Any:
-    with get_sessionmaker()() as session:
-        return runs.get_run(session=session, run_id=run_id)
-
-
-def _events(run_id: str) -> list[tuple[str, dict[str, Any]]]:
-    client = redis.Redis.from_url(get_settings().redis_url, decode_responses=True)
-    entries = client.xrange(stream_key(run_id))
-    client.close()
-    return [(fields["event"], json.loads(fields["data"])) for _id, fields in entries]  # type: ignore[union-attr]
+# This module's runs, unless a test says otherwise (on top of tests/worker/conftest.py's `run_spec`).
+TWO_PROCESSES = {
+    "method": "lora",
+    "precision": "fp32",
+    "gpus": 2,
+    "max_steps": 6,
+    "save_steps": 0,
+    "per_device_train_batch_size": 2,
+    "learning_rate": 2e-3,
+    "max_seq_length": 64,
+    "task_eval_rows": 0,
+}
 
 
 def _ranks(run_id: str) -> list[psutil.Process]:
@@ -93,13 +75,13 @@ def test_the_launch_command_asks_accelerate_for_one_process_per_gpu(loradeck_env
 
 @pytest.mark.slow
 def test_a_two_process_run_reports_from_one_rank_and_saves_one_adapter(loradeck_env: dict[str, str]) -> None:
-    run_id = _create_run()
+    run_id = create_run(TWO_PROCESSES)
 
     started = time.monotonic()
     run_training(run_id)
     print(f"two-process run of 6 steps: {time.monotonic() - started:.1f} s")
 
-    run = _run(run_id)
+    run = read_run(run_id)
     assert run.status == RunStatus.succeeded, run.error
     assert run.step == 6 and run.params_trainable and run.params_all
     with get_sessionmaker()() as session:
@@ -108,44 +90,34 @@ def test_a_two_process_run_reports_from_one_rank_and_saves_one_adapter(loradeck_
     assert [(point.kind, point.step) for point in points] == [("train", step) for step in range(1, 7)]
     assert all(point.loss is not None and point.tokens_seen for point in points)
     # Both ranks' tokens count: the logged step saw two per-device batches.
-    kinds = [kind for kind, _ in _events(run_id)]
+    kinds = [kind for kind, _ in read_events(run_id)]
     assert kinds.count("metric") == 6 and kinds.count("params") == 1 and kinds.count("artifact") == 1
     assert kinds[0] == "status" and kinds[-2:] == ["status", "done"]
-    assert dict(_events(run_id))["done"] == {"status": "succeeded"}
+    assert dict(read_events(run_id))["done"] == {"status": "succeeded"}
 
     (adapter,) = artifacts
     run_dir = get_settings().runs_dir / run_id
     log = (run_dir / "train.log").read_text()
     assert "launching 2 training processes" in log and "succeeded" in log
     assert log.count("step 6 train loss") == 1
-    base = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, dtype=torch.float32)
-    ids = torch.tensor([[1, 10, 20, 30, 40]])
-    with torch.no_grad():
-        base_logits = base(input_ids=ids).logits
-        tuned = PeftModel.from_pretrained(base, str(get_settings().runs_dir / adapter.path)).eval()
-        assert (tuned(input_ids=ids).logits - base_logits).abs().max() > 1e-4
+    assert adapter_logit_change(get_settings().runs_dir / adapter.path) > 1e-4
     assert _ranks(run_id) == []
 
 
 @pytest.mark.slow
 def test_cancel_stops_every_rank_of_a_two_process_run(loradeck_env: dict[str, str]) -> None:
-    run_id = _create_run(max_steps=10_000)
-    worker = threading.Thread(target=run_training, args=(run_id,))
-    worker.start()
-    deadline = time.monotonic() + 180
-    while _run(run_id).step < 2:
-        assert worker.is_alive() and time.monotonic() < deadline, _run(run_id).error
-        time.sleep(0.2)
+    run_id = create_run(TWO_PROCESSES, max_steps=10_000)
+    worker = train_in_thread(run_id, until_step=2, timeout=180)
     assert len(_ranks(run_id)) == 2
 
     with get_sessionmaker()() as session:
         runs.request_cancel(session=session, run_id=run_id)
     worker.join(timeout=90)
 
-    run = _run(run_id)
+    run = read_run(run_id)
     assert not worker.is_alive()
     assert run.status == RunStatus.cancelled and run.step < 10_000, run.error
-    assert dict(_events(run_id))["done"] == {"status": "cancelled"}
+    assert dict(read_events(run_id))["done"] == {"status": "cancelled"}
     assert _ranks(run_id) == []
     with get_sessionmaker()() as session:
         assert runs.list_artifacts(session=session, run_id=run_id) == []
@@ -153,11 +125,11 @@ def test_cancel_stops_every_rank_of_a_two_process_run(loradeck_env: dict[str, st
 
 @pytest.mark.slow
 def test_a_qlora_run_trains_on_two_processes(loradeck_env: dict[str, str]) -> None:
-    run_id = _create_run(method="qlora", max_steps=3)
+    run_id = create_run(TWO_PROCESSES, method="qlora", max_steps=3)
 
     run_training(run_id)
 
-    run = _run(run_id)
+    run = read_run(run_id)
     assert run.status == RunStatus.succeeded, run.error
     with get_sessionmaker()() as session:
         assert [point.step for point in runs.list_metrics(session=session, run_id=run_id)] == [1, 2, 3]
@@ -167,39 +139,33 @@ def test_a_qlora_run_trains_on_two_processes(loradeck_env: dict[str, str]) -> No
 @pytest.mark.slow
 def test_a_two_process_run_handed_back_on_shutdown_resumes_from_its_checkpoint(loradeck_env: dict[str, str]) -> None:
     # No checkpoint of its own before max_steps: only the hand-back one. Steps enough to outlast the hand-back.
-    run_id = _create_run(max_steps=30, save_steps=100)
-    worker = threading.Thread(target=run_training, args=(run_id,))
-    worker.start()
+    run_id = create_run(TWO_PROCESSES, max_steps=30, save_steps=100)
+    worker = train_in_thread(run_id, until_step=2, timeout=180)
     try:
-        deadline = time.monotonic() + 180
-        while _run(run_id).step < 2:
-            assert worker.is_alive() and time.monotonic() < deadline, _run(run_id).error
-            time.sleep(0.1)
         WORKER_STOPPING.set()  # what a warm shutdown of the Celery worker does
         worker.join(timeout=90)
     finally:
         WORKER_STOPPING.clear()
     assert not worker.is_alive()
-    run = _run(run_id)
+    run = read_run(run_id)
     assert run.status == RunStatus.interrupted and run.error == HANDED_BACK
     stopped_at = RunDir.of(run_id).resume_step()
     assert 2 <= stopped_at < 30 and _ranks(run_id) == []
 
     run_training(run_id)
 
-    run = _run(run_id)
+    run = read_run(run_id)
     assert run.status == RunStatus.succeeded, run.error
     with get_sessionmaker()() as session:
         points = runs.list_metrics(session=session, run_id=run_id)
     assert [point.step for point in points] == list(range(1, 31))
-    assert ("log", {"lines": [f"resumed from the checkpoint at step {stopped_at}"], "step": stopped_at}) in _events(
-        run_id
-    )
+    resumed = ("log", {"lines": [f"resumed from the checkpoint at step {stopped_at}"], "step": stopped_at})
+    assert resumed in read_events(run_id)
 
 
 @pytest.mark.slow
 def test_killing_the_worker_leaves_no_training_process(loradeck_env: dict[str, str]) -> None:
-    run_id = _create_run(max_steps=10_000)
+    run_id = create_run(TWO_PROCESSES, max_steps=10_000)
     worker = subprocess.Popen(
         [
             sys.executable,
@@ -211,10 +177,7 @@ def test_killing_the_worker_leaves_no_training_process(loradeck_env: dict[str, s
         env={**os.environ, **loradeck_env},
     )
     try:
-        deadline = time.monotonic() + 180
-        while _run(run_id).step < 1:
-            assert worker.poll() is None and time.monotonic() < deadline, _run(run_id).error
-            time.sleep(0.2)
+        wait_for_step(run_id, 1, alive=lambda: worker.poll() is None, timeout=180)
         assert len(_ranks(run_id)) == 2
     finally:
         worker.kill()  # SIGKILL: no cleanup of its own runs

@@ -9,40 +9,39 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from app import runs
 from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, get_settings
-from app.db import get_sessionmaker
-from app.schemas import RunSpec
+from tests.worker.conftest import run_spec, train_run
 from worker.engine.configs import quantization_config
-from worker.engine.train import run_training
 from worker.serving.decoding import chat_prompt, generate_completions, reference_greedy
 
 pytestmark = pytest.mark.slow
+
+# This module's runs, unless a test says otherwise (on top of tests/worker/conftest.py's `run_spec`): scored on
+# the sample's eval rows.
+EVALUATED = {
+    "eval_dataset": str(SAMPLE_DATASET_DIR / "eval.jsonl"),
+    "learning_rate": 2e-3,
+    "per_device_train_batch_size": 4,
+    "max_seq_length": 96,
+    "save_steps": 0,
+    "eval_max_new_tokens": 24,
+}
 
 
 def test_a_trained_adapter_outscores_its_base_and_both_answer_the_regression_prompts(
     loradeck_env: dict[str, str],
 ) -> None:
     prompts = ["List three fruits.", "請用一句話介紹臺北。"]
-    spec = RunSpec(
-        base_model=str(TINY_MODEL_DIR),
-        dataset=str(SAMPLE_DATASET_DIR / "train.jsonl"),
-        eval_dataset=str(SAMPLE_DATASET_DIR / "eval.jsonl"),
+    spec = run_spec(
+        EVALUATED,
         method="lora",
         max_steps=80,
-        learning_rate=2e-3,
         per_device_train_batch_size=8,
-        max_seq_length=96,
-        save_steps=0,
         task_eval_rows=32,
         eval_max_new_tokens=48,
         regression_prompts=prompts,
     )
-    with get_sessionmaker()() as session:
-        run_id = runs.create_run(session=session, spec=spec).id
-    run_training(run_id)
-    with get_sessionmaker()() as session:
-        run = runs.get_run(session=session, run_id=run_id)
+    run = train_run(spec)
     assert run.status == "succeeded", run.error
     evaluation: dict[str, Any] = run.evaluation
     base, adapter = evaluation["task"]["base"], evaluation["task"]["adapter"]
@@ -69,25 +68,8 @@ def test_a_qlora_evaluation_shows_the_full_precision_base_it_ships_against(lorad
     the adapter: the evaluation's base column is that base, named, and its adapter column is the adapter
     on it."""
     prompts = ["List three fruits."]
-    spec = RunSpec(
-        base_model=str(TINY_MODEL_DIR),
-        dataset=str(SAMPLE_DATASET_DIR / "train.jsonl"),
-        eval_dataset=str(SAMPLE_DATASET_DIR / "eval.jsonl"),
-        method="qlora",
-        max_steps=4,
-        learning_rate=2e-3,
-        per_device_train_batch_size=4,
-        max_seq_length=96,
-        save_steps=0,
-        task_eval_rows=6,
-        eval_max_new_tokens=24,
-        regression_prompts=prompts,
-    )
-    with get_sessionmaker()() as session:
-        run_id = runs.create_run(session=session, spec=spec).id
-    run_training(run_id)
-    with get_sessionmaker()() as session:
-        run = runs.get_run(session=session, run_id=run_id)
+    spec = run_spec(EVALUATED, method="qlora", max_steps=4, task_eval_rows=6, regression_prompts=prompts)
+    run = train_run(spec)
     assert run.status == "succeeded", run.error
     evaluation: dict[str, Any] = run.evaluation
     assert "error" not in evaluation, evaluation.get("error")
@@ -113,7 +95,7 @@ def test_a_qlora_evaluation_shows_the_full_precision_base_it_ships_against(lorad
     assert [row["base"] for row in evaluation["regression"]] == [
         reference_greedy(full, tokenizer, prompt, max_new_tokens=24) for prompt in regression_ids
     ]
-    shipped = PeftModel.from_pretrained(full, str(get_settings().runs_dir / run_id / "adapter")).eval()
+    shipped = PeftModel.from_pretrained(full, str(get_settings().runs_dir / run.id / "adapter")).eval()
     assert [example["adapter"] for example in evaluation["examples"]] == [
         reference_greedy(shipped, tokenizer, prompt, max_new_tokens=24) for prompt in ids
     ]
@@ -121,33 +103,17 @@ def test_a_qlora_evaluation_shows_the_full_precision_base_it_ships_against(lorad
 
 def test_a_prompt_tuning_runs_evaluation_shows_the_answers_its_adapter_gives(loradeck_env: dict[str, str]) -> None:
     """The recorded answers of a trained prompt-tuning adapter are what the saved adapter writes."""
-    spec = RunSpec(
-        base_model=str(TINY_MODEL_DIR),
-        dataset=str(SAMPLE_DATASET_DIR / "train.jsonl"),
-        eval_dataset=str(SAMPLE_DATASET_DIR / "eval.jsonl"),
-        method="prompt_tuning",
-        num_virtual_tokens=8,
-        max_steps=4,
-        learning_rate=3e-2,
-        per_device_train_batch_size=4,
-        max_seq_length=96,
-        save_steps=0,
-        task_eval_rows=5,
-        eval_max_new_tokens=24,
-        regression_prompts=[],
+    spec = run_spec(
+        EVALUATED, method="prompt_tuning", num_virtual_tokens=8, max_steps=4, learning_rate=3e-2, task_eval_rows=5
     )
-    with get_sessionmaker()() as session:
-        run_id = runs.create_run(session=session, spec=spec).id
-    run_training(run_id)
-    with get_sessionmaker()() as session:
-        run = runs.get_run(session=session, run_id=run_id)
+    run = train_run(spec)
     assert run.status == "succeeded", run.error
     evaluation: dict[str, Any] = run.evaluation
     assert evaluation["base"] == {"label": "base (float32)", "dtype": "float32", "quantization": "none"}
 
     tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL_DIR)
     base = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, dtype=torch.float32)
-    tuned = PeftModel.from_pretrained(base, str(get_settings().runs_dir / run_id / "adapter")).eval()
+    tuned = PeftModel.from_pretrained(base, str(get_settings().runs_dir / run.id / "adapter")).eval()
     ids = [chat_prompt(tokenizer, example["prompt"], chat=False) for example in evaluation["examples"]]
     assert len(ids) == 5
     answers = [reference_greedy(tuned, tokenizer, prompt, max_new_tokens=24) for prompt in ids]

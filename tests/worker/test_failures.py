@@ -4,7 +4,6 @@ change, and a `log` event with the lines around it; a lost worker's run is taken
 from __future__ import annotations
 
 import errno
-import json
 import re
 import shutil
 import threading
@@ -15,63 +14,36 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import torch
 from sqlalchemy import update
 from transformers import Trainer
 
 from app import runs
-from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, get_settings
+from app.config import TINY_MODEL_DIR, get_settings
 from app.db import get_sessionmaker
-from app.events import stream_key
 from app.models import Run, RunStatus
 from app.schemas import RunSpec
+from tests.worker.conftest import TRAIN, create_run, read_events, read_run, train_in_thread, train_points
 from worker.engine.train import run_training
 from worker.runtime.lease import Lease
 from worker.runtime.reaper import MAX_ATTEMPTS, REQUEUE_AFTER_LEASES, Reaper
 
-TRAIN = SAMPLE_DATASET_DIR / "train.jsonl"
-
-
-def _create_run(**overrides: Any) -> str:
-    fields: dict[str, Any] = {
-        "base_model": str(TINY_MODEL_DIR),
-        "dataset": str(TRAIN),
-        "method": "lora",
-        "precision": "fp32",
-        "max_steps": 30,
-        "regression_prompts": [],  # the evaluation has tests of its own; here it would only cost time
-        "save_steps": 0,
-        "per_device_train_batch_size": 2,
-        "max_seq_length": 64,
-        **overrides,
-    }
-    with get_sessionmaker()() as session:
-        return runs.create_run(session=session, spec=RunSpec(**fields)).id
-
-
-def _run(run_id: str) -> Any:
-    with get_sessionmaker()() as session:
-        return runs.get_run(session=session, run_id=run_id)
-
-
-def _steps(run_id: str) -> list[int]:
-    with get_sessionmaker()() as session:
-        return [point.step for point in runs.list_metrics(session=session, run_id=run_id) if point.kind == "train"]
-
-
-def _events(run_id: str) -> list[tuple[str, dict[str, Any]]]:
-    client = redis.Redis.from_url(get_settings().redis_url, decode_responses=True)
-    entries: Any = client.xrange(stream_key(run_id))
-    client.close()
-    return [(fields["event"], json.loads(fields["data"])) for _id, fields in entries]
+# This module's runs, unless a test says otherwise (on top of tests/worker/conftest.py's `run_spec`).
+QUICK = {
+    "method": "lora",
+    "precision": "fp32",
+    "max_steps": 30,
+    "save_steps": 0,
+    "per_device_train_batch_size": 2,
+    "max_seq_length": 64,
+}
 
 
 def _assert_failed_and_explained(run_id: str, *, starts_with: str) -> Any:
-    run = _run(run_id)
+    run = read_run(run_id)
     assert run.status == RunStatus.failed, run.error
-    assert run.error.startswith(starts_with), run.error
-    events = _events(run_id)
+    assert run.error is not None and run.error.startswith(starts_with), run.error
+    events = read_events(run_id)
     kinds = [kind for kind, _ in events]
     assert kinds[-3:] == ["log", "status", "done"]
     assert events[-2][1] == {"status": "failed", "error": run.error}
@@ -86,7 +58,7 @@ def _assert_failed_and_explained(run_id: str, *, starts_with: str) -> Any:
 @pytest.mark.slow
 def test_a_loss_that_becomes_nan_stops_the_run_at_that_step(loradeck_env: dict[str, str]) -> None:
     # A learning rate this high makes the tiny model's gradients overflow within a dozen steps.
-    run_id = _create_run(learning_rate=1.0, lr_scheduler_type="constant")
+    run_id = create_run(QUICK, learning_rate=1.0, lr_scheduler_type="constant")
 
     run_training(run_id)
 
@@ -98,9 +70,10 @@ def test_a_loss_that_becomes_nan_stops_the_run_at_that_step(loradeck_env: dict[s
     assert "lower learning_rate (now 1.0)" in run.error and "warmup_ratio" in run.error
     step = int(found.group(3))
     assert 1 < step < 30
-    assert _steps(run_id) == list(range(1, step + 1))  # nothing trained past the step where it diverged
+    steps = [point.step for point in train_points(run_id)]
+    assert steps == list(range(1, step + 1))  # nothing trained past the step where it diverged
     assert run.step == step
-    assert any(f"step {step} train" in line for line in _events(run_id)[-3][1]["lines"])
+    assert any(f"step {step} train" in line for line in read_events(run_id)[-3][1]["lines"])
 
 
 def test_a_full_disk_while_saving_a_checkpoint_names_the_directory(
@@ -112,7 +85,7 @@ def test_a_full_disk_while_saving_a_checkpoint_names_the_directory(
         raise OSError(errno.ENOSPC, "No space left on device", str(path / "optimizer.pt"))
 
     monkeypatch.setattr(Trainer, "_save_checkpoint", disk_full)
-    run_id = _create_run(max_steps=6, save_steps=3)
+    run_id = create_run(QUICK, max_steps=6, save_steps=3)
 
     run_training(run_id)
 
@@ -131,20 +104,20 @@ def test_out_of_memory_says_what_to_try(loradeck_env: dict[str, str], monkeypatc
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(Trainer, "training_step", oom_at_step_3)
-    run_id = _create_run()
+    run_id = create_run(QUICK)
 
     run_training(run_id)
 
     run = _assert_failed_and_explained(run_id, starts_with="out of GPU memory: ")
     for tip in ("per_device_train_batch_size (now 2)", "max_seq_length (now 64)", "gradient_checkpointing", "qlora"):
         assert tip in run.error
-    assert _steps(run_id) == [1, 2]
+    assert [point.step for point in train_points(run_id)] == [1, 2]
 
 
 def test_a_deleted_base_model_directory_is_named(loradeck_env: dict[str, str], tmp_path: Path) -> None:
     model = tmp_path / "my-model"
     shutil.copytree(TINY_MODEL_DIR, model)
-    run_id = _create_run(base_model=str(model))
+    run_id = create_run(QUICK, base_model=str(model))
     shutil.rmtree(model)  # between queueing and training
 
     run_training(run_id)
@@ -155,7 +128,7 @@ def test_a_deleted_base_model_directory_is_named(loradeck_env: dict[str, str], t
 def test_a_dataset_deleted_after_queueing_is_named(loradeck_env: dict[str, str], tmp_path: Path) -> None:
     dataset = tmp_path / "rows.jsonl"
     shutil.copy(TRAIN, dataset)
-    run_id = _create_run(dataset=str(dataset))
+    run_id = create_run(QUICK, dataset=str(dataset))
     dataset.unlink()
 
     run_training(run_id)
@@ -186,7 +159,7 @@ def _checkpoint(run_id: str, step: int) -> None:
 
 
 def test_a_run_whose_lease_expires_is_interrupted_and_enqueued_once(loradeck_env: dict[str, str]) -> None:
-    run_id = _create_run()
+    run_id = create_run(QUICK)
     _claim(run_id)
     _checkpoint(run_id, 10)
     (get_settings().runs_dir / run_id / "checkpoints" / "checkpoint-15").mkdir()  # cut off mid-save
@@ -204,17 +177,17 @@ def test_a_run_whose_lease_expires_is_interrupted_and_enqueued_once(loradeck_env
     assert first.reap() == [(run_id, RunStatus.interrupted)]
     assert second.reap() == []  # what it saw is gone: its conditional UPDATE changed nothing
 
-    run = _run(run_id)
+    run = read_run(run_id)
     assert (run.status, run.attempts) == (RunStatus.interrupted, 1)
     assert run.error == "the worker running it was lost; resuming from step 10"
     assert sent == [run_id]
-    assert _events(run_id)[-1] == ("status", {"status": "interrupted", "error": run.error})
+    assert read_events(run_id)[-1] == ("status", {"status": "interrupted", "error": run.error})
     _claim(run_id, worker="live-box:1")
-    assert _run(run_id).error is None  # resumed: the reason it was interrupted is history
+    assert read_run(run_id).error is None  # resumed: the reason it was interrupted is history
 
 
 def test_a_run_that_keeps_losing_its_worker_fails_with_a_reason(loradeck_env: dict[str, str]) -> None:
-    run_id = _create_run()
+    run_id = create_run(QUICK)
     clock, sent = FakeClock(), list[str]()
     reaper = Reaper(lease_timeout_s=30, enqueue=sent.append, clock=clock)
     for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -222,19 +195,19 @@ def test_a_run_that_keeps_losing_its_worker_fails_with_a_reason(loradeck_env: di
         reaper.reap()
         clock.now += 31
         reaper.reap()
-        assert _run(run_id).attempts == attempt
+        assert read_run(run_id).attempts == attempt
 
-    run = _run(run_id)
+    run = read_run(run_id)
     assert run.status == RunStatus.failed and run.finished_at is not None
-    assert run.error.startswith(f"the worker running it was lost {MAX_ATTEMPTS} times")
+    assert run.error is not None and run.error.startswith(f"the worker running it was lost {MAX_ATTEMPTS} times")
     assert len(sent) == MAX_ATTEMPTS - 1
-    assert _events(run_id)[-1] == ("done", {"status": "failed"})
+    assert read_events(run_id)[-1] == ("done", {"status": "failed"})
 
 
 def test_an_interrupted_run_is_enqueued_again_only_when_a_reaper_interrupted_it(
     loradeck_env: dict[str, str],
 ) -> None:
-    reaped, stopped, cancelled = _create_run(), _create_run(), _create_run()
+    reaped, stopped, cancelled = create_run(QUICK), create_run(QUICK), create_run(QUICK)
     with get_sessionmaker()() as session:
         for run_id, attempts in ((reaped, 1), (stopped, 0), (cancelled, 1)):
             session.execute(update(Run).where(Run.id == run_id).values(status="interrupted", attempts=attempts))
@@ -247,11 +220,11 @@ def test_an_interrupted_run_is_enqueued_again_only_when_a_reaper_interrupted_it(
     clock.now += 30 * REQUEUE_AFTER_LEASES
     assert reaper.reap() == [(reaped, RunStatus.interrupted)]
     assert sent == [reaped]  # the one stopped with Ctrl-C in the CLI waits for `loradeck train --resume`
-    assert _run(cancelled).status == RunStatus.cancelled and _run(stopped).status == RunStatus.interrupted
+    assert read_run(cancelled).status == RunStatus.cancelled and read_run(stopped).status == RunStatus.interrupted
 
 
 def test_a_renewed_lease_is_never_reaped_and_a_lost_one_stops_training(loradeck_env: dict[str, str]) -> None:
-    run_id = _create_run(max_steps=10_000)
+    run_id = create_run(QUICK, max_steps=10_000)
     _claim(run_id, worker="here:1")
     with Lease(run_id=run_id, worker="here:1", sessions=get_sessionmaker(), every_s=0.05) as lease:
         reaper, deadline = Reaper(lease_timeout_s=0.3, enqueue=lambda _: None), time.monotonic() + 1.5
@@ -265,25 +238,20 @@ def test_a_renewed_lease_is_never_reaped_and_a_lost_one_stops_training(loradeck_
 
     # A worker frozen past its lease wakes up to find the run taken: it stops at the next step and leaves
     # the run to its new owner, so the run never trains in two places at once.
-    worker = threading.Thread(target=run_training, args=(run_id,))
-    worker.start()
-    deadline = time.monotonic() + 120
-    while _run(run_id).step < 2:
-        assert worker.is_alive() and time.monotonic() < deadline, _run(run_id).error
-        time.sleep(0.1)
+    worker = train_in_thread(run_id, until_step=2)
     with get_sessionmaker()() as session:
         session.execute(update(Run).where(Run.id == run_id).values(status="interrupted", worker="new-owner:7"))
         session.commit()
     worker.join(timeout=60)
 
     assert not worker.is_alive()
-    run = _run(run_id)
+    run = read_run(run_id)
     assert (run.status, run.worker, run.finished_at) == (RunStatus.interrupted, "new-owner:7", None)
-    assert "done" not in [kind for kind, _ in _events(run_id)]
+    assert "done" not in [kind for kind, _ in read_events(run_id)]
 
 
 def test_claims_racing_for_one_run_let_exactly_one_win(loradeck_env: dict[str, str]) -> None:
-    run_id = _create_run()
+    run_id = create_run(QUICK)
     start, results = threading.Barrier(8), []
 
     def claim(worker: str) -> None:
@@ -297,7 +265,7 @@ def test_claims_racing_for_one_run_let_exactly_one_win(loradeck_env: dict[str, s
     for thread in threads:
         thread.join()
     assert sorted(results) == [False] * 7 + [True]
-    assert isinstance(_run(run_id).heartbeat_at, datetime)
+    assert isinstance(read_run(run_id).heartbeat_at, datetime)
 
 
 def test_a_cancelled_run_lets_go_of_its_model(loradeck_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -314,16 +282,11 @@ def test_a_cancelled_run_lets_go_of_its_model(loradeck_env: dict[str, str], monk
         return adapted
 
     monkeypatch.setattr(steps, "apply_adapter", remember)
-    run_id = _create_run(max_steps=10_000)
-    worker = threading.Thread(target=run_training, args=(run_id,))
-    worker.start()
-    deadline = time.monotonic() + 120
-    while _run(run_id).step < 2:
-        assert worker.is_alive() and time.monotonic() < deadline, _run(run_id).error
-        time.sleep(0.1)
+    run_id = create_run(QUICK, max_steps=10_000)
+    worker = train_in_thread(run_id, until_step=2)
     with get_sessionmaker()() as session:
         runs.request_cancel(session=session, run_id=run_id)
     worker.join(timeout=60)
 
-    assert _run(run_id).status == RunStatus.cancelled
+    assert read_run(run_id).status == RunStatus.cancelled
     assert models and models[0]() is None

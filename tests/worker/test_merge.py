@@ -3,49 +3,37 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import torch
 from peft import LoraConfig, PeftConfig, PeftModel, PromptTuningConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from app import runs
-from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, get_settings
+from app.config import TINY_MODEL_DIR, get_settings
 from app.db import get_sessionmaker
-from app.events import stream_key
 from app.models import Artifact, ArtifactKind, ArtifactStatus, RunStatus
-from app.schemas import RunSpec
-from worker.engine.train import run_training
+from tests.worker.conftest import read_events, run_spec, train_run
 from worker.merge import streaming as streaming_merge
 from worker.merge.artifact import merge_artifact
 
-
-def _spec(**overrides: object) -> RunSpec:
-    fields: dict[str, object] = {
-        "base_model": str(TINY_MODEL_DIR),
-        "dataset": str(SAMPLE_DATASET_DIR / "train.jsonl"),
-        "method": "qlora",
-        "max_steps": 8,
-        "regression_prompts": [],  # the evaluation has tests of its own; here it would only cost time
-        "per_device_train_batch_size": 4,
-        "learning_rate": 2e-3,
-        "max_seq_length": 128,
-    }
-    return RunSpec.model_validate(fields | overrides)
+# This module's runs, unless a test says otherwise (on top of tests/worker/conftest.py's `run_spec`).
+QLORA = {
+    "method": "qlora",
+    "max_steps": 8,
+    "per_device_train_batch_size": 4,
+    "learning_rate": 2e-3,
+    "max_seq_length": 128,
+}
 
 
 def _trained_run() -> str:
-    with get_sessionmaker()() as session:
-        run_id = runs.create_run(session=session, spec=_spec()).id
-    run_training(run_id)
-    with get_sessionmaker()() as session:
-        assert runs.get_run(session=session, run_id=run_id).status == RunStatus.succeeded
-    return run_id
+    run = train_run(run_spec(QLORA))
+    assert run.status == RunStatus.succeeded
+    return run.id
 
 
 def _run_with_adapter(
@@ -53,7 +41,7 @@ def _run_with_adapter(
 ) -> str:
     """A succeeded run whose adapter is built directly with PEFT (random, non-zero), not trained."""
     with get_sessionmaker()() as session:
-        run_id = runs.create_run(session=session, spec=_spec(base_model=str(base), **spec)).id
+        run_id = runs.create_run(session=session, spec=run_spec(QLORA, base_model=str(base), **spec)).id
         runs.claim_run(session=session, run_id=run_id, worker="test:1")
         runs.add_metrics(session=session, run_id=run_id, points=metrics or [])
         runs.finish_run(session=session, run_id=run_id, status=RunStatus.succeeded)
@@ -116,13 +104,7 @@ def test_qlora_merge_is_proved_and_matches_peft(loradeck_env: dict[str, str]) ->
     assert (merged_logits - adapter_logits).abs().max() < 1e-3
     assert (merged_logits - base_logits).abs().max() > 1e-6
 
-    client = redis.Redis.from_url(get_settings().redis_url, decode_responses=True)
-    artifact_events = [
-        json.loads(fields["data"])
-        for _id, fields in client.xrange(stream_key(run_id))  # type: ignore[union-attr]
-        if fields["event"] == "artifact" and json.loads(fields["data"])["id"] == artifact_id
-    ]
-    client.close()
+    artifact_events = [data for event, data in read_events(run_id) if event == "artifact" and data["id"] == artifact_id]
     assert [event["status"] for event in artifact_events] == ["running", "ready"]
     assert artifact_events[-1]["sha256"] == merged.sha256
 
@@ -230,7 +212,7 @@ def test_a_bf16_merge_of_a_peaked_model_is_judged_relative_to_its_logits(
 
 def test_merge_without_an_adapter_fails_in_plain_words(loradeck_env: dict[str, str]) -> None:
     with get_sessionmaker()() as session:
-        run_id = runs.create_run(session=session, spec=_spec()).id
+        run_id = runs.create_run(session=session, spec=run_spec(QLORA)).id
         runs.claim_run(session=session, run_id=run_id, worker="gone:1")
         runs.finish_run(session=session, run_id=run_id, status=RunStatus.succeeded)  # but its files are lost
     _, failed = _merge(run_id)

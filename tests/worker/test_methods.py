@@ -18,31 +18,16 @@ from transformers import (
     TrainerCallback,
 )
 
-from app import runs
-from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, get_settings
-from app.db import get_sessionmaker
+from app.config import TINY_MODEL_DIR, get_settings
 from app.models import RunStatus
 from app.rundir import RunDir
-from app.schemas import RunSpec
+from tests.worker.conftest import TRAIN, run_spec, train_points, train_run
 from worker.data.encode import PadCollator, make_collator
 from worker.engine.configs import peft_config, quantization_config, training_arguments, training_callbacks
 from worker.engine.steps import TrainingSetup, apply_adapter, build_trainer, load_model
-from worker.engine.train import run_training
 from worker.errors import RunError
 
-TRAIN = SAMPLE_DATASET_DIR / "train.jsonl"
 ON_CPU = not torch.cuda.is_available()
-
-
-def _spec(**overrides: Any) -> RunSpec:
-    # No regression prompts: the evaluation has tests of its own; here it would only cost time.
-    fields: dict[str, Any] = {
-        "base_model": str(TINY_MODEL_DIR),
-        "dataset": str(TRAIN),
-        "regression_prompts": [],
-        **overrides,
-    }
-    return RunSpec(**fields)
 
 
 @pytest.fixture
@@ -77,15 +62,11 @@ METHODS = {
 def test_each_method_learns_and_saves_an_adapter_stock_peft_loads(
     overrides: dict[str, Any], reordered: Path, loradeck_env: dict[str, str]
 ) -> None:
-    spec = _spec(dataset=str(reordered), max_steps=12, per_device_train_batch_size=4, max_seq_length=96, **overrides)
-    with get_sessionmaker()() as session:
-        run_id = runs.create_run(session=session, spec=spec).id
+    spec = run_spec(dataset=str(reordered), max_steps=12, per_device_train_batch_size=4, max_seq_length=96, **overrides)
 
-    run_training(run_id)
+    run = train_run(spec)
 
-    with get_sessionmaker()() as session:
-        run = runs.get_run(session=session, run_id=run_id)
-        losses = [p.loss for p in runs.list_metrics(session=session, run_id=run_id) if p.kind == "train"]
+    losses = [point.loss for point in train_points(run.id)]
     assert run.status == RunStatus.succeeded, run.error
     assert len(losses) == 12
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
@@ -95,7 +76,7 @@ def test_each_method_learns_and_saves_an_adapter_stock_peft_loads(
     ids = torch.tensor([[1, 10, 20, 30, 40]])
     with torch.no_grad():
         base_logits = base(input_ids=ids).logits[:, -1]
-        tuned = PeftModel.from_pretrained(base, str(get_settings().runs_dir / run_id / "adapter")).eval()
+        tuned = PeftModel.from_pretrained(base, str(get_settings().runs_dir / run.id / "adapter")).eval()
         # Prompt tuning returns logits for the virtual tokens too; the last position is the input's last.
         assert (tuned(input_ids=ids).logits[:, -1] - base_logits).abs().max() > 1e-4
     config = tuned.peft_config["default"]
@@ -111,7 +92,7 @@ def test_each_method_learns_and_saves_an_adapter_stock_peft_loads(
 
 
 def test_lora_knobs_reach_the_lora_config() -> None:
-    spec = _spec(
+    spec = run_spec(
         method="lora",
         r=32,
         lora_alpha=64,
@@ -130,11 +111,11 @@ def test_lora_knobs_reach_the_lora_config() -> None:
     assert config.modules_to_save == ["lm_head", "embed_tokens"]
     assert config.task_type == "CAUSAL_LM"
     # all-linear goes to PEFT as its string shorthand, not as a module called "all-linear".
-    assert peft_config(_spec(method="qlora"), model_type="llama").target_modules == "all-linear"
+    assert peft_config(run_spec(method="qlora"), model_type="llama").target_modules == "all-linear"
 
 
 def test_ia3_takes_peft_defaults_for_the_architecture_or_the_named_modules() -> None:
-    default = peft_config(_spec(method="ia3", modules_to_save=["lm_head"]), model_type="llama")
+    default = peft_config(run_spec(method="ia3", modules_to_save=["lm_head"]), model_type="llama")
     assert isinstance(default, IA3Config)
     assert default.target_modules == {"k_proj", "v_proj", "down_proj"}  # PEFT's (IA)³ choice for llama
     assert default.feedforward_modules == {"down_proj"}
@@ -142,38 +123,39 @@ def test_ia3_takes_peft_defaults_for_the_architecture_or_the_named_modules() -> 
 
     # Where PEFT has no defaults it refuses (IA)³ without feedforward_modules; so does loradeck, naming the field.
     with pytest.raises(RunError, match="^feedforward_modules: PEFT has no default .* model type some-new-arch"):
-        peft_config(_spec(method="ia3"), model_type="some-new-arch")
-    named_new = peft_config(_spec(method="ia3", feedforward_modules=["down_proj"]), model_type="some-new-arch")
+        peft_config(run_spec(method="ia3"), model_type="some-new-arch")
+    named_new = peft_config(run_spec(method="ia3", feedforward_modules=["down_proj"]), model_type="some-new-arch")
     assert (named_new.target_modules, named_new.feedforward_modules) == ("all-linear", {"down_proj"})
 
     named = peft_config(
-        _spec(method="ia3", target_modules=["q_proj", "up_proj"], feedforward_modules=["up_proj"]), model_type="llama"
+        run_spec(method="ia3", target_modules=["q_proj", "up_proj"], feedforward_modules=["up_proj"]),
+        model_type="llama",
     )
     assert (named.target_modules, named.feedforward_modules) == ({"q_proj", "up_proj"}, {"up_proj"})
-    only_targets = peft_config(_spec(method="ia3", target_modules=["v_proj", "down_proj"]), model_type="llama")
+    only_targets = peft_config(run_spec(method="ia3", target_modules=["v_proj", "down_proj"]), model_type="llama")
     assert only_targets.feedforward_modules == {"down_proj"}  # PEFT's feed-forward modules among the targets
 
 
 def test_prompt_tuning_starts_from_the_init_text_or_at_random() -> None:
     text = peft_config(
-        _spec(method="prompt_tuning", num_virtual_tokens=24, prompt_tuning_init_text="解析地址"), model_type="llama"
+        run_spec(method="prompt_tuning", num_virtual_tokens=24, prompt_tuning_init_text="解析地址"), model_type="llama"
     )
     assert isinstance(text, PromptTuningConfig)
     assert (text.num_virtual_tokens, text.prompt_tuning_init) == (24, PromptTuningInit.TEXT)
     assert (text.prompt_tuning_init_text, text.tokenizer_name_or_path) == ("解析地址", str(TINY_MODEL_DIR))
-    random = peft_config(_spec(method="prompt_tuning", num_virtual_tokens=8), model_type="llama")
+    random = peft_config(run_spec(method="prompt_tuning", num_virtual_tokens=8), model_type="llama")
     assert (random.num_virtual_tokens, random.prompt_tuning_init) == (8, PromptTuningInit.RANDOM)
 
 
 def test_quantization_knobs_reach_the_bitsandbytes_config() -> None:
-    qlora = quantization_config(_spec(method="qlora"))
+    qlora = quantization_config(run_spec(method="qlora"))
     assert qlora is not None and qlora.load_in_4bit and not qlora.load_in_8bit
     assert (qlora.bnb_4bit_quant_type, qlora.bnb_4bit_use_double_quant) == ("nf4", True)
     if ON_CPU:
         assert qlora.bnb_4bit_compute_dtype == torch.float32  # auto: bfloat16 only on a GPU that has it
 
     fp4 = quantization_config(
-        _spec(
+        run_spec(
             method="qlora",
             bnb_4bit_quant_type="fp4",
             bnb_4bit_use_double_quant=False,
@@ -186,16 +168,16 @@ def test_quantization_knobs_reach_the_bitsandbytes_config() -> None:
         False,
         torch.bfloat16,
     )
-    eight = quantization_config(_spec(method="lora", quantization="8bit"))
+    eight = quantization_config(run_spec(method="lora", quantization="8bit"))
     assert eight is not None and eight.load_in_8bit and not eight.load_in_4bit
-    ia3_4bit = quantization_config(_spec(method="ia3", quantization="4bit"))
+    ia3_4bit = quantization_config(run_spec(method="ia3", quantization="4bit"))
     assert ia3_4bit is not None and ia3_4bit.load_in_4bit
-    assert quantization_config(_spec(method="lora")) is None
-    assert quantization_config(_spec(method="prompt_tuning", quantization="auto")) is None
+    assert quantization_config(run_spec(method="lora")) is None
+    assert quantization_config(run_spec(method="prompt_tuning", quantization="auto")) is None
 
 
 def test_training_knobs_reach_the_training_arguments(tmp_path: Path) -> None:
-    spec = _spec(
+    spec = run_spec(
         method="lora",
         learning_rate=3e-4,
         lr_scheduler_type="cosine",
@@ -231,17 +213,17 @@ def test_training_knobs_reach_the_training_arguments(tmp_path: Path) -> None:
     (early,) = training_callbacks(spec)
     assert isinstance(early, EarlyStoppingCallback) and early.early_stopping_patience == 3
 
-    epochs = training_arguments(_spec(method="lora", max_steps=-1, num_train_epochs=2.5, warmup_ratio=0.2), tmp_path)
+    epochs = training_arguments(run_spec(method="lora", max_steps=-1, num_train_epochs=2.5, warmup_ratio=0.2), tmp_path)
     assert (epochs.max_steps, epochs.num_train_epochs, epochs.warmup_steps) == (-1, 2.5, 0.2)  # a share of the steps
-    quiet = training_arguments(_spec(method="lora", save_steps=0), tmp_path)
+    quiet = training_arguments(run_spec(method="lora", save_steps=0), tmp_path)
     assert (quiet.eval_strategy, quiet.save_strategy, quiet.load_best_model_at_end) == ("no", "no", False)
-    assert training_callbacks(_spec(method="lora")) == []
+    assert training_callbacks(run_spec(method="lora")) == []
 
 
 def test_the_trainer_gets_the_collator_and_the_callbacks(tmp_path: Path, loradeck_env: dict[str, str]) -> None:
-    spec = _spec(method="lora", packing=True, eval_split=0.1, eval_steps=5, save_steps=5, early_stopping_patience=2)
+    spec = run_spec(method="lora", packing=True, eval_split=0.1, eval_steps=5, save_steps=5, early_stopping_patience=2)
     tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL_DIR)
-    assert isinstance(make_collator(_spec(method="lora"), tokenizer), PadCollator)
+    assert isinstance(make_collator(run_spec(method="lora"), tokenizer), PadCollator)
     model = apply_adapter(load_model(spec), spec)
     args = training_arguments(spec, tmp_path)
     setup = TrainingSetup(args=args, tokenizer=tokenizer, train_data=[], eval_data=[], model=model)
@@ -264,7 +246,7 @@ def test_the_trainer_gets_the_collator_and_the_callbacks(tmp_path: Path, loradec
 )
 def test_bad_values_are_refused_naming_the_field(overrides: dict[str, Any], field: str) -> None:
     with pytest.raises(ValidationError) as refused:
-        _spec(**overrides)
+        run_spec(**overrides)
     assert field in str(refused.value)
 
 
@@ -272,26 +254,15 @@ def test_bad_values_are_refused_naming_the_field(overrides: dict[str, Any], fiel
 def test_half_precision_on_a_cpu_is_refused_naming_precision(loradeck_env: dict[str, str], tmp_path: Path) -> None:
     for precision in ("bf16", "fp16"):
         with pytest.raises(RunError, match=f"^precision: {precision} mixed precision needs a GPU"):
-            training_arguments(_spec(method="lora", precision=precision), tmp_path)
-    with get_sessionmaker()() as session:
-        run_id = runs.create_run(session=session, spec=_spec(method="lora", precision="bf16")).id
+            training_arguments(run_spec(method="lora", precision=precision), tmp_path)
 
-    run_training(run_id)
-
-    with get_sessionmaker()() as session:
-        run = runs.get_run(session=session, run_id=run_id)
+    run = train_run(run_spec(method="lora", precision="bf16"))
     assert run.status == RunStatus.failed
     assert run.error.startswith("precision: bf16 mixed precision needs a GPU and this worker has none; set precision")
 
 
 def test_an_unknown_module_to_save_fails_the_run_naming_the_field(loradeck_env: dict[str, str]) -> None:
-    with get_sessionmaker()() as session:
-        run_id = runs.create_run(session=session, spec=_spec(method="lora", modules_to_save=["score"])).id
-
-    run_training(run_id)
-
-    with get_sessionmaker()() as session:
-        run = runs.get_run(session=session, run_id=run_id)
+    run = train_run(run_spec(method="lora", modules_to_save=["score"]))
     assert run.status == RunStatus.failed
     assert run.error.startswith("modules_to_save: score not found in LlamaForCausalLM; its adaptable modules are:")
     assert "lm_head" in run.error

@@ -15,14 +15,13 @@ import torch
 from safetensors.torch import load_file
 
 from app import runs
-from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, get_settings
+from app.config import get_settings
 from app.db import get_sessionmaker
 from app.models import RunStatus
-from app.schemas import RunSpec
+from tests.worker.conftest import TRAIN, create_run, read_run, train_points
 from worker.engine.train import run_training
 
 REPO = Path(__file__).resolve().parents[2]
-TRAIN = SAMPLE_DATASET_DIR / "train.jsonl"
 
 # The run in the subprocess stalls at step 12 (a step that never ends) and is killed there: by then
 # checkpoint-10 is on disk and step 11's metric point is in the database, as after a real crash.
@@ -41,32 +40,16 @@ run_training(sys.argv[1])
 """
 
 
-def _create_run(**overrides: Any) -> str:
-    fields: dict[str, Any] = {
-        "base_model": str(TINY_MODEL_DIR),
-        "dataset": str(TRAIN),
-        "method": "lora",
-        "precision": "fp32",
-        "max_steps": 20,
-        "regression_prompts": [],  # the evaluation has tests of its own; here it would only cost time
-        "save_steps": 10,
-        "per_device_train_batch_size": 4,
-        "learning_rate": 2e-3,
-        "max_seq_length": 96,
-        **overrides,
-    }
-    with get_sessionmaker()() as session:
-        return runs.create_run(session=session, spec=RunSpec(**fields)).id
-
-
-def _run(run_id: str) -> Any:
-    with get_sessionmaker()() as session:
-        return runs.get_run(session=session, run_id=run_id)
-
-
-def _train_points(run_id: str) -> list[Any]:
-    with get_sessionmaker()() as session:
-        return [point for point in runs.list_metrics(session=session, run_id=run_id) if point.kind == "train"]
+# This module's runs, unless a test says otherwise (on top of tests/worker/conftest.py's `run_spec`).
+CHECKPOINTED = {
+    "method": "lora",
+    "precision": "fp32",
+    "max_steps": 20,
+    "save_steps": 10,
+    "per_device_train_batch_size": 4,
+    "learning_rate": 2e-3,
+    "max_seq_length": 96,
+}
 
 
 def _kill_after_checkpoint(run_id: str, env: dict[str, str]) -> None:
@@ -76,8 +59,10 @@ def _kill_after_checkpoint(run_id: str, env: dict[str, str]) -> None:
     )
     try:
         deadline = time.monotonic() + 120
-        while not (checkpoint.is_file() and _run(run_id).step > 10):
-            assert process.poll() is None, f"the worker exited early with {process.returncode}: {_run(run_id).error}"
+        while not (checkpoint.is_file() and read_run(run_id).step > 10):
+            assert process.poll() is None, (
+                f"the worker exited early with {process.returncode}: {read_run(run_id).error}"
+            )
             assert time.monotonic() < deadline, "no checkpoint-10 and step 11 within 120 s"
             time.sleep(0.1)
     finally:
@@ -89,26 +74,26 @@ def _kill_after_checkpoint(run_id: str, env: dict[str, str]) -> None:
 def test_a_killed_run_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted_one(
     loradeck_env: dict[str, str],
 ) -> None:
-    uninterrupted = _create_run()
+    uninterrupted = create_run(CHECKPOINTED)
     run_training(uninterrupted)
-    expected = _train_points(uninterrupted)
-    assert _run(uninterrupted).status == RunStatus.succeeded
+    expected = train_points(uninterrupted)
+    assert read_run(uninterrupted).status == RunStatus.succeeded
 
-    run_id = _create_run()
+    run_id = create_run(CHECKPOINTED)
     _kill_after_checkpoint(run_id, loradeck_env)
-    killed_at = _run(run_id).step
-    assert _run(run_id).status == RunStatus.running and killed_at > 10  # what a lost worker leaves behind
+    killed_at = read_run(run_id).step
+    assert read_run(run_id).status == RunStatus.running and killed_at > 10  # what a lost worker leaves behind
     with get_sessionmaker()() as session:  # what the worker-loss check does; the run may be claimed again
         runs.get_run(session=session, run_id=run_id).status = RunStatus.interrupted
         session.commit()
-    before = {point.step: point for point in _train_points(run_id)}
+    before = {point.step: point for point in train_points(run_id)}
     events: list[tuple[str, dict[str, Any]]] = []
 
     run_training(run_id, on_event=lambda event, data: events.append((event, data)))
 
-    run = _run(run_id)
+    run = read_run(run_id)
     assert run.status == RunStatus.succeeded, run.error
-    points = _train_points(run_id)
+    points = train_points(run_id)
     assert [point.step for point in points] == list(range(1, 21))
     assert ("log", {"lines": ["resumed from the checkpoint at step 10"], "step": 10}) in events
     # Time and tokens go on from the checkpoint instead of starting again at 0.
@@ -124,7 +109,8 @@ def test_early_stopping_keeps_the_best_checkpoint(loradeck_env: dict[str, str], 
     dataset = tmp_path / "two-hundred.jsonl"
     dataset.write_text("\n".join(TRAIN.read_text(encoding="utf-8").splitlines()[:200]) + "\n", encoding="utf-8")
     # At a constant learning rate this high the updates overshoot: the eval loss climbs after a few steps.
-    run_id = _create_run(
+    run_id = create_run(
+        CHECKPOINTED,
         dataset=str(dataset),
         max_steps=30,
         eval_split=0.1,
@@ -137,7 +123,7 @@ def test_early_stopping_keeps_the_best_checkpoint(loradeck_env: dict[str, str], 
 
     run_training(run_id)
 
-    run = _run(run_id)
+    run = read_run(run_id)
     assert run.status == RunStatus.succeeded, run.error
     assert run.step < 30, "training did not stop early"
     with get_sessionmaker()() as session:

@@ -3,56 +3,32 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-import redis
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from app import runs
 from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, get_settings
 from app.db import get_sessionmaker
-from app.events import stream_key
 from app.models import ArtifactKind, ArtifactStatus, RunStatus
 from app.processes import free_port
-from app.schemas import RunSpec
+from tests.worker.conftest import TRAIN, adapter_logit_change, create_run, read_events, read_run, train_in_thread
 from worker.engine.train import run_training
 
-TRAIN = SAMPLE_DATASET_DIR / "train.jsonl"
 EVAL = SAMPLE_DATASET_DIR / "eval.jsonl"
 
 
-def _create_run(**overrides: Any) -> str:
-    fields: dict[str, Any] = {
-        "base_model": str(TINY_MODEL_DIR),
-        "dataset": str(TRAIN),
-        "method": "qlora",
-        "max_steps": 15,
-        "regression_prompts": [],  # the evaluation has tests of its own; here it would only cost time
-        "per_device_train_batch_size": 4,
-        "learning_rate": 2e-3,
-        "max_seq_length": 128,
-        **overrides,
-    }
-    with get_sessionmaker()() as session:
-        return runs.create_run(session=session, spec=RunSpec(**fields)).id
-
-
-def _run(run_id: str) -> Any:
-    with get_sessionmaker()() as session:
-        return runs.get_run(session=session, run_id=run_id)
-
-
-def _events(run_id: str) -> list[tuple[str, dict[str, Any]]]:
-    client = redis.Redis.from_url(get_settings().redis_url, decode_responses=True)
-    entries = client.xrange(stream_key(run_id))
-    client.close()
-    return [(fields["event"], json.loads(fields["data"])) for _id, fields in entries]  # type: ignore[union-attr]
+# This module's runs, unless a test says otherwise (on top of tests/worker/conftest.py's `run_spec`).
+QLORA = {
+    "method": "qlora",
+    "max_steps": 15,
+    "per_device_train_batch_size": 4,
+    "learning_rate": 2e-3,
+    "max_seq_length": 128,
+}
 
 
 def _stock_qlora_counts() -> tuple[int, int]:
@@ -74,11 +50,11 @@ def test_qlora_run_trains_and_saves_a_loadable_adapter(loradeck_env: dict[str, s
     # sample set 15 steps barely move the loss. Eight rows in one full batch: the run must learn them.
     dataset = tmp_path / "eight.jsonl"
     dataset.write_text("\n".join(TRAIN.read_text(encoding="utf-8").splitlines()[:8]) + "\n", encoding="utf-8")
-    run_id = _create_run(dataset=str(dataset), eval_dataset=str(EVAL), per_device_train_batch_size=8)
+    run_id = create_run(QLORA, dataset=str(dataset), eval_dataset=str(EVAL), per_device_train_batch_size=8)
 
     run_training(run_id)
 
-    run = _run(run_id)
+    run = read_run(run_id)
     assert run.status == RunStatus.succeeded, run.error
     assert run.error is None and run.finished_at is not None and run.step == 15
 
@@ -96,13 +72,13 @@ def test_qlora_run_trains_and_saves_a_loadable_adapter(loradeck_env: dict[str, s
     assert last < first, f"loss did not go down: {first:.3f} -> {last:.3f}"
     assert [point.kind for point in points if point.kind == "eval"] == ["eval"]
 
-    kinds = [kind for kind, _ in _events(run_id)]
+    kinds = [kind for kind, _ in read_events(run_id)]
     assert kinds[:2] == ["status", "params"] and kinds[-3:] == ["evaluation", "status", "done"]
     # The adapter is saved (and offered) before base and adapter answer the eval rows, which report progress.
     after_adapter = kinds[kinds.index("artifact") + 1 : -3]
     assert after_adapter and set(after_adapter) == {"evaluating"}
     assert kinds.count("metric") == len(points)
-    data = dict(_events(run_id))
+    data = dict(read_events(run_id))
     assert data["params"] == {
         "all": total,
         "trainable": trainable,
@@ -123,60 +99,50 @@ def test_qlora_run_trains_and_saves_a_loadable_adapter(loradeck_env: dict[str, s
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {f["name"] for f in adapter.files}
     assert data["artifact"]["id"] == adapter.id and data["artifact"]["sha256"] == adapter.sha256
 
-    base = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, dtype=torch.float32)
-    ids = torch.tensor([[1, 10, 20, 30, 40]])
-    with torch.no_grad():
-        base_logits = base(input_ids=ids).logits
-        tuned = PeftModel.from_pretrained(base, str(get_settings().runs_dir / adapter.path)).eval()
-        assert (tuned(input_ids=ids).logits - base_logits).abs().max() > 1e-4
+    assert adapter_logit_change(get_settings().runs_dir / adapter.path) > 1e-4
 
 
 def test_a_run_another_worker_claimed_is_left_alone(loradeck_env: dict[str, str]) -> None:
-    run_id = _create_run()
+    run_id = create_run(QLORA)
     with get_sessionmaker()() as session:
         assert runs.claim_run(session=session, run_id=run_id, worker="gpu-box-2:4242")
 
     run_training(run_id)
 
-    run = _run(run_id)
+    run = read_run(run_id)
     assert (run.status, run.worker, run.step) == (RunStatus.running, "gpu-box-2:4242", 0)
     assert not (get_settings().runs_dir / run_id).exists()
-    assert _events(run_id) == []
+    assert read_events(run_id) == []
 
 
 def test_cancel_stops_a_running_run_at_the_next_step(loradeck_env: dict[str, str]) -> None:
-    run_id = _create_run(max_steps=10_000)
-    worker = threading.Thread(target=run_training, args=(run_id,))
-    worker.start()
-    deadline = time.monotonic() + 120
-    while _run(run_id).step < 1:
-        assert worker.is_alive() and time.monotonic() < deadline, _run(run_id).error
-        time.sleep(0.2)
+    run_id = create_run(QLORA, max_steps=10_000)
+    worker = train_in_thread(run_id, until_step=1)
 
     with get_sessionmaker()() as session:
         runs.request_cancel(session=session, run_id=run_id)
     worker.join(timeout=60)
 
-    run = _run(run_id)
+    run = read_run(run_id)
     assert not worker.is_alive()
     assert run.status == RunStatus.cancelled and run.step < 10_000
-    assert dict(_events(run_id))["done"] == {"status": "cancelled"}
+    assert dict(read_events(run_id))["done"] == {"status": "cancelled"}
     with get_sessionmaker()() as session:
         assert runs.list_artifacts(session=session, run_id=run_id) == []
 
 
 def test_unknown_target_module_fails_with_the_models_module_names(loradeck_env: dict[str, str]) -> None:
-    run_id = _create_run(target_modules=["q_proj", "query_key_value"])
+    run_id = create_run(QLORA, target_modules=["q_proj", "query_key_value"])
 
     run_training(run_id)
 
-    run = _run(run_id)
+    run = read_run(run_id)
     assert run.status == RunStatus.failed
-    assert "query_key_value not found" in run.error
+    assert run.error is not None and "query_key_value not found" in run.error
     for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
         assert name in run.error
     assert run.step == 0
-    kinds = [kind for kind, _ in _events(run_id)]
+    kinds = [kind for kind, _ in read_events(run_id)]
     assert "params" not in kinds and kinds[-3:] == ["log", "status", "done"]
 
 
@@ -185,22 +151,22 @@ def test_a_bad_dataset_line_fails_the_run_naming_the_line(loradeck_env: dict[str
     lines[3] = '{"prompt": "解析地址：臺北市\\n", "answer": "{}"}'
     dataset = tmp_path / "broken.jsonl"
     dataset.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    run_id = _create_run(dataset=str(dataset))
+    run_id = create_run(QLORA, dataset=str(dataset))
 
     run_training(run_id)
 
-    run = _run(run_id)
+    run = read_run(run_id)
     assert run.status == RunStatus.failed
     assert run.error == 'broken.jsonl line 4: "completion" is missing'
 
 
 def test_training_goes_on_when_redis_is_down(loradeck_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    run_id = _create_run(max_steps=4)
+    run_id = create_run(QLORA, max_steps=4)
     monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     get_settings.cache_clear()
 
     run_training(run_id)
 
-    assert _run(run_id).status == RunStatus.succeeded
+    assert read_run(run_id).status == RunStatus.succeeded
     with get_sessionmaker()() as session:
         assert [point.step for point in runs.list_metrics(session=session, run_id=run_id)] == [1, 2, 3, 4]

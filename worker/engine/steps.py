@@ -35,7 +35,7 @@ from transformers import (
 from app import runs
 from app.archive import describe_tree
 from app.config import get_settings
-from app.contracts.events import ArtifactEvent, LogEvent, ParamsEvent
+from app.contracts.events import LogEvent, ParamsEvent, artifact_event
 from app.models import Artifact, ArtifactKind, ArtifactStatus
 from app.rundir import RunDir, checkpoint_step
 from app.schemas import RunSpec
@@ -252,14 +252,7 @@ def save_adapter(
         )
         session.add(artifact)
         session.commit()
-        event = ArtifactEvent(
-            id=artifact.id,
-            kind=artifact.kind,
-            status=artifact.status,
-            size_bytes=artifact.size_bytes,
-            sha256=artifact.sha256,
-            details=details,
-        )
+        event = artifact_event(artifact)
     log.info("adapter saved to %s (%d bytes as an archive)", adapter_dir, tree["archive_size"])
     publisher.publish(event)
 

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from app import runs
 from app.archive import describe_tree
 from app.config import get_settings
-from app.contracts.events import ArtifactEvent
+from app.contracts.events import ArtifactEvent, artifact_event
 from app.db import get_sessionmaker
 from app.errors import InvalidInput
 from app.models import Artifact, ArtifactStatus, Metric
@@ -117,15 +117,7 @@ def run_artifact_job(job: ArtifactJob, work: Callable[[ArtifactJob, EventPublish
         session.execute(update(Artifact).where(Artifact.id == job.artifact_id).values(**values))
         session.commit()
         artifact = runs.get_artifact(session=session, artifact_id=job.artifact_id)
-        event = ArtifactEvent(
-            id=artifact.id,
-            kind=artifact.kind,
-            status=artifact.status,
-            size_bytes=artifact.size_bytes,
-            sha256=artifact.sha256,
-            error=artifact.error,
-            details=artifact.details,
-        )
+        event = artifact_event(artifact)
     publisher.publish(event)
     publisher.close()
 
