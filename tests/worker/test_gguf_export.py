@@ -23,7 +23,7 @@ from worker.export import (
     parse_modelfile,
     validate_modelfile,
 )
-from worker.export.modelfile import CHAT_FORMATS, go_template
+from worker.export.modelfile import CHAT_FORMATS, go_template, identify_chat_format, render_chat_format
 from worker.export.pretokenizer import LLAMA3, effective_pre_tokenizer, llama_cpp_pre_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -257,4 +257,25 @@ def test_ollama_template_renders_what_the_run_trained_on(chat_format: str) -> No
     for messages in conversations:
         expected = render_chat(tokenizer, jinja, messages, add_generation_prompt=True)
         assert expected.startswith(tokenizer.bos_token)
-        assert _go_render(template, messages) == expected[len(tokenizer.bos_token) :]
+        rendered = _go_render(template, messages)
+        assert rendered == expected[len(tokenizer.bos_token) :]
+        assert render_chat_format(chat_format, messages, eos_token=tokenizer.eos_token) == rendered
+
+    # A run with chat_template=auto trained on the tokenizer's own template: the export finds its format.
+    def render(messages: list[dict[str, str]]) -> str:
+        return render_chat(tokenizer, jinja, messages, add_generation_prompt=True)
+
+    found = identify_chat_format(render, bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token)
+    assert found == chat_format
+
+
+def test_a_chat_template_ollama_cannot_be_given_is_refused() -> None:
+    from transformers import AutoTokenizer
+
+    from worker.chat_templates import CHATML, render_chat
+
+    # ChatML with a default system turn when the conversation has none (as Qwen2.5's): no format here writes that.
+    qwen = "{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nBe helpful.<|im_end|>\\n' }}{% endif %}"
+    tokenizer = AutoTokenizer.from_pretrained(TINY)
+    with pytest.raises(ModelfileError, match="matches none Ollama can be given"):
+        identify_chat_format(lambda m: render_chat(tokenizer, qwen + CHATML, m, add_generation_prompt=True))

@@ -54,17 +54,19 @@ def converter_dir() -> Path:
     return folder
 
 
-def fetch_converter(version: str | None = None, dest: Path | None = None) -> Path:
-    """Download llama-cpp-python's source distribution (77 MB) with pip and keep only the converter (2 MB)."""
+def fetch_converter(version: str | None = None, dest: Path | None = None, sdist: Path | None = None) -> Path:
+    """Keep only the converter (2 MB) of llama-cpp-python's source distribution (77 MB): `sdist` if given
+    (the file the library was built from), else one pip downloads."""
     version = version or llama_cpp_version()
     dest = dest or DEFAULT_ROOT / f"llama.cpp-converter-{version}"
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:"]
-            + ["--dest", tmp, f"llama-cpp-python=={version}"],
-            check=True,
-        )
-        (sdist,) = Path(tmp).glob("llama_cpp_python-*.tar.gz")
+        if sdist is None:
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:"]
+                + ["--dest", tmp, f"llama-cpp-python=={version}"],
+                check=True,
+            )
+            (sdist,) = Path(tmp).glob("llama_cpp_python-*.tar.gz")
         partial = dest.with_name(dest.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted fetch
         with tarfile.open(sdist) as archive:

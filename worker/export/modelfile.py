@@ -11,7 +11,7 @@ closes, and quotes carry no escapes, so a value holding `\"\"\"` cannot be writt
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 # The playground's sampling fields (app/schemas.py PlaygroundRequest) -> Ollama's PARAMETER names.
@@ -118,6 +118,45 @@ def go_template(chat_format: str, *, bos_token: str | None = None, eos_token: st
         parts.append(_fill(after, "", eos_token))
     parts.append("{{ end }}{{ end }}" + spec.generation)
     return "".join(parts)
+
+
+def render_chat_format(chat_format: str, messages: list[dict[str, str]], *, eos_token: str = "") -> str:
+    """What the format's Ollama template renders for `messages`, with the answer's opening after them."""
+    spec = CHAT_FORMATS[chat_format]
+    has_system = any(message["role"] == "system" for message in messages)
+    text = spec.default_system + "\n\n" if spec.default_system is not None and not has_system else ""
+    for message in messages:
+        before, after = spec.turns.get(message["role"], ("", ""))
+        if message["role"] in spec.turns:
+            text += _fill(before, "", eos_token) + message["content"] + _fill(after, "", eos_token)
+    return text + spec.generation
+
+
+SAMPLE_CONVERSATIONS = [
+    [{"role": "user", "content": "Hi there."}],
+    [
+        {"role": "user", "content": "Parse: 1 Main St"},
+        {"role": "assistant", "content": '{"number": "1"}'},
+        {"role": "user", "content": "Again."},
+    ],
+]
+
+
+def identify_chat_format(
+    render: Callable[[list[dict[str, str]]], str], *, bos_token: str = "", eos_token: str = ""
+) -> str:
+    """The format whose template renders what `render` (a Jinja chat template with add_generation_prompt, e.g.
+    the tokenizer's own for a run with chat_template=auto) renders, less a leading bos; raises if none does."""
+    for name in CHAT_FORMATS:
+        if all(
+            render(messages).removeprefix(bos_token) == render_chat_format(name, messages, eos_token=eos_token)
+            for messages in SAMPLE_CONVERSATIONS
+        ):
+            return name
+    raise ModelfileError(
+        "the run's chat template matches none Ollama can be given here "
+        f"({', '.join(CHAT_FORMATS)}); train with one of them (chat_template) to export a Modelfile"
+    )
 
 
 def _quoted(value: str, what: str) -> str:
