@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from worker.chat_templates import CHATML
 from worker.export import (
     ExportError,
     ModelfileError,
@@ -53,6 +55,10 @@ def exporter() -> None:
 Exported = tuple[Path, dict[str, Any], list[tuple[int, int]]]
 
 
+def _recorder(seen: list[tuple[int, int]]) -> Callable[[int, int], None]:
+    return lambda done, total: seen.append((done, total))
+
+
 @pytest.fixture(scope="module")
 def exports(exporter: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Exported]:
     """Each type exported once (a conversion takes ~8 s, mostly the converter's imports), shared by the tests."""
@@ -61,7 +67,9 @@ def exports(exporter: None, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     for gguf_type in ("f16", "q8_0", "q4_k_m"):
         seen: list[tuple[int, int]] = []
         out = folder / f"tiny-llama-{gguf_type}.gguf"
-        report = convert_to_gguf(TINY, out, gguf_type, progress=lambda done, total: seen.append((done, total)))  # noqa: B023
+        # q8_0 carries the run's chat format (a named one) in place of the tokenizer's own template.
+        template = CHATML if gguf_type == "q8_0" else None
+        report = convert_to_gguf(TINY, out, gguf_type, progress=_recorder(seen), chat_template=template)
         made[gguf_type] = (out, report, seen)
     return made
 
@@ -77,6 +85,11 @@ def test_export_loads_in_llama_cpp_and_matches_transformers(exports: dict[str, E
     assert report["tensor_types"] == {"F32": 9, weight_type: 30}  # norms stay F32, as llama.cpp wants them
     assert report["pre_tokenizer"] == "starcoder" and report["has_chat_template"]
     assert seen[-1] == (39, 39) and [done for done, _ in seen] == sorted(done for done, _ in seen)
+    from gguf import GGUFReader
+
+    embedded = GGUFReader(out).get_field("tokenizer.chat_template")
+    expected = CHATML if gguf_type == "q8_0" else (TINY / "chat_template.jinja").read_text()
+    assert embedded is not None and embedded.contents() == expected
 
     result = check_gguf(out, TINY, _prompts(), gguf_type)
     assert result["tokens_same"], result["tokens"]
@@ -112,6 +125,19 @@ def test_a_wrong_file_fails_the_check(exports: dict[str, Exported], tmp_path: Pa
     result = check_gguf(out, other, _prompts(2), "f16")
     assert result["tokens_same"] and not result["passed"]
     assert result["max_rel_logit_diff"] > result["tolerance"]
+
+
+def test_a_cancelled_export_leaves_no_file(exporter: None, tmp_path: Path) -> None:
+    class Cancelled(Exception):
+        pass
+
+    def cancel(done: int, total: int) -> None:
+        if done >= 3:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        convert_to_gguf(TINY, tmp_path / "x.gguf", "f16", progress=cancel)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unsupported_architecture_names_the_supported_ones(tmp_path: Path) -> None:

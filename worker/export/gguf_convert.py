@@ -79,10 +79,15 @@ def _run_driver(arguments: list[str], progress: Progress | None, done: int = 0, 
         )
         assert child.stdout is not None
         last: dict[str, Any] = {}
-        for line in child.stdout:
-            last = json.loads(line)
-            if progress is not None and "tensor" in last:
-                progress(done + last["tensor"], total or last["of"])
+        try:
+            for line in child.stdout:
+                last = json.loads(line)
+                if progress is not None and "tensor" in last:
+                    progress(done + last["tensor"], total or last["of"])
+        except BaseException:  # a progress callback that cancels the export stops the child too
+            child.kill()
+            child.wait()
+            raise
         if child.wait() != 0:
             log.seek(0)
             tail = "\n".join(log.read().strip().splitlines()[-12:])
