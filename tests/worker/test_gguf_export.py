@@ -2,12 +2,13 @@
 and held to transformers' token ids and logits; and the Ollama Modelfile beside it.
 
 The export tests need llama-cpp-python and the converter fetched for it (`python -m worker.export fetch-converter`);
-without them they skip, saying so. The Modelfile tests need neither.
+without them they skip, saying so (fail instead with LORADECK_REQUIRE_GGUF=1). The Modelfile tests need neither.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -43,12 +44,17 @@ def _prompts(count: int = 8) -> list[str]:
 
 @pytest.fixture(scope="module")
 def exporter() -> None:
-    pytest.importorskip("llama_cpp", reason="GGUF export needs llama-cpp-python (see worker/export/converter.py)")
+    """Skip (or, with LORADECK_REQUIRE_GGUF=1 as CI sets it, fail) when llama-cpp-python or its converter is
+    missing: a machine without them cannot export, and says how to install them."""
     from worker.export.converter import ConverterMissing, converter_dir
 
     try:
+        import llama_cpp  # noqa: F401
+
         converter_dir()
-    except ConverterMissing as exc:
+    except (ImportError, ConverterMissing) as exc:
+        if os.environ.get("LORADECK_REQUIRE_GGUF"):
+            pytest.fail(f"LORADECK_REQUIRE_GGUF is set: {exc}")
         pytest.skip(str(exc))
 
 
