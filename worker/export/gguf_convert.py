@@ -28,7 +28,8 @@ from worker.export.pretokenizer import effective_pre_tokenizer, llama_cpp_pre_to
 DRIVER = Path(__file__).with_name("_gguf_driver.py")
 GGUF_TYPES = ("f16", "bf16", "q8_0", "q4_k_m")
 QUANTIZED = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}  # written by llama.cpp's quantizer from a bf16/f16 GGUF
-# The families loradeck trains and has converted and checked end to end (tests/worker/families.py shapes).
+# The families loradeck trains, each converted and checked end to end in notes-gguf-findings.md (random models of
+# tests/worker/families.py's shapes; Gemma 2 and Phi-3 with the SentencePiece tokenizer.model they ship).
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "Llama",
     "MistralForCausalLM": "Mistral",
