@@ -106,3 +106,10 @@ def describe_tree(root: Path, prefix: str) -> dict[str, Any]:
         "archive_size": tar_size(root, files, prefix),
         "archive_sha256": digest.hexdigest(),
     }
+
+
+def archive_name(run_id: str, kind: str, details: dict[str, Any] | None = None) -> str:
+    """The folder an artifact's archive unpacks into (and its download's name): `<run>-adapter`, `<run>-merged`,
+    `<run>-gguf-<type>`. The worker hashes the archive under this name, the download streams it so."""
+    gguf_type = (details or {}).get("type") if kind == "gguf" else None
+    return f"{run_id}-{kind}" + (f"-{gguf_type}" if gguf_type else "")

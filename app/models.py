@@ -40,6 +40,7 @@ class ArtifactKind(enum.StrEnum):
     adapter = "adapter"
     merged = "merged"
     checkpoint = "checkpoint"
+    gguf = "gguf"  # the merged model as one .gguf for llama.cpp and Ollama, with a Modelfile
 
 
 class ArtifactStatus(enum.StrEnum):
@@ -120,7 +121,7 @@ class Metric(Base):
 
 
 class Artifact(Base):
-    """A file tree a run produced (adapter, merged model, checkpoint), below the run's directory."""
+    """A file tree a run produced (adapter, merged model, GGUF export, checkpoint), below the run's directory."""
 
     __tablename__ = "artifacts"
 

@@ -21,7 +21,7 @@ from app.errors import Unavailable
 
 class Queue(StrEnum):
     train = "train"  # one process per GPU, one run at a time
-    merge = "merge"  # CPU and RAM work
+    merge = "merge"  # CPU and RAM work: merges and GGUF exports
     inspect = "inspect"  # quick answers the web waits for: estimates, dataset descriptions
     generate = "generate"  # the playground's answers; keeps models loaded between requests
 
@@ -31,6 +31,7 @@ MERGE_TASK = "loradeck.merge_artifact"
 ESTIMATE_TASK = "loradeck.estimate"
 DESCRIBE_DATASET_TASK = "loradeck.describe_dataset"
 GENERATE_TASK = "loradeck.playground"
+EXPORT_TASK = "loradeck.export_gguf"
 INSPECT_MARGIN_S = 15.0  # beyond the inspection time limit: the queue, a child process starting, the answer
 
 # A run can train for days; Redis re-delivers an unacknowledged task after the visibility timeout,
@@ -52,6 +53,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             TRAIN_TASK: {"queue": Queue.train.value},
             MERGE_TASK: {"queue": Queue.merge.value},
+            EXPORT_TASK: {"queue": Queue.merge.value},
             ESTIMATE_TASK: {"queue": Queue.inspect.value},
             DESCRIBE_DATASET_TASK: {"queue": Queue.inspect.value},
             GENERATE_TASK: {"queue": Queue.generate.value},
@@ -87,6 +89,10 @@ def enqueue_train(run_id: str, worker: str = "") -> None:
 
 def enqueue_merge(artifact_id: str) -> None:
     get_celery().send_task(MERGE_TASK, args=[artifact_id], queue=Queue.merge.value)
+
+
+def enqueue_export(artifact_id: str) -> None:
+    get_celery().send_task(EXPORT_TASK, args=[artifact_id], queue=Queue.merge.value)
 
 
 def enqueue_generation(generation_id: str, request: dict[str, Any]) -> None:

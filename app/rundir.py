@@ -6,6 +6,7 @@
         checkpoints/checkpoint-N/  Trainer's checkpoints, N the global step (complete once trainer_state.json is in)
         adapter/                   the adapter in PEFT's own format, once saved
         merged.partial/ -> merged/ the merged model, moved into place once it is checked
+        exports/<type>/            a GGUF export (the .gguf, its Modelfile, SHA256SUMS), once checked
         ranks/<rank>.json, stop    a multi-GPU run: how each rank ended; the worker's request to stop
 
 The web reads it (log tail, checkpoints, what a delete removes), the worker writes it; nobody else joins
@@ -88,6 +89,12 @@ class RunDir:
     @property
     def merged_partial_dir(self) -> Path:
         return self.root / "merged.partial"
+
+    def export_dir(self, gguf_type: str) -> Path:
+        """The folder of one GGUF export: `exports/<type>` (f16, q8_0, ...)."""
+        if not gguf_type.replace("_", "").isalnum():
+            raise ValueError(f"{gguf_type!r} is not a GGUF type")
+        return self.root / "exports" / gguf_type
 
     @property
     def ranks_dir(self) -> Path:

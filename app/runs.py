@@ -306,6 +306,31 @@ def request_merge(*, session: Session, run_id: str, dtype: str) -> tuple[Artifac
     return artifact, True
 
 
+def request_export(*, session: Session, run_id: str, gguf_type: str) -> tuple[Artifact, bool]:
+    """The run's GGUF export of this type, created pending if there is none (a failed one is tried again);
+    True when it is new. Merged first by the export itself when the run has no merged model yet."""
+    run = get_run(session=session, run_id=run_id)
+    if not can_merge(session=session, run=run):
+        raise Conflict(f"run {run_id} is {run.status} with no adapter yet: a run is exported once its adapter is saved")
+    existing = [
+        artifact
+        for artifact in session.scalars(
+            select(Artifact)
+            .where(Artifact.run_id == run_id, Artifact.kind == ArtifactKind.gguf)
+            .where(Artifact.status != ArtifactStatus.failed)
+        )
+        if (artifact.details or {}).get("type") == gguf_type
+    ]
+    if existing:
+        return existing[0], False
+    artifact = Artifact(
+        run_id=run_id, kind=ArtifactKind.gguf, status=ArtifactStatus.pending, details={"type": gguf_type}
+    )
+    session.add(artifact)
+    session.commit()
+    return artifact, True
+
+
 def count_metrics(*, session: Session, run_id: str) -> int:
     return int(session.scalar(select(func.count()).select_from(Metric).where(Metric.run_id == run_id)) or 0)
 

@@ -13,6 +13,7 @@ fields lives in one validator below that names the fields in its message.
 from __future__ import annotations
 
 import re
+import typing
 import unicodedata
 from enum import StrEnum
 from pathlib import Path
@@ -28,6 +29,9 @@ HUB_ID = re.compile(r"^\b[\w\-.]{1,96}\b/\b[\w\-.]{1,96}\b$", re.ASCII)
 MODULE_NAME = re.compile(r"^[A-Za-z_][\w.]*$")
 DATASET_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 MIN_SEQ_LENGTH, MAX_SEQ_LENGTH = 8, 1_048_576  # max_seq_length's bounds, wherever a length is asked for
+# What a GGUF export can write (worker.export): 16-bit, 8-bit and llama.cpp's 4-bit k-quants.
+GgufType = Literal["f16", "bf16", "q8_0", "q4_k_m"]
+GGUF_TYPES: tuple[str, ...] = typing.get_args(GgufType)
 
 
 def is_hub_id(value: str) -> bool:

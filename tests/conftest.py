@@ -26,6 +26,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # the process stacks, gets a database of its own there. Unset: a fresh SQLite file in the test's data dir.
 TEST_DATABASE_URL = os.environ.get("LORADECK_TEST_DATABASE_URL", "")
 DATABASE_FIXTURES = {"database_url", "module_database_url"}
+GGUF_FIXTURES = {"exporter", "gguf_stack"}
 T = TypeVar("T")
 
 
@@ -35,10 +36,13 @@ ENGINE_TESTS = REPO / "tests" / "worker"
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark `db` every test that opens a database, so `pytest -m db` runs just those against PostgreSQL, and
     `engine` the in-process training-engine tests (tests/worker), whose database work is the run rows the
-    stack, fault and journey tests also drive through the real processes."""
+    stack, fault and journey tests also drive through the real processes; `gguf` those that need llama.cpp
+    (the GGUF export's fixtures)."""
     for item in items:
         if DATABASE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.db)
+        if GGUF_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.gguf)
         if item.path.is_relative_to(ENGINE_TESTS):
             item.add_marker(pytest.mark.engine)
 
@@ -225,3 +229,17 @@ def stack(
         )
     finally:
         processes.close()
+
+
+@pytest.fixture(scope="module")
+def gguf_stack(stack: Stack) -> Stack:
+    """The stack, once llama-cpp-python and its converter are installed (`make gguf`); fails saying so if not."""
+    from worker.export.converter import ConverterMissing, converter_dir
+
+    try:
+        import llama_cpp  # noqa: F401
+
+        converter_dir()
+    except (ImportError, ConverterMissing) as exc:
+        pytest.fail(f"the GGUF export is not installed (`make gguf`): {exc}")
+    return stack

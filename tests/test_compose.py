@@ -274,7 +274,7 @@ def test_compose_builds_the_web_without_ml_libraries_and_the_workers_with_them()
     assert "torch" in project["optional-dependencies"]["worker"]
     for name, service in PROJECT.items():
         extras = service["build"]["args"]["EXTRAS"].split(",")
-        assert extras == (["web", "worker"] if name in WORKERS else ["web"]), f"{name} is built with {extras}"
+        assert extras == (["web", "worker", "gguf"] if name in WORKERS else ["web"]), f"{name} is built with {extras}"
         assert ("worker" in service["image"]) == (name in WORKERS), f"{name} runs {service['image']}"
 
 

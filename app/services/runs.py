@@ -18,9 +18,17 @@ from app import metrics, runs
 from app.config import Settings
 from app.errors import InvalidInput, Unavailable
 from app.events import stream_key
-from app.models import Artifact, Run, RunStatus, utcnow
+from app.models import Artifact, ArtifactStatus, Run, RunStatus, utcnow
 from app.preflight import validate_spec
-from app.queue import ESTIMATE_TASK, Queue, ask_inspector, enqueue_merge, enqueue_train, reaching_redis
+from app.queue import (
+    ESTIMATE_TASK,
+    Queue,
+    ask_inspector,
+    enqueue_export,
+    enqueue_merge,
+    enqueue_train,
+    reaching_redis,
+)
 from app.rundir import Checkpoint, RunDir
 from app.schemas import RunSpec, with_default_eval
 from app.workers import list_workers
@@ -201,9 +209,23 @@ def start_merge(*, session: Session, run_id: str, dtype: str) -> Artifact:
     return artifact
 
 
+def start_export(*, session: Session, run_id: str, gguf_type: str) -> Artifact:
+    """The run's GGUF export of this type, queued on the merge queue unless one is pending or ready."""
+    artifact, new = runs.request_export(session=session, run_id=run_id, gguf_type=gguf_type)
+    if new:
+        enqueue_or_undo(session, artifact, lambda: enqueue_export(artifact.id), "no export was queued")
+    return artifact
+
+
 def list_artifacts(*, session: Session, run_id: str) -> Sequence[Artifact]:
     get_run(session=session, run_id=run_id)
     return runs.list_artifacts(session=session, run_id=run_id)
+
+
+def artifacts_in_progress(*, session: Session, run_id: str) -> set[str]:
+    """Ids of the run's artifacts being made (a merge or an export, pending or running)."""
+    busy = (ArtifactStatus.pending, ArtifactStatus.running)
+    return {a.id for a in runs.list_artifacts(session=session, run_id=run_id) if a.status in busy}
 
 
 def get_artifact(*, session: Session, artifact_id: str) -> Artifact:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.models import Artifact, ArtifactStatus
+from app.schemas import GgufType
 
 
 class RunOut(BaseModel):
@@ -74,6 +75,16 @@ class ArtifactOut(BaseModel):
     error: str | None
     created_at: datetime
     download_url: str | None = None
+
+
+class ExportRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: GgufType = Field(
+        default="q8_0",
+        description="GGUF type: f16 or bf16 (the weights rounded to 16 bits), q8_0 (8-bit, half the size), "
+        "q4_k_m (4-bit k-quants, about a third); each is checked by llama.cpp against transformers.",
+    )
 
 
 class CheckpointOut(BaseModel):

@@ -12,6 +12,7 @@ from pathlib import Path
 from fastapi import HTTPException, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
+from app.archive import archive_name as artifact_archive_name
 from app.archive import list_files, tar_size, tar_stream
 from app.config import Settings
 from app.models import Artifact, ArtifactStatus
@@ -31,7 +32,7 @@ def artifact_root(artifact: Artifact, settings: Settings) -> Path:
 
 
 def archive_name(artifact: Artifact) -> str:
-    return f"{artifact.run_id}-{artifact.kind}"
+    return artifact_archive_name(artifact.run_id, artifact.kind, artifact.details)
 
 
 def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:

@@ -1,14 +1,14 @@
 """GGUF export: the bundled model as the "merged model", converted by llama.cpp's converter, loaded by llama.cpp,
 and held to transformers' token ids and logits; and the Ollama Modelfile beside it.
 
-The export tests need llama-cpp-python and the converter fetched for it (`python -m worker.export fetch-converter`);
-without them they skip, saying so (fail instead with LORADECK_REQUIRE_GGUF=1). The Modelfile tests need neither.
+The export tests need llama-cpp-python and the converter fetched for it (`make gguf`); they carry the marker `gguf`
+(tests/conftest.py), which `make test` runs once llama.cpp is built and `make quick` leaves out. The Modelfile tests
+need neither.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from worker.chat_templates import CHATML
+from worker.data.chat import CHATML
 from worker.export import (
     ExportError,
     ModelfileError,
@@ -44,8 +44,7 @@ def _prompts(count: int = 8) -> list[str]:
 
 @pytest.fixture(scope="module")
 def exporter() -> None:
-    """Skip (or, with LORADECK_REQUIRE_GGUF=1 as CI sets it, fail) when llama-cpp-python or its converter is
-    missing: a machine without them cannot export, and says how to install them."""
+    """Fail at once, saying how to install them, when llama-cpp-python or its converter is missing."""
     from worker.export.converter import ConverterMissing, converter_dir
 
     try:
@@ -53,9 +52,7 @@ def exporter() -> None:
 
         converter_dir()
     except (ImportError, ConverterMissing) as exc:
-        if os.environ.get("LORADECK_REQUIRE_GGUF"):
-            pytest.fail(f"LORADECK_REQUIRE_GGUF is set: {exc}")
-        pytest.skip(str(exc))
+        pytest.fail(f"the GGUF export is not installed (`make gguf`): {exc}")
 
 
 Exported = tuple[Path, dict[str, Any], list[tuple[int, int]]]
@@ -272,7 +269,7 @@ def test_ollama_template_renders_what_the_run_trained_on(chat_format: str) -> No
     which the GGUF's tokenizer adds: tokenizer.ggml.add_bos_token)."""
     from transformers import AutoTokenizer
 
-    from worker.chat_templates import NAMED_TEMPLATES, render_chat
+    from worker.data.chat import NAMED_TEMPLATES, render_chat
 
     tokenizer = AutoTokenizer.from_pretrained(TINY)
     jinja = NAMED_TEMPLATES.get(chat_format) or (TINY / "chat_template.jinja").read_text()
@@ -304,10 +301,27 @@ def test_ollama_template_renders_what_the_run_trained_on(chat_format: str) -> No
 def test_a_chat_template_ollama_cannot_be_given_is_refused() -> None:
     from transformers import AutoTokenizer
 
-    from worker.chat_templates import CHATML, render_chat
+    from worker.data.chat import CHATML, render_chat
 
     # ChatML with a default system turn when the conversation has none (as Qwen2.5's): no format here writes that.
     qwen = "{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nBe helpful.<|im_end|>\\n' }}{% endif %}"
     tokenizer = AutoTokenizer.from_pretrained(TINY)
     with pytest.raises(ModelfileError, match="matches none Ollama can be given"):
         identify_chat_format(lambda m: render_chat(tokenizer, qwen + CHATML, m, add_generation_prompt=True))
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])
+def test_each_bpe_family_exports_as_q8_0_and_passes_its_check(
+    exporter: None, family: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The family matrix's shapes llama.cpp reads from tokenizer.json: converted with no family code of ours,
+    the pre-tokenizer found (Qwen2's own regex for qwen2), ids and logits held to transformers."""
+    from tests.worker.families import CORPUS, build_family
+
+    model = build_family(family, tmp_path_factory.mktemp(family))
+    out = model.parent / f"{family}-q8_0.gguf"
+    report = convert_to_gguf(model, out, "q8_0")
+    check = check_gguf(out, model, [*CORPUS[:4], *EXTRA_PROMPTS], "q8_0")
+    assert check["tokens_same"], check["tokens"]
+    assert check["passed"] and check["max_rel_logit_diff"] <= check["tolerance"], check
+    assert report["pre_tokenizer"] == ("qwen2" if family == "qwen2" else "gpt-2"), report

@@ -33,7 +33,7 @@ from transformers import (
 )
 
 from app import runs
-from app.archive import describe_tree
+from app.archive import archive_name, describe_tree
 from app.config import get_settings
 from app.contracts.events import LogEvent, ParamsEvent, artifact_event
 from app.models import Artifact, ArtifactKind, ArtifactStatus
@@ -236,7 +236,7 @@ def save_adapter(
     model.save_pretrained(str(adapter_dir), safe_serialization=True)
     adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
     details = details | {"vllm": vllm_lora_incompatibility(adapter_config)}
-    tree = describe_tree(adapter_dir, prefix=f"{run_id}-adapter")
+    tree = describe_tree(adapter_dir, prefix=archive_name(run_id, ArtifactKind.adapter))
     with sessions() as session:
         # An attempt killed between saving and finishing left its row; this adapter replaces that one.
         session.execute(delete(Artifact).where(Artifact.run_id == run_id, Artifact.kind == ArtifactKind.adapter))

@@ -5,7 +5,7 @@
 - `modelfile_text` / `validate_modelfile`: the Ollama Modelfile beside it.
 
 Nothing here imports the rest of `worker/`; the chat formats' Ollama templates are written out in
-`modelfile.py` and tested against `worker.chat_templates`' Jinja ones. Heavy imports (torch,
+`modelfile.py` and tested against `worker.data.chat`' Jinja ones. Heavy imports (torch,
 transformers, llama_cpp, gguf) happen inside the functions.
 """
 

@@ -7,6 +7,7 @@ key and pre-tokenizer name the converter writes is one that library reads. The `
 no substitute: its 0.19.0 is months behind the converter's own gguf-py of the same version number.
 
     python -m worker.export fetch-converter    # the converter that matches the installed llama-cpp-python
+                                               # (`make gguf` runs it), into <env>/share/loradeck/
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ from importlib import metadata
 from pathlib import Path
 
 ENV_DIR = "LORADECK_GGUF_CONVERTER"  # a folder holding convert_hf_to_gguf.py, conversion/ and gguf-py/
-DEFAULT_ROOT = Path.home() / ".cache" / "loradeck"
+# Inside the Python environment llama-cpp-python is installed in: `make clean` (or a new image) starts afresh.
+DEFAULT_ROOT = Path(sys.prefix) / "share" / "loradeck"
 MEMBERS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/gguf/", "LICENSE")
 INSTALL_HINT = (
-    'CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF" pip install llama-cpp-python==0.3.36 '
-    "(it builds llama.cpp with the system compiler and cmake: about 4 minutes on 2 cores)"
+    "`make gguf` in a checkout, else "
+    'CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF" pip install "loradeck[gguf]" '
+    "(it builds llama.cpp with the system compiler and cmake: 4 to 9 minutes on 2 cores) and "
+    "`python -m worker.export fetch-converter`"
 )
 
 
@@ -59,6 +63,9 @@ def fetch_converter(version: str | None = None, dest: Path | None = None, sdist:
     (the file the library was built from), else one pip downloads."""
     version = version or llama_cpp_version()
     dest = dest or DEFAULT_ROOT / f"llama.cpp-converter-{version}"
+    if (dest / "convert_hf_to_gguf.py").is_file() and (dest / "gguf-py" / "gguf").is_dir():
+        return dest  # fetched already
+    dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         if sdist is None:
             subprocess.run(

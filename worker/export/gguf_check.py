@@ -25,8 +25,8 @@ import numpy as np
 from worker.export.converter import INSTALL_HINT, ConverterMissing
 
 # Largest |logit difference| allowed, per type, in units of the position's logit spread (std over the
-# vocabulary). Measured (notes-gguf-findings.md) on the bundled model's 201 eval rows and on random Llama,
-# Mistral, Qwen2, Qwen3, Gemma 2 and Phi-3 shapes, the largest seen was f16 0.0067, bf16 0.065, q8_0 0.32,
+# vocabulary). Measured (README: Export for llama.cpp and Ollama) on the bundled model's 201 eval rows and on
+# random Llama, Mistral, Qwen2, Qwen3, Gemma 2 and Phi-3 shapes, the largest seen was f16 0.0067, bf16 0.065, q8_0 0.32,
 # all from rounding: the weights rounded to the type alone, in transformers, already give 0.0056, 0.045 and
 # 0.23; llama.cpp also rounds activations to the weights' type. Each tolerance is about twice the largest
 # seen. Conversion errors measured on the bundled model: q/k not permuted for llama.cpp's rope 13.6, the

@@ -22,13 +22,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from app.schemas import GGUF_TYPES
 from worker.export.converter import converter_dir, llama_cpp_version
 from worker.export.pretokenizer import effective_pre_tokenizer, llama_cpp_pre_tokenizer
 
 DRIVER = Path(__file__).with_name("_gguf_driver.py")
-GGUF_TYPES = ("f16", "bf16", "q8_0", "q4_k_m")
 QUANTIZED = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}  # written by llama.cpp's quantizer from a bf16/f16 GGUF
-# The families loradeck trains, each converted and checked end to end in notes-gguf-findings.md (random models of
+# The families loradeck trains, each converted and checked end to end at every type (random models of
 # tests/worker/families.py's shapes; Gemma 2 and Phi-3 with the SentencePiece tokenizer.model they ship).
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "Llama",

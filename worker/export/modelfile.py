@@ -2,7 +2,7 @@
 
 The TEMPLATE is the run's chat format written in Ollama's Go-template syntax (docs/template.mdx in
 ollama/ollama): one loop over `.Messages`, each role's markup around `{{ .Content }}`, then the text that
-opens the assistant's answer, as the Jinja templates in `worker.chat_templates` render with
+opens the assistant's answer, as the Jinja templates in `worker.data.chat` render with
 add_generation_prompt=True. The parser follows Ollama's own (parser/parser.go): instructions are case
 insensitive, a value runs to the end of its line unless it opens a quote (`"` or `\"\"\"`) that a later line
 closes, and quotes carry no escapes, so a value holding `\"\"\"` cannot be written at all.
@@ -60,7 +60,7 @@ class ChatFormat:
 _ALPACA_PREAMBLE = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 )
-# The named formats of worker.chat_templates, and `user-assistant`: the bundled tiny-llama's own template.
+# The named formats of worker.data.chat, and `user-assistant`: the bundled tiny-llama's own template.
 CHAT_FORMATS: dict[str, ChatFormat] = {
     "chatml": ChatFormat(
         {role: ("<|im_start|>" + role + "\n", "<|im_end|>\n") for role in ("system", "user", "assistant")},
@@ -95,6 +95,8 @@ CHAT_FORMATS: dict[str, ChatFormat] = {
         "<|assistant|>\n",
         stops=("<|user|>",),
     ),
+    # A run on prompt/completion or text rows learned to continue the prompt as it is: no markup around it.
+    "completion": ChatFormat({role: ("", "") for role in ("system", "user", "assistant")}, ""),
 }
 
 

@@ -27,12 +27,12 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app import runs
-from app.archive import describe_tree
+from app.archive import archive_name, describe_tree
 from app.config import get_settings
 from app.contracts.events import ArtifactEvent, artifact_event
 from app.db import get_sessionmaker
 from app.errors import InvalidInput
-from app.models import Artifact, ArtifactStatus, Metric
+from app.models import Artifact, ArtifactKind, ArtifactStatus, Metric
 from app.preflight import check_inputs
 from app.rundir import RunDir
 from app.schemas import RunSpec
@@ -194,7 +194,7 @@ def _merge(
     target = run_dir.merged_dir
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
-    tree = describe_tree(target, prefix=f"{run_id}-merged")
+    tree = describe_tree(target, prefix=archive_name(run_id, ArtifactKind.merged))
     details["seconds"] = round(time.perf_counter() - started, 3)
     return {
         "path": run_dir.relative(target),

@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import shared_task
 
-from app.queue import DESCRIBE_DATASET_TASK, ESTIMATE_TASK, GENERATE_TASK, MERGE_TASK, TRAIN_TASK, Queue
+from app.queue import DESCRIBE_DATASET_TASK, ESTIMATE_TASK, EXPORT_TASK, GENERATE_TASK, MERGE_TASK, TRAIN_TASK, Queue
 
 
 @shared_task(name=TRAIN_TASK, queue=Queue.train.value, acks_late=True, ignore_result=True)
@@ -32,6 +32,14 @@ def merge_artifact(artifact_id: str) -> None:
     from worker.merge.artifact import merge_artifact as merge
 
     merge(artifact_id)
+
+
+@shared_task(name=EXPORT_TASK, queue=Queue.merge.value, acks_late=True, ignore_result=True)
+def export_gguf(artifact_id: str) -> None:
+    """Export a run's merged model as one GGUF (merging first when needed), checked by llama.cpp."""
+    from worker.export.job import export_artifact
+
+    export_artifact(artifact_id)
 
 
 @shared_task(name=ESTIMATE_TASK, queue=Queue.inspect.value, ignore_result=False)

@@ -236,9 +236,15 @@
     if (link) { mergeRequested = false; link.click(); }
   });
 
+  let source = null;
+  let lastEventId = null;
+
   function follow() {
+    if (source) return;
     // From just before the newest stored point: the stream replays what the database has not caught up on.
-    const source = new EventSource(`/api/v1/runs/${runId}/events?after_step=${Math.max(0, lastStep.train)}`);
+    // Opened again for a merge or an export after the run's end: from the last event this page saw.
+    const from = lastEventId ? `last_event_id=${encodeURIComponent(lastEventId)}` : `after_step=${Math.max(0, lastStep.train)}`;
+    source = new EventSource(`/api/v1/runs/${runId}/events?${from}`);
     // After a dropped connection (web restart, Redis restart) the browser reconnects by itself; points
     // published while the stream was down are only in the database, so fetch those on reconnect.
     let dropped = false;
@@ -258,7 +264,7 @@
     });
     source.addEventListener("log", () => refresh("log-tail"));
     source.addEventListener("checkpoint", () => refresh("artifacts"));
-    source.addEventListener("artifact", () => refresh("artifacts"));
+    source.addEventListener("artifact", (e) => { lastEventId = e.lastEventId; refresh("artifacts"); });
     source.addEventListener("evaluating", (e) => {
       const data = JSON.parse(e.data);
       $("eval-done").textContent = data.done;
@@ -272,10 +278,12 @@
       refresh("evaluation");
     });
     source.addEventListener("done", (e) => {
+      lastEventId = e.lastEventId;
       const data = JSON.parse(e.data);
       if (data.status) setStatus(data.status, data.error);
       refresh("artifacts");
       source.close();
+      source = null;
     });
   }
 
@@ -284,8 +292,16 @@
     const response = await fetch(`/api/v1/runs/${runId}/metrics?max_points=2000`);
     if (response.ok) (await response.json()).forEach(addPoint);
     redraw();
-    if (!FINISHED.includes(root.dataset.status)) follow();
+    if (!FINISHED.includes(root.dataset.status) || busy(document)) follow();
   }
+
+  // Something of the run being made (a merge, an export): its progress comes over the run's stream.
+  function busy(within) {
+    return !!within.querySelector('#artifacts tr[data-status="pending"], #artifacts tr[data-status="running"]');
+  }
+  document.body.addEventListener("htmx:afterSwap", (e) => {
+    if (e.target.id === "artifacts" && busy(document)) follow();
+  });
 
   // Chart settings are remembered by this browser, for every run page.
   const SETTINGS = ["x-axis", "y-scale", "smoothing"];
@@ -306,9 +322,8 @@
     queueRedraw();
   });
 
-  // A merge reports after the run's stream has ended, and the log grows while it runs: poll both.
+  // The log grows while the run trains: poll it (it is not in the stream line by line).
   setInterval(() => {
-    if ($("merge-progress")) refresh("artifacts");
     if (!FINISHED.includes(root.dataset.status)) refresh("log-tail");
   }, 2000);
 

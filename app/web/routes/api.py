@@ -14,7 +14,15 @@ from app.events import Event, position_before_step
 from app.formatting import live_progress
 from app.models import RunStatus
 from app.services import runs
-from app.web.api_models import ArtifactOut, CheckpointOut, MergeRequest, MetricOut, RunOut, artifact_out
+from app.web.api_models import (
+    ArtifactOut,
+    CheckpointOut,
+    ExportRequest,
+    MergeRequest,
+    MetricOut,
+    RunOut,
+    artifact_out,
+)
 from app.web.deps import RUN_SPEC_BODY, SessionDep, SettingsDep, read_json
 from app.web.downloads import download_response
 from app.web.live import live_hub
@@ -88,13 +96,16 @@ async def run_events(
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> StreamingResponse:
     """Server-sent events of the run: status, params, metric, log, checkpoint, artifact, evaluating,
-    evaluation, done. A metric event also carries the elapsed time and the ETA as the page shows them.
+    evaluation, done. A metric event also carries the elapsed time and the ETA as the page shows them. While a
+    merge or an export of the run is being made, the stream goes on past the run's end with its progress, and
+    says `done` once none is left.
 
     Resumes after `Last-Event-ID` (or `?last_event_id=`); `?after_step=N` starts just before the metric
     points past step N, for a page that has drawn the stored history up to N."""
     run = runs.get_run(session=session, run_id=run_id)
     status, max_steps = run.status, run.max_steps
-    finished = RunStatus(status).finished
+    busy = runs.artifacts_in_progress(session=session, run_id=run_id)
+    finished = RunStatus(status).finished and not busy
     session.close()
     after = last_event_id_header or last_event_id or "0-0"
 
@@ -109,14 +120,23 @@ async def run_events(
                 if event is None:
                     yield ": keep-alive\n\n"
                     continue
+                after = event.id
                 if event.event == "status":
                     status = str(event.data.get("status", status))
                 elif event.event == "metric" and event.data.get("kind", "train") == "train":
                     data = event.data
                     figures = live_progress(float(data.get("time") or 0), int(data["step"]), max_steps, status)
                     event = Event(id=event.id, event=event.event, data=data | figures)
+                elif event.event == "artifact":
+                    made = event.data.get("status") in ("ready", "failed")
+                    (busy.discard if made else busy.add)(str(event.data.get("id")))
+                if event.event == "done" and busy:
+                    continue  # the run has ended, but what is being made of it reports on
                 yield event.to_sse()
                 if event.event == "done":
+                    return
+                if event.event == "artifact" and not busy and RunStatus(status).finished:
+                    yield Event(id=after, event="done", data={"status": status}).to_sse()
                     return
             if finished:
                 # A finished run's stream is complete (or gone with Redis): say so, so the page stops listening.
@@ -167,9 +187,18 @@ def merge_run(run_id: str, session: SessionDep, request: MergeRequest | None = N
     return artifact_out(runs.start_merge(session=session, run_id=run_id, dtype=dtype))
 
 
+@router.post("/runs/{run_id}/export", status_code=202)
+def export_run(run_id: str, session: SessionDep, request: ExportRequest | None = None) -> ArtifactOut:
+    """Queue a GGUF export of the run's merged model (merged first when needed), for llama.cpp and Ollama: one
+    .gguf with the tokenizer and chat template inside and a Modelfile, offered once llama.cpp itself has loaded
+    it and matched transformers on the run's own prompts."""
+    gguf_type = request.type if request else ExportRequest().type
+    return artifact_out(runs.start_export(session=session, run_id=run_id, gguf_type=gguf_type))
+
+
 @router.get("/runs/{run_id}/artifacts")
 def list_artifacts(run_id: str, session: SessionDep) -> list[ArtifactOut]:
-    """The run's adapter, merged model and checkpoints, with sizes and sha256."""
+    """The run's adapter, merged model and GGUF exports, with sizes and sha256."""
     return [artifact_out(artifact) for artifact in runs.list_artifacts(session=session, run_id=run_id)]
 
 

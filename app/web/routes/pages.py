@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from app.config import STATIC_DIR, get_settings
 from app.errors import DomainError, InvalidInput
 from app.models import RunStatus, utcnow
-from app.schemas import RunSpec
+from app.schemas import GGUF_TYPES, RunSpec
 from app.services import runs
 from app.services.runs import RunsOverview
 from app.web.api_models import artifact_out
@@ -126,6 +126,7 @@ def artifacts_context(session: SessionDep, settings: SettingsDep, run_id: str) -
         "artifacts": [artifact_out(a) for a in runs.list_artifacts(session=session, run_id=run_id)],
         "checkpoints": runs.run_checkpoints(session=session, settings=settings, run_id=run_id),
         "mergeable": runs.can_merge(session=session, run=run),
+        "gguf_types": GGUF_TYPES,
     }
 
 
@@ -152,6 +153,19 @@ def log_fragment(request: Request, run_id: str, session: SessionDep, settings: S
 def merge_form(request: Request, run_id: str, session: SessionDep, settings: SettingsDep) -> Response:
     """ "Merge & download": queue the merge; the panel shows its progress and then the download."""
     runs.start_merge(session=session, run_id=run_id, dtype="auto")
+    if not is_htmx(request):
+        return RedirectResponse(f"/runs/{run_id}", status_code=303)
+    return artifacts_fragment(request, run_id, session, settings)
+
+
+@router.post("/runs/{run_id}/export", response_class=HTMLResponse, response_model=None)
+async def export_form(request: Request, run_id: str, session: SessionDep, settings: SettingsDep) -> Response:
+    """ "Export GGUF": queue the export of the chosen type; the panel shows its progress, then its check and
+    the download."""
+    chosen = str((await request.form()).get("type", ""))
+    if chosen not in GGUF_TYPES:
+        raise InvalidInput(f"type: {chosen[:40]!r} is not a GGUF type; choose one of {', '.join(GGUF_TYPES)}")
+    runs.start_export(session=session, run_id=run_id, gguf_type=chosen)
     if not is_htmx(request):
         return RedirectResponse(f"/runs/{run_id}", status_code=303)
     return artifacts_fragment(request, run_id, session, settings)
