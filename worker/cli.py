@@ -120,9 +120,9 @@ def _fail(lines: Sequence[str], code: int) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from app import runs
-    from app.config import get_settings
     from app.db import get_sessionmaker, migrate
     from app.models import RunStatus
+    from app.rundir import RunDir
 
     if bool(args.spec_file) == bool(args.resume):
         return _fail(["give a spec file to train, or --resume RUN_ID (not both)"], EXIT_BAD_INPUT)
@@ -146,8 +146,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 return _fail([str(exc)], EXIT_BAD_INPUT)
             if status != RunStatus.interrupted:
                 return _fail([f"run {run_id} is {status}: only an interrupted run can be resumed"], EXIT_BAD_INPUT)
-    run_dir = get_settings().runs_dir / run_id
-    print(f"run {run_id}: {run_dir}", flush=True)
+    run_dir = RunDir.of(run_id)
+    print(f"run {run_id}: {run_dir.root}", flush=True)
 
     from worker.engine.train import run_training
 
@@ -169,8 +169,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         printer.close()
         with sessions() as session:
             run = runs.get_run(session=session, run_id=run_id)
-        steps = [int(p.name.rsplit("-", 1)[1]) for p in (run_dir / "checkpoints").glob("checkpoint-*")]
-        where = f"its checkpoint of step {max(steps)}" if steps else "the start (no checkpoint yet)"
+        saved = run_dir.checkpoints(complete_only=True)
+        where = f"its checkpoint of step {saved[-1].step}" if saved else "the start (no checkpoint yet)"
         print(
             f"\nstopped; run {run_id} is {run.status}. Resume from {where} with: loradeck train --resume {run_id}",
             file=sys.stderr,
@@ -181,7 +181,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     with sessions() as session:
         run = runs.get_run(session=session, run_id=run_id)
     if run.status == RunStatus.succeeded:
-        print(f"adapter: {run_dir / 'adapter'}")
+        print(f"adapter: {run_dir.adapter_dir}")
         return 0
     if run.status == RunStatus.running:  # claimed by someone else between create and train: cannot happen here
         return _fail([f"run {run_id} is owned by worker {run.worker}"], EXIT_FAILED)

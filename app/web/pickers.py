@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from app import datasets
 from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, Settings
+from app.formatting import human_bytes
 
 MAX_DEPTH = 4  # root/org/name/snapshot: deep enough for a hub-style cache, shallow enough to be quick
 MAX_MODELS = 100
@@ -22,14 +23,6 @@ SKIPPED_DIRS = {"checkpoints", "datasets", "redis", "node_modules", "__pycache__
 class Choice:
     value: str  # what the field receives
     label: str  # what the picker shows
-
-
-def human_size(count: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if count < 1000:
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1000
-    return f"{count:.1f} TB"
 
 
 def dataset_options(session: Session) -> list[Choice]:
@@ -52,7 +45,7 @@ def describe_model(directory: Path) -> str:
     architectures = config.get("architectures") if isinstance(config, dict) else None
     kind = architectures[0] if isinstance(architectures, list) and architectures else config.get("model_type", "?")
     weights = sum(f.stat().st_size for f in directory.glob("*.safetensors") if f.is_file())
-    return f"{kind} · {human_size(weights)}" if weights else f"{kind} · no safetensors weights"
+    return f"{kind} · {human_bytes(weights)}" if weights else f"{kind} · no safetensors weights"
 
 
 def model_options(settings: Settings) -> list[Choice]:

@@ -23,6 +23,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from app import runs
 from app.contracts.events import CheckpointEvent, LogEvent, MetricEvent
 from app.models import Metric
+from app.rundir import checkpoint_name
 from worker.runtime.lease import WORKER_STOPPING, Lease
 from worker.runtime.publisher import EventPublisher, EventSink
 
@@ -89,7 +90,7 @@ class MetricsCallback(TrainerCallback):
     def _elapsed_at(self, checkpoints: Path, step: int) -> float:
         """Training seconds up to `step`: from the checkpoint's own record, else from the last metric point."""
         try:
-            saved = json.loads((checkpoints / f"checkpoint-{step}" / RESUME_STATE_FILE).read_text())
+            saved = json.loads((checkpoints / checkpoint_name(step) / RESUME_STATE_FILE).read_text())
             return float(saved["time"])
         except (OSError, ValueError, KeyError, TypeError):
             with self.sessions() as session:
@@ -102,7 +103,7 @@ class MetricsCallback(TrainerCallback):
             return float(last or 0.0)
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        checkpoint = Path(str(args.output_dir)) / f"checkpoint-{state.global_step}"
+        checkpoint = Path(str(args.output_dir)) / checkpoint_name(state.global_step)
         elapsed = round(time.monotonic() - self._started, 3)
         if checkpoint.is_dir():
             (checkpoint / RESUME_STATE_FILE).write_text(json.dumps({"step": state.global_step, "time": elapsed}))

@@ -262,7 +262,7 @@ def _sides(request: PlaygroundRequest, cache: ModelCache) -> tuple[list[Side], P
             merged = ready[-1] if ready else None  # the newest
             if merged is None:
                 raise playground.PlaygroundError("this run has no merged model yet: merge it on the run page first")
-            merged_dir = settings.runs_dir / str(merged.path)
+            merged_dir = RunDir.of(run.id, settings).merged_dir  # where the merge puts it (its artifact's path)
     if request.compare == "merged":
         other = cache.merged(merged_dir, spec)
         base = cache.base(spec)  # with capacity 1 the cache lets the merged model go; this request still holds it
