@@ -28,6 +28,13 @@ def shape_of_record(record: object) -> str | None:
     return None
 
 
+def trains_with_chat(dataset: str | Path) -> bool:
+    """Whether a run on this file renders its rows through a chat template: messages rows do; prompt/completion
+    and text rows are trained on as they are. The playground prompts, and an export's Modelfile reads, the
+    same way."""
+    return first_row_shape(dataset) == "messages"
+
+
 def first_row_shape(path: str | Path) -> str | None:
     """The shape of the file's first record, or None where it cannot be told cheaply (Parquet, a first
     record over HEAD_BYTES, an unreadable file): the worker's check then decides."""

@@ -11,11 +11,13 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from app.config import TEMPLATES_DIR, Settings, get_settings
+from app.contracts.artifacts import export_details_of
 from app.contracts.evaluation import evaluation_of
 from app.db import get_db
 from app.errors import InvalidInput
 from app.formatting import FINAL_STATUSES, duration, human_bytes, progress_of
 from app.runs import exact_match
+from app.schemas import MAX_SEQ_LENGTH, MIN_SEQ_LENGTH
 
 SessionDep = Annotated[Session, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -24,7 +26,9 @@ templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
 templates.env.globals["progress_of"] = progress_of
 templates.env.globals["exact_match"] = exact_match
 templates.env.globals["evaluation_of"] = evaluation_of
+templates.env.globals["export_details_of"] = export_details_of
 templates.env.globals["final_statuses"] = FINAL_STATUSES
+templates.env.globals["seq_length_bounds"] = (MIN_SEQ_LENGTH, MAX_SEQ_LENGTH)
 templates.env.filters["duration"] = duration
 templates.env.filters["bytes"] = human_bytes
 

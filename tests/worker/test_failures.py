@@ -290,3 +290,42 @@ def test_a_cancelled_run_lets_go_of_its_model(loradeck_env: dict[str, str], monk
 
     assert read_run(run_id).status == RunStatus.cancelled
     assert models and models[0]() is None
+
+
+def test_a_merge_or_export_whose_worker_went_away_fails_so_it_can_be_asked_again(
+    loradeck_env: dict[str, str],
+) -> None:
+    """An artifact claimed by a worker whose heartbeat is gone (or that started again since) would stay running
+    for ever; a live worker's, or one made in-process (no worker to watch), is left alone."""
+    from app.models import Artifact, ArtifactKind, ArtifactStatus
+    from worker.runtime.registry import Heartbeat
+
+    run_id = create_run(QUICK)
+    alive = Heartbeat("merger@here", ["merge"])
+    alive.beat()
+    made_by = {
+        "lost": {"worker": "merger@gone", "started": 1.0},
+        "restarted": {"worker": "merger@here", "started": alive.record.started - 60},
+        "live": {"worker": "merger@here", "started": alive.record.started},
+        "in-process": None,
+    }
+    ids = {}
+    with get_sessionmaker()() as session:
+        for label, holder in made_by.items():
+            details = {"type": "q8_0"} | ({"made_by": holder} if holder else {})
+            artifact = Artifact(run_id=run_id, kind=ArtifactKind.gguf, status=ArtifactStatus.running, details=details)
+            session.add(artifact)
+            session.commit()
+            ids[label] = artifact.id
+    try:
+        Reaper(lease_timeout_s=30, enqueue=list[str]().append, clock=FakeClock()).reap()
+    finally:
+        alive.stop()
+    with get_sessionmaker()() as session:
+        statuses = {label: session.get(Artifact, artifact_id) for label, artifact_id in ids.items()}
+        ended = {label: (a.status, a.error) for label, a in statuses.items() if a is not None}
+    assert ended["lost"][0] == ended["restarted"][0] == "failed"
+    assert ended["lost"][1] == "the worker making it (merger@gone) stopped; ask for it again"
+    assert ended["live"] == ("running", None) and ended["in-process"] == ("running", None)
+    failed = [data for event, data in read_events(run_id) if event == "artifact" and data["status"] == "failed"]
+    assert {data["id"] for data in failed} == {ids["lost"], ids["restarted"]}

@@ -263,7 +263,7 @@ def _go_render(template: str, messages: list[dict[str, str]]) -> str:
     return render(nodes, None)
 
 
-@pytest.mark.parametrize("chat_format", sorted(CHAT_FORMATS))
+@pytest.mark.parametrize("chat_format", sorted(set(CHAT_FORMATS) - {"completion"}))
 def test_ollama_template_renders_what_the_run_trained_on(chat_format: str) -> None:
     """The Go template gives the text the Jinja template gives with add_generation_prompt (less the bos token,
     which the GGUF's tokenizer adds: tokenizer.ggml.add_bos_token)."""
@@ -325,3 +325,31 @@ def test_each_bpe_family_exports_as_q8_0_and_passes_its_check(
     assert check["tokens_same"], check["tokens"]
     assert check["passed"] and check["max_rel_logit_diff"] <= check["tolerance"], check
     assert report["pre_tokenizer"] == ("qwen2" if family == "qwen2" else "gpt-2"), report
+
+
+def test_the_modelfile_prompts_as_the_run_trained(tmp_path: Path) -> None:
+    """Prompt/completion rows: the prompt as it is. Messages rows: the template training resolved, `auto` being
+    the tokenizer's own (the bundled one's) or chatml for a tokenizer without one, embedded in the file then."""
+    import shutil
+
+    from app.schemas import RunSpec
+    from worker.export.job import chat_format_of
+
+    data = Path(__file__).parent / "data"
+    spec = RunSpec(base_model=str(TINY), dataset=str(data / "pc.jsonl"))
+    assert chat_format_of(spec, TINY) == ("completion", None)
+    chat = spec.model_copy(update={"dataset": str(data / "chat.jsonl")})
+    assert chat_format_of(chat, TINY) == ("user-assistant", None)
+    assert chat_format_of(chat.model_copy(update={"chat_template": "zephyr"}), TINY)[0] == "zephyr"
+    bare = tmp_path / "no-template"
+    shutil.copytree(TINY, bare)
+    (bare / "chat_template.jinja").unlink()
+    assert chat_format_of(chat, bare) == ("chatml", CHATML)
+
+
+def test_a_completion_run_is_prompted_with_the_text_alone() -> None:
+    """Training on prompt/completion rows saw the prompt with no markup, so Ollama must send just that."""
+    prompt = "解析地址：臺北市大安區復興南路一段390號2樓\n"
+    template = go_template("completion", eos_token="</s>")
+    assert _go_render(template, [{"role": "user", "content": prompt}]) == prompt
+    assert render_chat_format("completion", [{"role": "user", "content": prompt}]) == prompt

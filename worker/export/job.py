@@ -21,10 +21,14 @@ from sqlalchemy import select, update
 
 from app import runs
 from app.archive import archive_name, describe_tree
+from app.config import get_settings
+from app.contracts.artifacts import ExportDetails, GgufCheck, GgufConversion
+from app.contracts.artifacts import Progress as ExportProgress
 from app.contracts.events import ArtifactEvent
+from app.dataset_shapes import trains_with_chat
 from app.db import get_sessionmaker
 from app.models import Artifact, ArtifactKind, ArtifactStatus
-from app.preflight import stored_spec
+from app.preflight import check_inputs, stored_spec
 from app.schemas import PlaygroundRequest, RunSpec
 from worker.export.gguf_check import check_gguf
 from worker.export.gguf_convert import convert_to_gguf
@@ -66,7 +70,7 @@ class Progress:
         if not force and now - self.last < PROGRESS_EVERY_S:
             return
         self.last = now
-        details = self.job.details | {"progress": {"stage": stage, "done": done, "total": total}}
+        details = self.job.details | {"progress": ExportProgress(stage=stage, done=done, total=total).model_dump()}
         with get_sessionmaker()() as session:
             session.execute(update(Artifact).where(Artifact.id == self.job.artifact_id).values(details=details))
             session.commit()
@@ -77,8 +81,9 @@ class Progress:
 def export_gguf(job: ArtifactJob, publisher: EventPublisher) -> dict[str, Any]:
     gguf_type = str(job.details["type"])
     progress = Progress(job, publisher)
+    # What it reads (the base for the tokenizer's files, the dataset for the check's prompts) under the roots.
+    spec = check_inputs(stored_spec(job.spec), get_settings(), fields=("base_model", "dataset"))
     merged = ensure_merged(job, progress)
-    spec = stored_spec(job.spec)
     final = job.run_dir.export_dir(gguf_type)
     partial = final.with_name(final.name + ".partial")  # a crash mid-export never leaves a half folder
     shutil.rmtree(partial, ignore_errors=True)
@@ -106,7 +111,11 @@ def _export(
     progress("checking", force=True)
     prompts = check_prompts(spec.dataset, limit=CHECK_PROMPTS)
     check = check_gguf(partial / name, merged, prompts, gguf_type)
-    figures: dict[str, Any] = {"type": gguf_type, "check": check, "conversion": _conversion_figures(converted)}
+    # Typed on the way out (app.contracts.artifacts): what the artifacts panel reads.
+    typed = ExportDetails(
+        type=gguf_type, check=GgufCheck.model_validate(check), conversion=GgufConversion.model_validate(converted)
+    )
+    figures: dict[str, Any] = typed.model_dump(mode="json", exclude_none=True)
     if not check["passed"]:
         raise ExportError(_refusal(check), figures)
     tokenizer = json.loads((merged / "tokenizer_config.json").read_text(encoding="utf-8"))
@@ -140,11 +149,6 @@ def _export(
     }
 
 
-def _conversion_figures(converted: dict[str, Any]) -> dict[str, Any]:
-    keep = ("architecture", "bytes", "seconds", "peak_rss", "tensors", "tensor_types", "pre_tokenizer")
-    return {key: converted[key] for key in (*keep, "llama_cpp_python") if key in converted}
-
-
 def _refusal(check: dict[str, Any]) -> str:
     """Why a file that failed its check is not offered, with the figures."""
     parts = []
@@ -173,21 +177,23 @@ def _token(value: Any) -> str:
 
 
 def chat_format_of(spec: RunSpec, merged: Path) -> tuple[str, str | None]:
-    """How the exported model is prompted, as the run trained: (Ollama format, Jinja template to embed or None
-    to keep the tokenizer's). Prompt/completion and text rows were trained on raw text: the prompt as it is."""
-    from worker.data.chat import NAMED_TEMPLATES
-    from worker.data.files import read_rows
-
-    rows = read_rows(spec.dataset, limit=1)
-    if not rows or rows[0].shape != "messages":
+    """How the exported model is prompted, as the run trained: (Ollama format, Jinja template to embed, or None
+    to keep the tokenizer's own). Prompt/completion and text rows were trained on as they are: the prompt as it
+    is. Messages rows through the template training resolved (worker.data.chat: `auto` is the tokenizer's own,
+    or chatml for a tokenizer without one)."""
+    if not trains_with_chat(spec.dataset):
         return "completion", None
-    if spec.chat_template != "auto":
-        return spec.chat_template, NAMED_TEMPLATES[spec.chat_template]
     from transformers import AutoTokenizer
 
+    from worker.data.chat import NAMED_TEMPLATES, chat_template_name
+
     tokenizer = AutoTokenizer.from_pretrained(merged)
+    name = chat_template_name(tokenizer, spec.chat_template)
+    if name != "tokenizer":
+        return name, NAMED_TEMPLATES[name]
     return identify_chat_format(
         lambda messages: str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)),
+        bos_token=str(tokenizer.bos_token or ""),
         eos_token=str(tokenizer.eos_token or ""),
     ), None
 

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-# Han characters, as the bundled tokenizer's first step isolates them (worker/tiny_model.py).
+# Han characters, as the bundled tokenizer's first step isolates them (tools/tiny_model.py).
 HAN = "[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]"
 # The regexes of tokenizer.json files llama.cpp implements (src/llama-vocab.cpp gives each as "original regex").
 _CONTRACTIONS = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|"

@@ -33,9 +33,8 @@ from app.contracts.events import ArtifactEvent, artifact_event
 from app.db import get_sessionmaker
 from app.errors import InvalidInput
 from app.models import Artifact, ArtifactKind, ArtifactStatus, Metric
-from app.preflight import check_inputs
+from app.preflight import check_inputs, stored_spec
 from app.rundir import RunDir
-from app.schemas import RunSpec
 from worker.engine.configs import vllm_lora_incompatibility
 from worker.merge.check import (
     CHANGED_THRESHOLD,
@@ -66,12 +65,20 @@ class ArtifactJob:
 
 
 def claim_artifact(artifact_id: str) -> ArtifactJob | None:
-    """Take a pending artifact with one conditional UPDATE, like claim_run: a re-delivered task finds it taken."""
+    """Take a pending artifact with one conditional UPDATE, like claim_run: a re-delivered task finds it taken.
+    The claim names this worker (its node name and start time), so a reaper can fail the artifact should this
+    worker go away while it is being made (worker.runtime.reaper)."""
+    from worker.runtime.celery_app import worker_record
+
+    me = worker_record()
     with get_sessionmaker()() as session:
+        held = dict(runs.get_artifact(session=session, artifact_id=artifact_id).details or {})
+        if me.name:
+            held["made_by"] = {"worker": me.name, "started": me.started}
         claimed = session.execute(
             update(Artifact)
             .where(Artifact.id == artifact_id, Artifact.status == ArtifactStatus.pending)
-            .values(status=ArtifactStatus.running, error=None)
+            .values(status=ArtifactStatus.running, error=None, details=held)
         )
         session.commit()
         artifact = runs.get_artifact(session=session, artifact_id=artifact_id)
@@ -148,10 +155,10 @@ def _merge(
     if not (adapter_dir / "adapter_config.json").is_file():
         raise MergeError(f"run {run_id} has no saved adapter at {adapter_dir}; train it to success first")
     adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
-    # The base is read again: it must still be there, under the allowed roots.
-    checked = check_inputs(RunSpec.model_validate(spec), get_settings(), fields=("base_model",))
+    # The base and the dataset (the check's prompts) are read again: still there, under the allowed roots.
+    checked = check_inputs(stored_spec(spec), get_settings(), fields=("base_model", "dataset"))
     base_dir = local_model_dir(checked.base_model)
-    prompts = check_prompts(spec["dataset"])
+    prompts = check_prompts(checked.dataset)
 
     partial = run_dir.merged_partial_dir  # a crash mid-save must never leave a half model under `merged`
     shutil.rmtree(partial, ignore_errors=True)

@@ -24,7 +24,6 @@ from worker.runtime.publisher import EventPublisher
 
 log = logging.getLogger(__name__)
 
-# transformers.trainer_utils.PREFIX_CHECKPOINT_DIR, spelled out: the reaper must not import transformers.
 # Set when the Celery worker begins a warm shutdown (`loradeck up` stopping, a deploy): the run in progress
 # saves a checkpoint at its next step and goes back to the queue. Otherwise the worker would train on until
 # the run ends, be killed, and cost the run one of its attempts.

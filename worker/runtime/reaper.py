@@ -21,14 +21,16 @@ from datetime import datetime
 from typing import Any
 
 import redis
+from sqlalchemy import select, update
 
 from app import events, runs
 from app.config import get_settings
-from app.contracts.events import DoneEvent, LiveEvent, StatusEvent
+from app.contracts.events import ArtifactEvent, DoneEvent, LiveEvent, StatusEvent
 from app.db import get_sessionmaker
-from app.models import Run, RunStatus, utcnow
+from app.models import Artifact, ArtifactStatus, Run, RunStatus, utcnow
 from app.queue import enqueue_train
 from app.rundir import RunDir
+from app.workers import list_workers
 from worker.runtime.lease import HANDED_BACK, reap_every
 from worker.runtime.scheduling import runnable
 
@@ -93,6 +95,7 @@ class Reaper:
                 expired.append((run_id, heartbeat))
         self.seen = seen
         moved = [move for run_id, heartbeat in expired if (move := self._expire(run_id, heartbeat))]
+        self._end_orphaned_artifacts()
         for run_id in list(self.unsent):
             self._send(run_id)
         return moved + [(run_id, RunStatus.failed) for run_id in self._end_unrunnable()]
@@ -103,6 +106,33 @@ class Reaper:
         with get_sessionmaker()() as session:
             specs = [(run.id, run.spec) for run in runs.list_runs(session=session, status=RunStatus.queued, limit=1000)]
         return [run_id for run_id, spec in specs if not runnable(run_id, spec)]
+
+    def _end_orphaned_artifacts(self) -> None:
+        """A merge or an export whose worker went away (its heartbeat is gone, or it started again since) would
+        stay `running` for ever, and block asking for it again: fail it, saying so."""
+        with get_sessionmaker()() as session:
+            running = [
+                (artifact.id, artifact.run_id, artifact.kind, dict(artifact.details or {}))
+                for artifact in session.scalars(select(Artifact).where(Artifact.status == ArtifactStatus.running))
+            ]
+        if not running:
+            return
+        alive = {(record.name, record.started) for record in list_workers(self.redis)}
+        for artifact_id, run_id, kind, details in running:
+            holder = details.get("made_by") or {}
+            if not holder or (holder.get("worker"), holder.get("started")) in alive:
+                continue  # made in-process (no worker to watch), or its worker lives
+            error = f"the worker making it ({holder.get('worker')}) stopped; ask for it again"
+            with get_sessionmaker()() as session:
+                ended = session.execute(
+                    update(Artifact)
+                    .where(Artifact.id == artifact_id, Artifact.status == ArtifactStatus.running)
+                    .values(status=ArtifactStatus.failed, error=error)
+                )
+                session.commit()
+            if ended.rowcount:  # type: ignore[attr-defined]
+                log.warning("%s artifact %s of run %s: %s", kind, artifact_id, run_id, error)
+                self._publish(run_id, ArtifactEvent(id=artifact_id, kind=kind, status="failed", error=error))
 
     def _timeout(self, status: str, cancel: bool) -> float:
         if status == RunStatus.running:

@@ -12,6 +12,7 @@ from typing import Any
 
 from celery import shared_task
 
+from app.contracts.estimate import EstimateAnswer
 from app.queue import DESCRIBE_DATASET_TASK, ESTIMATE_TASK, EXPORT_TASK, GENERATE_TASK, MERGE_TASK, TRAIN_TASK, Queue
 
 
@@ -51,7 +52,7 @@ def estimate(spec: dict[str, Any]) -> dict[str, Any]:
 
         return answer_estimate(spec, enforce_roots=True).model_dump(mode="json")
     except Exception as exc:  # raised, it would reach the web as a bare 500
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        return EstimateAnswer(ok=False, error=f"{type(exc).__name__}: {exc}").model_dump(mode="json")
 
 
 @shared_task(name=DESCRIBE_DATASET_TASK, queue=Queue.inspect.value, ignore_result=False)
