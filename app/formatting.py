@@ -1,7 +1,7 @@
 """How numbers read on a page, written once: durations, an ETA, byte sizes, the run states that are final.
 
 Pages rendered on the server use these as Jinja filters and globals; the live run page gets the same values
-computed here, inside its server-sent events (app.web.routes.runs), so no rule is written again in JS.
+computed here, inside its server-sent events (app.services.run_stream), so no rule is written again in JS.
 """
 
 from __future__ import annotations
@@ -42,21 +42,29 @@ def human_bytes(count: float | None) -> str:
     return f"{count:.1f} TiB"
 
 
+def elapsed_since(started_at: datetime | None, until: datetime) -> float | None:
+    """Seconds from the run's start (its latest claim) to `until`; None before it started."""
+    if started_at is None:
+        return None
+    started = started_at if started_at.tzinfo else started_at.replace(tzinfo=UTC)
+    until = until if until.tzinfo else until.replace(tzinfo=UTC)
+    return max(0.0, (until - started).total_seconds())
+
+
 def progress_of(run: Run, now: datetime) -> dict[str, float | None]:
     """Share done, seconds elapsed and an ETA from the pace so far (None where it cannot be known)."""
     total = run.max_steps if run.max_steps and run.max_steps > 0 else None
     percent = min(100.0, 100.0 * run.step / total) if total else None
-    if run.started_at is None:
-        return {"percent": percent, "elapsed": None, "eta": None}
-    started = run.started_at if run.started_at.tzinfo else run.started_at.replace(tzinfo=UTC)
-    finished = run.finished_at or now
-    finished = finished if finished.tzinfo else finished.replace(tzinfo=UTC)
-    elapsed = max(0.0, (finished - started).total_seconds())
-    left = eta(elapsed, run.step, total) if run.status == RunStatus.running else None
+    elapsed = elapsed_since(run.started_at, run.finished_at or now)
+    left = eta(elapsed, run.step, total) if elapsed is not None and run.status == RunStatus.running else None
     return {"percent": percent, "elapsed": elapsed, "eta": left}
 
 
-def live_progress(time: float, step: int, total: int | None, status: str) -> dict[str, str]:
-    """What the run page shows beside a live metric point: elapsed training time and the ETA."""
-    left = None if status in FINAL_STATUSES else eta(time, step, total)
-    return {"elapsed_text": duration(time), "eta_text": duration(left)}
+def live_progress(
+    started_at: datetime | None, now: datetime, step: int, total: int | None, status: str
+) -> dict[str, str]:
+    """What the run page shows beside a live metric point: the time since the run started and the ETA, as
+    `progress_of` reckons them for the runs list."""
+    elapsed = elapsed_since(started_at, now)
+    left = None if elapsed is None or status in FINAL_STATUSES else eta(elapsed, step, total)
+    return {"elapsed_text": duration(elapsed), "eta_text": duration(left)}

@@ -12,9 +12,7 @@ import uuid
 
 import redis
 
-from app.contracts.events import FINAL_PLAYGROUND_EVENTS, PLAYGROUND_EVENTS, LiveEvent
-
-FINAL_EVENTS = FINAL_PLAYGROUND_EVENTS
+from app.contracts.events import PLAYGROUND_EVENTS, LiveEvent
 
 KEEP_S = 3600
 # A request nothing was heard of for this long is given up (its task expires from the queue after 60 s).

@@ -17,6 +17,7 @@ from app.config import Settings, get_settings
 from app.contracts.datasets import DescribeAnswer, DescribeRequest
 from app.contracts.estimate import EstimateAnswer
 from app.errors import Unavailable
+from app.schemas import PlaygroundRequest
 
 
 class Queue(StrEnum):
@@ -95,9 +96,10 @@ def enqueue_export(artifact_id: str) -> None:
     get_celery().send_task(EXPORT_TASK, args=[artifact_id], queue=Queue.merge.value)
 
 
-def enqueue_generation(generation_id: str, request: dict[str, Any]) -> None:
+def enqueue_generation(generation_id: str, request: PlaygroundRequest) -> None:
     # A playground answer nobody reads a minute later is worth nothing: expire it rather than queue it.
-    get_celery().send_task(GENERATE_TASK, args=[generation_id, request], queue=Queue.generate.value, expires=60)
+    payload = request.model_dump(mode="json")
+    get_celery().send_task(GENERATE_TASK, args=[generation_id, payload], queue=Queue.generate.value, expires=60)
 
 
 @contextmanager

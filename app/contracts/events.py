@@ -125,7 +125,6 @@ RUN_EVENTS: dict[str, type[LiveEvent]] = {
         DoneEvent,
     )
 }
-FINAL_RUN_EVENT = DoneEvent.type
 
 
 # --- a playground request's stream

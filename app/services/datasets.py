@@ -97,12 +97,15 @@ def get_dataset(*, session: Session, dataset_id: str) -> Dataset:
 def describe_again(
     *, settings: Settings, dataset: Dataset, base_model: str | None, max_seq_length: int | None
 ) -> dict[str, Any]:
-    """The dataset described for another tokenizer or length (what is not given stays as stored)."""
+    """The dataset described for another tokenizer or length (what is not given stays as stored), naming the
+    base model whose tokenizer counted."""
     stored = dataset.description or {}
-    return describe_file(
+    model = base_model or str(stored.get("base_model", ""))
+    described = describe_file(
         settings=settings,
         path=Path(dataset.path),
         filename=dataset.filename,
-        base_model=base_model or str(stored.get("base_model", "")),
+        base_model=model,
         max_seq_length=max_seq_length or int(stored.get("max_seq_length", DEFAULT_SEQ_LENGTH)),
     )
+    return described | {"base_model": model}

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from app import playground, runs
 from app.config import Settings
 from app.contracts.evaluation import evaluation_of
-from app.dataset_shapes import first_row_shape
+from app.dataset_shapes import trains_with_chat
 from app.errors import Conflict, NotFound
 from app.models import ArtifactKind, ArtifactStatus, Run, RunStatus
 from app.queue import enqueue_generation, reaching_redis
@@ -48,7 +48,7 @@ def choices(*, session: Session, settings: Settings, run_id: str) -> list[Choice
 def trained_with_chat(spec: dict[str, Any]) -> bool:
     """Whether the run's rows went through the chat template: messages rows do, prompt/completion and text
     rows do not. The playground prompts the same way by default, so the adapter sees what it learned."""
-    return first_row_shape(str(spec.get("dataset", ""))) == "messages"
+    return trains_with_chat(str(spec.get("dataset", "")))
 
 
 def eval_examples(run: Run) -> list[dict[str, str]]:
@@ -82,7 +82,7 @@ def start_generation(*, session: Session, settings: Settings, request: Playgroun
         # From now on its events page knows the id, and answers 404 for any other.
         with redis.Redis.from_url(settings.redis_url, socket_timeout=5) as client:
             client.set(playground.known_key(generation_id), 1, ex=playground.KEEP_S)
-        enqueue_generation(generation_id, request.model_dump(mode="json"))
+        enqueue_generation(generation_id, request)
     return Started(id=generation_id, events=f"/api/v1/playground/{generation_id}/events")
 
 

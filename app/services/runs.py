@@ -21,16 +21,15 @@ from app.events import stream_key
 from app.models import Artifact, ArtifactStatus, Run, RunStatus, utcnow
 from app.preflight import validate_spec
 from app.queue import (
-    ESTIMATE_TASK,
     Queue,
-    ask_inspector,
+    ask_estimate,
     enqueue_export,
     enqueue_merge,
     enqueue_train,
     reaching_redis,
 )
 from app.rundir import Checkpoint, RunDir
-from app.schemas import RunSpec, with_default_eval
+from app.schemas import GGUF_TYPES, RunSpec, with_default_eval
 from app.workers import list_workers
 
 log = logging.getLogger(__name__)
@@ -80,13 +79,13 @@ def module_name_problems(spec: RunSpec) -> dict[str, str]:
     if not names_modules(spec) or not inspector_online():
         return {}
     try:
-        answer = ask_inspector(ESTIMATE_TASK, spec.model_dump(mode="json"))
+        answer = ask_estimate(spec.model_dump(mode="json"))
     except Unavailable as exc:
         log.info("module names not checked before queueing: %s", exc)
         return {}
-    error = str(answer.get("error") or "")
+    error = answer.error or ""
     name, _, _ = error.partition(":")
-    if not answer.get("ok") and name in MODULE_FIELDS:
+    if not answer.ok and name in MODULE_FIELDS:
         return {name: error}
     return {}
 
@@ -211,6 +210,8 @@ def start_merge(*, session: Session, run_id: str, dtype: str) -> Artifact:
 
 def start_export(*, session: Session, run_id: str, gguf_type: str) -> Artifact:
     """The run's GGUF export of this type, queued on the merge queue unless one is pending or ready."""
+    if gguf_type not in GGUF_TYPES:
+        raise InvalidInput(f"type: {gguf_type[:40]!r} is not a GGUF type; choose one of {', '.join(GGUF_TYPES)}")
     artifact, new = runs.request_export(session=session, run_id=run_id, gguf_type=gguf_type)
     if new:
         enqueue_or_undo(session, artifact, lambda: enqueue_export(artifact.id), "no export was queued")

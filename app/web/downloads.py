@@ -15,6 +15,7 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from app.archive import archive_name as artifact_archive_name
 from app.archive import list_files, tar_size, tar_stream
 from app.config import Settings
+from app.errors import Conflict, NotFound
 from app.models import Artifact, ArtifactStatus
 
 RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -23,11 +24,11 @@ RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 def artifact_root(artifact: Artifact, settings: Settings) -> Path:
     """The artifact's directory, resolved; refused if it is missing or leads outside the runs dir."""
     if artifact.status != ArtifactStatus.ready or not artifact.path:
-        raise HTTPException(409, f"artifact {artifact.id} is {artifact.status}, not ready to download")
+        raise Conflict(f"artifact {artifact.id} is {artifact.status}, not ready to download")
     runs_dir = settings.runs_dir.resolve()
     root = (runs_dir / artifact.path).resolve()
     if not root.is_relative_to(runs_dir) or not root.is_dir():
-        raise HTTPException(404, f"artifact {artifact.id}'s files are missing from the data dir")
+        raise NotFound(f"artifact {artifact.id}'s files are missing from the data dir")
     return root
 
 
@@ -57,11 +58,11 @@ def download_response(artifact: Artifact, settings: Settings, request: Request, 
     root = artifact_root(artifact, settings)
     if file:
         if "\x00" in file:  # no file name holds a NUL, and the filesystem calls refuse one
-            raise HTTPException(404, f"artifact {artifact.id} has no file {file!r}")
+            raise NotFound(f"artifact {artifact.id} has no file {file!r}")
         # One file on its own: FileResponse answers Range requests, so a broken download resumes.
         path = (root / file).resolve()
         if not path.is_relative_to(root) or not path.is_file() or (root / file).is_symlink():
-            raise HTTPException(404, f"artifact {artifact.id} has no file {file!r}")
+            raise NotFound(f"artifact {artifact.id} has no file {file!r}")
         return FileResponse(path, filename=path.name, media_type="application/octet-stream")
     files = list_files(root)
     prefix = archive_name(artifact)

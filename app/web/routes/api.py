@@ -10,10 +10,10 @@ import redis
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from app.events import Event, position_before_step
-from app.formatting import live_progress
+from app.events import position_before_step
 from app.models import RunStatus
 from app.services import runs
+from app.services.run_stream import run_stream
 from app.web.api_models import (
     ArtifactOut,
     CheckpointOut,
@@ -102,45 +102,31 @@ async def run_events(
 
     Resumes after `Last-Event-ID` (or `?last_event_id=`); `?after_step=N` starts just before the metric
     points past step N, for a page that has drawn the stored history up to N."""
-    run = runs.get_run(session=session, run_id=run_id)
-    status, max_steps = run.status, run.max_steps
-    busy = runs.artifacts_in_progress(session=session, run_id=run_id)
-    finished = RunStatus(status).finished and not busy
+    view = run_stream(session=session, run_id=run_id)
+    finished = view.over
     session.close()
     after = last_event_id_header or last_event_id or "0-0"
 
     async def stream() -> AsyncIterator[str]:
-        nonlocal after, status
+        nonlocal after
         hub = live_hub(settings.redis_url)
         try:
             if after_step is not None and not last_event_id_header:
                 after = await position_before_step(hub.client, run_id, after_step)
+            view.last_id = after
             yield "retry: 2000\n\n"
             async for event in hub.follow(run_id, after, finished=finished):
                 if event is None:
                     yield ": keep-alive\n\n"
                     continue
-                after = event.id
-                if event.event == "status":
-                    status = str(event.data.get("status", status))
-                elif event.event == "metric" and event.data.get("kind", "train") == "train":
-                    data = event.data
-                    figures = live_progress(float(data.get("time") or 0), int(data["step"]), max_steps, status)
-                    event = Event(id=event.id, event=event.event, data=data | figures)
-                elif event.event == "artifact":
-                    made = event.data.get("status") in ("ready", "failed")
-                    (busy.discard if made else busy.add)(str(event.data.get("id")))
-                if event.event == "done" and busy:
-                    continue  # the run has ended, but what is being made of it reports on
-                yield event.to_sse()
-                if event.event == "done":
-                    return
-                if event.event == "artifact" and not busy and RunStatus(status).finished:
-                    yield Event(id=after, event="done", data={"status": status}).to_sse()
+                sent, ends = view.shape(event)
+                for shaped in sent:
+                    yield shaped.to_sse()
+                if ends:
                     return
             if finished:
                 # A finished run's stream is complete (or gone with Redis): say so, so the page stops listening.
-                yield Event(id=after, event="done", data={"status": status}).to_sse()
+                yield view.done().to_sse()
         except (redis.RedisError, OSError):
             # Redis went away: end the stream; the browser reconnects with Last-Event-ID and catches up.
             return

@@ -114,7 +114,6 @@ def dataset_page(
             description = datasets.describe_again(
                 settings=settings, dataset=dataset, base_model=base_model or None, max_seq_length=length
             )
-            description["base_model"] = base_model or (dataset.description or {}).get("base_model")
         except DomainError as exc:
             error = detail(exc)
     return render(request, "dataset.html", {"dataset": dataset, "d": description, "error": error})

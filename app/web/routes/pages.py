@@ -12,12 +12,12 @@ from app.errors import DomainError, InvalidInput
 from app.models import RunStatus, utcnow
 from app.schemas import GGUF_TYPES, RunSpec
 from app.services import runs
+from app.services.pickers import dataset_options, model_options
 from app.services.runs import RunsOverview
 from app.web.api_models import artifact_out
 from app.web.deps import SessionDep, SettingsDep, context_of, is_htmx, page_or_fragment, render
 from app.web.errors import http_status
 from app.web.forms import check_form, fields_involved, form_context, form_values
-from app.web.pickers import dataset_options, model_options
 
 router = APIRouter(include_in_schema=False)
 
@@ -163,8 +163,6 @@ async def export_form(request: Request, run_id: str, session: SessionDep, settin
     """ "Export GGUF": queue the export of the chosen type; the panel shows its progress, then its check and
     the download."""
     chosen = str((await request.form()).get("type", ""))
-    if chosen not in GGUF_TYPES:
-        raise InvalidInput(f"type: {chosen[:40]!r} is not a GGUF type; choose one of {', '.join(GGUF_TYPES)}")
     runs.start_export(session=session, run_id=run_id, gguf_type=chosen)
     if not is_htmx(request):
         return RedirectResponse(f"/runs/{run_id}", status_code=303)

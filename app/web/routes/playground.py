@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
 
 from app import playground
-from app.contracts.events import ErrorEvent
+from app.contracts.events import FINAL_PLAYGROUND_EVENTS, ErrorEvent
 from app.events import Event, follow
 from app.schemas import PlaygroundRequest
 from app.services import playground as service
@@ -41,7 +41,7 @@ async def generation_events(generation_id: str, request: Request, settings: Sett
         heard = time.monotonic()
         try:
             yield "retry: 2000\n\n"
-            async for event in follow(hub.client, key, after, until=playground.FINAL_EVENTS, block_ms=5_000):
+            async for event in follow(hub.client, key, after, until=FINAL_PLAYGROUND_EVENTS, block_ms=5_000):
                 if event is not None:
                     heard = time.monotonic()
                     yield event.to_sse()
