@@ -10,12 +10,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 import redis
 
+from app.formatting import FINAL_STATUSES
 from app.processes import free_port, start_redis
 from tests.processes import REPO, Processes
 
@@ -28,6 +29,14 @@ TEST_DATABASE_URL = os.environ.get("LORADECK_TEST_DATABASE_URL", "")
 DATABASE_FIXTURES = {"database_url", "module_database_url"}
 GGUF_FIXTURES = {"exporter", "gguf_stack"}
 T = TypeVar("T")
+# A run that only trains, quickly: small batches, no checkpoints, no scoring of base and adapter.
+QUICK_RUN = {
+    "per_device_train_batch_size": 2,
+    "max_seq_length": 64,
+    "save_steps": 0,
+    "task_eval_rows": 0,
+    "regression_prompts": [],
+}
 
 
 ENGINE_TESTS = REPO / "tests" / "worker"
@@ -195,6 +204,24 @@ class Stack:
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30)
+
+    def start_run(self, **spec: Any) -> dict[str, Any]:
+        """Submit a run through the API: QUICK_RUN, with `spec` over it."""
+        response = httpx.post(self.url + "/api/v1/runs", json=QUICK_RUN | spec, timeout=30)
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    def wait_run(
+        self, run_id: str, until: Callable[[dict[str, Any]], bool] | None = None, timeout: float = 240
+    ) -> dict[str, Any]:
+        """The run as the API gives it, once `until` holds of it (by default: once it has ended)."""
+        check = until or (lambda run: run["status"] in FINAL_STATUSES)
+
+        def reached() -> dict[str, Any] | None:
+            run = dict(httpx.get(f"{self.url}/api/v1/runs/{run_id}", timeout=30).json())
+            return run if check(run) else None
+
+        return wait_for(reached, timeout, f"run {run_id}", every=0.3)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import httpx
 import pytest
 
 from app.processes import free_port
-from tests.browser.test_pages import start_run, wait_finished
 from tests.conftest import Stack, stack_env
 from tests.processes import Processes
 
@@ -62,8 +61,8 @@ def _steps(stack: Stack, run_id: str) -> list[int]:
 
 def test_runs_spread_over_both_workers_and_none_trains_twice(fleet: tuple[Stack, dict[str, Any]]) -> None:
     stack, workers = fleet
-    submitted = [start_run(stack, name=f"spread-{i}", **QUICK) for i in range(4)]
-    finished = [wait_finished(stack, run["id"]) for run in submitted]
+    submitted = [stack.start_run(name=f"spread-{i}", **QUICK) for i in range(4)]
+    finished = [stack.wait_run(run["id"]) for run in submitted]
     assert [run["status"] for run in finished] == ["succeeded"] * 4, [run["error"] for run in finished]
     assert {_trained_by(run, workers) for run in finished} == {"w1", "w2"}
     for run in finished:
@@ -77,15 +76,15 @@ def test_a_pinned_run_trains_only_there_and_a_big_run_waits_for_the_worker_that_
     fleet: tuple[Stack, dict[str, Any]],
 ) -> None:
     stack, workers = fleet
-    busy = start_run(stack, name="pinned-w2", worker=f"w2@{HOST}", **(QUICK | {"max_steps": 40}))
+    busy = stack.start_run(name="pinned-w2", worker=f"w2@{HOST}", **(QUICK | {"max_steps": 40}))
     deadline = time.monotonic() + 120
     while httpx.get(f"{stack.url}/api/v1/runs/{busy['id']}", timeout=30).json()["status"] != "running":
         assert time.monotonic() < deadline
         time.sleep(0.3)
     # w1 is idle and takes the big run off the shared queue first, but cannot hold it: it passes it to w2.
-    big = start_run(stack, name="big", per_device_train_batch_size=16, max_seq_length=256, **(QUICK | {"max_steps": 3}))
-    pinned_w1 = start_run(stack, name="pinned-w1", worker=f"w1@{HOST}", **QUICK)
-    results = {name: wait_finished(stack, run["id"]) for name, run in (("busy", busy), ("big", big), ("w1", pinned_w1))}
+    big = stack.start_run(name="big", per_device_train_batch_size=16, max_seq_length=256, **(QUICK | {"max_steps": 3}))
+    pinned_w1 = stack.start_run(name="pinned-w1", worker=f"w1@{HOST}", **QUICK)
+    results = {name: stack.wait_run(run["id"]) for name, run in (("busy", busy), ("big", big), ("w1", pinned_w1))}
     assert all(run["status"] == "succeeded" for run in results.values()), results
     assert _trained_by(results["busy"], workers) == "w2"
     assert _trained_by(results["big"], workers) == "w2"
@@ -95,8 +94,8 @@ def test_a_pinned_run_trains_only_there_and_a_big_run_waits_for_the_worker_that_
 
 def test_a_run_no_worker_can_hold_fails_with_what_each_offers(fleet: tuple[Stack, dict[str, Any]]) -> None:
     stack, _ = fleet
-    huge = start_run(stack, name="huge", per_device_train_batch_size=1024, max_seq_length=8192, **QUICK)
-    run = wait_finished(stack, huge["id"], timeout=60)
+    huge = stack.start_run(name="huge", per_device_train_batch_size=1024, max_seq_length=8192, **QUICK)
+    run = stack.wait_run(huge["id"], timeout=60)
     assert run["status"] == "failed"
     assert run["error"].startswith("no worker online can hold this run")
     assert f"w1@{HOST} offers 0.05 GiB" in run["error"] and f"w2@{HOST} offers 4.00 GiB" in run["error"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +16,10 @@ from sqlalchemy import create_engine, func, select
 from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR
 from app.models import Artifact, Metric
 from tests.browser.test_pages import shot
-from tests.conftest import Stack
+from tests.conftest import QUICK_RUN, Stack
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 WIDTHS = [1280, 390]
-TINY = {
-    "per_device_train_batch_size": 2,
-    "max_seq_length": 64,
-    "save_steps": 0,
-    "task_eval_rows": 0,
-    "regression_prompts": [],
-}
 
 
 @pytest.fixture(params=WIDTHS, ids=lambda width: f"{width}px")
@@ -52,24 +44,8 @@ def no_horizontal_scroll(page: Page) -> None:
     assert width[0] <= width[1], f"the page is {width[0]} px wide in a {width[1]} px viewport"
 
 
-def start_run(stack: Stack, **spec: Any) -> dict[str, Any]:
-    response = httpx.post(stack.url + "/api/v1/runs", json=TINY | spec, timeout=30)
-    assert response.status_code == 201, response.text
-    return dict(response.json())
-
-
 def run_count(stack: Stack) -> int:
     return len(httpx.get(stack.url + "/api/v1/runs?limit=1000", timeout=30).json())
-
-
-def wait_for(stack: Stack, run_id: str, check: Any, timeout: float = 180) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = dict(httpx.get(f"{stack.url}/api/v1/runs/{run_id}", timeout=30).json())
-        if check(run):
-            return run
-        time.sleep(0.3)
-    raise TimeoutError(f"run {run_id}: {run}")
 
 
 def test_sections_and_fields_per_method(stack: Stack, sized: Page) -> None:
@@ -136,7 +112,7 @@ def test_pickers_fill_dataset_and_local_model(
     expect(page.locator("#f-dataset")).to_have_value(dataset["path"])
     model = page.locator("#pick-base_model option", has_text=local.name)
     expect(model).to_contain_text("LlamaForCausalLM")
-    expect(model).to_contain_text("MB")
+    expect(model).to_contain_text("MiB")
     page.select_option("#pick-base_model", value=str(local))
     expect(page.locator("#f-base_model")).to_have_value(str(local))
     # Typed values still count: the field is a plain text input.
@@ -161,7 +137,7 @@ def test_unknown_target_module_answered_at_the_field(stack: Stack, sized: Page) 
     expect(page.locator("#f-target_modules")).to_have_value("q_proj, foo_proj")
     assert run_count(stack) == before, "a run was created"
     # The API refuses it the same way, at the field.
-    body = TINY | {"method": "lora", "quantization": "none", "target_modules": ["q_proj", "foo_proj"]}
+    body = QUICK_RUN | {"method": "lora", "quantization": "none", "target_modules": ["q_proj", "foo_proj"]}
     refused = httpx.post(stack.url + "/api/v1/runs", json=body, timeout=30)
     assert refused.status_code == 422
     assert refused.json()["detail"][0]["loc"][-1] == "target_modules"
@@ -189,15 +165,15 @@ def test_two_field_error_under_both_fields_in_one_round_trip(stack: Stack, sized
 
 
 def test_stop_mid_run_gives_a_stopped_run_whose_adapter_merges(stack: Stack, page: Page) -> None:
-    run = start_run(stack, name="stop me", method="lora", quantization="none", max_steps=400)
+    run = stack.start_run(name="stop me", method="lora", quantization="none", max_steps=400)
     page.goto(f"{stack.url}/runs/{run['id']}")
-    wait_for(stack, run["id"], lambda r: r["status"] == "running" and r["step"] >= 2)
+    stack.wait_run(run["id"], lambda r: r["status"] == "running" and r["step"] >= 2)
     # Still running: delete is refused.
     assert httpx.delete(f"{stack.url}/api/v1/runs/{run['id']}", timeout=30).status_code == 409
     page.reload()
     page.click("#stop-run")
     expect(page.locator("#run-status")).to_have_text("stopped", timeout=120_000)
-    stopped = wait_for(stack, run["id"], lambda r: r["status"] == "stopped")
+    stopped = stack.wait_run(run["id"], lambda r: r["status"] == "stopped")
     assert 2 <= stopped["step"] < 400
     checkpoints = httpx.get(f"{stack.url}/api/v1/runs/{run['id']}/checkpoints", timeout=30).json()
     assert checkpoints and checkpoints[-1]["step"] == stopped["step"], checkpoints
@@ -213,10 +189,10 @@ def test_stop_mid_run_gives_a_stopped_run_whose_adapter_merges(stack: Stack, pag
 
 
 def test_delete_and_archive_at_390px(stack: Stack, browser: Browser) -> None:
-    keep = start_run(stack, name="archive me", max_steps=2)
-    doomed = start_run(stack, name="delete me", max_steps=3, save_steps=2)
+    keep = stack.start_run(name="archive me", max_steps=2)
+    doomed = stack.start_run(name="delete me", max_steps=3, save_steps=2)
     for run in (keep, doomed):
-        wait_for(stack, run["id"], lambda r: r["status"] == "succeeded", timeout=240)
+        stack.wait_run(run["id"], lambda r: r["status"] == "succeeded", timeout=240)
     run_dir = stack.data_dir / "runs" / doomed["id"]
     assert (run_dir / "adapter").is_dir()
     context, page = narrow(browser)
@@ -265,10 +241,10 @@ def test_delete_and_archive_at_390px(stack: Stack, browser: Browser) -> None:
 
 
 def test_compare_picker_smoothing_and_export(stack: Stack, page: Page) -> None:
-    first = start_run(stack, name="twin", max_steps=3)
-    second = start_run(stack, name="twin", max_steps=3, learning_rate=1e-3)
+    first = stack.start_run(name="twin", max_steps=3)
+    second = stack.start_run(name="twin", max_steps=3, learning_rate=1e-3)
     for run in (first, second):
-        wait_for(stack, run["id"], lambda r: r["status"] == "succeeded", timeout=240)
+        stack.wait_run(run["id"], lambda r: r["status"] == "succeeded", timeout=240)
     page.goto(stack.url + "/compare")
     # Two runs of one name are told apart by id, date, status and final loss.
     for run in (first, second):

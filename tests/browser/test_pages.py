@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -30,32 +28,14 @@ def shot(page: Page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
-def start_run(stack: Stack, **spec: Any) -> dict[str, Any]:
-    body = {"per_device_train_batch_size": 2, "max_seq_length": 64, "save_steps": 0, "regression_prompts": []}
-    body |= {"task_eval_rows": 0} | spec  # scoring base and adapter is the subject of test_fine_tune_works
-    response = httpx.post(stack.url + "/api/v1/runs", json=body, timeout=30)
-    assert response.status_code == 201, response.text
-    return dict(response.json())
-
-
-def wait_finished(stack: Stack, run_id: str, timeout: float = 240) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = httpx.get(f"{stack.url}/api/v1/runs/{run_id}", timeout=30).json()
-        if run["status"] in ("succeeded", "failed", "cancelled"):
-            return dict(run)
-        time.sleep(0.5)
-    raise TimeoutError(run_id)
-
-
 def points(page: Page) -> int:
     return int(page.locator("#loss-chart").get_attribute("data-points") or 0)
 
 
 def test_runs_list_updates_live_and_shows_queue_positions(stack: Stack, page: Page) -> None:
     page.goto(stack.url + "/")
-    first = start_run(stack, name="list-first", max_steps=40)
-    second = start_run(stack, name="list-second", max_steps=5)
+    first = stack.start_run(name="list-first", max_steps=40)
+    second = stack.start_run(name="list-second", max_steps=5)
     first_row = page.locator(f'tr[data-run-id="{first["id"]}"]')
     second_row = page.locator(f'tr[data-run-id="{second["id"]}"]')
     # No reload: the table refreshes itself as the runs move through the queue.
@@ -89,13 +69,13 @@ def test_new_run_presets_errors_and_duplicate(stack: Stack, page: Page) -> None:
     expect(page.locator("#f-name")).to_have_value("kept name")
     expect(page.locator("#f-method")).to_have_value("lora")
     shot(page, "new-run-error")
-    run = start_run(stack, name="to duplicate", max_steps=3, r=4, learning_rate=1e-3)
+    run = stack.start_run(name="to duplicate", max_steps=3, r=4, learning_rate=1e-3)
     page.goto(f"{stack.url}/runs/{run['id']}")
     page.click("#duplicate-run")
     expect(page.locator("#f-name")).to_have_value("to duplicate (copy)")
     expect(page.locator("#f-r")).to_have_value("4")
     expect(page.locator("#f-learning_rate")).to_have_value("0.001")
-    wait_finished(stack, run["id"])
+    stack.wait_run(run["id"])
 
 
 def test_new_run_with_keyboard_only(stack: Stack, page: Page) -> None:
@@ -118,7 +98,7 @@ def test_new_run_with_keyboard_only(stack: Stack, page: Page) -> None:
 def test_run_page_controls_and_reload_mid_run(stack: Stack, page: Page) -> None:
     prompts = list(DEFAULT_REGRESSION_PROMPTS)
     spec = {"eval_split": 0.05, "eval_steps": 20, "regression_prompts": prompts, "task_eval_rows": 50}
-    run = start_run(stack, name="watch me", max_steps=60, **spec)
+    run = stack.start_run(name="watch me", max_steps=60, **spec)
     page.goto(f"{stack.url}/runs/{run['id']}")
     page.wait_for_function("() => Number(document.querySelector('#loss-chart').dataset.points) >= 5", timeout=180_000)
     expect(page.locator("#run-status")).to_have_text("running")
@@ -181,10 +161,10 @@ def _sha_name(path: Path) -> str:
 
 
 def test_compare_overlays_runs_and_lists_differences(stack: Stack, page: Page) -> None:
-    a = start_run(stack, name="cmp-a", max_steps=6, learning_rate=1e-3)
-    b = start_run(stack, name="cmp-b", max_steps=6, learning_rate=5e-4)
-    wait_finished(stack, a["id"])
-    wait_finished(stack, b["id"])
+    a = stack.start_run(name="cmp-a", max_steps=6, learning_rate=1e-3)
+    b = stack.start_run(name="cmp-b", max_steps=6, learning_rate=5e-4)
+    stack.wait_run(a["id"])
+    stack.wait_run(b["id"])
     page.goto(stack.url + "/compare")
     page.check(f'input[value="{a["id"]}"]')
     page.check(f'input[value="{b["id"]}"]')
@@ -197,7 +177,7 @@ def test_compare_overlays_runs_and_lists_differences(stack: Stack, page: Page) -
 
 
 def test_workers_view_shows_what_each_worker_runs(stack: Stack, page: Page) -> None:
-    run = start_run(stack, name="busy", max_steps=60)
+    run = stack.start_run(name="busy", max_steps=60)
     page.goto(stack.url + "/workers")
     expect(page.locator("tr[data-worker]")).to_have_count(3)  # trainer, inspector, generator
     expect(page.locator("tr[data-worker]").filter(has_text="merge, train")).to_contain_text(
@@ -207,7 +187,7 @@ def test_workers_view_shows_what_each_worker_runs(stack: Stack, page: Page) -> N
     expect(page.locator("tr[data-worker]").filter(has_text="generate")).to_contain_text("idle")
     shot(page, "workers")
     httpx.post(f"{stack.url}/api/v1/runs/{run['id']}/cancel", timeout=30)
-    wait_finished(stack, run["id"])
+    stack.wait_run(run["id"])
 
 
 def test_a_100k_point_run_is_drawn_without_sending_every_point(stack: Stack, page: Page) -> None:
@@ -235,8 +215,8 @@ def test_a_100k_point_run_is_drawn_without_sending_every_point(stack: Stack, pag
 
 @pytest.mark.parametrize("width", [1280, 1920])
 def test_pages_fit_laptop_and_wide_screens(stack: Stack, page: Page, width: int) -> None:
-    run = start_run(stack, name="layout", max_steps=3)
-    wait_finished(stack, run["id"])
+    run = stack.start_run(name="layout", max_steps=3)
+    stack.wait_run(run["id"])
     page.set_viewport_size({"width": width, "height": 900})
     for path in ("/", "/runs/new", f"/runs/{run['id']}", "/datasets", f"/compare?runs={run['id']}", "/workers"):
         page.goto(stack.url + path)

@@ -13,7 +13,7 @@ from playwright.sync_api import Page, expect
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app.config import TINY_MODEL_DIR
-from tests.browser.test_pages import shot, start_run, wait_finished
+from tests.browser.test_pages import shot
 from tests.conftest import Stack
 from tests.sse import open_stream
 from worker.serving.decoding import chat_prompt
@@ -24,8 +24,8 @@ PROMPT = "解析地址：臺中市西屯區市政路500號\n"
 
 @pytest.fixture(scope="module")
 def trained(stack: Stack) -> dict[str, Any]:
-    run = start_run(stack, name="playground", method="lora", max_steps=12, learning_rate=5e-3, save_steps=6)
-    finished = wait_finished(stack, run["id"])
+    run = stack.start_run(name="playground", method="lora", max_steps=12, learning_rate=5e-3, save_steps=6)
+    finished = stack.wait_run(run["id"])
     assert finished["status"] == "succeeded", finished["error"]
     return finished
 
@@ -69,7 +69,7 @@ def _follow(url: str, timeout: float = 120) -> list[tuple[str, dict[str, Any]]]:
 def test_a_playground_request_during_a_training_run_neither_waits_for_it_nor_disturbs_it(
     stack: Stack, trained: dict[str, Any]
 ) -> None:
-    busy = start_run(stack, name="busy", method="lora", max_steps=150, per_device_train_batch_size=2)
+    busy = stack.start_run(name="busy", method="lora", max_steps=150, per_device_train_batch_size=2)
     deadline = time.monotonic() + 120
     while httpx.get(f"{stack.url}/api/v1/runs/{busy['id']}", timeout=30).json()["step"] < 3:
         assert time.monotonic() < deadline, "the busy run did not start"
@@ -84,7 +84,7 @@ def test_a_playground_request_during_a_training_run_neither_waits_for_it_nor_dis
     during = httpx.get(f"{stack.url}/api/v1/runs/{busy['id']}", timeout=30).json()
     assert during["status"] == "running" and during["step"] < 150
     assert httpx.get(f"{stack.url}/runs/{busy['id']}", timeout=30).status_code == 200
-    finished = wait_finished(stack, busy["id"])
+    finished = stack.wait_run(busy["id"])
     assert finished["status"] == "succeeded" and finished["step"] == 150
     metrics = httpx.get(f"{stack.url}/api/v1/runs/{busy['id']}/metrics", timeout=30).json()
     train_steps = [point["step"] for point in metrics if point["kind"] == "train"]
