@@ -33,20 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from bench.common import update_readme_section, write_result  # noqa: E402
+from bench.merge import MODEL as MERGE_MODEL  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "assets" / "tiny-llama"
 EVAL_ROWS = REPO / "assets" / "datasets" / "tw-address" / "eval.jsonl"
-LARGE: dict[str, Any] = {  # the merge benchmark's random Llama, ~498M parameters
-    "vocab_size": 32000,
-    "hidden_size": 1280,
-    "intermediate_size": 3456,
-    "num_hidden_layers": 21,
-    "num_attention_heads": 20,
-    "num_key_value_heads": 20,
-    "max_position_embeddings": 2048,
-    "tie_word_embeddings": False,
-}
+LARGE = MERGE_MODEL  # the merge benchmark's random Llama, ~498M parameters
 SHARD = "300MB"
 CHECK_PROMPTS = 8
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
@@ -189,7 +181,9 @@ def main() -> None:
             out.unlink()
     if not args.keep:
         shutil.rmtree(root)
-    command = "python bench/gguf.py " + " ".join(sys.argv[1:])
+    # Where the files were kept is this machine's business, not the record's.
+    argv = ["DIR" if args.keep and arg == str(args.keep) else arg for arg in sys.argv[1:]]
+    command = "python bench/gguf.py " + " ".join(argv)
     write_result("gguf", command.strip(), {"rows": rows, "table": table(rows)})
     update_readme_section("gguf", readme_section(command.strip(), rows))
     print(table(rows))
