@@ -204,10 +204,61 @@ def _tokenizer(family: Family) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def build_family(name: str, out_dir: Path, *, seed: int = 0) -> Path:
-    """Write family `name`'s tiny model and tokenizer to out_dir; the same seed gives the same weights."""
+# The tokenizer classes of the families whose real checkpoints ship a SentencePiece tokenizer.model.
+SENTENCEPIECE_CLASSES = {"gemma2": "GemmaTokenizer", "phi3": "LlamaTokenizer", "mistral": "LlamaTokenizer"}
+
+
+def _sentencepiece_tokenizer(family: Family, out_dir: Path) -> Any:
+    """A SentencePiece BPE (byte fallback, digits split) trained here, saved as tokenizer.model the way the
+    family's real checkpoints ship it, with transformers' tokenizer.json converted from it."""
+    import sentencepiece
+    from transformers import AutoTokenizer
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    special = family.special
+    standard = {"<unk>", "<s>", "</s>", "<bos>", "<eos>", "<pad>"}
+
+    def piece(role: str, default: str) -> str:  # the model file's own control piece for a role
+        token = special[role]
+        return token if token in standard else default
+
+    # As in the real files: Gemma's model file holds <bos>/<eos>/<pad>; Phi-3's holds Llama 2's <s>/</s>, and
+    # its <|endoftext|> (eos and pad) is a piece of its own beside the chat markers.
+    unk, bos, eos = piece("unk", "<unk>"), piece("bos", "<s>"), piece("eos", "</s>")
+    pad = special["pad"] if special["pad"] in standard and special["pad"] != special["eos"] else None
+    pieces = [t for t in special.values() if t] + family.extra_special
+    named = [t for t in dict.fromkeys(pieces) if t not in {unk, bos, eos, pad}]
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS * 4),
+        model_prefix=str(out_dir / "tokenizer"),
+        vocab_size=VOCAB - 112,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        split_digits=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=3 if pad else -1,
+        unk_piece=unk,
+        bos_piece=bos,
+        eos_piece=eos,
+        pad_piece=pad or "<pad>",
+        user_defined_symbols=named,
+        minloglevel=2,
+    )
+    (out_dir / "tokenizer.vocab").unlink()
+    names = {f"{role}_token": token for role, token in special.items() if token}
+    config = names | {"add_bos_token": True, "tokenizer_class": SENTENCEPIECE_CLASSES[family.name]}
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config | {"chat_template": family.template}))
+    return AutoTokenizer.from_pretrained(out_dir)
+
+
+def build_family(name: str, out_dir: Path, *, seed: int = 0, sentencepiece: bool = False) -> Path:
+    """Write family `name`'s tiny model and tokenizer to out_dir; the same seed gives the same weights.
+    `sentencepiece`: a tokenizer.model as Gemma's, Phi-3's and Mistral's real checkpoints ship, not BPE."""
     family = FAMILIES[name]
-    tokenizer = _tokenizer(family)
+    tokenizer = _sentencepiece_tokenizer(family, out_dir) if sentencepiece else _tokenizer(family)
     ids = {f"{role}_token_id": tokenizer.convert_tokens_to_ids(t) if t else None for role, t in family.special.items()}
     ids.pop("unk_token_id")
     config = family.config(**SIZES, **family.overrides, **ids)

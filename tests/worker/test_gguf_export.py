@@ -327,6 +327,35 @@ def test_each_bpe_family_exports_as_q8_0_and_passes_its_check(
     assert report["pre_tokenizer"] == ("qwen2" if family == "qwen2" else "gpt-2"), report
 
 
+@pytest.mark.parametrize("family", ["gemma2", "phi3", "mistral"])
+def test_each_sentencepiece_family_exports_as_q8_0_and_passes_its_check(
+    exporter: None, family: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Gemma 2, Phi-3 and Mistral as their checkpoints ship them, with a SentencePiece tokenizer.model (llama.cpp's
+    converter reads their vocabulary from it): Gemma's soft-capping and scaled tied embeddings, Phi-3's fused
+    projections, converted with no family code of ours; ids and logits held to transformers."""
+    from tests.worker.families import CORPUS, build_family
+
+    model = build_family(family, tmp_path_factory.mktemp(family), sentencepiece=True)
+    out = model.parent / f"{family}-q8_0.gguf"
+    convert_to_gguf(model, out, "q8_0")
+    check = check_gguf(out, model, [*CORPUS[:4], *EXTRA_PROMPTS], "q8_0")
+    assert check["tokens_same"], check["tokens"]
+    assert check["passed"] and check["max_rel_logit_diff"] <= check["tolerance"], check
+
+
+def test_a_sentencepiece_family_without_its_tokenizer_model_is_refused(
+    exporter: None, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A Gemma 2 folder with only tokenizer.json: the converter cannot read its vocabulary, and says what is missing."""
+    from tests.worker.families import build_family
+
+    model = build_family("gemma2", tmp_path_factory.mktemp("gemma2-bare"), sentencepiece=True)
+    (model / "tokenizer.model").unlink()
+    with pytest.raises(ExportError, match="tokenizer.model"):
+        convert_to_gguf(model, model.parent / "gemma2.gguf", "q8_0")
+
+
 def test_the_modelfile_prompts_as_the_run_trained(tmp_path: Path) -> None:
     """Prompt/completion rows: the prompt as it is. Messages rows: the template training resolved, `auto` being
     the tokenizer's own (the bundled one's) or chatml for a tokenizer without one, embedded in the file then."""
