@@ -40,13 +40,14 @@ QUICK_RUN = {
 
 
 ENGINE_TESTS = REPO / "tests" / "worker"
+BROWSER_TESTS = REPO / "tests" / "browser"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark `db` every test that opens a database, so `pytest -m db` runs just those against PostgreSQL, and
     `engine` the in-process training-engine tests (tests/worker), whose database work is the run rows the
     stack, fault and journey tests also drive through the real processes; `gguf` those that need llama.cpp
-    (the GGUF export's fixtures)."""
+    (the GGUF export's fixtures); `browser` every test in tests/browser (they stay on SQLite)."""
     for item in items:
         if DATABASE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.db)
@@ -54,6 +55,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.gguf)
         if item.path.is_relative_to(ENGINE_TESTS):
             item.add_marker(pytest.mark.engine)
+        if item.path.is_relative_to(BROWSER_TESTS):
+            item.add_marker(pytest.mark.browser)
 
 
 @contextmanager

@@ -3,10 +3,7 @@ operation of the schema, and the browser reports no refused script or style."""
 
 from __future__ import annotations
 
-import pytest
 from playwright.sync_api import Page
-
-pytestmark = pytest.mark.browser
 
 
 def test_api_docs_draw_every_operation_offline(web_url: str, page: Page) -> None:

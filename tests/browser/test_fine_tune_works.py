@@ -15,7 +15,7 @@ from app.config import SAMPLE_DATASET_DIR
 from tests.browser.test_pages import shot
 from tests.conftest import Stack
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 SAMPLE_EVAL = str(SAMPLE_DATASET_DIR / "eval.jsonl")
 
 

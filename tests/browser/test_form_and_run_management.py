@@ -18,7 +18,7 @@ from app.models import Artifact, Metric
 from tests.browser.test_pages import shot
 from tests.conftest import QUICK_RUN, Stack
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 WIDTHS = [1280, 390]
 
 

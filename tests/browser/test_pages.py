@@ -19,7 +19,7 @@ from app.models import Metric, Run
 from app.schemas import DEFAULT_REGRESSION_PROMPTS
 from tests.conftest import Stack
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 SHOTS = Path(os.environ.get("LORADECK_SCREENSHOTS", "test-artifacts/screenshots"))
 
 

@@ -18,7 +18,7 @@ from tests.conftest import Stack
 from tests.sse import open_stream
 from worker.serving.decoding import chat_prompt
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 PROMPT = "解析地址：臺中市西屯區市政路500號\n"
 
 
