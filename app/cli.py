@@ -130,7 +130,12 @@ def bind(args: argparse.Namespace) -> tuple[str, int]:
 
 
 def cmd_web(args: argparse.Namespace) -> int:
+    from app.db import schema_problem
+
     host, port = bind(args)
+    problem = schema_problem()  # said here in one line; app.main's startup refuses it too, under plain uvicorn
+    if problem:
+        raise SystemExit(f"loradeck: {problem}")
     os.execv(sys.executable, web_command(host, port))
 
 

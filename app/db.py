@@ -89,6 +89,31 @@ def alembic_config(url: str | None = None) -> AlembicConfig:
     return config
 
 
+def schema_problem() -> str | None:
+    """What keeps the configured database from serving this version, naming the command that fixes it; None when
+    its schema is at the migrations' head, and when it cannot be reached now (the health check reports that)."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from sqlalchemy.exc import OperationalError
+
+    script = ScriptDirectory.from_config(alembic_config())
+    heads = set(script.get_heads())
+    try:
+        with get_engine().connect() as connection:
+            current = set(MigrationContext.configure(connection).get_current_heads())
+    except OperationalError:
+        return None
+    if current == heads:
+        return None
+    where = get_engine().url.render_as_string(hide_password=True)
+    unknown = current - {revision.revision for revision in script.walk_revisions()}
+    if unknown:
+        newer = ", ".join(sorted(unknown))
+        return f"the database {where} was migrated by a newer loradeck (revision {newer}): run that version"
+    found = f"at revision {', '.join(sorted(current))}" if current else "no tables yet"
+    return f"the database {where} is not migrated to this version ({found}): run `loradeck migrate` first"
+
+
 def migrate(url: str | None = None) -> None:
     """Apply every Alembic migration (`alembic upgrade head`) to the configured database."""
     from alembic import command

@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from app.config import STATIC_DIR
+from app.db import schema_problem
 from app.schemas import RunSpec
 from app.services.health import health
 from app.web import errors
@@ -24,6 +25,9 @@ from app.web.uploads import BodyLimitMiddleware
 
 @asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    problem = schema_problem()
+    if problem:
+        raise SystemExit(f"loradeck: {problem}")
     yield
     await close_hubs()  # the live feeds' Redis connections
 

@@ -62,3 +62,20 @@ def test_an_error_message_quoting_a_nul_is_stored(loradeck_env: dict[str, str]) 
     with get_sessionmaker()() as session:
         error = runs.get_run(session=session, run_id=run_id).error
     assert error in ("byte \x00 in line 3", "byte \ufffd in line 3")
+
+
+def test_the_schema_check_names_what_to_run(loradeck_env: dict[str, str]) -> None:
+    """At head nothing is wrong; one migration behind says `loradeck migrate`; a revision this version does not
+    know (a newer loradeck migrated it) says so instead of offering to migrate it."""
+    from sqlalchemy import text
+
+    from app.db import schema_problem
+
+    assert schema_problem() is None
+    command.downgrade(alembic_config(), "-1")
+    behind = schema_problem()
+    assert behind is not None and "at revision" in behind and "loradeck migrate" in behind
+    with get_engine().begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = 'from_the_future'"))
+    newer = schema_problem()
+    assert newer is not None and "newer loradeck" in newer and "from_the_future" in newer
