@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.config import Settings, get_settings
+from app.schemas import GGUF_TYPES
 
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE_MARK = "trainer_state.json"  # Trainer writes it last: a checkpoint without it was cut off mid-save
@@ -92,7 +93,7 @@ class RunDir:
 
     def export_dir(self, gguf_type: str) -> Path:
         """The folder of one GGUF export: `exports/<type>` (f16, q8_0, ...)."""
-        if not gguf_type.replace("_", "").isalnum():
+        if gguf_type not in GGUF_TYPES:  # the type names a folder: only the known ones
             raise ValueError(f"{gguf_type!r} is not a GGUF type")
         return self.root / "exports" / gguf_type
 

@@ -33,6 +33,7 @@ class GgufCheck(_Stored):
 
     gguf_type: str
     prompts: int
+    positions: int | None = Field(default=None, description="Token positions judged, at most 256 a prompt.")
     tokens: list[TokenParity] = Field(default_factory=list)
     tokens_same: bool
     passed: bool

@@ -102,6 +102,19 @@ def test_export_loads_in_llama_cpp_and_matches_transformers(exports: dict[str, E
     assert result["top1_agreement"] > 0.98 and result["passed"]
 
 
+def test_a_long_prompt_is_judged_on_its_first_positions_only(exports: dict[str, Exported]) -> None:
+    """A row far longer than the check needs (here beyond the model's 512 positions): its ids are still compared
+    whole, its logits on the first CHECK_TOKENS only, so the check's memory does not grow with the data."""
+    from worker.export.gguf_check import CHECK_TOKENS
+
+    out, _, _ = exports["f16"]
+    long_row = " ".join(_prompts(8)) * 8
+    result = check_gguf(out, TINY, [long_row, EXTRA_PROMPTS[0]], "f16")
+    assert result["tokens"][0]["hf"] > 512 and result["tokens_same"], result["tokens"]
+    assert CHECK_TOKENS < result["positions"] <= CHECK_TOKENS + result["tokens"][1]["hf"], result
+    assert result["passed"], result
+
+
 def test_q4_k_m_export_keeps_the_greedy_answer(exports: dict[str, Exported]) -> None:
     out, report, _ = exports["q4_k_m"]
     # Rows of 192 values are not whole 256-value k-quant blocks: llama.cpp falls back to a 32-block type there.

@@ -7,8 +7,7 @@
 `job.py` is the export task's body (merge first, convert, check, Modelfile, checksums); the converter, the
 check and the Modelfile writer import nothing else of `worker/` and run in a child process or on plain files.
 The chat formats' Ollama templates are written out in `modelfile.py` and tested against `worker.data.chat`'s
-Jinja ones. Heavy imports (torch,
-transformers, llama_cpp, gguf) happen inside the functions.
+Jinja ones. Heavy imports (torch, transformers, llama_cpp, gguf) happen inside the functions.
 """
 
 from worker.export.converter import ConverterMissing, fetch_converter

@@ -32,6 +32,9 @@ from worker.export.converter import INSTALL_HINT, ConverterMissing
 # seen. Conversion errors measured on the bundled model: q/k not permuted for llama.cpp's rope 13.6, the
 # final norm 5% off 0.61 (so q8_0's tolerance only just tells that one from rounding; f16's by 30x).
 TOLERANCES = {"f16": 0.02, "bf16": 0.15, "q8_0": 0.6}
+# Positions judged per prompt, as the merge check cuts its prompts: the check is about the weights, and
+# transformers' fp32 logits of every prompt are held until llama.cpp's are in (tokens x vocabulary x 4 bytes).
+CHECK_TOKENS = 256
 MIN_SPREAD = 1e-3  # a row of (nearly) equal logits is judged against this spread, not against zero
 GREEDY_TOKENS = 16  # continuation length judged for 4-bit types
 # A step is judged only where transformers' choice is clear: its top logit leads the next by at least this
@@ -46,8 +49,8 @@ GREEDY_AGREEMENT = 0.9
 
 
 def _hf_side(model_dir: Path, prompts: list[str], greedy_tokens: int) -> tuple[list[list[int]], list[Any]]:
-    """HF token ids of each prompt and, per prompt, its fp32 logits; or, with greedy_tokens, its greedy
-    continuation's ids and the logits row that chose each of them."""
+    """HF token ids of each prompt and, per prompt, the fp32 logits of its first CHECK_TOKENS; or, with
+    greedy_tokens, the greedy continuation of those and the logits row that chose each of its ids."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -58,7 +61,7 @@ def _hf_side(model_dir: Path, prompts: list[str], greedy_tokens: int) -> tuple[l
     answers: list[Any] = []
     with torch.inference_mode():
         for prompt_ids in ids:
-            out = model(torch.tensor([prompt_ids]), use_cache=bool(greedy_tokens))
+            out = model(torch.tensor([prompt_ids[:CHECK_TOKENS]]), use_cache=bool(greedy_tokens))
             if not greedy_tokens:
                 answers.append(out.logits[0].float().numpy())
                 continue
@@ -158,7 +161,8 @@ def check_gguf(gguf_path: Path, model_dir: Path, prompts: list[str], gguf_type: 
         raise ValueError("check_gguf needs at least one prompt")
     greedy = GREEDY_TOKENS if gguf_type not in TOLERANCES else 0
     hf_ids, hf_answers = _hf_side(model_dir, prompts, greedy)
-    llm = _load_llama(gguf_path, n_ctx=max(len(ids) for ids in hf_ids) + greedy + 1)
+    judged = [ids[:CHECK_TOKENS] for ids in hf_ids]  # the positions whose logits transformers kept
+    llm = _load_llama(gguf_path, n_ctx=max(len(ids) for ids in judged) + greedy + 1)
     tokens = []
     for prompt, ids in zip(prompts, hf_ids, strict=True):
         gguf_ids = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
@@ -167,13 +171,14 @@ def check_gguf(gguf_path: Path, model_dir: Path, prompts: list[str], gguf_type: 
         if not same:
             at = _first_difference(ids, gguf_ids)
             tokens[-1].update(first_difference=at, hf_ids=ids[at : at + 4], gguf_ids=gguf_ids[at : at + 4])
-    result: dict[str, Any] = {"gguf_type": gguf_type, "prompts": len(prompts), "tokens": tokens}
+    positions = sum(len(ids) for ids in judged)
+    result: dict[str, Any] = {"gguf_type": gguf_type, "prompts": len(prompts), "positions": positions, "tokens": tokens}
     result["tokens_same"] = all(entry["same"] for entry in tokens)
     if greedy:
-        result.update(_compare_greedy(llm, hf_ids, hf_answers))
+        result.update(_compare_greedy(llm, judged, hf_answers))
         result["passed"] = result["tokens_same"] and result["greedy_agreement"] >= GREEDY_AGREEMENT
     else:
-        result.update(_compare_logits(llm, hf_ids, hf_answers), tolerance=TOLERANCES[gguf_type])
+        result.update(_compare_logits(llm, judged, hf_answers), tolerance=TOLERANCES[gguf_type])
         result["passed"] = result["tokens_same"] and result["max_rel_logit_diff"] <= TOLERANCES[gguf_type]
     del llm
     gc.collect()
