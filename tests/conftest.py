@@ -262,8 +262,8 @@ def stack(
 
 
 @pytest.fixture(scope="module")
-def gguf_stack(stack: Stack) -> Stack:
-    """The stack, once llama-cpp-python and its converter are installed (`make gguf`); fails saying so if not."""
+def exporter() -> None:
+    """Fail at once, saying how to install them, when llama-cpp-python or its converter is missing."""
     from worker.export.converter import ConverterMissing, converter_dir
 
     try:
@@ -272,4 +272,9 @@ def gguf_stack(stack: Stack) -> Stack:
         converter_dir()
     except (ImportError, ConverterMissing) as exc:
         pytest.fail(f"the GGUF export is not installed (`make gguf`): {exc}")
+
+
+@pytest.fixture(scope="module")
+def gguf_stack(exporter: None, stack: Stack) -> Stack:
+    """The stack, once llama-cpp-python and its converter are installed (`make gguf`); fails saying so if not."""
     return stack

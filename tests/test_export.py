@@ -30,11 +30,6 @@ F16_MAX_ABS = 0.02
 PROMPTS = 4
 
 
-def _finished(client: Any, run_id: str) -> dict[str, Any] | None:
-    run: dict[str, Any] = client.get(f"/api/v1/runs/{run_id}").json()
-    return run if run["status"] in ("succeeded", "failed") else None
-
-
 def _artifact(client: Any, run_id: str, artifact_id: str) -> dict[str, Any] | None:
     for artifact in client.get(f"/api/v1/runs/{run_id}/artifacts").json():
         if artifact["id"] == artifact_id and artifact["status"] in ("ready", "failed"):
@@ -70,9 +65,8 @@ def test_f16_and_q8_0_exports_load_in_llama_cpp_match_transformers_and_carry_a_m
     gguf_stack: Stack, tmp_path: Path
 ) -> None:
     client = gguf_stack.client()
-    spec = {"name": "gguf export", "method": "lora", "max_steps": 12, "per_device_train_batch_size": 4}
-    run_id = client.post("/api/v1/runs", json=spec | {"task_eval_rows": 0, "regression_prompts": []}).json()["id"]
-    run = wait_for(lambda: _finished(client, run_id), timeout=300, what="the run to finish")
+    run_id = gguf_stack.start_run(name="gguf export", method="lora", max_steps=12, per_device_train_batch_size=4)["id"]
+    run = gguf_stack.wait_run(run_id, timeout=300)
     assert run["status"] == "succeeded", run["error"]
     assert not [a for a in client.get(f"/api/v1/runs/{run_id}/artifacts").json() if a["kind"] == "merged"]
 
@@ -141,8 +135,7 @@ def test_f16_and_q8_0_exports_load_in_llama_cpp_match_transformers_and_carry_a_m
 
 def test_an_export_of_an_unknown_type_or_a_run_without_an_adapter_is_refused(gguf_stack: Stack) -> None:
     client = gguf_stack.client()
-    spec = {"name": "never trained", "method": "lora", "max_steps": 5, "worker": "nobody@nowhere"}
-    queued = client.post("/api/v1/runs", json=spec).json()
+    queued = gguf_stack.start_run(name="never trained", method="lora", max_steps=5, worker="nobody@nowhere")
     refused = client.post(f"/api/v1/runs/{queued['id']}/export", json={"type": "q8_0"})
     assert refused.status_code == 409 and "no adapter yet" in refused.json()["detail"]
     wrong = client.post(f"/api/v1/runs/{queued['id']}/export", json={"type": "q3_k"})

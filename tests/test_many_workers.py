@@ -18,7 +18,7 @@ from tests.processes import Processes
 
 pytestmark = pytest.mark.slow
 HOST = socket.gethostname()
-QUICK = {"max_steps": 6, "method": "lora", "regression_prompts": [], "task_eval_rows": 0}
+QUICK = {"max_steps": 6, "method": "lora"}  # over Stack.start_run's QUICK_RUN
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +77,7 @@ def test_a_pinned_run_trains_only_there_and_a_big_run_waits_for_the_worker_that_
 ) -> None:
     stack, workers = fleet
     busy = stack.start_run(name="pinned-w2", worker=f"w2@{HOST}", **(QUICK | {"max_steps": 40}))
-    deadline = time.monotonic() + 120
-    while httpx.get(f"{stack.url}/api/v1/runs/{busy['id']}", timeout=30).json()["status"] != "running":
-        assert time.monotonic() < deadline
-        time.sleep(0.3)
+    stack.wait_run(busy["id"], lambda run: run["status"] == "running", timeout=120)
     # w1 is idle and takes the big run off the shared queue first, but cannot hold it: it passes it to w2.
     big = stack.start_run(name="big", per_device_train_batch_size=16, max_seq_length=256, **(QUICK | {"max_steps": 3}))
     pinned_w1 = stack.start_run(name="pinned-w1", worker=f"w1@{HOST}", **QUICK)

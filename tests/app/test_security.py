@@ -65,6 +65,33 @@ def test_cross_site_posts_are_refused_and_change_nothing(client: TestClient) -> 
     assert [run["name"] for run in _runs(client)] == ["mine"]
 
 
+def test_every_route_that_changes_something_refuses_a_cross_site_request(client: TestClient) -> None:
+    """Not only the forms above: every POST/PUT/PATCH/DELETE the app serves (the exports, merges, uploads and
+    any route added later) is refused from another site before it reads its input."""
+    import importlib
+    import pkgutil
+    import re
+
+    from fastapi.routing import APIRoute
+
+    import app.web.routes
+
+    modules = [
+        importlib.import_module(f"app.web.routes.{m.name}") for m in pkgutil.iter_modules(app.web.routes.__path__)
+    ]
+    unsafe = [
+        (method, re.sub(r"\{[^}]+\}", "x", route.path))
+        for module in modules
+        for route in module.router.routes
+        if isinstance(route, APIRoute)
+        for method in sorted(route.methods & {"POST", "PUT", "PATCH", "DELETE"})
+    ]
+    assert ("POST", "/api/v1/runs/x/export") in unsafe and ("POST", "/runs/x/export") in unsafe
+    for method, path in unsafe:
+        response = client.request(method, path, headers={"Origin": "http://evil.example"}, follow_redirects=False)
+        assert response.status_code == 403, (method, path, response.status_code)
+
+
 def test_passwords_are_hashed_with_scrypt() -> None:
     stored = hash_password("correct horse battery")
     assert stored.startswith("scrypt$") and "correct" not in stored

@@ -25,10 +25,12 @@ def test_app_never_imports_worker() -> None:
     assert result.stdout.strip() == "False"
 
 
-def test_the_web_on_a_database_never_migrated_stops_and_says_to_migrate(tmp_path: Path, database_url: str) -> None:
+def test_the_web_on_a_database_never_migrated_stops_and_says_to_migrate(
+    tmp_path: Path, database_url: str, redis_url: str
+) -> None:
     """`loradeck web` before `loradeck migrate` (as a compose file without the migrate service would): not a
     page of 500s, but an exit that names the command to run; the database is left as it was."""
-    env = stack_env(tmp_path / "data", "redis://127.0.0.1:1/0", database_url, free_port())
+    env = stack_env(tmp_path / "data", redis_url, database_url, free_port())
     web = subprocess.run(
         [sys.executable, "-m", "app.cli", "web", "--port", str(free_port())],
         env=env,

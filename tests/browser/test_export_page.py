@@ -8,15 +8,13 @@ from pathlib import Path
 
 from playwright.sync_api import Page, expect
 
-from tests.conftest import Stack, wait_for
+from tests.conftest import Stack
 
 
 def test_export_gguf_from_the_run_page_shows_its_check_and_downloads(
     gguf_stack: Stack, page: Page, tmp_path: Path
 ) -> None:
-    client = gguf_stack.client()
-    spec = {"name": "export from the page", "method": "lora", "max_steps": 10, "task_eval_rows": 0}
-    run_id = client.post("/api/v1/runs", json=spec | {"regression_prompts": []}).json()["id"]
+    run_id = gguf_stack.start_run(name="export from the page", method="lora", max_steps=10)["id"]
     page.goto(f"{gguf_stack.url}/runs/{run_id}")
     expect(page.locator("#run-status")).to_have_text("succeeded", timeout=300_000)
     expect(page.locator("#export-form")).to_be_visible()
@@ -43,4 +41,3 @@ def test_export_gguf_from_the_run_page_shows_its_check_and_downloads(
     with tarfile.open(saved) as archive:
         names = sorted(Path(name).name for name in archive.getnames() if not name.endswith("/"))
     assert names == sorted(["Modelfile", "SHA256SUMS", f"{run_id}-f16.gguf"])
-    wait_for(lambda: client.get(f"/api/v1/runs/{run_id}").json(), 5, "the API")

@@ -70,10 +70,7 @@ def test_a_playground_request_during_a_training_run_neither_waits_for_it_nor_dis
     stack: Stack, trained: dict[str, Any]
 ) -> None:
     busy = stack.start_run(name="busy", method="lora", max_steps=150, per_device_train_batch_size=2)
-    deadline = time.monotonic() + 120
-    while httpx.get(f"{stack.url}/api/v1/runs/{busy['id']}", timeout=30).json()["step"] < 3:
-        assert time.monotonic() < deadline, "the busy run did not start"
-        time.sleep(0.3)
+    stack.wait_run(busy["id"], lambda run: run["step"] >= 3, timeout=120)
     request = {"run_id": trained["id"], "prompt": PROMPT, "max_new_tokens": 24, "compare": "checkpoint-6"}
     reply = httpx.post(f"{stack.url}/api/v1/playground", json=request, timeout=30)
     assert reply.status_code == 202, reply.text
