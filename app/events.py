@@ -3,11 +3,18 @@
 The worker appends (`publish`); the web follows a stream for server-sent events (`follow`). Each
 event's stream id is its SSE `id:`, so a client that reconnects with `Last-Event-ID` misses nothing.
 The database keeps every metric, so losing Redis loses no data, only the live feed.
+
+Publishing is idempotent: a reply lost with the connection (Redis stopping, a network cut) makes the client
+send the command again, redis-py's own retries included, and the event must not appear twice. Each event
+goes out with its sender's id and number; a script in Redis appends a number only past the last one it
+appended for that sender, in the same step, so a resend is recognised and answered with nothing.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +29,31 @@ def stream_key(run_id: str) -> str:
     return f"loradeck:run:{run_id}:events"
 
 
+def senders_key(run_id: str) -> str:
+    """The hash of the run stream's senders: the number of the last event each one appended."""
+    return f"loradeck:run:{run_id}:events:senders"
+
+
+# KEYS: the stream, its senders' hash. ARGV: sender, number, maxlen, event type, data. Nil when already there.
+_APPEND_ONCE = """
+local last = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if tonumber(ARGV[2]) <= last then return false end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'event', ARGV[4], 'data', ARGV[5])
+"""
+
+
+class Sender:
+    """One source of a run's events: numbers them, so that sending one again never appends it twice."""
+
+    def __init__(self) -> None:
+        self.id = uuid.uuid4().hex
+        self._numbers = itertools.count(1)
+
+    def next_number(self) -> int:
+        return next(self._numbers)
+
+
 @dataclass(frozen=True)
 class Event:
     id: str
@@ -32,12 +64,23 @@ class Event:
         return f"id: {self.id}\nevent: {self.event}\ndata: {json.dumps(self.data, separators=(',', ':'))}\n\n"
 
 
-def publish(client: redis.Redis, run_id: str, event: LiveEvent, *, maxlen: int) -> str:
-    """Append one event to the run's stream; the stream keeps about `maxlen` of the newest."""
+def publish(
+    client: redis.Redis, run_id: str, event: LiveEvent, *, maxlen: int, once: tuple[Sender, int] | None = None
+) -> str | None:
+    """Append one event to the run's stream, which keeps about `maxlen` of the newest; returns its stream id.
+
+    `once` is (sender, the number it gave this event): sending the same number again, as a retry after a
+    lost reply does, appends nothing and returns None. Without it the event is a sender's only one.
+    """
     if RUN_EVENTS.get(event.type) is not type(event):
         raise ValueError(f"{type(event).__name__} is not a run event; run events are {', '.join(RUN_EVENTS)}")
-    fields = {"event": event.type, "data": json.dumps(event.data(), separators=(",", ":"))}
-    stream_id = client.xadd(stream_key(run_id), fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+    sender, number = once if once is not None else (Sender(), 1)
+    data = json.dumps(event.data(), separators=(",", ":"))
+    append = client.register_script(_APPEND_ONCE)  # EVALSHA, loading the script again after a Redis restart
+    keys = [stream_key(run_id), senders_key(run_id)]
+    stream_id = append(keys=keys, args=[sender.id, number, maxlen, event.type, data])
+    if stream_id is None:
+        return None
     return stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
 
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from app import metrics, runs
 from app.config import Settings
 from app.errors import InvalidInput, Unavailable
-from app.events import stream_key
+from app.events import senders_key, stream_key
 from app.models import Artifact, ArtifactStatus, Run, RunStatus, utcnow
 from app.preflight import validate_spec
 from app.queue import (
@@ -193,7 +193,7 @@ def delete_run(*, session: Session, settings: Settings, run_id: str) -> None:
     RunDir.of(run_id, settings).remove()
     try:
         client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
-        client.delete(stream_key(run_id))
+        client.delete(stream_key(run_id), senders_key(run_id))
         client.close()
     except redis.RedisError:
         pass  # a stream left behind expires with Redis's own trimming; the run is gone from the database

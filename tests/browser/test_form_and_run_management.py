@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import create_engine, func, select
 
@@ -195,6 +196,9 @@ def test_delete_and_archive_at_390px(stack: Stack, browser: Browser) -> None:
         stack.wait_run(run["id"], lambda r: r["status"] == "succeeded", timeout=240)
     run_dir = stack.data_dir / "runs" / doomed["id"]
     assert (run_dir / "adapter").is_dir()
+    live = redis.Redis.from_url(stack.env["REDIS_URL"])
+    its_keys = f"loradeck:run:{doomed['id']}:*"
+    assert len(live.keys(its_keys)) == 2  # its event stream and the stream's senders
     context, page = narrow(browser)
     try:
         page.goto(stack.url + "/")
@@ -215,6 +219,7 @@ def test_delete_and_archive_at_390px(stack: Stack, browser: Browser) -> None:
         expect(page.locator(f'tr[data-run-id="{doomed["id"]}"]')).to_have_count(0)
         assert not run_dir.exists()
         assert httpx.get(f"{stack.url}/api/v1/runs/{doomed['id']}", timeout=30).status_code == 404
+        assert live.keys(its_keys) == []
         engine = create_engine(stack.database_url)
         with engine.connect() as connection:
             for table in (Metric, Artifact):

@@ -3,6 +3,8 @@
 Training never waits on Redis: `publish` queues the event and returns. While Redis is unreachable (stopped,
 restarting, a network blip) the events wait in a bounded buffer and go out in order once it answers again,
 so a viewer that reconnects with Last-Event-ID sees them too. The database keeps every metric regardless.
+Each event is numbered when it is queued and keeps its number through every retry, so one whose reply was
+lost (Redis stopped after appending it) is not appended a second time (`app.events.publish`).
 """
 
 from __future__ import annotations
@@ -41,9 +43,11 @@ class EventPublisher:
         self.maxlen = maxlen
         self.echo = echo
         self.dropped = 0
-        self._waiting: collections.deque[LiveEvent] = collections.deque()
+        self.sender = events.Sender()
+        self._waiting: collections.deque[tuple[int, LiveEvent]] = collections.deque()
         self._cond = threading.Condition()
         self._closing = False
+        self._give_up_at = float("inf")
         self._down_since: float | None = None
         self._sender = threading.Thread(target=self._send_loop, name=f"loradeck-events-{run_id}", daemon=True)
         self._sender.start()
@@ -57,15 +61,17 @@ class EventPublisher:
             if len(self._waiting) >= BUFFER_EVENTS:
                 self._waiting.popleft()
                 self.dropped += 1
-            self._waiting.append(event)
+            self._waiting.append((self.sender.next_number(), event))
             self._cond.notify()
 
     def close(self, wait_s: float = CLOSE_WAIT_S) -> None:
-        """Send what is still waiting (unless Redis is down: then it is dropped), then stop the sender."""
+        """Send what is still waiting, retrying for up to `wait_s` (then what Redis did not take is dropped),
+        then stop the sender."""
         with self._cond:
             self._closing = True
+            self._give_up_at = time.monotonic() + wait_s
             self._cond.notify()
-        self._sender.join(timeout=wait_s)
+        self._sender.join(timeout=wait_s + RETRY_EVERY_S)
         if self._sender.is_alive():
             log.warning("live events: %d not sent before the end of the run", len(self._waiting))
         self.client.close()
@@ -77,28 +83,30 @@ class EventPublisher:
                     self._cond.wait()
                 if not self._waiting:
                     return
-                event = self._waiting.popleft()
+                numbered = self._waiting.popleft()
+            number, event = numbered
             try:
-                events.publish(self.client, self.run_id, event, maxlen=self.maxlen)
+                events.publish(self.client, self.run_id, event, maxlen=self.maxlen, once=(self.sender, number))
             except redis.RedisError as exc:
-                if not self._went_down(exc, event):
+                if not self._went_down(exc, numbered):
                     return
                 continue
             if self._down_since is not None:
                 log.info("Redis is back after %.0f s; live events resume", time.monotonic() - self._down_since)
                 self._down_since = None
 
-    def _went_down(self, exc: redis.RedisError, event: LiveEvent) -> bool:
-        """Put the event back and wait before retrying; False when the run is over (drop what is left)."""
+    def _went_down(self, exc: redis.RedisError, numbered: tuple[int, LiveEvent]) -> bool:
+        """Put the event back and wait before retrying; False when closing has waited long enough (drop what
+        is left)."""
         with self._cond:
-            if self._closing:
+            if self._closing and time.monotonic() >= self._give_up_at:
                 self.dropped += len(self._waiting) + 1
                 log.warning("Redis is unreachable (%s): the run's last %d live events are dropped", exc, self.dropped)
                 self._waiting.clear()
                 return False
-            self._waiting.appendleft(event)
+            self._waiting.appendleft(numbered)
             if self._down_since is None:
                 self._down_since = time.monotonic()
                 log.warning("live events wait: Redis is unreachable (%s); the database keeps the metrics", exc)
-            self._cond.wait(RETRY_EVERY_S)  # close() wakes it early
+            self._cond.wait(min(RETRY_EVERY_S, max(self._give_up_at - time.monotonic(), 0.0)))  # close() wakes it
         return True

@@ -133,8 +133,9 @@ def _announce_failure(run_id: str, error: str) -> None:
     settings = get_settings()
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
     try:
+        sender = events.Sender()
         for event in (StatusEvent(status="failed", error=error), DoneEvent(status="failed")):
-            events.publish(client, run_id, event, maxlen=settings.stream_maxlen)
+            events.publish(client, run_id, event, maxlen=settings.stream_maxlen, once=(sender, sender.next_number()))
     except redis.RedisError as exc:  # the page still shows the failure from the database
         log.warning("run %s: failure not announced live: %s", run_id, exc)
     finally:
