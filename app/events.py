@@ -5,9 +5,9 @@ event's stream id is its SSE `id:`, so a client that reconnects with `Last-Event
 The database keeps every metric, so losing Redis loses no data, only the live feed.
 
 Publishing is idempotent: a reply lost with the connection (Redis stopping, a network cut) makes the client
-send the command again, redis-py's own retries included, and the event must not appear twice. Each event
-goes out with its sender's id and number; a script in Redis appends a number only past the last one it
-appended for that sender, in the same step, so a resend is recognised and answered with nothing.
+send the command again (the worker's publisher does; so does redis-py where retries are set), and the event
+must not appear twice. Each event goes out with its sender's id and number; a script in Redis appends a
+number only past the last one it appended for that sender, in the same step, so a resend appends nothing.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """A run's live events through a connection that loses replies: the events reach the stream once each.
 
 A real Redis sits behind a TCP proxy that can close the connection right after Redis answered one request,
-as when Redis stops or the network cuts between the append and its reply. The client then sends the
-request again (redis-py retries by itself, and the publisher retries what failed): the event must not be
-appended twice, which a viewer would see as a step drawn twice.
+as when Redis stops or the network cuts between the append and its reply. The publisher then sends the
+event again: it must not be appended twice, which a viewer would see as a step drawn twice.
 """
 
 from __future__ import annotations
