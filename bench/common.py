@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 README = BENCH_DIR / "README.md"
 
@@ -35,6 +36,19 @@ def machine() -> dict[str, Any]:
     }
 
 
+def portable(value: Any) -> Any:
+    """`value` with every absolute path made shareable: relative to the checkout when inside it, else the
+    file's name alone (a temporary folder's name says nothing, and where this machine keeps files is its own)."""
+    if isinstance(value, dict):
+        return {key: portable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [portable(item) for item in value]
+    if isinstance(value, str) and value.startswith("/") and "\n" not in value and " " not in value:
+        path = Path(value)
+        return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else path.name
+    return value
+
+
 def write_result(name: str, command: str, figures: dict[str, Any]) -> Path:
     path = RESULTS_DIR / f"{name}.json"
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -43,7 +57,7 @@ def write_result(name: str, command: str, figures: dict[str, Any]) -> Path:
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": command,
         "machine": machine(),
-        **figures,
+        **portable(figures),
     }
     path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     return path
