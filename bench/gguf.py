@@ -51,13 +51,16 @@ def build_large(root: Path) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     out = root / "random-llama-498m"
-    if (out / "config.json").is_file():
+    if out.is_dir():  # whole: it is written beside and renamed into place when complete
         return out
+    partial = root / "random-llama-498m.partial"
+    shutil.rmtree(partial, ignore_errors=True)  # what an interrupted build left
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**LARGE, bos_token_id=1, eos_token_id=2, pad_token_id=0)).bfloat16()
-    model.save_pretrained(out, max_shard_size=SHARD)
+    model.save_pretrained(partial, max_shard_size=SHARD)
     for name in TOKENIZER_FILES:
-        shutil.copyfile(TINY / name, out / name)
+        shutil.copyfile(TINY / name, partial / name)
+    partial.rename(out)
     return out
 
 
