@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.contracts.evaluation import Evaluation
 from app.models import Artifact, ArtifactStatus
 from app.schemas import GgufType
 
@@ -39,7 +40,7 @@ class RunOut(BaseModel):
         default=False, description="Stop was asked: it ends `stopped` at its next step, adapter saved."
     )
     archived_at: datetime | None = Field(default=None, description="When it was archived (hidden from lists).")
-    evaluation: dict[str, Any] | None = Field(
+    evaluation: Evaluation | None = Field(
         default=None,
         description="After training: task metrics (exact match, JSON fields right) and regression prompts' "
         "answers, each for the base and the adapter; `base` names that base (label, dtype, quantization): for "

@@ -193,3 +193,11 @@ def test_the_form_proposes_eval_data_that_goes_with_its_dataset(client: TestClie
     assert _field_value(page, "dataset") == escape(str(upload))
     assert _field_value(page, "eval_dataset") == ""
     assert _field_value(page, "eval_split") == "0.1"
+
+
+def test_the_api_documents_what_a_run_s_evaluation_holds(client: TestClient) -> None:
+    schemas = client.get("/api/v1/openapi.json").json()["components"]["schemas"]
+    evaluation = schemas["RunOut"]["properties"]["evaluation"]
+    assert {"$ref": "#/components/schemas/Evaluation"} in evaluation["anyOf"]
+    assert {"base", "task", "examples", "regression", "error", "progress"} <= set(schemas["Evaluation"]["properties"])
+    assert set(schemas["TaskScore"]["required"]) == {"rows", "exact_match"}
