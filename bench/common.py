@@ -38,14 +38,16 @@ def machine() -> dict[str, Any]:
 
 def portable(value: Any) -> Any:
     """`value` with every absolute path made shareable: relative to the checkout when inside it, else the
-    file's name alone (a temporary folder's name says nothing, and where this machine keeps files is its own)."""
+    file's name alone (a temporary folder's name says nothing, and where this machine keeps files is its own).
+    A path is a string of one line, no spaces, "/" then at least two names: not "/help", not a sentence."""
     if isinstance(value, dict):
         return {key: portable(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [portable(item) for item in value]
-    if isinstance(value, str) and value.startswith("/") and "\n" not in value and " " not in value:
+    if isinstance(value, str) and value.startswith("/") and not any(c.isspace() for c in value):
         path = Path(value)
-        return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else path.name
+        if len(path.parts) >= 3:
+            return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else path.name
     return value
 
 

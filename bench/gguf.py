@@ -114,8 +114,7 @@ def run_read(model_dir: str) -> dict[str, Any]:
 def run_export(model_dir: str, out: str, gguf_type: str) -> dict[str, Any]:
     from worker.export import convert_to_gguf
 
-    report = convert_to_gguf(Path(model_dir), Path(out), gguf_type)
-    return report | {"path": Path(out).name}  # the file's name: where it was written is this machine's business
+    return convert_to_gguf(Path(model_dir), Path(out), gguf_type)  # write_result records its path by name
 
 
 def run_check(gguf_path: str, model_dir: str, gguf_type: str) -> dict[str, Any]:

@@ -27,11 +27,11 @@ def test_no_recorded_result_holds_an_absolute_path() -> None:
 def test_paths_are_recorded_relative_to_the_checkout_or_by_name() -> None:
     figures = {
         "spec": {"base_model": str(REPO / "assets" / "tiny-llama"), "dataset": "/tmp/bench-x1y2/rows.jsonl"},
-        "prompts": ["/a question, not a path", "relative/stays"],
+        "prompts": ["/a question, not a path", "/help", "relative/stays"],
         "steps": 3,
     }
     assert portable(figures) == {
         "spec": {"base_model": "assets/tiny-llama", "dataset": "rows.jsonl"},
-        "prompts": ["/a question, not a path", "relative/stays"],
+        "prompts": ["/a question, not a path", "/help", "relative/stays"],
         "steps": 3,
     }
