@@ -49,8 +49,8 @@ class EventPublisher:
         self._closing = False
         self._give_up_at = float("inf")
         self._down_since: float | None = None
-        self._sender = threading.Thread(target=self._send_loop, name=f"loradeck-events-{run_id}", daemon=True)
-        self._sender.start()
+        self._thread = threading.Thread(target=self._send_loop, name=f"loradeck-events-{run_id}", daemon=True)
+        self._thread.start()
 
     def publish(self, event: LiveEvent) -> None:
         if RUN_EVENTS.get(event.type) is not type(event):  # a programming error: raise it here, not in the sender
@@ -71,8 +71,8 @@ class EventPublisher:
             self._closing = True
             self._give_up_at = time.monotonic() + wait_s
             self._cond.notify()
-        self._sender.join(timeout=wait_s + RETRY_EVERY_S)
-        if self._sender.is_alive():
+        self._thread.join(timeout=wait_s + RETRY_EVERY_S)
+        if self._thread.is_alive():
             log.warning("live events: %d not sent before the end of the run", len(self._waiting))
         self.client.close()
 
