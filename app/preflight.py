@@ -22,15 +22,27 @@ from app.dataset_shapes import SHAPE_NAMES, first_row_shape
 from app.errors import InvalidInput, field_error
 from app.paths import dataset_outside, inside, model_outside
 from app.peft_defaults import IA3_DEFAULT_MODEL_TYPES, ia3_feedforward_refusal, model_type
-from app.schemas import Method, RunSpec, is_hub_id
+from app.schemas import Method, RunSpec, is_hub_id, refuse_hidden_characters
 
 INPUT_FIELDS = ("base_model", "dataset", "eval_dataset")
+
+
+def hidden_characters(field: str, value: str) -> str | None:
+    """Why a path or id cannot be looked at: a NUL byte (the OS refuses it) or a character that hides what it
+    says. None when it can."""
+    try:
+        refuse_hidden_characters(field, value)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def base_model_problem(value: str, settings: Settings, *, enforce_roots: bool) -> tuple[str, str | None]:
     """(the value to store: a resolved directory or the hub id, why it cannot be used or None)."""
     if not value:
         return value, "base_model is empty: give a local model directory or a hub id like org/name"
+    if problem := hidden_characters("base_model", value):
+        return value, problem
     path = Path(value).expanduser()
     hub_id = is_hub_id(value)
     neither = f"base_model: {value} is neither a local model directory nor a hub id (org/name)"
@@ -51,6 +63,8 @@ def dataset_problem(field: str, value: str, settings: Settings, *, enforce_roots
     """(the resolved path, why the file cannot be used or None); an empty eval_dataset is no eval file."""
     if not value and field == "eval_dataset":
         return value, None
+    if problem := hidden_characters(field, value):
+        return value, problem
     path = Path(value).expanduser()
     # The roots first: whether a file outside them exists is nobody's business.
     if enforce_roots and not inside(path, settings.allowed_dataset_roots):

@@ -234,6 +234,15 @@ def delete_run(*, session: Session, run_id: str) -> Run:
     run = get_run(session=session, run_id=run_id)
     if not RunStatus(run.status).finished:
         raise Conflict(f"run {run_id} is {run.status}: cancel or stop it first, then delete it")
+    making = session.scalars(
+        select(Artifact.kind).where(
+            Artifact.run_id == run_id, Artifact.status.in_((ArtifactStatus.pending, ArtifactStatus.running))
+        )
+    ).first()
+    if making is not None:
+        # Its worker reads the run's files and writes beside them: deleting them under it would fail it midway.
+        what = "a merge" if making == ArtifactKind.merged else "an export"
+        raise Conflict(f"run {run_id}: {what} of it is being made; wait until it is ready or failed, then delete it")
     session.execute(delete(Metric).where(Metric.run_id == run_id))
     session.execute(delete(Artifact).where(Artifact.run_id == run_id))
     session.delete(run)

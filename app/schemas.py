@@ -52,10 +52,18 @@ def with_default_eval(spec: RunSpec) -> RunSpec:
     return spec.model_copy(update={"eval_dataset": proposed}) if proposed else spec
 
 
+def is_sample_dataset(dataset: str) -> bool:
+    """True when `dataset` names the bundled sample's training file (by any path to it)."""
+    try:
+        return bool(dataset) and Path(dataset).resolve() == SAMPLE_TRAIN.resolve()
+    except (OSError, ValueError):  # a NUL byte or a loop of links: not the sample, and refused elsewhere
+        return False
+
+
 def default_eval(dataset: str) -> dict[str, Any]:
     """The eval data that goes with a dataset when none is given: the bundled sample's own eval file, or a
     held-out share of the dataset itself. Never another dataset's eval file."""
-    if dataset and Path(dataset).resolve() == SAMPLE_TRAIN.resolve() and SAMPLE_EVAL.is_file():
+    if is_sample_dataset(dataset) and SAMPLE_EVAL.is_file():
         return {"eval_dataset": str(SAMPLE_EVAL), "eval_split": 0.0}
     return {"eval_dataset": "", "eval_split": DEFAULT_EVAL_SPLIT}
 
@@ -68,7 +76,7 @@ DEFAULT_REGRESSION_PROMPTS = (
 )
 
 
-def _refuse_hidden_characters(what: str, value: str) -> None:
+def refuse_hidden_characters(what: str, value: str) -> None:
     # Control and bidirectional-override characters hide what a text says; refuse them.
     hidden = [ch for ch in value if unicodedata.category(ch) in ("Cc", "Cf") and ch not in "\n\t"]
     if hidden:
@@ -270,10 +278,10 @@ class RunSpec(BaseModel):
     def _strip(cls, value: str) -> str:
         return value.strip()
 
-    @field_validator("name", "prompt_tuning_init_text")
+    @field_validator("name", "prompt_tuning_init_text", "base_model", "dataset", "eval_dataset")
     @classmethod
     def _printable(cls, value: str, info: ValidationInfo) -> str:
-        _refuse_hidden_characters(str(info.field_name), value)
+        refuse_hidden_characters(str(info.field_name), value)
         return value
 
     @field_validator("regression_prompts", mode="before")
@@ -289,7 +297,7 @@ class RunSpec(BaseModel):
         for number, prompt in enumerate(prompts, start=1):
             if len(prompt) > 2000:
                 raise ValueError(f"regression_prompts: prompt {number} is {len(prompt)} characters; at most 2000")
-            _refuse_hidden_characters(f"regression_prompts: prompt {number}", prompt)
+            refuse_hidden_characters(f"regression_prompts: prompt {number}", prompt)
         return prompts
 
     @field_validator("base_model")
@@ -429,5 +437,5 @@ class PlaygroundRequest(BaseModel):
     @field_validator("prompt")
     @classmethod
     def _visible(cls, value: str) -> str:
-        _refuse_hidden_characters("prompt", value)
+        refuse_hidden_characters("prompt", value)
         return value

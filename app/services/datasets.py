@@ -3,6 +3,7 @@ them and describe one again for another tokenizer or length."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,7 +47,8 @@ def form_int(fields: dict[str, str], name: str, default: int) -> int:
     value = fields.get(name, "").strip()
     if not value:
         return default
-    if not value.lstrip("-").isdigit():
+    # ASCII digits only, and few: str.isdigit takes '²' (which int() refuses), and int() refuses 4300+ digits.
+    if not re.fullmatch(r"-?[0-9]{1,18}", value):
         raise InvalidInput(f"{name}: Input should be a valid integer, not {value[:40]!r}")
     return int(value)
 

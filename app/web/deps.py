@@ -49,6 +49,9 @@ async def read_json(request: Request) -> Any:
         return await request.json()
     except ValueError as exc:
         raise InvalidInput(errors=[{"type": "json_invalid", "loc": [], "msg": f"JSON decode error: {exc}"}]) from exc
+    except RecursionError:  # `[[[[...]]]]` a few thousand deep: no spec nests more than two levels
+        message = "JSON decode error: nested too deeply; a run spec is an object of fields, lists at most"
+        raise InvalidInput(errors=[{"type": "json_invalid", "loc": [], "msg": message}]) from None
 
 
 def is_htmx(request: Request) -> bool:

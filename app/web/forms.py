@@ -6,7 +6,6 @@ import re
 import typing
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
 from typing import Any, Literal
 
 from annotated_types import Ge, Gt, Le, Lt
@@ -15,7 +14,7 @@ from starlette.datastructures import FormData
 
 from app.config import Settings
 from app.preflight import INPUT_FIELDS, input_problems, rule_problems
-from app.schemas import SAMPLE_TRAIN, RunSpec, default_eval
+from app.schemas import SAMPLE_TRAIN, RunSpec, default_eval, is_sample_dataset
 
 # The form's sections, in order, each with its fields: every RunSpec field is in exactly one.
 SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -123,7 +122,7 @@ def form_defaults(dataset: str | None = None) -> dict[str, Any]:
     defaults = RunSpec.model_construct().model_dump()
     dataset = dataset or defaults["dataset"]
     defaults |= {"dataset": dataset} | default_eval(dataset)
-    if Path(dataset).resolve() == SAMPLE_TRAIN.resolve():
+    if is_sample_dataset(dataset):
         defaults |= SAMPLE_TASK_RECIPE
     return defaults
 

@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from app.config import TINY_MODEL_DIR
 from app.models import Artifact, Dataset, Metric, Run
 from app.web.forms import LINE_FIELDS
 
@@ -168,3 +169,63 @@ def test_every_bad_input_gets_a_4xx_naming_what_to_fix_and_stores_nothing(
     assert failures == [], "\n".join(failures)
     assert _state(data_dir) == before
     assert len(RUN_SPEC_CASES) + len(OTHER_CASES) >= 40
+
+
+# Found by an audit: each answered 500 with a traceback before. (what, method, path, request, status, words)
+AUDIT_CASES: list[tuple[str, str, str, dict[str, Any], int, str]] = [
+    *[(f"NUL in {field}", "POST", "/api/v1/runs", {"json": {"max_steps": 5, field: value}}, 422, f"{field}: contains invisible control characters (U+0000)")
+      for field, value in (("base_model", "assets/a\x00b"), ("dataset", "assets/a\x00b.jsonl"), ("eval_dataset", "assets/e\x00.jsonl"))],
+    *[(f"NUL in the form's {field}", "POST", "/runs", {"data": {"max_steps": "5", field: value}, "headers": {"HX-Request": "true"}}, 422, "U+0000")
+      for field, value in (("base_model", "assets/a\x00b"), ("dataset", "assets/a\x00b.jsonl"), ("eval_dataset", "e\x00.jsonl"))],
+    ("NUL in an upload's base_model", "POST", "/api/v1/datasets", {"files": {"file": ("a.jsonl", b'{"text":"a"}')}, "data": {"base_model": "a\x00b"}}, 422, "base_model: contains invisible control characters"),
+    ("NUL in a description's base_model", "GET", "/api/v1/datasets/DATASET?base_model=a%00b", {}, 422, "base_model: contains invisible control characters"),
+    ("NUL in the dataset page's base_model", "GET", "/datasets/DATASET?base_model=a%00b", {}, 200, "invisible control characters"),
+    ("nested arrays as a run", "POST", "/api/v1/runs", {"content": b"[" * 2000 + b"]" * 2000, "headers": {"content-type": "application/json"}}, 422, "nested too deeply"),
+    ("nested objects as a run", "POST", "/api/v1/runs", {"content": b'{"a":' * 2000 + b"1" + b"}" * 2000, "headers": {"content-type": "application/json"}}, 422, "nested too deeply"),
+    ("nested arrays as an estimate", "POST", "/api/v1/estimate", {"content": b"[" * 2000 + b"]" * 2000, "headers": {"content-type": "application/json"}}, 422, "nested too deeply"),
+    ("superscript two as an upload's length", "POST", "/api/v1/datasets", {"files": {"file": ("a.jsonl", b'{"text":"a"}')}, "data": {"max_seq_length": "\u00b2"}}, 422, "max_seq_length: Input should be a valid integer"),
+    ("5000 digits as an upload's length", "POST", "/api/v1/datasets", {"files": {"file": ("a.jsonl", b'{"text":"a"}')}, "data": {"max_seq_length": "9" * 5000}}, 422, "max_seq_length: Input should be a valid integer"),
+    ("superscript two as a description's length", "GET", "/api/v1/datasets/DATASET?max_seq_length=%C2%B2", {}, 422, "valid integer"),
+    ("superscript two as the dataset page's length", "GET", "/datasets/DATASET?max_seq_length=%C2%B2", {}, 200, "max_seq_length: Input should be a valid integer"),
+    ("metrics export as XML", "GET", "/compare/export?format=xml", {}, 422, "'csv' or 'json'"),
+    ("delete a run while its merge is made", "DELETE", "/api/v1/runs/DONE", {}, 409, "a merge of it is being made"),
+]  # fmt: skip
+
+
+def test_what_an_audit_found_gets_a_4xx_and_no_process_logs_a_traceback(
+    client: TestClient, loradeck_env: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    from transformers import AutoTokenizer
+
+    from app.db import get_sessionmaker
+    from app.schemas import SAMPLE_TRAIN
+    from worker.data.describe import describe_dataset
+
+    # A stored dataset as an upload leaves it: described for the bundled model.
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL_DIR)
+    description = describe_dataset(SAMPLE_TRAIN, tokenizer, max_seq_length=256).model_dump(mode="json")
+    with get_sessionmaker()() as session:
+        session.add(
+            Dataset(
+                id="ds1",
+                name="d",
+                filename="train.jsonl",
+                sha256="0" * 64,
+                path=str(SAMPLE_TRAIN),
+                size_bytes=1,
+                description=description,
+            )
+        )
+        session.add(Run(id="done1", name="r", spec={"method": "lora"}, status="succeeded"))
+        session.add(Artifact(id="merging1", run_id="done1", kind="merged", status="running"))
+        session.commit()
+    data_dir = Path(loradeck_env["LORADECK_DATA_DIR"])
+    before = _state(data_dir)
+    failures = []
+    for what, method, path, kwargs, status, words in AUDIT_CASES:
+        response = client.request(method, path.replace("DATASET", "ds1").replace("DONE", "done1"), **kwargs)
+        if response.status_code != status or words not in response.text:
+            failures.append(f"{what}: {response.status_code} {response.text[:300]}")
+    assert failures == [], "\n".join(failures)
+    assert _state(data_dir) == before
+    assert [record.getMessage() for record in caplog.records if record.exc_info or record.levelname == "ERROR"] == []

@@ -22,6 +22,7 @@ from app.preflight import base_model_problem
 from worker.data.chat import IGNORE_INDEX, chat_template_name
 from worker.data.encode import Example, encode_all, learns_something, truncate
 from worker.data.files import read_dataset, validate_dataset
+from worker.data.hub import model_source
 
 MAX_PROBLEMS = 200
 
@@ -89,7 +90,8 @@ def _tokenizer(base_model: str) -> Any:
     # The inspector describes many files with few tokenizers: load each once.
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(base_model, trust_remote_code=get_settings().allow_trust_remote_code)
+    source = model_source(base_model)
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=get_settings().allow_trust_remote_code)
 
 
 def describe_dataset(

@@ -32,6 +32,7 @@ from app.errors import InvalidInput
 from app.peft_defaults import ia3_feedforward_refusal
 from app.preflight import check_inputs, stored_spec
 from app.schemas import RunSpec
+from worker.data.hub import model_source
 from worker.errors import RunError
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ def peft_config(spec: RunSpec, *, model_type: str) -> PeftConfig:
             num_virtual_tokens=spec.num_virtual_tokens,
             prompt_tuning_init=PromptTuningInit.TEXT if text else PromptTuningInit.RANDOM,
             prompt_tuning_init_text=text or None,
-            tokenizer_name_or_path=spec.base_model if text else None,
+            tokenizer_name_or_path=model_source(spec.base_model) if text else None,
             tokenizer_kwargs={"trust_remote_code": get_settings().allow_trust_remote_code} if text else None,
             modules_to_save=modules_to_save,
         )
@@ -198,7 +199,7 @@ def check_module_names(spec: RunSpec) -> None:
     if not any(named.values()):
         return
     trust = get_settings().allow_trust_remote_code
-    config = AutoConfig.from_pretrained(spec.base_model, trust_remote_code=trust)
+    config = AutoConfig.from_pretrained(model_source(spec.base_model), trust_remote_code=trust)
     try:
         with torch.device("meta"):  # no memory, no init: a 70B skeleton builds in a second
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust)

@@ -39,6 +39,7 @@ from app.contracts.estimate import EstimateAnswer, EstimateOut, MemoryOut, Model
 from app.errors import InvalidInput
 from app.preflight import validate_spec
 from app.schemas import RunSpec
+from worker.data.hub import model_source
 from worker.engine.configs import (
     check_module_names,
     model_dtype,
@@ -159,9 +160,9 @@ def read_config(base_model: str) -> PretrainedConfig:
     trust = get_settings().allow_trust_remote_code
     try:
         # local_files_only: an estimate answers in a second or two, so it never waits on the network.
-        return AutoConfig.from_pretrained(base_model, trust_remote_code=trust, local_files_only=True)
+        return AutoConfig.from_pretrained(model_source(base_model, download=False), trust_remote_code=trust)
     except OSError as exc:
-        if Path(base_model).is_dir():
+        if Path(base_model).is_absolute():  # a local directory (the pre-flight resolved it)
             raise EstimateError(f"base_model: cannot read {base_model}/config.json: {exc}") from None
         raise EstimateError(
             f"base_model: {base_model} is a hub id whose config.json is not in this worker's Hugging Face cache, "

@@ -39,6 +39,7 @@ from app.contracts.evaluation import (
 from app.contracts.events import EvaluatingEvent, EvaluationEvent
 from app.schemas import RunSpec
 from worker.data.encode import Row, encode_prompt, eval_rows
+from worker.data.hub import model_source
 from worker.engine.configs import compute_dtype, quantization_mode
 from worker.runtime.publisher import EventPublisher
 from worker.serving.decoding import chat_prompt, generate_completions
@@ -63,7 +64,7 @@ def shipped_model(model: PeftModel, spec: RunSpec, adapter_dir: Path) -> tuple[P
         return model, EvaluatedBase(label=f"base ({dtype})", dtype=dtype, quantization="none")
     try:
         base = AutoModelForCausalLM.from_pretrained(
-            spec.base_model,
+            model_source(spec.base_model),
             dtype="auto",
             device_map={"": model.device},
             trust_remote_code=get_settings().allow_trust_remote_code,

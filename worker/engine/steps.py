@@ -40,6 +40,7 @@ from app.models import Artifact, ArtifactKind, ArtifactStatus
 from app.rundir import RunDir, checkpoint_step
 from app.schemas import RunSpec
 from worker.data.encode import load_training_data, make_collator
+from worker.data.hub import model_source, public_name
 from worker.engine.callbacks import MetricsCallback
 from worker.engine.configs import (
     check_module_names,
@@ -159,7 +160,7 @@ def device() -> str:
 def load_tokenizer(spec: RunSpec) -> PreTrainedTokenizerBase:
     trust = get_settings().allow_trust_remote_code
     try:
-        tokenizer = AutoTokenizer.from_pretrained(spec.base_model, trust_remote_code=trust)
+        tokenizer = AutoTokenizer.from_pretrained(model_source(spec.base_model), trust_remote_code=trust)
     except OSError as exc:  # the first read of base_model: a hub id that does not resolve fails here
         raise model_not_found(spec.base_model, exc) from exc
     if tokenizer.pad_token_id is None:
@@ -171,7 +172,7 @@ def load_tokenizer(spec: RunSpec) -> PreTrainedTokenizerBase:
 def load_model(spec: RunSpec) -> PreTrainedModel:
     """The frozen base: 4-bit or 8-bit through bitsandbytes, or full precision; on the GPU when there is one."""
     model = AutoModelForCausalLM.from_pretrained(
-        spec.base_model,
+        model_source(spec.base_model),
         device_map={"": device()},
         dtype=model_dtype(spec),
         quantization_config=quantization_config(spec),
@@ -179,6 +180,8 @@ def load_model(spec: RunSpec) -> PreTrainedModel:
         use_safetensors=True,
     )
     model.config.use_cache = False  # the KV cache only helps generation and costs memory in training
+    # PEFT copies this name into every adapter_config.json and README.md it saves, checkpoints included.
+    model.config._name_or_path = model.name_or_path = public_name(spec.base_model)
     return model  # type: ignore[no-any-return]
 
 

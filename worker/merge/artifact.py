@@ -35,6 +35,7 @@ from app.errors import InvalidInput
 from app.models import Artifact, ArtifactKind, ArtifactStatus, Metric
 from app.preflight import check_inputs, stored_spec
 from app.rundir import RunDir
+from worker.data.hub import model_source
 from worker.engine.configs import vllm_lora_incompatibility
 from worker.merge.check import (
     CHANGED_THRESHOLD,
@@ -157,7 +158,7 @@ def _merge(
     adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
     # The base and the dataset (the check's prompts) are read again: still there, under the allowed roots.
     checked = check_inputs(stored_spec(spec), get_settings(), fields=("base_model", "dataset"))
-    base_dir = local_model_dir(checked.base_model)
+    base_dir = Path(model_source(checked.base_model))
     prompts = check_prompts(checked.dataset)
 
     partial = run_dir.merged_partial_dir  # a crash mid-save must never leave a half model under `merged`
@@ -210,16 +211,6 @@ def _merge(
         "files": tree["files"],
         "details": details,
     }
-
-
-def local_model_dir(base_model: str) -> Path:
-    """The base's folder: a local path as given, a hub id fetched (safetensors and configs only) or cached."""
-    if Path(base_model).is_dir():
-        return Path(base_model)
-    from huggingface_hub import snapshot_download
-
-    patterns = ["*.safetensors", "*.json", "*.model", "*.txt", "*.jinja", "LICENSE*", "NOTICE*", "USE_POLICY*"]
-    return Path(snapshot_download(base_model, allow_patterns=patterns))
 
 
 def _last_loss(session: Session, run_id: str, kind: str) -> float | None:

@@ -8,12 +8,27 @@ changed, or one that reached the queue some other way, reads nothing outside the
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery import shared_task
 
 from app.contracts.estimate import EstimateAnswer
+from app.errors import NotFound
 from app.queue import DESCRIBE_DATASET_TASK, ESTIMATE_TASK, EXPORT_TASK, GENERATE_TASK, MERGE_TASK, TRAIN_TASK, Queue
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def unless_deleted(what: str) -> Iterator[None]:
+    """A run or artifact deleted while its task waited in the queue leaves nothing to do: say so in a line."""
+    try:
+        yield
+    except NotFound as exc:
+        log.info("%s: %s (deleted while its task waited); nothing to do", what, exc)
 
 
 @shared_task(name=TRAIN_TASK, queue=Queue.train.value, acks_late=True, ignore_result=True)
@@ -23,8 +38,9 @@ def train_run(run_id: str) -> None:
     from worker.runtime.celery_app import worker_record
     from worker.runtime.scheduling import place
 
-    if place(run_id, worker_record()):
-        run_training(run_id, enforce_roots=True)
+    with unless_deleted(f"run {run_id}"):
+        if place(run_id, worker_record()):
+            run_training(run_id, enforce_roots=True)
 
 
 @shared_task(name=MERGE_TASK, queue=Queue.merge.value, acks_late=True, ignore_result=True)
@@ -32,7 +48,8 @@ def merge_artifact(artifact_id: str) -> None:
     """Merge a run's adapter into its base model and check the result."""
     from worker.merge.artifact import merge_artifact as merge
 
-    merge(artifact_id)
+    with unless_deleted(f"merge {artifact_id}"):
+        merge(artifact_id)
 
 
 @shared_task(name=EXPORT_TASK, queue=Queue.merge.value, acks_late=True, ignore_result=True)
@@ -40,7 +57,8 @@ def export_gguf(artifact_id: str) -> None:
     """Export a run's merged model as one GGUF (merging first when needed), checked by llama.cpp."""
     from worker.export.job import export_artifact
 
-    export_artifact(artifact_id)
+    with unless_deleted(f"export {artifact_id}"):
+        export_artifact(artifact_id)
 
 
 @shared_task(name=ESTIMATE_TASK, queue=Queue.inspect.value, ignore_result=False)

@@ -38,6 +38,7 @@ from app.models import ArtifactKind, ArtifactStatus
 from app.preflight import check_inputs, stored_spec
 from app.rundir import RunDir
 from app.schemas import PlaygroundRequest, RunSpec
+from worker.data.hub import model_source
 from worker.engine.configs import model_dtype, quantization_config
 from worker.serving.decoding import CachedLM, chat_prompt, eos_ids
 
@@ -220,7 +221,7 @@ def _load(path: str, spec: RunSpec, *, as_trained: bool) -> tuple[Any, PreTraine
         path, device_map={"": _device()}, trust_remote_code=trust, use_safetensors=True, **kwargs
     )
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(spec.base_model, trust_remote_code=trust)
+    tokenizer = AutoTokenizer.from_pretrained(model_source(spec.base_model), trust_remote_code=trust)
     return model, tokenizer
 
 

@@ -25,7 +25,7 @@ from app.web.api_models import (
 )
 from app.web.deps import RUN_SPEC_BODY, SessionDep, SettingsDep, read_json
 from app.web.downloads import download_response
-from app.web.live import live_hub
+from app.web.live import live_hub, stream_error, stream_position
 
 router = APIRouter(prefix="/api/v1", tags=["api"])
 # Past any run's steps (max_steps <= 1e7), and inside the metrics table's step column (32-bit on PostgreSQL).
@@ -105,16 +105,16 @@ async def run_events(
     view = run_stream(session=session, run_id=run_id)
     finished = view.over
     session.close()
-    after = last_event_id_header or last_event_id or "0-0"
+    after = stream_position(last_event_id_header or last_event_id)
 
     async def stream() -> AsyncIterator[str]:
         nonlocal after
         hub = live_hub(settings.redis_url)
+        yield "retry: 2000\n\n"
         try:
             if after_step is not None and not last_event_id_header:
                 after = await position_before_step(hub.client, run_id, after_step)
             view.last_id = after
-            yield "retry: 2000\n\n"
             async for event in hub.follow(run_id, after, finished=finished):
                 if event is None:
                     yield ": keep-alive\n\n"
@@ -127,9 +127,9 @@ async def run_events(
             if finished:
                 # A finished run's stream is complete (or gone with Redis): say so, so the page stops listening.
                 yield view.done().to_sse()
-        except (redis.RedisError, OSError):
-            # Redis went away: end the stream; the browser reconnects with Last-Event-ID and catches up.
-            return
+        except (redis.RedisError, OSError) as exc:
+            # Say why the stream ends (no id: the browser reconnects with the last event's and catches up).
+            yield stream_error(exc)
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
@@ -20,7 +21,7 @@ def compared_ids(request: Request) -> list[str]:
 
 
 @router.get("/compare/export", response_model=None)
-def export_metrics(request: Request, session: SessionDep, format: str = "csv") -> Response:
+def export_metrics(request: Request, session: SessionDep, format: Literal["csv", "json"] = "csv") -> Response:
     """Every metric point of the compared runs, one row per point: CSV or JSON, as a download."""
     rows = service.metric_rows(session=session, run_ids=compared_ids(request))
     if format == "json":
@@ -30,7 +31,7 @@ def export_metrics(request: Request, session: SessionDep, format: str = "csv") -
         writer = csv.DictWriter(out, fieldnames=service.EXPORT_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-        body, media, format = out.getvalue(), "text/csv", "csv"
+        body, media = out.getvalue(), "text/csv"
     headers = {"Content-Disposition": f'attachment; filename="loradeck-metrics.{format}"'}
     return Response(body, media_type=media, headers=headers)
 

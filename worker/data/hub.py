@@ -1,0 +1,36 @@
+"""Where a worker reads a base model from: a local directory that the pre-flight resolved under the allowed
+roots (so an absolute path), or a hub id, read through the Hugging Face cache and never as a path.
+
+transformers opens any existing directory as a local model, so a hub id such as `app/static` would be read
+relative to the worker's working directory: outside the roots, and its answer ("Unrecognized model" against
+"not in the cache") would tell whether such a folder exists. A hub id becomes its cache snapshot's folder
+before anything loads it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# What loading, merging and exporting a base reads: weights as safetensors only, configs and tokenizers.
+MODEL_FILES = ["*.safetensors", "*.json", "*.model", "*.txt", "*.jinja", "LICENSE*", "NOTICE*", "USE_POLICY*"]
+
+
+def model_source(base_model: str, *, download: bool = True) -> str:
+    """The folder to load `base_model` from. A hub id is fetched into the Hugging Face cache when `download`
+    (else only found there); an error is an OSError saying which, as transformers' own loaders raise."""
+    path = Path(base_model).expanduser()
+    if path.is_absolute():
+        return str(path)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        return str(snapshot_download(base_model, allow_patterns=MODEL_FILES, local_files_only=not download))
+    except HFValidationError as exc:  # a ValueError: not a repository id at all
+        raise OSError(f"{base_model} is not a hub id: {str(exc).splitlines()[0]}") from None
+
+
+def public_name(base_model: str) -> str:
+    """How files a user downloads (an adapter's config and model card) name the base: a hub id as given, a
+    local directory by its folder's name, since this server's paths are nobody else's business."""
+    return Path(base_model).name if Path(base_model).expanduser().is_absolute() else base_model
