@@ -94,6 +94,18 @@ class CheckpointOut(BaseModel):
     size_bytes: int
 
 
+class ResumeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_steps: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="Train to this step instead of the spec's max_steps (above the checkpoint's step); "
+        "the learning-rate schedule follows the new length.",
+    )
+
+
 class MergeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
