@@ -32,13 +32,16 @@ MADE_FROM_ADAPTER = (ArtifactKind.adapter, ArtifactKind.merged, ArtifactKind.ggu
 
 def use_checkpoint_as_adapter(*, session: Session, settings: Settings, run_id: str, step: int) -> Artifact:
     """The checkpoint of `step`'s adapter becomes the run's adapter artifact, so merge, GGUF export, the
-    playground and the adapter's download work on it; a merged model or export of an earlier adapter goes."""
-    run = _finished_run(session, run_id, "its adapter is taken from a checkpoint")
+    playground and the adapter's download work on it; an earlier adapter goes with what was made of it (its
+    merged model, its exports) and with the evaluation that compared it with the base."""
+    run = _finished_run(session, run_id, "use one of its checkpoints as the adapter")
     run_dir = RunDir.of(run_id, settings)
     checkpoint = _complete_checkpoint(run_dir, step)
     missing = [name for name in ADAPTER_FILES if not (checkpoint.path / name).is_file()]
     if missing:
         raise Conflict(f"{checkpoint.name} holds no adapter ({', '.join(missing)} missing); pick another checkpoint")
+    if run.evaluation is not None and runs.has_adapter(session=session, run_id=run_id):
+        run.evaluation = None  # it compared the base with the adapter being replaced
     _drop_adapter(session, run_dir)
     adapter_dir = run_dir.adapter_dir
     run_dir.adopt_checkpoint(step)
@@ -65,7 +68,7 @@ def resume_from_checkpoint(
     """A new attempt of the run from the checkpoint of `step`: queued again, trained on by a worker as a run
     interrupted there is (its metric points and checkpoints past `step` go, and so do its adapter and what
     was made of it: the attempt saves its own). `max_steps`: train to that step instead of the spec's."""
-    run = _finished_run(session, run_id, "it is resumed")
+    run = _finished_run(session, run_id, "resume it")
     if run.status not in RESUMABLE:
         raise Conflict(
             f"run {run_id} has {run.status}: it trained all its steps; duplicate it to train a new one longer"
@@ -81,7 +84,7 @@ def resume_from_checkpoint(
             RunSpec.model_validate(spec)
         except ValidationError as exc:  # RunSpec's own limits on max_steps
             raise InvalidInput(errors=[dict(error) for error in exc.errors(include_url=False)]) from exc
-    worker = RunSpec.model_validate(spec).worker
+    worker = str(spec.get("worker") or "")  # pinned to a worker: back to that one, as when it was submitted
     with reaching_redis("the run was not resumed"):
         # Checked before anything changes; the stream is dropped as well: its `done` would end a page
         # following the new attempt (the history is in the database; live events start again).
