@@ -9,8 +9,9 @@
         exports/<type>/            a GGUF export (the .gguf, its Modelfile, SHA256SUMS), once checked
         ranks/<rank>.json, stop    a multi-GPU run: how each rank ended; the worker's request to stop
 
-The web reads it (log tail, checkpoints, what a delete removes), the worker writes it; nobody else joins
-these paths or parses a checkpoint's name.
+The web reads it (log tail, checkpoints, what a delete removes), the worker writes it; of a finished run the
+web also takes a checkpoint's adapter as the run's, and clears what a resume from a checkpoint trains again.
+Nobody else joins these paths or parses a checkpoint's name.
 """
 
 from __future__ import annotations

@@ -92,6 +92,11 @@ class CheckpointOut(BaseModel):
     name: str = Field(description="Trainer's folder name, checkpoint-<step>.")
     step: int
     size_bytes: int
+    complete: bool = Field(
+        default=True,
+        description="Trainer finished writing it: it can be resumed from, or used as the adapter "
+        "(false while it is being saved, or when a save was cut off).",
+    )
 
 
 class ResumeRequest(BaseModel):

@@ -37,8 +37,7 @@ def cancelled_with_checkpoints(
 
 def complete_steps(stack: Stack, run_id: str) -> list[int]:
     listed = httpx.get(f"{stack.url}/api/v1/runs/{run_id}/checkpoints", timeout=30).json()
-    folder = stack.data_dir / "runs" / run_id / "checkpoints"
-    return [c["step"] for c in listed if (folder / c["name"] / "trainer_state.json").is_file()]
+    return [c["step"] for c in listed if c["complete"]]
 
 
 def untar(response: httpx.Response, into: Path) -> Path:

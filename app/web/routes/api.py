@@ -81,9 +81,9 @@ def get_log(
 
 @router.get("/runs/{run_id}/checkpoints")
 def get_checkpoints(run_id: str, session: SessionDep, settings: SettingsDep) -> list[CheckpointOut]:
-    """The run's checkpoints (to resume from), oldest first, with step and size."""
+    """The run's checkpoints (to resume from, or to use as the adapter), oldest first, with step and size."""
     found = runs.run_checkpoints(session=session, settings=settings, run_id=run_id)
-    return [CheckpointOut(name=c.name, step=c.step, size_bytes=c.size_bytes) for c in found]
+    return [CheckpointOut(name=c.name, step=c.step, size_bytes=c.size_bytes, complete=c.complete) for c in found]
 
 
 @router.post("/runs/{run_id}/checkpoints/{step}/resume", status_code=202)
