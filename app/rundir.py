@@ -9,8 +9,9 @@
         exports/<type>/            a GGUF export (the .gguf, its Modelfile, SHA256SUMS), once checked
         ranks/<rank>.json, stop    a multi-GPU run: how each rank ended; the worker's request to stop
 
-The web reads it (log tail, checkpoints, what a delete removes), the worker writes it; nobody else joins
-these paths or parses a checkpoint's name.
+The web reads it (log tail, checkpoints, what a delete removes), the worker writes it; of a finished run the
+web also takes a checkpoint's adapter as the run's, and clears what a resume from a checkpoint trains again.
+Nobody else joins these paths or parses a checkpoint's name.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from app.schemas import GGUF_TYPES
 
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE_MARK = "trainer_state.json"  # Trainer writes it last: a checkpoint without it was cut off mid-save
+# What of a checkpoint is the adapter, in PEFT's own format (the rest is Trainer's state for resuming:
+# optimizer, scheduler, RNG, which the adapter's download would carry for nothing).
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def checkpoint_name(step: int) -> str:
@@ -53,6 +57,11 @@ class Checkpoint:
     @property
     def size_bytes(self) -> int:
         return tree_size(self.path)
+
+    @property
+    def complete(self) -> bool:
+        """Trainer finished writing it: it can be resumed from, or its adapter used."""
+        return (self.path / COMPLETE_MARK).is_file()
 
 
 @dataclass(frozen=True)
@@ -91,11 +100,15 @@ class RunDir:
     def merged_partial_dir(self) -> Path:
         return self.root / "merged.partial"
 
+    @property
+    def exports_dir(self) -> Path:
+        return self.root / "exports"
+
     def export_dir(self, gguf_type: str) -> Path:
         """The folder of one GGUF export: `exports/<type>` (f16, q8_0, ...)."""
         if gguf_type not in GGUF_TYPES:  # the type names a folder: only the known ones
             raise ValueError(f"{gguf_type!r} is not a GGUF type")
-        return self.root / "exports" / gguf_type
+        return self.exports_dir / gguf_type
 
     @property
     def ranks_dir(self) -> Path:
@@ -168,6 +181,30 @@ class RunDir:
     # --- changing it
     def create(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+
+    def adopt_checkpoint(self, step: int) -> Path:
+        """Make the adapter of the checkpoint of `step` the run's adapter (`adapter/`), its files copied whole
+        into place: a download or a merge never sees half of one. The checkpoint stays as it is."""
+        source = self.checkpoint_dir(step)
+        partial = self.root / "adapter.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        for name in ADAPTER_FILES:
+            shutil.copy2(source / name, partial / name)
+        self.remove_adapter()
+        partial.rename(self.adapter_dir)
+        return self.adapter_dir
+
+    def remove_adapter(self) -> None:
+        """Delete the adapter and what was made of it (the merged model, the GGUF exports)."""
+        for path in (self.adapter_dir, self.merged_dir, self.merged_partial_dir, self.exports_dir):
+            shutil.rmtree(path, ignore_errors=True)
+
+    def remove_checkpoints_after(self, step: int) -> None:
+        """Delete the checkpoints past `step`: a run resumed from `step` trains those steps again."""
+        for checkpoint in self.checkpoints():
+            if checkpoint.step > step:
+                shutil.rmtree(checkpoint.path, ignore_errors=True)
 
     def remove(self) -> None:
         """Delete the whole directory (never anything outside the runs dir)."""

@@ -282,17 +282,23 @@ def get_artifact(*, session: Session, artifact_id: str) -> Artifact:
     return artifact
 
 
-def can_merge(*, session: Session, run: Run) -> bool:
-    """A succeeded (or stopped) run, or one whose adapter is saved while base and adapter are still being
-    evaluated."""
-    if run.status in (RunStatus.succeeded, RunStatus.stopped):
-        return True
+def has_adapter(*, session: Session, run_id: str) -> bool:
+    """Whether the run's adapter is saved (by training, or taken from one of its checkpoints)."""
     adapter = session.scalar(
         select(Artifact.id).where(
-            Artifact.run_id == run.id, Artifact.kind == ArtifactKind.adapter, Artifact.status == ArtifactStatus.ready
+            Artifact.run_id == run_id, Artifact.kind == ArtifactKind.adapter, Artifact.status == ArtifactStatus.ready
         )
     )
-    return run.status == RunStatus.running and adapter is not None
+    return adapter is not None
+
+
+def can_merge(*, session: Session, run: Run) -> bool:
+    """A succeeded (or stopped) run; one whose adapter is saved while base and adapter are still being
+    evaluated; or a cancelled or failed one whose adapter was taken from a checkpoint."""
+    if run.status in (RunStatus.succeeded, RunStatus.stopped):
+        return True
+    with_adapter = (RunStatus.running, RunStatus.cancelled, RunStatus.failed)
+    return run.status in with_adapter and has_adapter(session=session, run_id=run.id)
 
 
 def request_merge(*, session: Session, run_id: str, dtype: str) -> tuple[Artifact, bool]:

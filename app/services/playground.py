@@ -29,10 +29,13 @@ class Choice:
 
 
 def choices(*, session: Session, settings: Settings, run_id: str) -> list[Choice]:
-    """What can answer beside the base: the adapter of a succeeded run, its checkpoints, its merged model."""
+    """What can answer beside the base: the adapter of a succeeded run (or one taken from a checkpoint), its
+    checkpoints, its merged model."""
     run = runs.get_run(session=session, run_id=run_id)
     found = []
-    if run.status == RunStatus.succeeded:
+    if run.status == RunStatus.succeeded or (
+        RunStatus(run.status).finished and runs.has_adapter(session=session, run_id=run_id)
+    ):
         found.append(Choice("adapter", "adapter (the run's result)"))
     found += [Choice(c.name, f"checkpoint of step {c.step}") for c in RunDir.of(run_id, settings).checkpoints()]
     merged = [

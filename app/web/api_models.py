@@ -92,6 +92,23 @@ class CheckpointOut(BaseModel):
     name: str = Field(description="Trainer's folder name, checkpoint-<step>.")
     step: int
     size_bytes: int
+    complete: bool = Field(
+        default=True,
+        description="Trainer finished writing it: it can be resumed from, or used as the adapter "
+        "(false while it is being saved, or when a save was cut off).",
+    )
+
+
+class ResumeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_steps: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="Train to this step instead of the spec's max_steps (above the checkpoint's step); "
+        "the learning-rate schedule follows the new length.",
+    )
 
 
 class MergeRequest(BaseModel):

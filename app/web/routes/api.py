@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 import redis
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.events import position_before_step
 from app.models import RunStatus
-from app.services import runs
+from app.services import checkpoints, runs
 from app.services.run_stream import run_stream
 from app.web.api_models import (
     ArtifactOut,
@@ -20,6 +20,7 @@ from app.web.api_models import (
     ExportRequest,
     MergeRequest,
     MetricOut,
+    ResumeRequest,
     RunOut,
     artifact_out,
 )
@@ -80,9 +81,36 @@ def get_log(
 
 @router.get("/runs/{run_id}/checkpoints")
 def get_checkpoints(run_id: str, session: SessionDep, settings: SettingsDep) -> list[CheckpointOut]:
-    """The run's checkpoints (to resume from), oldest first, with step and size."""
+    """The run's checkpoints (to resume from, or to use as the adapter), oldest first, with step and size."""
     found = runs.run_checkpoints(session=session, settings=settings, run_id=run_id)
-    return [CheckpointOut(name=c.name, step=c.step, size_bytes=c.size_bytes) for c in found]
+    return [CheckpointOut(name=c.name, step=c.step, size_bytes=c.size_bytes, complete=c.complete) for c in found]
+
+
+@router.post("/runs/{run_id}/checkpoints/{step}/resume", status_code=202)
+def resume_run(
+    run_id: str,
+    step: Annotated[int, Path(ge=1, le=MAX_STEP)],
+    session: SessionDep,
+    settings: SettingsDep,
+    request: ResumeRequest | None = None,
+) -> RunOut:
+    """Resume a cancelled, failed or stopped run from one of its checkpoints: a new attempt of the same run,
+    queued again (its points and checkpoints past the step, its adapter and what was made of it go)."""
+    max_steps = request.max_steps if request else None
+    resumed = checkpoints.resume_from_checkpoint(
+        session=session, settings=settings, run_id=run_id, step=step, max_steps=max_steps
+    )
+    return RunOut.model_validate(resumed)
+
+
+@router.post("/runs/{run_id}/checkpoints/{step}/use-as-adapter", status_code=201)
+def use_checkpoint_as_adapter(
+    run_id: str, step: Annotated[int, Path(ge=1, le=MAX_STEP)], session: SessionDep, settings: SettingsDep
+) -> ArtifactOut:
+    """Make a finished run's checkpoint the run's adapter artifact: merge, GGUF export, the playground and the
+    adapter's download then work on it (a merged model or export of an earlier adapter is deleted)."""
+    adopted = checkpoints.use_checkpoint_as_adapter(session=session, settings=settings, run_id=run_id, step=step)
+    return artifact_out(adopted)
 
 
 @router.get("/runs/{run_id}/events")

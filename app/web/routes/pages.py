@@ -11,7 +11,7 @@ from app.config import STATIC_DIR, get_settings
 from app.errors import DomainError, InvalidInput
 from app.models import RunStatus, utcnow
 from app.schemas import GGUF_TYPES, RunSpec
-from app.services import runs
+from app.services import checkpoints, runs
 from app.services.pickers import dataset_options, model_options
 from app.services.runs import RunsOverview
 from app.web.api_models import artifact_out
@@ -126,6 +126,7 @@ def artifacts_context(session: SessionDep, settings: SettingsDep, run_id: str) -
         "artifacts": [artifact_out(a) for a in runs.list_artifacts(session=session, run_id=run_id)],
         "checkpoints": runs.run_checkpoints(session=session, settings=settings, run_id=run_id),
         "mergeable": runs.can_merge(session=session, run=run),
+        "resumable": run.status in checkpoints.RESUMABLE,
         "gguf_types": GGUF_TYPES,
     }
 
