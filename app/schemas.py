@@ -76,6 +76,15 @@ def _refuse_hidden_characters(what: str, value: str) -> None:
         raise ValueError(f"{what}: contains invisible control characters ({codes})")
 
 
+def hidden_characters_problem(what: str, value: str) -> str | None:
+    """The refusal a run name with hidden characters gets, for a name outside RunSpec (a dataset's), or None."""
+    try:
+        _refuse_hidden_characters(what, value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 class Method(StrEnum):
     lora = "lora"
     qlora = "qlora"

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData
 
 from app.config import Settings
-from app.preflight import INPUT_FIELDS, input_problems, rule_problems
+from app.preflight import INPUT_FIELDS, datasets_outside_roots, input_problems, rule_problems
 from app.schemas import SAMPLE_TRAIN, RunSpec, default_eval
 
 # The form's sections, in order, each with its fields: every RunSpec field is in exactly one.
@@ -281,8 +281,9 @@ def check_form(values: dict[str, Any], settings: Settings) -> tuple[RunSpec | No
     only once each field is valid, so each failing field is set aside (to its default) and the rest checked
     again, until nothing new turns up; then the inputs on disk (app.preflight), the same way. A cross-field
     error is listed under each field it names."""
-    errors: dict[str, str] = {}
-    trial = dict(values)
+    # A dataset path outside the roots is refused as such first, whatever its suffix (app.preflight).
+    errors: dict[str, str] = datasets_outside_roots(values, settings)
+    trial = {name: value for name, value in values.items() if name not in errors}
     spec: RunSpec | None = None
     for _ in range(8):
         try:
