@@ -1,5 +1,6 @@
-"""What the new-run form's pickers offer: the datasets (the bundled sample and the uploads) and the base
-models (the bundled one and every directory with a config.json under the allowed model roots)."""
+"""What the new-run form's pickers offer: the datasets (the bundled sample and the uploads), the eval data (the
+sample's eval file and the uploads) and the base models (the bundled one and every directory with a config.json
+under the allowed model roots, those that cannot be used shown disabled)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,13 @@ def dataset_options(session: Session) -> list[Choice]:
         parts.append(f"uploaded {d.created_at:%Y-%m-%d %H:%M}")
         options.append(Choice(d.path, " · ".join(part for part in parts if part)))
     return options
+
+
+def eval_dataset_options(session: Session) -> list[Choice]:
+    """For the eval data: the bundled sample's own eval file, then the uploads (not the sample's training file,
+    which would score the run on the rows it trained on)."""
+    sample = Choice(str(SAMPLE_DATASET_DIR / "eval.jsonl"), "Bundled sample: its eval file (eval.jsonl)")
+    return [sample, *dataset_options(session)[1:]]
 
 
 def describe_model(directory: Path) -> str:

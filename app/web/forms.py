@@ -117,15 +117,21 @@ SAMPLE_TASK_RECIPE: dict[str, Any] = {
 }
 
 
+def dataset_defaults(dataset: str) -> dict[str, Any]:
+    """The defaults that follow the dataset (here and in static/js/presets.js): the eval data that goes with it,
+    and the schedule: the sample task's recipe for the bundled sample, RunSpec's own for any other file."""
+    own = RunSpec.model_construct().model_dump()
+    follows = {name: own[name] for name in SAMPLE_TASK_RECIPE} | default_eval(dataset)
+    if dataset and Path(dataset).resolve() == SAMPLE_TRAIN.resolve():
+        follows |= SAMPLE_TASK_RECIPE
+    return follows
+
+
 def form_defaults(dataset: str | None = None) -> dict[str, Any]:
-    """What a new form holds: RunSpec's defaults, the eval data that goes with the dataset, and for the
-    bundled sample task the recipe that teaches it quickly."""
+    """What a new form holds: RunSpec's defaults, with those that follow the dataset (dataset_defaults)."""
     defaults = RunSpec.model_construct().model_dump()
     dataset = dataset or defaults["dataset"]
-    defaults |= {"dataset": dataset} | default_eval(dataset)
-    if Path(dataset).resolve() == SAMPLE_TRAIN.resolve():
-        defaults |= SAMPLE_TASK_RECIPE
-    return defaults
+    return defaults | {"dataset": dataset} | dataset_defaults(dataset)
 
 
 def preset_values() -> dict[str, dict[str, Any]]:
@@ -240,11 +246,14 @@ def form_context(values: dict[str, Any], errors: dict[str, str] | None = None) -
         "errors": errors or {},
         "presets": [(key, label) for key, (label, _) in PRESETS.items()],
         "preset_values": preset_values(),
-        # How the eval fields follow the dataset field when it changes (static/js/presets.js).
-        "eval_rule": {
+        # How the fields that follow the dataset change with it (static/js/presets.js): the values for the
+        # sample and for any other file; a field holding neither was set by the user and stays.
+        "dataset_rule": {
             "sample_train": str(SAMPLE_TRAIN),
-            "sample": default_eval(str(SAMPLE_TRAIN)),
-            "other": default_eval(""),
+            **{
+                kind: {name: _display(value, name) for name, value in dataset_defaults(path).items()}
+                for kind, path in (("sample", str(SAMPLE_TRAIN)), ("other", "other.jsonl"))
+            },
         },
     }
 
