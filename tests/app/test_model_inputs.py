@@ -145,7 +145,7 @@ def test_an_archived_runs_merged_model_leaves_the_base_model_picker(stack: Stack
     assert f'value="{merged_dir}"' in httpx.get(stack.url + "/runs/new", timeout=30).text
 
 
-def test_a_model_whose_weights_go_while_the_run_waits_fails_at_claim_saying_so(
+def test_a_model_whose_weights_and_tokenizer_go_while_the_run_waits_fails_at_claim_saying_so(
     stack: Stack, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     # The trainer is busy with a long run, so the second one waits in the queue while its model loses its weights.
@@ -154,8 +154,9 @@ def test_a_model_whose_weights_go_while_the_run_waits_fails_at_claim_saying_so(
     model = model_copy(tmp_path_factory.mktemp("vanishing"), "vanishing")
     waiting = stack.start_run(name="its weights go", base_model=str(model), max_steps=2)
     (model / "model.safetensors").unlink()
+    (model / "tokenizer.json").unlink()
     assert httpx.post(f"{stack.url}/api/v1/runs/{busy['id']}/cancel", timeout=30).status_code == 200
     failed = stack.wait_run(waiting["id"])
     assert failed["status"] == "failed"
     assert "has no safetensors weights" in failed["error"] and str(model) in failed["error"]
-    assert "sentencepiece" not in failed["error"]
+    assert "has no tokenizer" in failed["error"] and "sentencepiece" not in failed["error"]
