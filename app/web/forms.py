@@ -252,7 +252,7 @@ def form_context(values: dict[str, Any], errors: dict[str, str] | None = None) -
             "sample_train": str(SAMPLE_TRAIN),
             **{
                 kind: {name: _display(value, name) for name, value in dataset_defaults(path).items()}
-                for kind, path in (("sample", str(SAMPLE_TRAIN)), ("other", "other.jsonl"))
+                for kind, path in (("sample", str(SAMPLE_TRAIN)), ("other", ""))
             },
         },
     }
