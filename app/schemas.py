@@ -84,6 +84,16 @@ def refuse_hidden_characters(what: str, value: str) -> None:
         raise ValueError(f"{what}: contains invisible control characters ({codes})")
 
 
+def hidden_characters_problem(what: str, value: str) -> str | None:
+    """The refusal a text with hidden characters gets (a dataset's name, a path or id: a NUL byte there would
+    make the OS refuse to look it up), or None."""
+    try:
+        refuse_hidden_characters(what, value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 class Method(StrEnum):
     lora = "lora"
     qlora = "qlora"

@@ -35,9 +35,10 @@ class BadSpecFile(Exception):
         self.lines = lines
 
 
-def read_spec_file(path: Path, **overrides: Any) -> RunSpec:
+def read_spec_file(path: Path, *, loadable: bool = True, **overrides: Any) -> RunSpec:
     """A RunSpec from a YAML or JSON file with the API's fields, checked as the API checks one (the files it
-    names anywhere: the allowed roots are the web's); relative paths are from the current directory."""
+    names anywhere: the allowed roots are the web's); relative paths are from the current directory.
+    `loadable`: a local base model must hold its weights and tokenizer (an estimate reads config.json alone)."""
     from app.config import get_settings
     from app.errors import InvalidInput, field_message
     from app.preflight import validate_spec
@@ -56,7 +57,7 @@ def read_spec_file(path: Path, **overrides: Any) -> RunSpec:
         raise BadSpecFile([f"{path}: expected a mapping of RunSpec fields (base_model, dataset, method, ...)"])
     values = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
     try:
-        return validate_spec(values, get_settings(), enforce_roots=False)
+        return validate_spec(values, get_settings(), enforce_roots=False, loadable=loadable)
     except InvalidInput as exc:
         raise BadSpecFile([field_message(error) for error in exc.errors] or [str(exc)]) from None
 
@@ -190,7 +191,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_estimate(args: argparse.Namespace) -> int:
     try:
-        spec = read_spec_file(Path(args.spec_file))
+        spec = read_spec_file(Path(args.spec_file), loadable=False)
     except BadSpecFile as exc:
         return _fail(exc.lines, EXIT_BAD_INPUT)
     from app.formatting import human_bytes

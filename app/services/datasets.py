@@ -18,7 +18,7 @@ from app.errors import InvalidInput, NotFound
 from app.models import Dataset
 from app.preflight import base_model_problem
 from app.queue import ask_description
-from app.schemas import MAX_SEQ_LENGTH, MIN_SEQ_LENGTH
+from app.schemas import MAX_SEQ_LENGTH, MIN_SEQ_LENGTH, hidden_characters_problem
 
 DEFAULT_SEQ_LENGTH = 256
 MAX_NAME = 200
@@ -60,6 +60,8 @@ def store_upload(*, session: Session, settings: Settings, upload: datasets.Uploa
         name, display = upload.fields.get("name", ""), datasets.clean_filename(upload.filename)[0]
         if len(name) > MAX_NAME:
             raise InvalidInput(f"name: String should have at most {MAX_NAME} characters")
+        if problem := hidden_characters_problem("name", name):
+            raise InvalidInput(problem)
         max_seq_length = form_int(upload.fields, "max_seq_length", DEFAULT_SEQ_LENGTH)
         base_model = upload.fields.get("base_model", "") or settings.default_base_model
         existing = datasets.find_by_hash(session=session, sha256=upload.sha256)

@@ -22,7 +22,7 @@ CUDA_OVERHEAD = 2**30  # the CUDA context and allocator slack the estimate leave
 def estimate(*, settings: Settings, body: Any) -> EstimateOut:
     """The estimate of a spec as a client sends it: InvalidInput naming every problem, Refused when the
     worker cannot estimate it, Unavailable when no worker answers."""
-    return estimate_spec(validate_spec(body, settings))
+    return estimate_spec(validate_spec(body, settings, loadable=False))  # from config.json alone
 
 
 def estimate_spec(spec: RunSpec) -> EstimateOut:

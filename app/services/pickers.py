@@ -1,5 +1,6 @@
-"""What the new-run form's pickers offer: the datasets (the bundled sample and the uploads) and the base
-models (the bundled one and every directory with a config.json under the allowed model roots)."""
+"""What the new-run form's pickers offer: the datasets (the bundled sample and the uploads), the eval data (the
+sample's eval file and the uploads) and the base models (the bundled one and every directory with a config.json
+under the allowed model roots, those that cannot be used shown disabled)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import datasets
 from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, Settings
 from app.formatting import human_bytes
+from app.models import Run
+from app.preflight import model_files_missing
+from app.rundir import RunDir
 
 MAX_DEPTH = 4  # root/org/name/snapshot: deep enough for a hub-style cache, shallow enough to be quick
 MAX_MODELS = 100
@@ -23,6 +28,7 @@ SKIPPED_DIRS = {"checkpoints", "datasets", "redis", "node_modules", "__pycache__
 class Choice:
     value: str  # what the field receives
     label: str  # what the picker shows
+    unusable: str = ""  # why it cannot be chosen (the picker shows it disabled, saying so)
 
 
 def dataset_options(session: Session) -> list[Choice]:
@@ -36,6 +42,13 @@ def dataset_options(session: Session) -> list[Choice]:
     return options
 
 
+def eval_dataset_options(session: Session) -> list[Choice]:
+    """For the eval data: the bundled sample's own eval file, then the uploads (not the sample's training file,
+    which would score the run on the rows it trained on)."""
+    sample = Choice(str(SAMPLE_DATASET_DIR / "eval.jsonl"), "Bundled sample: its eval file (eval.jsonl)")
+    return [sample, *dataset_options(session)[1:]]
+
+
 def describe_model(directory: Path) -> str:
     """ "LlamaForCausalLM · 4.2 MB": the architecture from config.json and the size of its weights."""
     try:
@@ -45,21 +58,30 @@ def describe_model(directory: Path) -> str:
     architectures = config.get("architectures") if isinstance(config, dict) else None
     kind = architectures[0] if isinstance(architectures, list) and architectures else config.get("model_type", "?")
     weights = sum(f.stat().st_size for f in directory.glob("*.safetensors") if f.is_file())
-    return f"{kind} · {human_bytes(weights)}" if weights else f"{kind} · no safetensors weights"
+    return f"{kind} · {human_bytes(weights)}" if weights else str(kind)
 
 
-def model_options(settings: Settings) -> list[Choice]:
-    """The bundled model, then each directory holding a config.json under the allowed roots."""
+def model_options(settings: Settings, session: Session) -> list[Choice]:
+    """The bundled model, then each directory holding a config.json under the allowed roots, but for the merged
+    models of archived runs (archived runs leave the pickers)."""
     bundled = TINY_MODEL_DIR.resolve()
     options = [Choice(str(TINY_MODEL_DIR), f"Bundled tiny model · {describe_model(bundled)}")]
     seen = {bundled}
+    archived = session.scalars(select(Run.id).where(Run.archived_at.is_not(None))).all()
+    hidden = [RunDir.of(run_id, settings).root.resolve() for run_id in archived]
     for root in settings.allowed_model_roots:
         for directory in _model_dirs(root):
-            if directory.resolve() in seen or len(options) >= MAX_MODELS:
+            resolved = directory.resolve()
+            if resolved in seen or len(options) >= MAX_MODELS or any(resolved.is_relative_to(h) for h in hidden):
                 continue
             seen.add(directory.resolve())
             where = f"in {directory.parent}"  # two models of one name are told apart by where they are
-            options.append(Choice(str(directory), f"{directory.name} · {describe_model(directory)} · {where}"))
+            label = f"{directory.name} · {describe_model(directory)} · {where}"
+            # What the pre-flight check would refuse is shown, disabled, with its reason (no weights, no tokenizer).
+            unusable = "; ".join(part.split(" (")[0] for part in model_files_missing(directory))
+            options.append(
+                Choice(str(directory), label + (f" · cannot be used: {unusable}" if unusable else ""), unusable)
+            )
     return options
 
 

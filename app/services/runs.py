@@ -6,7 +6,7 @@ The API, the pages and the CLI call these; each raises domain errors (app.errors
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,7 +19,7 @@ from app.config import Settings
 from app.errors import InvalidInput, Unavailable
 from app.events import senders_key, stream_key
 from app.models import Artifact, ArtifactStatus, Run, RunStatus, utcnow
-from app.preflight import validate_spec
+from app.preflight import spec_setting_aside, validate_spec
 from app.queue import (
     Queue,
     ask_estimate,
@@ -40,8 +40,25 @@ MODULE_FIELDS = ("target_modules", "modules_to_save", "feedforward_modules")
 def create_run(*, session: Session, settings: Settings, body: Any) -> Run:
     """A run from a RunSpec as a client sends it (every problem in one 422), scored on its dataset's eval
     data when it says nothing of evaluation; stored and queued."""
-    spec = with_default_eval(validate_spec(body, settings))
+    try:
+        spec = with_default_eval(validate_spec(body, settings))
+    except InvalidInput as exc:
+        failed = {str(error["loc"][0]) for error in exc.errors if error.get("loc")}
+        modules = module_problems_beside(body, failed) if isinstance(body, Mapping) else {}
+        if not modules:
+            raise
+        raise InvalidInput(errors=exc.errors + InvalidInput.fields(modules).errors) from None
     return submit_run(session=session, spec=spec)
+
+
+def module_problems_beside(values: Mapping[str, Any], failed: set[str]) -> dict[str, str]:
+    """For a spec refused for other reasons, the module names its model lacks (module_name_problems), so every
+    problem comes in one answer: the other fields set aside, as long as the base model itself is usable."""
+    if "base_model" in failed or set(MODULE_FIELDS) <= failed:
+        return {}
+    spec = spec_setting_aside(values, failed)
+    problems = module_name_problems(spec) if spec is not None else {}
+    return {name: message for name, message in problems.items() if name not in failed}
 
 
 def submit_run(*, session: Session, spec: RunSpec) -> Run:

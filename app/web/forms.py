@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData
 
 from app.config import Settings
-from app.preflight import INPUT_FIELDS, input_problems, rule_problems
+from app.preflight import INPUT_FIELDS, datasets_outside_roots, input_problems, rule_problems
 from app.schemas import SAMPLE_TRAIN, RunSpec, default_eval, is_sample_dataset
 
 # The form's sections, in order, each with its fields: every RunSpec field is in exactly one.
@@ -116,15 +116,21 @@ SAMPLE_TASK_RECIPE: dict[str, Any] = {
 }
 
 
+def dataset_defaults(dataset: str) -> dict[str, Any]:
+    """The defaults that follow the dataset (here and in static/js/presets.js): the eval data that goes with it,
+    and the schedule: the sample task's recipe for the bundled sample, RunSpec's own for any other file."""
+    own = RunSpec.model_construct().model_dump()
+    follows = {name: own[name] for name in SAMPLE_TASK_RECIPE} | default_eval(dataset)
+    if is_sample_dataset(dataset):
+        follows |= SAMPLE_TASK_RECIPE
+    return follows
+
+
 def form_defaults(dataset: str | None = None) -> dict[str, Any]:
-    """What a new form holds: RunSpec's defaults, the eval data that goes with the dataset, and for the
-    bundled sample task the recipe that teaches it quickly."""
+    """What a new form holds: RunSpec's defaults, with those that follow the dataset (dataset_defaults)."""
     defaults = RunSpec.model_construct().model_dump()
     dataset = dataset or defaults["dataset"]
-    defaults |= {"dataset": dataset} | default_eval(dataset)
-    if is_sample_dataset(dataset):
-        defaults |= SAMPLE_TASK_RECIPE
-    return defaults
+    return defaults | {"dataset": dataset} | dataset_defaults(dataset)
 
 
 def preset_values() -> dict[str, dict[str, Any]]:
@@ -239,11 +245,14 @@ def form_context(values: dict[str, Any], errors: dict[str, str] | None = None) -
         "errors": errors or {},
         "presets": [(key, label) for key, (label, _) in PRESETS.items()],
         "preset_values": preset_values(),
-        # How the eval fields follow the dataset field when it changes (static/js/presets.js).
-        "eval_rule": {
+        # How the fields that follow the dataset change with it (static/js/presets.js): the values for the
+        # sample and for any other file; a field holding neither was set by the user and stays.
+        "dataset_rule": {
             "sample_train": str(SAMPLE_TRAIN),
-            "sample": default_eval(str(SAMPLE_TRAIN)),
-            "other": default_eval(""),
+            **{
+                kind: {name: _display(value, name) for name, value in dataset_defaults(path).items()}
+                for kind, path in (("sample", str(SAMPLE_TRAIN)), ("other", ""))
+            },
         },
     }
 
@@ -280,8 +289,9 @@ def check_form(values: dict[str, Any], settings: Settings) -> tuple[RunSpec | No
     only once each field is valid, so each failing field is set aside (to its default) and the rest checked
     again, until nothing new turns up; then the inputs on disk (app.preflight), the same way. A cross-field
     error is listed under each field it names."""
-    errors: dict[str, str] = {}
-    trial = dict(values)
+    # A dataset path outside the roots is refused as such first, whatever its suffix (app.preflight).
+    errors: dict[str, str] = datasets_outside_roots(values, settings)
+    trial = {name: value for name, value in values.items() if name not in errors}
     spec: RunSpec | None = None
     for _ in range(8):
         try:

@@ -66,7 +66,7 @@ def answer_estimate(raw_spec: dict[str, Any], *, enforce_roots: bool) -> Estimat
     """The inspect task's answer: the estimate, or the refusal naming the field to change. The spec is
     checked as the web checks one (its files, under the allowed roots where `enforce_roots`)."""
     try:
-        spec = validate_spec(raw_spec, get_settings(), enforce_roots=enforce_roots)
+        spec = validate_spec(raw_spec, get_settings(), enforce_roots=enforce_roots, loadable=False)
         return EstimateAnswer(ok=True, estimate=estimate_spec(spec))
     except (InvalidInput, EstimateError) as exc:
         return EstimateAnswer(ok=False, error=str(exc))

@@ -1,6 +1,8 @@
 // New-run presets: a click puts the preset's values into the fields it names, and nothing else (the
-// dataset, its eval data and the regression prompts stay as they are). When the dataset changes, the eval
-// data follows it: the sample's eval file for the sample, else a held-out share of the new dataset.
+// dataset, its eval data and the regression prompts stay as they are). When the dataset changes, the fields
+// that follow it (its eval data, and the schedule: the sample task's recipe for the bundled sample, RunSpec's
+// defaults for any other file; app/web/forms.py dataset_defaults) take the new dataset's values, except
+// where the user set them: a field the user typed in, or that holds neither dataset's default, stays.
 (function () {
   "use strict";
   function setField(form, name, value) {
@@ -9,6 +11,23 @@
       if (input.type === "checkbox") input.checked = value === true || value === "true";
       else input.value = value === null ? "" : value;
     }
+  }
+
+  function fieldInput(form, name) {
+    return form.querySelector(`[name="${name}"]:not([type=hidden])`);
+  }
+
+  function same(value, expected) {
+    const text = String(value).trim(), wanted = expected === null ? "" : String(expected);
+    if (text === wanted) return true;
+    // 0.003 and 3e-3 are one learning rate.
+    return text !== "" && wanted !== "" && !isNaN(Number(text)) && Number(text) === Number(wanted);
+  }
+
+  // Whether the field still holds a default of the dataset kind (sample or other), untouched by the user.
+  function follows(input, rule) {
+    if (!input || input.dataset.typed) return false;
+    return same(input.value, rule.sample[input.name]) || same(input.value, rule.other[input.name]);
   }
 
   document.addEventListener("click", (e) => {
@@ -20,14 +39,27 @@
     form.dispatchEvent(new Event("change", { bubbles: true }));
   });
 
+  // What the user types themselves is theirs: a dataset change leaves it alone.
+  document.addEventListener("input", (e) => {
+    const input = e.target;
+    // (Our own scripts send only change events, never input.)
+    if (input && input.form && input.form.id === "run-form" && input.name) input.dataset.typed = "1";
+  });
+
   document.addEventListener("change", (e) => {
     const input = e.target;
     if (!input || input.name !== "dataset" || !input.form) return;
-    const rule = JSON.parse(document.getElementById("eval-rule").textContent);
-    const evalInput = input.form.querySelector('[name="eval_dataset"]');
-    // A typed eval file of the user's own stays; the sample's (or none) follows the dataset.
-    if (evalInput && evalInput.value && evalInput.value !== rule.sample.eval_dataset) return;
+    const form = input.form;
+    const rule = JSON.parse(document.getElementById("dataset-rule").textContent);
     const chosen = input.value.trim() === rule.sample_train ? rule.sample : rule.other;
-    for (const [name, value] of Object.entries(chosen)) setField(input.form, name, value);
+    // The eval file and the held-out share go together: an eval file of the user's own keeps both as they are.
+    const evalKept = !follows(fieldInput(form, "eval_dataset"), rule);
+    for (const [name, value] of Object.entries(chosen)) {
+      if (evalKept && (name === "eval_dataset" || name === "eval_split")) continue;
+      const field = fieldInput(form, name);
+      // A split beside the sample's eval file would be refused: it goes to 0 with the file.
+      const forced = name === "eval_dataset" || (name === "eval_split" && chosen.eval_dataset);
+      if (field && (forced || follows(field, rule))) setField(form, name, value);
+    }
   });
 })();

@@ -1,7 +1,7 @@
 // The new-run form: fields that do not apply to the chosen method (or to a base that is not 4-bit) are
 // hidden and disabled, so they are not submitted; which apply when comes from the server (data-methods,
-// data-quantizations: app/web/forms.py). A picker fills the field beside it; after a refused submit, focus
-// goes to the first field in error.
+// data-quantizations: app/web/forms.py), after a preset too. A picker fills the field beside it and shows what
+// the field holds; after a refused submit, focus goes to the first field in error.
 (function () {
   "use strict";
   function applies(field, method, quantization) {
@@ -32,9 +32,22 @@
     if (first) first.focus();
   }
 
+  // Each picker shows the choice its field holds, or its prompt when the field holds something else (a typed
+  // path, or a value a preset or the dataset rule put there).
+  function syncPickers(form) {
+    for (const picker of form.querySelectorAll("select.picker")) {
+      const input = document.getElementById(picker.dataset.fill);
+      if (!input) continue;
+      const match = Array.from(picker.options).find((o) => o.value && !o.disabled && o.value === input.value.trim());
+      picker.value = match ? match.value : "";
+    }
+  }
+
   document.addEventListener("change", (e) => {
     const target = e.target;
-    if (!target || !target.form || target.form.id !== "run-form") return;
+    // A preset announces itself with a change of the whole form; a field, with its own.
+    const form = target && (target.id === "run-form" ? target : target.form);
+    if (!form || form.id !== "run-form") return;
     if (target.classList.contains("picker")) {
       const input = document.getElementById(target.dataset.fill);
       if (input && target.value) {
@@ -43,13 +56,22 @@
       }
       return;
     }
-    if (target.name === "method" || target.name === "quantization") update(target.form);
+    update(form);
+    syncPickers(form);
+  });
+
+  document.addEventListener("input", (e) => {
+    const target = e.target;
+    if (target && target.form && target.form.id === "run-form" && !target.classList.contains("picker")) {
+      syncPickers(target.form);
+    }
   });
 
   document.addEventListener("DOMContentLoaded", () => {
     const form = document.getElementById("run-form");
     if (!form) return;
     update(form);
+    syncPickers(form);
     focusFirstError(form);
   });
 
@@ -60,6 +82,7 @@
     const form = document.getElementById("run-form");
     if (!form) return;
     update(form);
+    syncPickers(form);
     focusFirstError(form);
   });
 })();

@@ -12,7 +12,7 @@ from app.errors import DomainError, InvalidInput
 from app.models import RunStatus, utcnow
 from app.schemas import GGUF_TYPES, RunSpec
 from app.services import checkpoints, runs
-from app.services.pickers import dataset_options, model_options
+from app.services.pickers import dataset_options, eval_dataset_options, model_options
 from app.services.runs import RunsOverview
 from app.web.api_models import artifact_out
 from app.web.deps import SessionDep, SettingsDep, context_of, is_htmx, page_or_fragment, render
@@ -71,8 +71,13 @@ def new_run_page(
 def choices(session: SessionDep) -> dict[str, Any]:
     """The form's pickers: datasets (the sample and the uploads) and base models (bundled and local); each
     field still takes a typed path or hub id."""
-    data = dataset_options(session)
-    return {"pickers": {"dataset": data, "eval_dataset": data, "base_model": model_options(get_settings())}}
+    return {
+        "pickers": {
+            "dataset": dataset_options(session),
+            "eval_dataset": eval_dataset_options(session),
+            "base_model": model_options(get_settings(), session),
+        }
+    }
 
 
 @router.post("/runs", response_class=HTMLResponse, response_model=None)
@@ -80,6 +85,9 @@ async def submit_run_form(request: Request, session: SessionDep, settings: Setti
     """Validate the form into a RunSpec, store and queue the run, then open its page."""
     values = form_values(await request.form())
     spec, errors = check_form(values, settings)
+    if errors:  # the module names the model lacks, in the same answer as the other errors (an inspect worker)
+        for name, message in runs.module_problems_beside(values, set(errors)).items():
+            errors.setdefault(name, message)
     status = 422
     if spec is not None:
         try:
