@@ -6,6 +6,7 @@ oversized files, path traversal in every path-like field, and encoded and unicod
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,7 @@ def _message(response: Any) -> str:
 
 
 def test_every_bad_input_gets_a_4xx_naming_what_to_fix_and_stores_nothing(
-    client: TestClient, loradeck_env: dict[str, str]
+    client: TestClient, loradeck_env: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     run = client.post("/api/v1/runs", json={"name": "the only run", "max_steps": 5}).json()
     data_dir = Path(loradeck_env["LORADECK_DATA_DIR"])
@@ -170,6 +171,12 @@ def test_every_bad_input_gets_a_4xx_naming_what_to_fix_and_stores_nothing(
     assert failures == [], "\n".join(failures)
     assert _state(data_dir) == before
     assert len(RUN_SPEC_CASES) + len(OTHER_CASES) >= 40
+    assert logged_errors(caplog) == []
+
+
+def logged_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What the web logged as an error or with a traceback while the probes ran."""
+    return [record.getMessage() for record in caplog.records if record.exc_info or record.levelno >= logging.ERROR]
 
 
 # Found by an audit: each answered 500 with a traceback before. (what, method, path, request, status, words)
@@ -229,4 +236,4 @@ def test_what_an_audit_found_gets_a_4xx_and_no_process_logs_a_traceback(
             failures.append(f"{what}: {response.status_code} {response.text[:300]}")
     assert failures == [], "\n".join(failures)
     assert _state(data_dir) == before
-    assert [record.getMessage() for record in caplog.records if record.exc_info or record.levelname == "ERROR"] == []
+    assert logged_errors(caplog) == []
