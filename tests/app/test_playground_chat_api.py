@@ -1,7 +1,8 @@
 """The playground's conversation over the API: `messages` instead of `prompt`, bounded, refused with the field named.
 
-Answers come from a generate worker (tests/browser/test_playground_chat.py runs one); here the web's own checks,
-which decide before anything is queued.
+Answers come from a generate worker (tests/browser/test_playground_chat.py runs one, and
+tests/worker/test_playground_prompts.py checks its formatting); here the web's own checks, made before anything
+is queued.
 """
 
 # ruff: noqa: E501  (tables of cases read best one case a line)
