@@ -1,7 +1,8 @@
 """The playground's generation: two models answer one prompt in lockstep, token by token.
 
 Side 0 is always the run's base; side 1 is its adapter, one of its checkpoints, or its merged model. Both
-decode in one loop, a token of each in turn, so their answers grow side by side on the page. Each token's
+decode in one loop, a token of each in turn, so their answers grow side by side on the page. In a chat each
+side is given its own conversation (worker.serving.conversation), so their prompts may differ. Each token's
 text goes to the request's Redis Stream (`app.playground`). Greedy decoding gives exactly the text of the
 plain greedy loop without a cache (`worker.serving.decoding.reference_greedy`), for every method: the same
 argmax of the same logits, a KV cache (`worker.serving.decoding.CachedLM`) only saving the work.
