@@ -14,12 +14,12 @@ from sqlalchemy.orm import Session
 from app import playground, runs
 from app.config import Settings
 from app.contracts.evaluation import evaluation_of
+from app.contracts.playground import MAX_CHAT_CHARS, MAX_CHAT_TURNS, MAX_TURN_CHARS, PlaygroundRequest
 from app.dataset_shapes import trains_with_chat
 from app.errors import Conflict, InvalidInput, NotFound
 from app.models import ArtifactKind, ArtifactStatus, Run, RunStatus
 from app.queue import enqueue_generation, reaching_redis
 from app.rundir import RunDir
-from app.schemas import MAX_CHAT_CHARS, MAX_CHAT_TURNS, MAX_TURN_CHARS, PlaygroundRequest
 
 
 @dataclass

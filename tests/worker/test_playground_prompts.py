@@ -5,7 +5,7 @@ from __future__ import annotations
 from transformers import AutoTokenizer
 
 from app.config import TINY_MODEL_DIR
-from app.schemas import PlaygroundRequest
+from app.contracts.playground import PlaygroundRequest
 from worker.data.chat import encode_conversation, resolve_chat_template
 from worker.serving.conversation import prompt_ids
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from transformers import PreTrainedTokenizerBase
 
-from app.schemas import PlaygroundRequest
+from app.contracts.playground import PlaygroundRequest
 from worker.data.chat import render_chat, resolve_chat_template
 from worker.data.encode import encode_prompt
 

@@ -33,12 +33,13 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopP
 from app import playground, runs
 from app.config import get_settings
 from app.contracts.events import AnsweredEvent, ErrorEvent, StartEvent, TokenEvent
+from app.contracts.playground import PlaygroundRequest
 from app.db import get_sessionmaker
 from app.errors import InvalidInput
 from app.models import ArtifactKind, ArtifactStatus
 from app.preflight import check_inputs, stored_spec
 from app.rundir import RunDir
-from app.schemas import PlaygroundRequest, RunSpec
+from app.schemas import RunSpec
 from worker.data.hub import model_source
 from worker.engine.configs import model_dtype, quantization_config
 from worker.serving.conversation import prompt_ids

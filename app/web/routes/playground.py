@@ -13,8 +13,8 @@ from fastapi.responses import HTMLResponse, StreamingResponse
 
 from app import playground
 from app.contracts.events import FINAL_PLAYGROUND_EVENTS, ErrorEvent
+from app.contracts.playground import PlaygroundRequest
 from app.events import Event, follow
-from app.schemas import PlaygroundRequest
 from app.services import playground as service
 from app.services import runs
 from app.web.deps import SessionDep, SettingsDep, render
