@@ -112,11 +112,21 @@ def refused_fields(exc: DomainError) -> dict[str, str]:
 def run_page(request: Request, run_id: str, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
     """One run: status, parameter card, live loss chart, artifacts."""
     # The page draws the stored metrics, then follows the live stream from the newest stored step.
+    return render(request, "run.html", actions_context(session, settings, run_id))
+
+
+@router.get("/runs/{run_id}/actions", response_class=HTMLResponse)
+def actions_fragment(request: Request, run_id: str, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
+    """What the run offers in its state (stop, cancel, delete...), fetched again when its live status changes."""
+    return render(request, "_run_actions.html", actions_context(session, settings, run_id) | {"oob": True})
+
+
+def actions_context(session: SessionDep, settings: SettingsDep, run_id: str) -> dict[str, Any]:
     context = artifacts_context(session, settings, run_id)
     context["removal"] = runs.removal_summary(settings=settings, run_id=run_id)
     context["metric_count"] = runs.count_metrics(session=session, run_id=run_id)
     context["now"] = utcnow()
-    return render(request, "run.html", context)
+    return context
 
 
 def artifacts_context(session: SessionDep, settings: SettingsDep, run_id: str) -> dict[str, Any]:
