@@ -44,3 +44,37 @@ def test_a_page_opened_while_queued_offers_stop_and_then_merge_without_a_reload(
     elapsed = page.locator("#run-elapsed").inner_text()
     page.goto(stack.url + "/")
     expect(page.locator(f'tr[data-run-id="{waiting["id"]}"] .progress-cell')).to_contain_text(elapsed)
+
+
+def test_archived_runs_are_reached_from_the_list_and_stay_listed(stack: Stack, page: Page) -> None:
+    shelved = stack.start_run(name="shelved", max_steps=2)
+    stack.wait_run(shelved["id"])
+    assert httpx.post(f"{stack.url}/api/v1/runs/{shelved['id']}/archive", timeout=30).status_code == 200
+    row = page.locator(f'tr[data-run-id="{shelved["id"]}"]')
+    page.goto(stack.url + "/?archived=true")
+    expect(row).to_be_visible()
+    for _ in range(2):  # the table refreshes itself every 2 s: the archived run is still listed after refreshes
+        with page.expect_response(lambda r: "/runs/table" in r.url):
+            pass
+    expect(row).to_be_visible()
+    page.goto(stack.url + "/")
+    expect(row).to_have_count(0)
+    page.get_by_label("Archived runs").check()  # a control on the list, not a URL to know
+    expect(row).to_be_visible()
+    # The table refreshes itself every 2 s: wait for refreshes to have come, then the archived run is still there.
+    with page.expect_response(lambda r: "/runs/table" in r.url and "archived=true" in r.url):
+        pass
+    with page.expect_response(lambda r: "/runs/table" in r.url):
+        pass
+    expect(row).to_be_visible()
+    expect(row.locator("a")).to_have_text("shelved")
+    # A sort keeps the filter; the run page says it is archived and links back to the archived list.
+    page.locator("th a.sort", has_text="Name").click()
+    expect(row).to_be_visible()
+    with page.expect_response(lambda r: "/runs/table" in r.url):
+        pass
+    expect(row).to_be_visible()
+    page.goto(f"{stack.url}/runs/{shelved['id']}")
+    page.click("#run-archived")
+    expect(page.locator(f'tr[data-run-id="{shelved["id"]}"]')).to_be_visible()
+    expect(page.get_by_label("Archived runs")).to_be_checked()
