@@ -272,6 +272,7 @@
       $("eval-done").textContent = data.done;
       $("eval-total").textContent = data.total;
       $("run-phase").hidden = false;
+      if (data.elapsed_text !== undefined) $("run-elapsed").textContent = data.elapsed_text;
       $("run-eta").textContent = "–";
       refresh("evaluation");
     });
