@@ -4,6 +4,8 @@ inside the plot, names with bidirectional controls show what they hold, and the 
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +116,28 @@ def test_the_api_docs_are_linked_from_every_page(stack: Stack, page: Page) -> No
     page.locator("nav").get_by_role("link", name="API").click()
     expect(page).to_have_url(stack.url + "/api/docs")
     page.wait_for_selector(".opblock-summary-path", timeout=30_000)
+
+
+def test_the_run_spec_is_copied_as_json_cli_and_curl_that_start_it_again(
+    stack: Stack, evaluated: dict[str, Any], page: Page, tmp_path: Path
+) -> None:
+    from worker.cli import read_spec_file
+
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=stack.url)
+    page.goto(f"{stack.url}/runs/{evaluated['id']}")
+    assert json.loads(page.locator("#spec-json").text_content() or "") == evaluated["spec"]
+    page.click("#copy-spec-curl")
+    expect(page.locator("#copy-spec-curl")).to_have_text("Copied")
+    curl = page.evaluate("navigator.clipboard.readText()")
+    assert curl == page.locator("#spec-curl").text_content()
+    # The copied command, run in a shell, queues the same run on this server.
+    answer = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=60, check=True)
+    again = json.loads(answer.stdout)
+    assert again["id"] != evaluated["id"] and again["spec"] == evaluated["spec"]
+    httpx.post(f"{stack.url}/api/v1/runs/{again['id']}/cancel", timeout=30)
+    # The CLI's: the here-document writes the spec file that `loradeck train` reads.
+    cli = page.locator("#spec-cli").text_content() or ""
+    *write, command = cli.splitlines()
+    assert command == "loradeck train spec.json"
+    subprocess.run(["bash", "-c", "\n".join(write)], cwd=tmp_path, check=True, timeout=30)
+    assert read_spec_file(tmp_path / "spec.json").model_dump(mode="json") == evaluated["spec"]
