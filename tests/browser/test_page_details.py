@@ -62,6 +62,7 @@ def test_a_missing_run_is_a_page_and_the_api_still_answers_json(stack: Stack, pa
     expect(page.locator("#error-title")).to_have_text("Not found")
     expect(page.locator("#error-message")).to_contain_text("no-such-run")
     expect(page.locator("nav")).to_contain_text("Runs")  # the usual page, with its way back
+    shot(page, "not-found")
     page.goto(f"{stack.url}/no/such/page")
     expect(page.locator("#error-title")).to_have_text("Not found")
     api = httpx.get(f"{stack.url}/api/v1/runs/no-such-run", timeout=30)
@@ -126,6 +127,7 @@ def test_the_run_spec_is_copied_as_json_cli_and_curl_that_start_it_again(
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=stack.url)
     page.goto(f"{stack.url}/runs/{evaluated['id']}")
     assert json.loads(page.locator("#spec-json").text_content() or "") == evaluated["spec"]
+    page.click("#spec-card summary")
     page.click("#copy-spec-curl")
     expect(page.locator("#copy-spec-curl")).to_have_text("Copied")
     curl = page.evaluate("navigator.clipboard.readText()")
