@@ -6,6 +6,7 @@ computed here, inside its server-sent events (app.services.run_stream), so no ru
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from app.models import Run, RunStatus
@@ -68,3 +69,13 @@ def live_progress(
     elapsed = elapsed_since(started_at, now)
     left = None if elapsed is None or status in FINAL_STATUSES else eta(elapsed, step, total)
     return {"elapsed_text": duration(elapsed), "eta_text": duration(left)}
+
+
+# Bidirectional controls (LRM, RLM, ALM, the embeddings and overrides, the isolates): in a name they reorder what
+# follows them, so an uploaded `ab\u202ecd` would read "abdc". Pages show them escaped, as they would be typed.
+BIDI_CONTROLS = re.compile("[\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]")
+
+
+def visible_controls(text: str) -> str:
+    """`text` with each bidirectional control written as its escape (`\\u202e`), so it shows what it holds."""
+    return BIDI_CONTROLS.sub(lambda match: f"\\u{ord(match.group()):04x}", text)

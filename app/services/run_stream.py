@@ -12,7 +12,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from app.contracts.events import ArtifactEvent, DoneEvent, StatusEvent
+from app.contracts.events import ArtifactEvent, DoneEvent, EvaluatingEvent, StatusEvent
 from app.events import Event
 from app.formatting import live_progress
 from app.models import ArtifactStatus, RunStatus, utcnow
@@ -44,6 +44,10 @@ class RunStream:
                 self.started_at = utcnow()  # claimed just now
         elif event.event == "metric" and event.data.get("kind", "train") == "train":
             figures = live_progress(self.started_at, utcnow(), int(event.data["step"]), self.max_steps, self.status)
+            event = Event(id=event.id, event=event.event, data=event.data | figures)
+        elif event.event == EvaluatingEvent.type:
+            # No metric points come while base and adapter answer: the elapsed time moves on with these.
+            figures = live_progress(self.started_at, utcnow(), 0, None, self.status)
             event = Event(id=event.id, event=event.event, data=event.data | figures)
         elif event.event == ArtifactEvent.type:
             artifact = ArtifactEvent.model_validate(event.data)

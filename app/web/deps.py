@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 from sqlalchemy.orm import Session
 
 from app.config import TEMPLATES_DIR, Settings, get_settings
@@ -15,7 +16,7 @@ from app.contracts.artifacts import export_details_of
 from app.contracts.evaluation import evaluation_of
 from app.db import get_db
 from app.errors import InvalidInput
-from app.formatting import FINAL_STATUSES, duration, human_bytes, progress_of
+from app.formatting import FINAL_STATUSES, duration, human_bytes, progress_of, visible_controls
 from app.runs import exact_match
 from app.schemas import MAX_SEQ_LENGTH, MIN_SEQ_LENGTH
 
@@ -31,6 +32,17 @@ templates.env.globals["final_statuses"] = FINAL_STATUSES
 templates.env.globals["seq_length_bounds"] = (MIN_SEQ_LENGTH, MAX_SEQ_LENGTH)
 templates.env.filters["duration"] = duration
 templates.env.filters["bytes"] = human_bytes
+
+
+def shown(value: Any) -> Any:
+    """Every value a template prints: names users chose (runs, datasets, files) reach many pages, so a
+    bidirectional control in any of them is escaped here, once, rather than at each place a name appears."""
+    if isinstance(value, Markup):
+        return Markup(visible_controls(str(value)))
+    return visible_controls(value) if isinstance(value, str) else value
+
+
+templates.env.finalize = shown
 
 
 # A RunSpec body is read as JSON and checked by a service (its shape and its files on disk, every problem in one

@@ -8,10 +8,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
 from app.errors import Conflict, DomainError, InputTooLarge, InvalidInput, NotFound, Refused, Unavailable
+from app.web.deps import render
 
 STATUS: tuple[tuple[type[DomainError], int], ...] = (
     (NotFound, 404),
@@ -57,9 +60,34 @@ def finite(value: Any) -> Any:
     return value
 
 
-async def domain_error(_: Request, exc: Exception) -> JSONResponse:
+def wants_page(request: Request) -> bool:
+    """A browser asking for a page (not the API, nor a static file, nor an htmx fragment): it gets an HTML
+    page saying what went wrong, where the API answers JSON."""
+    path = request.url.path
+    return (
+        request.method in ("GET", "HEAD")
+        and not path.startswith(("/api/", "/static/"))
+        and request.headers.get("HX-Request") != "true"
+    )
+
+
+def error_page(request: Request, status: int, message: str) -> Response:
+    return render(request, "error.html", {"status": status, "message": message}, status_code=status)
+
+
+async def domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DomainError)
+    if wants_page(request):
+        return error_page(request, http_status(exc), str(exc))
     return JSONResponse(status_code=http_status(exc), content={"detail": detail(exc)})
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's own errors (an unknown path, a wrong method): JSON for the API, a page for a browser."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404 and wants_page(request):
+        return error_page(request, 404, f"There is no page at {request.url.path}.")
+    return await http_exception_handler(request, exc)
 
 
 async def validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -71,3 +99,4 @@ async def validation_error(_: Request, exc: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, domain_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(HTTPException, http_error)

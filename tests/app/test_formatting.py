@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app.formatting import duration, eta, human_bytes, live_progress
+from app.formatting import duration, eta, human_bytes, live_progress, visible_controls
 
 
 @pytest.mark.parametrize(
@@ -49,3 +49,17 @@ def test_a_finished_run_has_no_eta(status: str) -> None:
 
 def test_a_run_not_yet_started_has_neither() -> None:
     assert live_progress(None, datetime.now(UTC), 0, 120, "queued") == {"elapsed_text": "–", "eta_text": "–"}
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("ab\u202ecd", "ab\\u202ecd"),  # an override would make it read "abdc"
+        ("\u2067x\u2069", "\\u2067x\\u2069"),  # isolates
+        ("\u200fname\u200e", "\\u200fname\\u200e"),  # marks
+        ("שלום run", "שלום run"),  # right-to-left letters are a name, not a control
+        ("plain", "plain"),
+    ],
+)
+def test_bidirectional_controls_in_a_name_print_escaped(name: str, shown: str) -> None:
+    assert visible_controls(name) == shown

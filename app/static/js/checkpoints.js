@@ -20,8 +20,11 @@
     if (response.ok) nameCheckpoints((await response.json()).map((c) => c.name));
   }
 
-  const dialog = document.getElementById("cancel-form");
-  if (dialog) dialog.addEventListener("toggle", () => { if (dialog.open) fetchCheckpoints(); });
+  // The dialog is in the run's actions, drawn again when the status changes: listen on the document. A toggle
+  // event does not bubble, so it is caught on its way down.
+  document.addEventListener("toggle", (e) => {
+    if (e.target.id === "cancel-form" && e.target.open) fetchCheckpoints();
+  }, true);
   // A checkpoint event refreshes the artifacts panel, whose table lists the checkpoints on disk.
   document.body.addEventListener("htmx:afterSwap", (e) => {
     if (e.target.id !== "artifacts") return;

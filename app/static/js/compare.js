@@ -19,6 +19,19 @@
     return [steps].concat(perRun.map((m) => window.loradeck.smooth(steps.map((s) => (m.has(s) ? m.get(s) : null)), alpha)));
   }
 
+  function xRange(u, min, max) {
+    if (min === null || max === null) return [min, max];
+    return min === max ? [Math.max(0, min - 1), max + 1] : [min, max];
+  }
+
+  function showRange(u, key) {
+    // The x range drawn, for a reader of the page (and its tests).
+    if (key !== "x") return;
+    el.dataset.metric = document.getElementById("compare-metric").value;
+    el.dataset.xMin = String(u.scales.x.min);
+    el.dataset.xMax = String(u.scales.x.max);
+  }
+
   function draw() {
     if (chart) chart.destroy();
     const log = document.getElementById("compare-scale").value === "log";
@@ -26,8 +39,11 @@
       {
         width: Math.max(320, el.clientWidth || 640),
         height: 340,
-        scales: { x: { time: false }, y: log ? { distr: 3 } : {} },
+        // One step for all points (eval loss, measured once at each run's end) leaves the x range empty, and
+        // uPlot then draws the points off the plot: widen it to the step on either side.
+        scales: { x: { time: false, range: xRange }, y: log ? { distr: 3 } : {} },
         axes: [{ label: "step" }, {}],
+        hooks: { setScale: [showRange] },
         series: [{ label: "step" }].concat(names.map((name, i) => ({ label: name, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: true }))),
       },
       data(),

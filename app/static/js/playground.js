@@ -17,13 +17,20 @@
   if (tryRow && !chatMode) {
     const examples = JSON.parse(document.getElementById("eval-examples").textContent);
     let next = 0;
+    let shownFor = null; // the prompt whose expected answer the card shows
     tryRow.addEventListener("click", () => {
       const example = examples[next % examples.length];
       next += 1;
       form.prompt.value = example.prompt;
+      shownFor = example.prompt;
       form.max_new_tokens.value = tryRow.dataset.maxNewTokens;
       document.getElementById("expected").textContent = example.expected;
       document.getElementById("expected-card").hidden = false;
+    });
+    // The expected answer belongs to the eval row's prompt: a prompt of the user's own has none.
+    form.prompt.addEventListener("input", () => {
+      const card = document.getElementById("expected-card");
+      if (form.prompt.value !== shownFor) card.hidden = true;
     });
   }
 

@@ -192,6 +192,7 @@
   }
 
   function setStatus(status, error) {
+    const changed = root.dataset.status !== status;
     root.dataset.status = status;
     const badge = $("run-status");
     badge.textContent = status;
@@ -200,12 +201,13 @@
       $("run-error").textContent = error;
       $("run-error").hidden = false;
     }
+    if (changed) {
+      // What the run offers (stop, cancel, delete, merge, export...) is the server's to say for each state.
+      refresh("run-actions");
+      refresh("artifacts");
+    }
     if (FINISHED.includes(status)) {
       $("run-phase").hidden = true;
-      for (const id of ["cancel-form", "stop-form"]) {
-        const form = $(id);
-        if (form) form.remove();
-      }
       $("run-eta").textContent = "–";
       refresh("log-tail");
     }
@@ -270,6 +272,7 @@
       $("eval-done").textContent = data.done;
       $("eval-total").textContent = data.total;
       $("run-phase").hidden = false;
+      if (data.elapsed_text !== undefined) $("run-elapsed").textContent = data.elapsed_text;
       $("run-eta").textContent = "–";
       refresh("evaluation");
     });
@@ -282,6 +285,7 @@
       const data = JSON.parse(e.data);
       if (data.status) setStatus(data.status, data.error);
       refresh("artifacts");
+      refresh("run-actions"); // the final elapsed time, as the runs list gives it
       source.close();
       source = null;
     });

@@ -14,10 +14,12 @@ from app.schemas import GGUF_TYPES, RunSpec
 from app.services import checkpoints, runs
 from app.services.pickers import dataset_options, eval_dataset_options, model_options
 from app.services.runs import RunsOverview
+from app.services.spec_commands import spec_commands
 from app.web.api_models import artifact_out
 from app.web.deps import SessionDep, SettingsDep, context_of, is_htmx, page_or_fragment, render
 from app.web.errors import http_status
 from app.web.forms import check_form, fields_involved, form_context, form_values
+from app.web.security import login_required
 
 router = APIRouter(include_in_schema=False)
 
@@ -120,11 +122,24 @@ def refused_fields(exc: DomainError) -> dict[str, str]:
 def run_page(request: Request, run_id: str, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
     """One run: status, parameter card, live loss chart, artifacts."""
     # The page draws the stored metrics, then follows the live stream from the newest stored step.
+    context = actions_context(session, settings, run_id)
+    base_url = str(request.base_url)
+    context["commands"] = spec_commands(context["run"].spec, base_url=base_url, token_needed=login_required(settings))
+    return render(request, "run.html", context)
+
+
+@router.get("/runs/{run_id}/actions", response_class=HTMLResponse)
+def actions_fragment(request: Request, run_id: str, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
+    """What the run offers in its state (stop, cancel, delete...), fetched again when its live status changes."""
+    return render(request, "_run_actions.html", actions_context(session, settings, run_id) | {"oob": True})
+
+
+def actions_context(session: SessionDep, settings: SettingsDep, run_id: str) -> dict[str, Any]:
     context = artifacts_context(session, settings, run_id)
     context["removal"] = runs.removal_summary(settings=settings, run_id=run_id)
     context["metric_count"] = runs.count_metrics(session=session, run_id=run_id)
     context["now"] = utcnow()
-    return render(request, "run.html", context)
+    return context
 
 
 def artifacts_context(session: SessionDep, settings: SettingsDep, run_id: str) -> dict[str, Any]:
