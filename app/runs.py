@@ -17,7 +17,7 @@ from app.errors import Conflict, NotFound
 from app.models import Artifact, ArtifactKind, ArtifactStatus, Metric, Run, RunStatus, utcnow
 from app.schemas import RunSpec
 
-METRIC_FIELDS = ("epoch", "loss", "learning_rate", "grad_norm", "tokens_per_sec", "tokens_seen")
+METRIC_FIELDS = ("epoch", "loss", "learning_rate", "grad_norm", "tokens_per_sec", "tokens_seen", "token_accuracy")
 
 
 def create_run(*, session: Session, spec: RunSpec) -> Run:
