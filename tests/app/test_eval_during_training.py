@@ -4,7 +4,6 @@ evaluates once, at the end."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -36,7 +35,7 @@ def _trained(stack: Stack, spec: dict[str, Any]) -> tuple[dict[str, Any], list[d
     return run, metrics
 
 
-def test_eval_data_without_eval_steps_is_evaluated_five_times_with_token_accuracy(stack: Stack, small_eval: str) -> None:
+def test_eval_data_without_eval_steps_is_evaluated_five_times_with_accuracy(stack: Stack, small_eval: str) -> None:
     spec = {k: v for k, v in (QUICK_RUN | RUN).items() if k != "eval_steps"} | {"eval_dataset": small_eval}
     run, metrics = _trained(stack, spec)
     assert run["spec"]["eval_steps"] == "auto"
