@@ -46,3 +46,11 @@ def test_the_run_page_shows_each_evaluations_loss_and_token_accuracy(
     page.reload()
     expect(page.locator("#eval-token-accuracy")).to_have_text(f"{100 * newest['token_accuracy']:.1f}%")
     expect(page.locator("#eval-chart")).to_have_attribute("data-points", "5")
+
+    # The runs list and the compare page show the last evaluation's token accuracy beside its loss.
+    share = f"{100 * newest['token_accuracy']:.1f}%"
+    page.goto(stack.url + "/")
+    expect(page.locator(f'tr[data-run-id="{run_id}"] .eval-loss')).to_contain_text(f"{newest['loss']:.4f}")
+    expect(page.locator(f'tr[data-run-id="{run_id}"] .token-accuracy')).to_have_text(f"{share} tokens")
+    page.goto(f"{stack.url}/compare?runs={run_id}")
+    expect(page.locator(f'#results tr[data-run-id="{run_id}"] .token-accuracy')).to_have_text(f"({share} tokens)")
