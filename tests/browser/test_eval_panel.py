@@ -28,7 +28,9 @@ def test_the_run_page_shows_each_evaluations_loss_and_token_accuracy(
 
     page.goto(f"{stack.url}/runs/{run_id}")
     expect(page.locator("#run-status")).to_have_text("succeeded", timeout=240_000)
-    evals = [p for p in httpx.get(f"{stack.url}/api/v1/runs/{run_id}/metrics", timeout=30).json() if p["kind"] == "eval"]
+    evals = [
+        p for p in httpx.get(f"{stack.url}/api/v1/runs/{run_id}/metrics", timeout=30).json() if p["kind"] == "eval"
+    ]
     newest = evals[-1]
 
     card = page.locator("#eval-card")

@@ -42,7 +42,13 @@ DATABASE_RUN = {
 }
 # What a test submits through the API, its name, steps and checkpoints aside; the rest are RunSpec's defaults.
 # eval_steps 0: the sample's eval file once at the end, not five passes over it in every long fault run.
-API_RUN = {"method": "lora", "precision": "fp32", "per_device_train_batch_size": 2, "max_seq_length": 64, "eval_steps": 0}
+API_RUN = {
+    "method": "lora",
+    "precision": "fp32",
+    "per_device_train_batch_size": 2,
+    "max_seq_length": 64,
+    "eval_steps": 0,
+}
 
 
 class FaultStack:

@@ -20,6 +20,11 @@ def _logits(predicted: list[list[int]], vocab: int = 6) -> torch.Tensor:
     return logits
 
 
+def _prediction(predicted: torch.Tensor, labels: torch.Tensor) -> EvalPrediction:
+    # With batch_eval_metrics Trainer hands over each batch's tensors as they are, not numpy arrays.
+    return EvalPrediction(predictions=predicted, label_ids=labels)  # type: ignore[arg-type]
+
+
 def test_each_label_is_scored_against_the_prediction_one_position_earlier() -> None:
     # Position t predicts the token at t + 1, as a causal LM's loss reads it.
     logits = _logits([[1, 2, 3, 4], [5, 5, 5, 5]])
@@ -38,26 +43,26 @@ def test_only_trained_labels_count_and_batches_add_up_to_one_share() -> None:
     # Batch 1: 3 trained labels (-100 ignored, prompt and padding alike), 2 right.
     batch_1 = torch.tensor([[X, X, 4, 2], [X, 3, X, X]])
     predictions_1 = torch.tensor([[X, 4, 4, 1], [X, 3, 3, 3]])
-    assert accuracy(EvalPrediction(predictions=predictions_1, label_ids=batch_1), compute_result=False) == {}
+    assert accuracy(_prediction(predictions_1, batch_1), compute_result=False) == {}
     # Batch 2: 2 trained labels, 1 right. A prediction where the label is ignored is never counted.
     batch_2 = torch.tensor([[X, 1, 5, X]])
     predictions_2 = torch.tensor([[X, 1, 0, 0]])
-    result = accuracy(EvalPrediction(predictions=predictions_2, label_ids=batch_2), compute_result=True)
+    result = accuracy(_prediction(predictions_2, batch_2), compute_result=True)
     assert result == {"token_accuracy": pytest.approx(3 / 5)}
 
     # The next evaluation counts afresh.
-    again = accuracy(EvalPrediction(predictions=predictions_2, label_ids=batch_2), compute_result=True)
+    again = accuracy(_prediction(predictions_2, batch_2), compute_result=True)
     assert again == {"token_accuracy": pytest.approx(1 / 2)}
 
 
 def test_a_batch_with_nothing_trained_gives_no_figure_rather_than_a_division_by_zero() -> None:
     labels = torch.full((2, 3), X)
-    assert TokenAccuracy()(EvalPrediction(predictions=labels.clone(), label_ids=labels), compute_result=True) == {}
+    assert TokenAccuracy()(_prediction(labels.clone(), labels), compute_result=True) == {}
 
 
 def test_logits_to_share_end_to_end() -> None:
     logits = _logits([[1, 2, 3, 4, 0]])
     labels = torch.tensor([[X, 1, 2, 0, 0]])  # 4 trained; predicted 1, 2, 3, 4: the first two right
     predicted = predicted_tokens(logits, labels)
-    result = TokenAccuracy()(EvalPrediction(predictions=predicted, label_ids=labels), compute_result=True)
+    result = TokenAccuracy()(_prediction(predicted, labels), compute_result=True)
     assert result == {"token_accuracy": pytest.approx(0.5)}
