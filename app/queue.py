@@ -16,8 +16,8 @@ if TYPE_CHECKING:
 from app.config import Settings, get_settings
 from app.contracts.datasets import DescribeAnswer, DescribeRequest
 from app.contracts.estimate import EstimateAnswer
+from app.contracts.playground import PlaygroundRequest
 from app.errors import Unavailable
-from app.schemas import PlaygroundRequest
 
 
 class Queue(StrEnum):

@@ -462,33 +462,3 @@ class RunSpec(BaseModel):
             rank = f"-r{self.r}" if self.method in LORA_METHODS else ""
             self.name = f"{self.method}-{model}{rank}"
         return self
-
-
-class PlaygroundRequest(BaseModel):
-    """One playground prompt: the run's base answers it beside its adapter, a checkpoint or its merged model."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    run_id: str = Field(pattern=r"^[0-9a-f]{1,32}$", description="The run whose models answer.")
-    prompt: str = Field(min_length=1, max_length=20_000, description="What both models continue or answer.")
-    compare: str = Field(
-        default="adapter",
-        pattern=r"^(adapter|merged|checkpoint-[0-9]{1,9})$",
-        description="What answers beside the base: the run's adapter, one of its checkpoints (checkpoint-N) "
-        "or its merged model.",
-    )
-    chat: bool | None = Field(
-        default=None,
-        description="Apply the model's chat template to the prompt (where it has one); empty: as the run trained, "
-        "the template for a messages dataset and none for prompt/completion or text rows.",
-    )
-    temperature: float = Field(default=0.0, ge=0.0, le=5.0, description="0: greedy decoding.")
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling: keep the top_p of the mass.")
-    max_new_tokens: int = Field(default=128, ge=1, le=4096, description="Longest answer, in tokens.")
-    seed: int = Field(default=0, ge=0, le=2**32 - 1, description="Seed for sampling; the same seed, the same text.")
-
-    @field_validator("prompt")
-    @classmethod
-    def _visible(cls, value: str) -> str:
-        refuse_hidden_characters("prompt", value)
-        return value

@@ -58,7 +58,7 @@ def test_a_run_deleted_while_its_task_waits_ends_quietly_when_the_task_comes(sta
 
 
 def test_a_downloaded_adapter_names_its_base_by_folder_not_by_this_servers_path(stack: Stack) -> None:
-    run = stack.wait_run(stack.start_run(max_steps=2)["id"])
+    run = stack.wait_run(stack.start_run(max_steps=2, save_steps=1)["id"])
     assert run["status"] == "succeeded", run["error"]
     with stack.client() as client:
         adapter = next(a for a in client.get(f"/api/v1/runs/{run['id']}/artifacts").json() if a["kind"] == "adapter")
@@ -73,4 +73,9 @@ def test_a_downloaded_adapter_names_its_base_by_folder_not_by_this_servers_path(
     assert "base_model: tiny-llama" in texts["README.md"]
     where = str(stack.data_dir.parents[1])  # the test's temporary folders, and so the models' and the runs'
     assert [name for name, text in texts.items() if where in text or str(Path.cwd()) in text] == []
+    # A checkpoint, which the run page offers for download too, names it so.
+    checkpoint = stack.data_dir / "runs" / run["id"] / "checkpoints" / "checkpoint-1"
+    for name in ("adapter_config.json", "README.md"):
+        text = (checkpoint / name).read_text()
+        assert where not in text and str(Path.cwd()) not in text and "tiny-llama" in text
     assert "Traceback" not in stack.worker_log.read_text()

@@ -133,6 +133,7 @@ RUN_EVENTS: dict[str, type[LiveEvent]] = {
 class StartEvent(LiveEvent):
     type = "start"
     sides: list[str]
+    prompts: list[str] | None = None  # what each side is given, its chat markup and special tokens included
 
 
 class TokenEvent(LiveEvent):

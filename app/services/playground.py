@@ -14,12 +14,12 @@ from sqlalchemy.orm import Session
 from app import playground, runs
 from app.config import Settings
 from app.contracts.evaluation import evaluation_of
+from app.contracts.playground import MAX_CHAT_CHARS, MAX_CHAT_TURNS, MAX_TURN_CHARS, PlaygroundRequest
 from app.dataset_shapes import trains_with_chat
-from app.errors import Conflict, NotFound
+from app.errors import Conflict, InvalidInput, NotFound
 from app.models import ArtifactKind, ArtifactStatus, Run, RunStatus
 from app.queue import enqueue_generation, reaching_redis
 from app.rundir import RunDir
-from app.schemas import PlaygroundRequest
 
 
 @dataclass
@@ -66,20 +66,34 @@ def defaults_for(run: Run) -> PlaygroundRequest:
 
 
 @dataclass
+class ChatBounds:
+    """What one conversation may hold (PlaygroundRequest's bounds), for the page to say before the server does."""
+
+    turns: int = MAX_CHAT_TURNS
+    turn_chars: int = MAX_TURN_CHARS
+    chars: int = MAX_CHAT_CHARS
+
+
+@dataclass
 class Started:
     id: str
     events: str  # the URL of its server-sent events
 
 
 def start_generation(*, session: Session, settings: Settings, request: PlaygroundRequest) -> Started:
-    """Queue a prompt for the run's base and the chosen model."""
+    """Queue a prompt, or a conversation's next turn, for the run's base and the chosen model."""
+    if request.chat is None or request.messages is not None:
+        chat = trained_with_chat(runs.get_run(session=session, run_id=request.run_id).spec)
+        if request.messages is not None and not chat:
+            # Its template was never trained: a conversation would be formatted in a way the adapter never saw.
+            raise InvalidInput.fields(
+                {"messages": "this run trained on prompt/completion or text rows, not on messages: send a prompt"}
+            )
+        request = request.model_copy(update={"chat": chat})
     offered = [choice.value for choice in choices(session=session, settings=settings, run_id=request.run_id)]
     if request.compare not in offered:
         have = ", ".join(offered) or "nothing yet (wait for a checkpoint or the end of the run)"
         raise Conflict(f"compare: this run has no {request.compare}; it has {have}")
-    if request.chat is None:
-        run = runs.get_run(session=session, run_id=request.run_id)
-        request = request.model_copy(update={"chat": trained_with_chat(run.spec)})
     generation_id = playground.new_generation_id()
     with reaching_redis("the prompt was not queued"):
         # From now on its events page knows the id, and answers 404 for any other.

@@ -6,6 +6,7 @@ oversized files, path traversal in every path-like field, and encoded and unicod
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,11 @@ OTHER_CASES: list[tuple[str, str, str, dict[str, Any], int, str]] = [
     ("playground compare with a path", "POST", "/api/v1/playground", {"json": {"run_id": "RUN", "prompt": "hi", "compare": "../../x"}}, 422, "String should match pattern"),
     ("playground before any adapter", "POST", "/api/v1/playground", {"json": {"run_id": "RUN", "prompt": "hi"}}, 409, "this run has no adapter; it has nothing yet"),
     ("playground greedy below zero", "POST", "/api/v1/playground", {"json": {"run_id": "RUN", "prompt": "hi", "temperature": -1}}, 422, "greater than or equal to 0"),
+    ("playground prompt and messages", "POST", "/api/v1/playground", {"json": {"run_id": "RUN", "prompt": "hi", "messages": [{"role": "user", "content": "hi"}]}}, 422, "prompt, messages: give exactly one"),
+    ("playground turn of an unknown role", "POST", "/api/v1/playground", {"json": {"run_id": "RUN", "messages": [{"role": "bot", "content": "hi"}]}}, 422, "'system', 'user' or 'assistant'"),
+    ("playground conversation of 41 turns", "POST", "/api/v1/playground", {"json": {"run_id": "RUN", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}] * 20 + [{"role": "user", "content": "hi"}]}}, 422, "at most 40 turns in one conversation"),
+    ("playground hidden system prompt", "POST", "/api/v1/playground", {"json": {"run_id": "RUN", "messages": [{"role": "system", "content": "a\u202eb"}, {"role": "user", "content": "hi"}]}}, 422, "invisible control characters (U+202E)"),
+    ("playground conversation with a prompt/completion run", "POST", "/api/v1/playground", {"json": {"run_id": "RUN", "messages": [{"role": "user", "content": "hi"}]}}, 422, "not on messages: send a prompt"),
     ("upload with a bad type", "POST", "/api/v1/datasets", {"files": {"file": ("x.exe", b"MZ")}}, 422, "is not one of .jsonl"),
     ("pickle upload", "POST", "/api/v1/datasets", {"files": {"file": ("w.pkl", b"\x80\x04K.")}}, 422, "is not one of"),
     ("empty upload", "POST", "/api/v1/datasets", {"files": {"file": ("e.jsonl", b"")}}, 422, "the file is empty"),
@@ -165,7 +171,7 @@ def _message(response: Any) -> str:
 
 
 def test_every_bad_input_gets_a_4xx_naming_what_to_fix_and_stores_nothing(
-    client: TestClient, loradeck_env: dict[str, str]
+    client: TestClient, loradeck_env: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     run = client.post("/api/v1/runs", json={"name": "the only run", "max_steps": 5}).json()
     data_dir = Path(loradeck_env["LORADECK_DATA_DIR"])
@@ -193,6 +199,12 @@ def test_every_bad_input_gets_a_4xx_naming_what_to_fix_and_stores_nothing(
     assert failures == [], "\n".join(failures)
     assert _state(data_dir) == before
     assert len(RUN_SPEC_CASES) + len(OTHER_CASES) >= 40
+    assert logged_errors(caplog) == []
+
+
+def logged_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What the web logged as an error or with a traceback while the probes ran."""
+    return [record.getMessage() for record in caplog.records if record.exc_info or record.levelno >= logging.ERROR]
 
 
 # Found by an audit: each answered 500 with a traceback before. (what, method, path, request, status, words)
@@ -252,4 +264,4 @@ def test_what_an_audit_found_gets_a_4xx_and_no_process_logs_a_traceback(
             failures.append(f"{what}: {response.status_code} {response.text[:300]}")
     assert failures == [], "\n".join(failures)
     assert _state(data_dir) == before
-    assert [record.getMessage() for record in caplog.records if record.exc_info or record.levelname == "ERROR"] == []
+    assert logged_errors(caplog) == []

@@ -76,7 +76,8 @@ def test_a_playground_request_during_a_training_run_neither_waits_for_it_nor_dis
     assert reply.status_code == 202, reply.text
     events = _follow(stack.url + reply.json()["events"])
     assert events[-1][0] == "done", events[-1]
-    assert events[0] == ("start", {"sides": ["base", "checkpoint-6"]})
+    assert events[0][0] == "start" and events[0][1]["sides"] == ["base", "checkpoint-6"]
+    assert events[0][1]["prompts"] == [f"<s>{PROMPT}"] * 2  # as the run trained: no chat template, bos in front
     # The answer came while the run trained on (it did not wait for the run's worker), and the pages answered.
     during = httpx.get(f"{stack.url}/api/v1/runs/{busy['id']}", timeout=30).json()
     assert during["status"] == "running" and during["step"] < 150

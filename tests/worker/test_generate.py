@@ -10,7 +10,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR
-from app.schemas import RunSpec
+from app.schemas import Method, RunSpec
 from worker.serving.decoding import chat_prompt
 from worker.serving.generate import ModelCache, Sampling, Side, decode_lockstep
 
@@ -72,7 +72,7 @@ def test_sampling_follows_its_seed(adapter_dir: Path) -> None:
 
 def test_the_cache_loads_a_base_and_an_adapter_once_and_lets_the_oldest_go(adapter_dir: Path) -> None:
     cache = ModelCache(capacity=1, idle_s=600)
-    spec = RunSpec(base_model=str(TINY_MODEL_DIR), dataset=str(SAMPLE_DATASET_DIR / "train.jsonl"), method="lora")
+    spec = RunSpec(base_model=str(TINY_MODEL_DIR), dataset=str(SAMPLE_DATASET_DIR / "train.jsonl"), method=Method.lora)
     first = cache.base(spec)
     cache.with_adapter(first, adapter_dir)
     again = cache.base(spec)

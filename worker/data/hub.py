@@ -9,6 +9,7 @@ before anything loads it.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 # What loading, merging and exporting a base reads: weights as safetensors only, configs and tokenizers.
@@ -34,3 +35,20 @@ def public_name(base_model: str) -> str:
     """How files a user downloads (an adapter's config and model card) name the base: a hub id as given, a
     local directory by its folder's name, since this server's paths are nobody else's business."""
     return Path(base_model).name if Path(base_model).expanduser().is_absolute() else base_model
+
+
+def name_the_base(folder: Path, base_model: str) -> None:
+    """Once PEFT saved an adapter in `folder`: its adapter_config.json and README.md (front matter and tags)
+    name the base by `public_name`. PEFT writes the folder it loaded the base from, and needs it while saving
+    (it compares the vocabulary with the base's config.json), so the names are changed after, not before."""
+    config_file, card = folder / "adapter_config.json", folder / "README.md"
+    if not config_file.is_file():
+        return
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    loaded_from, public = config.get("base_model_name_or_path"), public_name(base_model)
+    if not loaded_from or loaded_from == public:
+        return
+    config["base_model_name_or_path"] = public
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+    if card.is_file():
+        card.write_text(card.read_text(encoding="utf-8").replace(loaded_from, public), encoding="utf-8")

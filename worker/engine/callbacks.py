@@ -24,6 +24,7 @@ from app import runs
 from app.contracts.events import CheckpointEvent, LogEvent, MetricEvent
 from app.models import Metric
 from app.rundir import checkpoint_name
+from worker.data.hub import name_the_base
 from worker.runtime.lease import WORKER_STOPPING, Lease
 from worker.runtime.publisher import EventPublisher, EventSink
 
@@ -259,3 +260,16 @@ def tail_lines(path: Path, lines: int = 20) -> list[str]:
         return path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
     except OSError:
         return []
+
+
+class BaseNamedPublicly(TrainerCallback):
+    """Each checkpoint's adapter names its base without this server's paths (worker.data.hub.name_the_base),
+    before the checkpoint is announced: it comes first among the trainer's callbacks."""
+
+    def __init__(self, base_model: str) -> None:
+        self.base_model = base_model
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        checkpoint = Path(str(args.output_dir)) / checkpoint_name(state.global_step)
+        if checkpoint.is_dir():
+            name_the_base(checkpoint, self.base_model)

@@ -40,8 +40,8 @@ from app.models import Artifact, ArtifactKind, ArtifactStatus
 from app.rundir import RunDir, checkpoint_step
 from app.schemas import RunSpec
 from worker.data.encode import load_training_data, make_collator
-from worker.data.hub import model_source, public_name
-from worker.engine.callbacks import MetricsCallback
+from worker.data.hub import model_source, name_the_base
+from worker.engine.callbacks import BaseNamedPublicly, MetricsCallback
 from worker.engine.configs import (
     check_module_names,
     model_dtype,
@@ -135,7 +135,7 @@ def save_results(
     details: dict[str, Any],
 ) -> None:
     """The adapter and its artifact row, then base beside adapter on the eval rows and regression prompts."""
-    save_adapter(setup.model, run_dir, sessions, publisher, details)
+    save_adapter(setup.model, spec.base_model, run_dir, sessions, publisher, details)
     evaluate_after_training(
         setup.model, setup.tokenizer, spec, run_dir.run_id, run_dir.adapter_dir, sessions, publisher
     )
@@ -187,8 +187,6 @@ def load_model(spec: RunSpec) -> PreTrainedModel:
         use_safetensors=True,
     )
     model.config.use_cache = False  # the KV cache only helps generation and costs memory in training
-    # PEFT copies this name into every adapter_config.json and README.md it saves, checkpoints included.
-    model.config._name_or_path = model.name_or_path = public_name(spec.base_model)
     return model  # type: ignore[no-any-return]
 
 
@@ -226,7 +224,7 @@ def build_trainer(setup: TrainingSetup, spec: RunSpec, *callbacks: TrainerCallba
         eval_dataset=setup.eval_data,
         data_collator=make_collator(spec, setup.tokenizer),
         processing_class=setup.tokenizer,
-        callbacks=[*callbacks, *training_callbacks(spec)],
+        callbacks=[BaseNamedPublicly(spec.base_model), *callbacks, *training_callbacks(spec)],
         # Token accuracy beside the eval loss, from the same forward pass.
         compute_metrics=TokenAccuracy() if setup.eval_data is not None else None,
         preprocess_logits_for_metrics=predicted_tokens if setup.eval_data is not None else None,
@@ -237,6 +235,7 @@ def build_trainer(setup: TrainingSetup, spec: RunSpec, *callbacks: TrainerCallba
 
 def save_adapter(
     model: PeftModel,
+    base_model: str,
     run_dir: RunDir,
     sessions: sessionmaker[Session],
     publisher: EventPublisher,
@@ -247,6 +246,7 @@ def save_adapter(
     run_id, adapter_dir = run_dir.run_id, run_dir.adapter_dir
     shutil.rmtree(adapter_dir, ignore_errors=True)  # a resumed run must not mix files of two attempts
     model.save_pretrained(str(adapter_dir), safe_serialization=True)
+    name_the_base(adapter_dir, base_model)
     adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
     details = details | {"vllm": vllm_lora_incompatibility(adapter_config)}
     tree = describe_tree(adapter_dir, prefix=archive_name(run_id, ArtifactKind.adapter))

@@ -25,11 +25,12 @@ from app.config import get_settings
 from app.contracts.artifacts import ExportDetails, GgufCheck, GgufConversion
 from app.contracts.artifacts import Progress as ExportProgress
 from app.contracts.events import ArtifactEvent
+from app.contracts.playground import PlaygroundRequest
 from app.dataset_shapes import trains_with_chat
 from app.db import get_sessionmaker
 from app.models import Artifact, ArtifactKind, ArtifactStatus
 from app.preflight import check_inputs, stored_spec
-from app.schemas import PlaygroundRequest, RunSpec
+from app.schemas import RunSpec
 from worker.export.gguf_check import check_gguf
 from worker.export.gguf_convert import convert_to_gguf
 from worker.export.modelfile import identify_chat_format, modelfile_text, validate_modelfile

@@ -1,7 +1,8 @@
 """The playground's generation: two models answer one prompt in lockstep, token by token.
 
 Side 0 is always the run's base; side 1 is its adapter, one of its checkpoints, or its merged model. Both
-decode in one loop, a token of each in turn, so their answers grow side by side on the page. Each token's
+decode in one loop, a token of each in turn, so their answers grow side by side on the page. In a chat each
+side is given its own conversation (worker.serving.conversation), so their prompts may differ. Each token's
 text goes to the request's Redis Stream (`app.playground`). Greedy decoding gives exactly the text of the
 plain greedy loop without a cache (`worker.serving.decoding.reference_greedy`), for every method: the same
 argmax of the same logits, a KV cache (`worker.serving.decoding.CachedLM`) only saving the work.
@@ -18,7 +19,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,15 +33,17 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopP
 from app import playground, runs
 from app.config import get_settings
 from app.contracts.events import AnsweredEvent, ErrorEvent, StartEvent, TokenEvent
+from app.contracts.playground import PlaygroundRequest
 from app.db import get_sessionmaker
 from app.errors import InvalidInput
 from app.models import ArtifactKind, ArtifactStatus
 from app.preflight import check_inputs, stored_spec
 from app.rundir import RunDir
-from app.schemas import PlaygroundRequest, RunSpec
+from app.schemas import RunSpec
 from worker.data.hub import model_source
 from worker.engine.configs import model_dtype, quantization_config
-from worker.serving.decoding import CachedLM, chat_prompt, eos_ids
+from worker.serving.conversation import prompt_ids
+from worker.serving.decoding import CachedLM, eos_ids
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +127,15 @@ class _Decoder:
 def decode_lockstep(
     sides: list[Side],
     tokenizer: PreTrainedTokenizerBase,
-    prompt_ids: torch.Tensor,
+    prompt_ids: torch.Tensor | Sequence[torch.Tensor],
     sampling: Sampling,
     on_text: Callable[[int, str], None],
 ) -> list[str]:
-    """Decode every side a token at a time in turn; `on_text(side, text)` gets each new piece of text."""
-    decoders = [_Decoder(side, prompt_ids, sampling, eos_ids(tokenizer)) for side in sides]
+    """Decode every side a token at a time in turn; `on_text(side, text)` gets each new piece of text.
+    `prompt_ids`: one prompt for every side, or one per side (each continuing its own conversation)."""
+    prompts = [prompt_ids] * len(sides) if isinstance(prompt_ids, torch.Tensor) else list(prompt_ids)
+    stop = eos_ids(tokenizer)
+    decoders = [_Decoder(side, ids, sampling, stop) for side, ids in zip(sides, prompts, strict=True)]
     while not all(decoder.done for decoder in decoders):
         for index, decoder in enumerate(decoders):
             if decoder.done:
@@ -246,8 +252,8 @@ def model_cache() -> ModelCache:
     return _cache
 
 
-def _sides(request: PlaygroundRequest, cache: ModelCache) -> tuple[list[Side], PreTrainedTokenizerBase]:
-    """Base and the chosen other side of the request's run, loaded (or found loaded)."""
+def _sides(request: PlaygroundRequest, cache: ModelCache) -> tuple[list[Side], PreTrainedTokenizerBase, RunSpec]:
+    """Base and the chosen other side of the request's run, loaded (or found loaded), and the run's spec."""
     settings = get_settings()
     with get_sessionmaker()() as session:
         run = runs.get_run(session=session, run_id=request.run_id)
@@ -267,14 +273,14 @@ def _sides(request: PlaygroundRequest, cache: ModelCache) -> tuple[list[Side], P
     if request.compare == "merged":
         other = cache.merged(merged_dir, spec)
         base = cache.base(spec)  # with capacity 1 the cache lets the merged model go; this request still holds it
-        return [Side("base", base.model, None), Side("merged", other.model, None)], base.tokenizer
+        return [Side("base", base.model, None), Side("merged", other.model, None)], base.tokenizer, spec
     base = cache.base(spec)
     run_dir = RunDir.of(request.run_id, settings)
     adapter_dir = run_dir.adapter_dir if request.compare == "adapter" else run_dir.checkpoint_dir(request.compare)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise playground.PlaygroundError(f"no {request.compare} for this run (nothing at {adapter_dir.name})")
     model, name = cache.with_adapter(base, adapter_dir)
-    return [Side("base", model, None), Side(request.compare, model, name)], base.tokenizer
+    return [Side("base", model, None), Side(request.compare, model, name)], base.tokenizer, spec
 
 
 def run_playground(generation_id: str, payload: dict[str, Any]) -> None:
@@ -285,11 +291,11 @@ def run_playground(generation_id: str, payload: dict[str, Any]) -> None:
         request = PlaygroundRequest.model_validate(payload)
         cache = model_cache()
         with cache.lock:
-            sides, tokenizer = _sides(request, cache)
-            ids = torch.tensor(
-                [chat_prompt(tokenizer, request.prompt, chat=bool(request.chat))], device=sides[0].model.device
-            )
-            playground.publish(client, generation_id, StartEvent(sides=[side.label for side in sides]))
+            sides, tokenizer, spec = _sides(request, cache)
+            given = prompt_ids(tokenizer, spec.chat_template, request)
+            ids = [torch.tensor([side_ids], device=sides[0].model.device) for side_ids in given]
+            shown = [str(tokenizer.decode(side_ids)) for side_ids in given]
+            playground.publish(client, generation_id, StartEvent(sides=[side.label for side in sides], prompts=shown))
             sampling = Sampling(request.temperature, request.top_p, request.max_new_tokens, request.seed)
             started = time.perf_counter()
             texts = decode_lockstep(

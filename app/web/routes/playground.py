@@ -13,8 +13,8 @@ from fastapi.responses import HTMLResponse, StreamingResponse
 
 from app import playground
 from app.contracts.events import FINAL_PLAYGROUND_EVENTS, ErrorEvent
+from app.contracts.playground import PlaygroundRequest
 from app.events import Event, follow
-from app.schemas import PlaygroundRequest
 from app.services import playground as service
 from app.services import runs
 from app.web.deps import SessionDep, SettingsDep, render
@@ -25,7 +25,8 @@ router = APIRouter()
 
 @router.post("/api/v1/playground", status_code=202, tags=["api"])
 def start_generation(body: PlaygroundRequest, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
-    """Queue a prompt for the run's base and the chosen model; follow `events` for the text as it comes."""
+    """Queue a prompt, or a conversation (`messages`), for the run's base and the chosen model; follow `events`
+    for the text as it comes."""
     started = service.start_generation(session=session, settings=settings, request=body)
     return {"id": started.id, "events": started.events}
 
@@ -63,13 +64,15 @@ async def generation_events(generation_id: str, request: Request, settings: Sett
 
 @router.get("/runs/{run_id}/playground", response_class=HTMLResponse, include_in_schema=False)
 def playground_page(request: Request, run_id: str, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
-    """Prompt box, sampling settings, and the base's answer beside the adapter's as they stream in."""
+    """Prompt box (a chat for a run trained on messages), sampling settings, and the base's answer beside the
+    adapter's as they stream in."""
     run = runs.get_run(session=session, run_id=run_id)
     defaults = service.defaults_for(run)
     context = {
         "run": run,
         "choices": service.choices(session=session, settings=settings, run_id=run_id),
         "defaults": defaults,
+        "bounds": service.ChatBounds(),
         "eval_examples": service.eval_examples(run),
         "eval_max_new_tokens": run.spec.get("eval_max_new_tokens", defaults.max_new_tokens),
     }
