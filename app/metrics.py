@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.models import Metric
 
-FIELDS = ("time", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_sec", "tokens_seen")
+FIELDS = ("time", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_sec", "tokens_seen", "token_accuracy")
 KINDS = ("train", "eval")
 COLUMNS = [Metric.step, Metric.kind, *(getattr(Metric, name) for name in FIELDS)]
 

@@ -116,6 +116,8 @@ class Metric(Base):
     grad_norm: Mapped[float | None] = mapped_column(Float)
     tokens_per_sec: Mapped[float | None] = mapped_column(Float)
     tokens_seen: Mapped[int | None] = mapped_column(BigInteger)
+    # Eval points: the share of the eval data's trained label tokens whose argmax prediction is right.
+    token_accuracy: Mapped[float | None] = mapped_column(Float)
 
     run: Mapped[Run] = relationship(back_populates="metrics")
 

@@ -17,7 +17,7 @@ from app.errors import Conflict, NotFound
 from app.models import Artifact, ArtifactKind, ArtifactStatus, Metric, Run, RunStatus, utcnow
 from app.schemas import RunSpec
 
-METRIC_FIELDS = ("epoch", "loss", "learning_rate", "grad_norm", "tokens_per_sec", "tokens_seen")
+METRIC_FIELDS = ("epoch", "loss", "learning_rate", "grad_norm", "tokens_per_sec", "tokens_seen", "token_accuracy")
 
 
 def create_run(*, session: Session, spec: RunSpec) -> Run:
@@ -58,20 +58,29 @@ def list_runs(
 
 def final_eval_losses(*, session: Session, run_ids: Sequence[str]) -> dict[str, float]:
     """Run id -> the loss of its last evaluation (kind "eval"), for the runs that have one: one query."""
+    return _final_eval(session, run_ids, Metric.loss)
+
+
+def final_token_accuracies(*, session: Session, run_ids: Sequence[str]) -> dict[str, float]:
+    """Run id -> the token accuracy of its last evaluation, for the runs that have one: one query."""
+    return _final_eval(session, run_ids, Metric.token_accuracy)
+
+
+def _final_eval(session: Session, run_ids: Sequence[str], column: Any) -> dict[str, float]:
     if not run_ids:
         return {}
     last = (
         select(Metric.run_id, func.max(Metric.step).label("step"))
-        .where(Metric.run_id.in_(run_ids), Metric.kind == "eval", Metric.loss.is_not(None))
+        .where(Metric.run_id.in_(run_ids), Metric.kind == "eval", column.is_not(None))
         .group_by(Metric.run_id)
         .subquery()
     )
     rows = session.execute(
-        select(Metric.run_id, Metric.loss)
+        select(Metric.run_id, column)
         .join(last, (Metric.run_id == last.c.run_id) & (Metric.step == last.c.step))
-        .where(Metric.kind == "eval", Metric.loss.is_not(None))
+        .where(Metric.kind == "eval", column.is_not(None))
     ).all()
-    return {run_id: float(loss) for run_id, loss in rows if loss is not None}
+    return {run_id: float(value) for run_id, value in rows if value is not None}
 
 
 def exact_match(run: Run, side: str = "adapter") -> float | None:

@@ -12,12 +12,13 @@ fields lives in one validator below that names the fields in its message.
 
 from __future__ import annotations
 
+import math
 import re
 import typing
 import unicodedata
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -32,6 +33,7 @@ MIN_SEQ_LENGTH, MAX_SEQ_LENGTH = 8, 1_048_576  # max_seq_length's bounds, wherev
 # What a GGUF export can write (worker.export): 16-bit, 8-bit and llama.cpp's 4-bit k-quants.
 GgufType = Literal["f16", "bf16", "q8_0", "q4_k_m"]
 GGUF_TYPES: tuple[str, ...] = typing.get_args(GgufType)
+AUTO_EVALUATIONS = 5  # evaluations over a run whose eval_steps is auto: enough for a curve, few enough to stay cheap
 
 
 def is_hub_id(value: str) -> bool:
@@ -229,11 +231,11 @@ class RunSpec(BaseModel):
     logging_steps: int = Field(default=1, ge=1, le=10_000_000, description="A metric point every this many steps.")
     seed: int = Field(default=42, ge=0, le=2**32 - 1, description="Seed for weights init, data order and dropout.")
     # --- evaluation and checkpoints
-    eval_steps: int = Field(
-        default=0,
-        ge=0,
-        le=10_000_000,
-        description="Evaluate every this many steps; 0: once at the end (with eval data).",
+    eval_steps: Annotated[int, Field(ge=0, le=10_000_000)] | Literal["auto"] = Field(
+        default="auto",
+        description="Evaluate (eval loss and token accuracy) every this many steps, when there is eval data; "
+        f"auto (or empty): {AUTO_EVALUATIONS} times over the run, every max_steps/{AUTO_EVALUATIONS} steps "
+        "rounded up; 0: only once, at the end.",
     )
     early_stopping_patience: int = Field(
         default=0,
@@ -293,6 +295,22 @@ class RunSpec(BaseModel):
     def _printable(cls, value: str, info: ValidationInfo) -> str:
         refuse_hidden_characters(str(info.field_name), value)
         return value
+
+    @field_validator("eval_steps", mode="before")
+    @classmethod
+    def _eval_steps(cls, value: Any) -> Any:
+        # The form sends text: empty means auto, as leaving the field out of an API request does.
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
+            return "auto"
+        if isinstance(value, str) and re.fullmatch(r"[0-9]{1,12}", value.strip()):
+            return int(value.strip())
+        number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        if number and value >= 0 and value == int(value):
+            return int(value)
+        shown = repr(value.strip()[:40]) if isinstance(value, str) else repr(value)
+        raise ValueError(
+            f"eval_steps: {shown} is not a number of steps; give a whole number (0: only at the end) or auto"
+        )
 
     @field_validator("regression_prompts", mode="before")
     @classmethod
@@ -400,17 +418,42 @@ class RunSpec(BaseModel):
         if self.eval_dataset and self.eval_split:
             raise ValueError("eval_split: give either eval_dataset or eval_split, not both")
         has_eval = bool(self.eval_dataset or self.eval_split)
-        if self.eval_steps and not has_eval:
+        if self.eval_steps != "auto" and self.eval_steps and not has_eval:
             raise ValueError("eval_steps: there is nothing to evaluate; set eval_dataset or eval_split")
         if self.early_stopping_patience:
-            if not self.eval_steps:
-                raise ValueError("early_stopping_patience: needs eval_steps (and eval data) to watch the eval loss")
-            if not self.save_steps or self.save_steps % self.eval_steps:
+            if self.eval_steps == 0:
                 raise ValueError(
-                    "save_steps: with early stopping it must be a multiple of eval_steps, "
+                    "early_stopping_patience: needs evaluations during training, and eval_steps 0 evaluates only "
+                    "at the end; give eval_steps a number of steps, or auto"
+                )
+            if not has_eval:
+                raise ValueError(
+                    "early_stopping_patience: needs eval data (eval_dataset or eval_split) to watch the eval loss"
+                )
+            if self.eval_steps == "auto" and self.max_steps == -1:
+                raise ValueError(
+                    "early_stopping_patience: with max_steps -1 give eval_steps as a number (auto follows the "
+                    "run's length, which is not known before it starts), and save_steps a multiple of it"
+                )
+            every = self.eval_every()
+            if not self.save_steps or self.save_steps % every:
+                auto = f" (auto: {every} for max_steps {self.max_steps})" if self.eval_steps == "auto" else ""
+                raise ValueError(
+                    f"save_steps: with early_stopping_patience it must be a multiple of eval_steps{auto}, "
                     "so the best evaluation has a checkpoint to keep"
                 )
         return self
+
+    def eval_every(self, total_steps: int | None = None) -> int:
+        """Steps between evaluations during training; 0: none before the end. `auto` follows the run's length:
+        max_steps, or `total_steps` (what the trainer worked out from the epochs) when max_steps is -1."""
+        if not (self.eval_dataset or self.eval_split):
+            return 0
+        if self.eval_steps != "auto":
+            return self.eval_steps
+        steps = self.max_steps if self.max_steps > 0 else (total_steps or 0)
+        # Rounded up, so the evaluations stay at most AUTO_EVALUATIONS, the last one at or near the end.
+        return math.ceil(steps / AUTO_EVALUATIONS) if steps > 0 else 0
 
     @model_validator(mode="after")
     def _default_name(self) -> RunSpec:

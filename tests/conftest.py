@@ -29,8 +29,10 @@ TEST_DATABASE_URL = os.environ.get("LORADECK_TEST_DATABASE_URL", "")
 DATABASE_FIXTURES = {"database_url", "module_database_url"}
 GGUF_FIXTURES = {"exporter", "gguf_stack"}
 T = TypeVar("T")
-# A run that only trains, quickly: small batches, no checkpoints, no scoring of base and adapter.
+# A run that only trains, quickly: small batches, no checkpoints, no scoring of base and adapter, and its eval
+# data (the sample's, unless a test names other) evaluated once at the end rather than five times over the run.
 QUICK_RUN = {
+    "eval_steps": 0,
     "per_device_train_batch_size": 2,
     "max_seq_length": 64,
     "save_steps": 0,

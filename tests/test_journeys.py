@@ -62,7 +62,8 @@ def _logits(model: Any, tokenizer: Any, prompts: list[str]) -> torch.Tensor:
 
 def test_qlora_run_streams_metrics_then_merges_and_downloads(stack: Stack, tmp_path: Path) -> None:
     client = stack.client()
-    spec = {"name": "e2e qlora", "method": "qlora", "max_steps": 30, "per_device_train_batch_size": 4}
+    # eval_steps 0: one eval pass at the end (tests/app/test_eval_during_training.py has the evaluations over a run).
+    spec = {"name": "e2e qlora", "method": "qlora", "max_steps": 30, "per_device_train_batch_size": 4, "eval_steps": 0}
     run = client.post("/api/v1/runs", json=spec).json()
     collector = SSECollector(stack, run["id"])
     collector.start()
@@ -132,7 +133,8 @@ def test_qlora_run_streams_metrics_then_merges_and_downloads(stack: Stack, tmp_p
 def test_events_resume_after_last_event_id(stack: Stack) -> None:
     """A reconnect with Last-Event-ID gets exactly the events after it, nothing twice."""
     client = stack.client()
-    run = client.post("/api/v1/runs", json={"method": "lora", "max_steps": 5, "per_device_train_batch_size": 2}).json()
+    spec = {"method": "lora", "max_steps": 5, "per_device_train_batch_size": 2, "eval_steps": 0}
+    run = client.post("/api/v1/runs", json=spec).json()
     wait_for(
         lambda: client.get(f"/api/v1/runs/{run['id']}").json()["status"] in ("succeeded", "failed"),
         timeout=180,

@@ -47,6 +47,8 @@ class MetricEvent(LiveEvent):
     grad_norm: float | None = None
     tokens_per_sec: float | None = None
     tokens_seen: int | None = None
+    # Eval points only: the share of the eval data's trained label tokens the model predicted right (argmax).
+    token_accuracy: float | None = None
 
 
 class LogEvent(LiveEvent):

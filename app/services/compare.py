@@ -21,6 +21,7 @@ class Comparison:
     compared: list[Run]
     results: list[Run]  # sorted by the chosen column
     eval_losses: dict[str, float]
+    token_accuracies: dict[str, float]  # of each run's last evaluation
     sort: str
     differences: list[dict[str, Any]]
     candidates: Sequence[Run]  # what the picker offers
@@ -35,6 +36,7 @@ def compare(*, session: Session, run_ids: Sequence[str], sort: str) -> Compariso
         compared=compared,
         results=runs.sort_runs(compared, eval_losses, sort),
         eval_losses=eval_losses,
+        token_accuracies=runs.final_token_accuracies(session=session, run_ids=ids),
         sort=sort,
         differences=differing_fields(compared) if len(compared) > 1 else [],
         candidates=runs.list_runs(session=session, limit=100),

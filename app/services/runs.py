@@ -139,6 +139,7 @@ class RunsOverview:
     eval_losses: dict[str, float]
     sort: str
     positions: dict[str, int]
+    token_accuracies: dict[str, float] = field(default_factory=dict)  # of each run's last evaluation
     status: str = ""
     q: str = ""
     archived: bool = False
@@ -149,11 +150,13 @@ def runs_overview(
     *, session: Session, status: str | None, q: str | None, sort: str | None, archived: bool
 ) -> RunsOverview:
     listed = runs.list_runs(session=session, status=status or None, search=q or None, limit=100, archived=archived)
-    eval_losses = runs.final_eval_losses(session=session, run_ids=[run.id for run in listed])
+    ids = [run.id for run in listed]
+    eval_losses = runs.final_eval_losses(session=session, run_ids=ids)
     sort = sort if sort in runs.SORT_KEYS else "created"
     return RunsOverview(
         runs=runs.sort_runs(listed, eval_losses, sort),
         eval_losses=eval_losses,
+        token_accuracies=runs.final_token_accuracies(session=session, run_ids=ids),
         sort=sort,
         positions=runs.queue_positions(session=session),
         status=status or "",

@@ -60,6 +60,10 @@ class MetricOut(BaseModel):
     grad_norm: float | None
     tokens_per_sec: float | None
     tokens_seen: int | None
+    token_accuracy: float | None = Field(
+        default=None,
+        description="Eval points: the share of the eval data's trained label tokens whose argmax prediction is right.",
+    )
 
 
 class ArtifactOut(BaseModel):

@@ -83,10 +83,13 @@ def test_the_default_qlora_run_learns_the_sample_task_and_the_page_shows_it(stac
     adapter = _percent(page.locator("#task-metrics td[data-side=adapter]").inner_text())
     assert adapter >= base + 50, (base, adapter)
 
-    # The eval loss at the end shares its step with the last train point and is drawn there all the same.
+    # Evaluated five times over the run (eval_steps auto); the last eval loss shares its step with the last
+    # train point and is drawn there all the same.
     page.reload()
     page.wait_for_function("() => document.querySelector('#loss-chart').dataset.evalX !== undefined")
-    assert page.locator("#loss-chart").get_attribute("data-eval-x") == str(max_steps)
+    every = max_steps // 5
+    assert page.locator("#loss-chart").get_attribute("data-eval-x") == ",".join(str(every * n) for n in range(1, 6))
+    expect(page.locator("#eval-token-accuracy")).to_contain_text("%")
     shot(page, "run-did-it-work")
 
     # The runs list shows the score beside the run.

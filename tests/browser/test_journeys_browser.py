@@ -24,6 +24,7 @@ def test_form_starts_a_qlora_run_the_chart_grows_and_merge_downloads(stack: Stac
     page.fill("#f-name", "browser qlora")
     page.fill("#f-max_steps", "40")
     page.fill("#f-per_device_train_batch_size", "4")
+    page.fill("#f-eval_steps", "0")  # one eval pass, at the end: test_eval_panel.py has evaluations over a run
     page.click("#start-run")
     page.wait_for_url("**/runs/*")
     expect(page.locator("h1")).to_have_text("browser qlora")

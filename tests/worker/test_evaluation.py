@@ -24,6 +24,7 @@ EVALUATED = {
     "per_device_train_batch_size": 4,
     "max_seq_length": 96,
     "save_steps": 0,
+    "eval_steps": 0,  # the eval loss once, at the end: these tests are about base and adapter answering
     "eval_max_new_tokens": 24,
 }
 

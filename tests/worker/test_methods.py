@@ -220,6 +220,24 @@ def test_training_knobs_reach_the_training_arguments(tmp_path: Path) -> None:
     assert training_callbacks(run_spec(method="lora")) == []
 
 
+def test_eval_steps_auto_evaluates_five_times_and_fits_early_stopping(tmp_path: Path) -> None:
+    # With eval data and no eval_steps: every max_steps / 5 steps, rounded up; an explicit number wins; 0: the end.
+    assert training_arguments(run_spec(method="lora", eval_split=0.1), tmp_path).eval_steps == 12
+    assert training_arguments(run_spec(method="lora", eval_split=0.1, max_steps=7), tmp_path).eval_steps == 2
+    assert training_arguments(run_spec(method="lora", eval_split=0.1, eval_steps=7), tmp_path).eval_steps == 7
+    at_the_end = training_arguments(run_spec(method="lora", eval_split=0.1, eval_steps=0), tmp_path)
+    assert (at_the_end.eval_strategy, at_the_end.batch_eval_metrics) == ("no", True)  # evaluated once, after
+    # A run of epochs: Trainer works out a fifth of the steps it counts.
+    epochs = training_arguments(run_spec(method="lora", eval_split=0.1, max_steps=-1), tmp_path)
+    assert (epochs.eval_strategy, epochs.eval_steps) == ("steps", 0.2)
+    # No eval data: nothing to evaluate, auto or not.
+    assert training_arguments(run_spec(method="lora"), tmp_path).eval_strategy == "no"
+    # Early stopping on the auto evaluations, its checkpoints on them: the best one is kept.
+    spec = run_spec(method="lora", eval_split=0.1, early_stopping_patience=2, save_steps=24)
+    early = training_arguments(spec, tmp_path)
+    assert (early.eval_steps, early.save_steps, early.load_best_model_at_end) == (12, 24, True)
+
+
 def test_the_trainer_gets_the_collator_and_the_callbacks(tmp_path: Path, loradeck_env: dict[str, str]) -> None:
     spec = run_spec(method="lora", packing=True, eval_split=0.1, eval_steps=5, save_steps=5, early_stopping_patience=2)
     tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL_DIR)

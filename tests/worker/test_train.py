@@ -50,7 +50,10 @@ def test_qlora_run_trains_and_saves_a_loadable_adapter(loradeck_env: dict[str, s
     # sample set 15 steps barely move the loss. Eight rows in one full batch: the run must learn them.
     dataset = tmp_path / "eight.jsonl"
     dataset.write_text("\n".join(TRAIN.read_text(encoding="utf-8").splitlines()[:8]) + "\n", encoding="utf-8")
-    run_id = create_run(QLORA, dataset=str(dataset), eval_dataset=str(EVAL), per_device_train_batch_size=8)
+    # eval_steps 0: one eval pass, at the end (tests/app/test_eval_during_training.py has evaluations over a run).
+    run_id = create_run(
+        QLORA, dataset=str(dataset), eval_dataset=str(EVAL), eval_steps=0, per_device_train_batch_size=8
+    )
 
     run_training(run_id)
 
@@ -70,7 +73,9 @@ def test_qlora_run_trains_and_saves_a_loadable_adapter(loradeck_env: dict[str, s
     assert all(point.loss is not None and point.tokens_seen and point.tokens_per_sec for point in train)
     first, last = sum(p.loss for p in train[:3]) / 3, sum(p.loss for p in train[-3:]) / 3
     assert last < first, f"loss did not go down: {first:.3f} -> {last:.3f}"
-    assert [point.kind for point in points if point.kind == "eval"] == ["eval"]
+    (evaluated,) = [point for point in points if point.kind == "eval"]
+    # Beside the eval loss, the share of the eval answers' tokens the 4-bit model predicts right.
+    assert evaluated.step == 15 and evaluated.token_accuracy is not None and 0.0 < evaluated.token_accuracy < 1.0
 
     kinds = [kind for kind, _ in read_events(run_id)]
     assert kinds[:2] == ["status", "params"] and kinds[-3:] == ["evaluation", "status", "done"]

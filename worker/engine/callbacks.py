@@ -124,14 +124,16 @@ class MetricsCallback(TrainerCallback):
         if point is None:
             return
         values = logs or {}
-        log.info(
-            "step %d %s loss %s lr %s grad_norm %s",
-            point["step"],
-            point["kind"],
-            values.get("eval_loss", values.get("loss")),
-            point["learning_rate"],
-            values.get("grad_norm"),
-        )
+        if point["kind"] == "eval":
+            log.info("step %d eval loss %s token accuracy %s", point["step"], point["loss"], point["token_accuracy"])
+        else:
+            log.info(
+                "step %d train loss %s lr %s grad_norm %s",
+                point["step"],
+                values.get("loss"),
+                point["learning_rate"],
+                values.get("grad_norm"),
+            )
         self.publisher.publish(MetricEvent(**point))
         self._pending.append(point)
         # Under fp16 the grad scaler meets infinite gradients now and then and skips that step by design.
@@ -164,6 +166,8 @@ class MetricsCallback(TrainerCallback):
             "tokens_per_sec": None,
             "tokens_seen": tokens_seen or None,
         }
+        if kind == "eval":
+            point["token_accuracy"] = _number(logs.get("eval_token_accuracy"))
         if kind == "train":
             # Throughput between two logs, so a slow start (loading, compiling) does not drag the number down.
             elapsed = now - self._last_log_time

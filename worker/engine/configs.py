@@ -31,7 +31,7 @@ from app.config import get_settings
 from app.errors import InvalidInput
 from app.peft_defaults import ia3_feedforward_refusal
 from app.preflight import check_inputs, stored_spec
-from app.schemas import RunSpec
+from app.schemas import AUTO_EVALUATIONS, RunSpec
 from worker.data.hub import model_source
 from worker.errors import RunError
 
@@ -222,7 +222,10 @@ def training_arguments(spec: RunSpec, checkpoints_dir: Path) -> TrainingArgument
     """TrainingArguments for the spec; checkpoints go to `checkpoints_dir` in Trainer's own format (RunDir's)."""
     precision = resolve_precision(spec)
     has_eval = bool(spec.eval_dataset or spec.eval_split)
-    evaluating = has_eval and spec.eval_steps > 0
+    # auto follows the run's length; with max_steps -1 Trainer works it out, so it gets the share of the steps.
+    auto_share = 1 / AUTO_EVALUATIONS if spec.eval_steps == "auto" and spec.max_steps == -1 else None
+    every: float = auto_share or spec.eval_every()
+    evaluating = has_eval and every > 0
     early_stopping = spec.early_stopping_patience > 0
     return TrainingArguments(
         output_dir=str(checkpoints_dir),
@@ -247,7 +250,9 @@ def training_arguments(spec: RunSpec, checkpoints_dir: Path) -> TrainingArgument
         data_seed=spec.seed,
         logging_steps=spec.logging_steps,
         eval_strategy="steps" if evaluating else "no",
-        eval_steps=spec.eval_steps if evaluating else None,
+        eval_steps=every if evaluating else None,
+        # Token accuracy is counted batch by batch (worker.engine.token_accuracy), never from the whole set.
+        batch_eval_metrics=has_eval,
         save_strategy="steps" if spec.save_steps else "no",
         save_steps=spec.save_steps or 500,  # read only with save_strategy "steps"; must still be positive
         save_total_limit=spec.save_total_limit,

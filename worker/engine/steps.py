@@ -53,6 +53,7 @@ from worker.engine.configs import (
 )
 from worker.engine.evaluate import evaluate_after_training
 from worker.engine.failures import model_not_found
+from worker.engine.token_accuracy import TokenAccuracy, predicted_tokens
 from worker.runtime.publisher import EventPublisher
 
 log = logging.getLogger(__name__)
@@ -112,11 +113,17 @@ def final_evaluation(
     if setup.args.load_best_model_at_end:
         if publisher is not None:
             details |= best_checkpoint(trainer, publisher)
-    elif setup.eval_data is not None and (not spec.eval_steps or trainer.state.global_step % spec.eval_steps):
+    elif setup.eval_data is not None and not evaluated_at(trainer, trainer.state.global_step):
+        # Trainer evaluates at its last step by itself when evaluating every N steps; not when eval_steps is 0,
+        # nor when the run was stopped early.
         trainer.evaluate()
         if callback is not None:
             callback.flush()
     return details
+
+
+def evaluated_at(trainer: Trainer, step: int) -> bool:
+    return any(entry.get("step") == step and "eval_loss" in entry for entry in trainer.state.log_history)
 
 
 def save_results(
@@ -218,6 +225,9 @@ def build_trainer(setup: TrainingSetup, spec: RunSpec, *callbacks: TrainerCallba
         data_collator=make_collator(spec, setup.tokenizer),
         processing_class=setup.tokenizer,
         callbacks=[BaseNamedPublicly(spec.base_model), *callbacks, *training_callbacks(spec)],
+        # Token accuracy beside the eval loss, from the same forward pass.
+        compute_metrics=TokenAccuracy() if setup.eval_data is not None else None,
+        preprocess_logits_for_metrics=predicted_tokens if setup.eval_data is not None else None,
     )
     trainer.remove_callback(PrinterCallback)  # it prints every log to stdout; ours go to train.log and Redis
     return trainer

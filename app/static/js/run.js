@@ -121,30 +121,50 @@
     $("loss-chart").dataset.points = String(points.train.length + points.eval.length);
     // Where the eval series has a point, for a reader of the page (and its tests).
     $("loss-chart").dataset.evalX = data[0].filter((x, i) => data[3][i] !== null).join(",");
-    if (points.eval.length > 1) drawEvalPanel();
+    if (points.eval.length) showEval();
   }
+
+  const percent = (v) => (v === null || v === undefined ? "–" : (100 * v).toFixed(1) + "%");
 
   function evalPanelData() {
     const usable = points.eval.filter((p) => xOf(p) !== null && xOf(p) !== undefined).sort((a, b) => xOf(a) - xOf(b));
-    return [usable.map(xOf), usable.map((p) => p.loss)];
+    return [usable.map(xOf), usable.map((p) => p.loss), usable.map((p) => p.token_accuracy ?? null)];
   }
 
-  function drawEvalPanel() {
-    // With eval_steps there is a curve of eval losses: it gets a panel of its own, at its own scale.
+  function showEval() {
+    // The newest evaluation in figures; with several (eval_steps), their curves: loss at its own scale on the
+    // left, token accuracy (the share of eval answer tokens predicted right) from 0 to 100% on the right.
     const el = $("eval-chart");
     if (!el) return;
     el.closest("section").hidden = false;
-    if (charts.evalPanel) { charts.evalPanel.setData(evalPanelData()); return; }
+    const newest = points.eval.reduce((a, b) => (b.step > a.step ? b : a));
+    $("eval-step").textContent = newest.step;
+    $("eval-loss").textContent = fmt(newest.loss, 4);
+    $("eval-token-accuracy").textContent = percent(newest.token_accuracy);
+    const data = evalPanelData();
+    el.dataset.points = String(points.eval.length);
+    // The figures drawn, for a reader of the page (and its tests), as the loss chart's evalX.
+    el.dataset.tokenAccuracy = data[2].map((v) => (v === null ? "" : v.toFixed(4))).join(",");
+    if (points.eval.length < 2) return;
+    if (charts.evalPanel) { charts.evalPanel.setData(data); return; }
     charts.evalPanel = new uPlot(
       {
         width: Math.max(240, el.clientWidth || 300),
         height: 160,
-        scales: { x: { time: false } },
+        scales: { x: { time: false }, acc: { range: [0, 1] } },
         legend: { show: false },
-        axes: [{}, { size: 64, values: (u, vals) => vals.map(tick) }],
-        series: [{ label: xLabel() }, { label: "eval loss", stroke: "#dc2626", width: 1.5, points: { show: true, size: 6 } }],
+        axes: [
+          {},
+          { size: 64, values: (u, vals) => vals.map(tick), stroke: "#dc2626" },
+          { scale: "acc", side: 1, size: 48, grid: { show: false }, stroke: "#0891b2", values: (u, vals) => vals.map((v) => Math.round(100 * v) + "%") },
+        ],
+        series: [
+          { label: xLabel() },
+          { label: "eval loss", stroke: "#dc2626", width: 1.5, points: { show: true, size: 6 } },
+          { label: "token accuracy", scale: "acc", stroke: "#0891b2", width: 1.5, dash: [4, 3], points: { show: true, size: 6 } },
+        ],
       },
-      evalPanelData(),
+      data,
       el
     );
   }
