@@ -49,13 +49,17 @@ class RunStream:
             # No metric points come while base and adapter answer: the elapsed time moves on with these.
             figures = live_progress(self.started_at, utcnow(), 0, None, self.status)
             event = Event(id=event.id, event=event.event, data=event.data | figures)
-        elif event.event == ArtifactEvent.type:
+        made_now = False
+        if event.event == ArtifactEvent.type:
             artifact = ArtifactEvent.model_validate(event.data)
+            made_now = artifact.status in MADE and artifact.id in self.busy
             (self.busy.discard if artifact.status in MADE else self.busy.add)(artifact.id)
         if event.event == DoneEvent.type:
             # The run has ended; what is being made of it (a merge, an export) reports on before `done`.
             return ([], False) if self.busy else ([event], True)
-        if event.event == ArtifactEvent.type and self.over:
+        if made_now and self.over:
+            # The last thing being made of an ended run is made. Only that: a finished run's stream replayed
+            # from before its end holds the adapter's artifact before its evaluation and its own `done`.
             return [event, self.done()], True
         return [event], False
 

@@ -52,3 +52,14 @@ def test_an_export_in_progress_keeps_a_finished_runs_stream_open_until_it_is_mad
     sent, over = stream.shape(_artifact(3, "ready"))
     assert over and [event.event for event in sent] == ["artifact", "done"]
     assert sent[1].data == {"status": "succeeded"} and sent[1].id == "3-0"
+
+
+def test_a_finished_runs_stream_replayed_from_before_its_end_goes_on_past_the_adapter_to_done() -> None:
+    stream = RunStream(run_id="r", status="succeeded", max_steps=10, started_at=utcnow())
+    adapter = ArtifactEvent(id="a0", kind="adapter", status="ready").data()
+    sent, over = stream.shape(_event(1, ArtifactEvent.type, adapter))
+    assert not over and [event.event for event in sent] == ["artifact"]
+    sent, over = stream.shape(_event(2, "evaluation", {"adapter": {}}))
+    assert not over and [event.event for event in sent] == ["evaluation"]
+    sent, over = stream.shape(_event(3, DoneEvent.type, DoneEvent(status="succeeded").data()))
+    assert over and [event.event for event in sent] == ["done"]
