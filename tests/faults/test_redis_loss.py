@@ -25,6 +25,7 @@ class ReconnectingSSE(threading.Thread):
         self.events: list[Event] = []
         self.connections = 0
         self.resumed_with: list[str] = []  # the Last-Event-ID of each reconnect that got events
+        self.errors: list[str] = []  # why a stream ended early, as its `error` event said
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -38,6 +39,9 @@ class ReconnectingSSE(threading.Thread):
                 ):
                     self.connections += 1
                     for event in events:
+                        if event.name == "error":  # no id of its own: the browser keeps the last one
+                            self.errors.append(event.data["message"])
+                            continue
                         self.events.append(event)
                         if received == 0 and last_id:
                             self.resumed_with.append(last_id)
@@ -74,6 +78,7 @@ def test_training_survives_a_redis_restart_and_live_events_come_back(fault_stack
 
     # The viewer lost its stream with Redis and got it back by reconnecting with the last id it had.
     assert viewer.connections >= 2 and viewer.resumed_with
+    assert viewer.errors and all("Redis" in message for message in viewer.errors), viewer.errors
     ids = [event_id for event_id, _, _ in viewer.events]
     assert ids == sorted(set(ids), key=lambda i: tuple(map(int, i.split("-"))))  # in order, nothing twice
     # The events of the steps trained while Redis was down waited in the worker and went out afterwards.
