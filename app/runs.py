@@ -12,9 +12,11 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from app.archive import archive_name, describe_tree
 from app.contracts.evaluation import evaluation_of
 from app.errors import Conflict, NotFound
 from app.models import Artifact, ArtifactKind, ArtifactStatus, Metric, Run, RunStatus, utcnow
+from app.rundir import RunDir
 from app.schemas import RunSpec
 
 METRIC_FIELDS = ("epoch", "loss", "learning_rate", "grad_norm", "tokens_per_sec", "tokens_seen", "token_accuracy")
@@ -415,3 +417,19 @@ def add_owned_metrics(*, session: Session, run_id: str, worker: str, points: Seq
     session.add_all(_metric_rows(run_id, points))
     session.commit()
     return True
+
+
+def adapter_artifact(run_dir: RunDir, details: dict[str, Any]) -> Artifact:
+    """A ready adapter artifact for what lies in the run's adapter folder, its archive's size and sha256 worked
+    out (not yet added to a session): training's own adapter, or a checkpoint's taken as the adapter."""
+    tree = describe_tree(run_dir.adapter_dir, prefix=archive_name(run_dir.run_id, ArtifactKind.adapter))
+    return Artifact(
+        run_id=run_dir.run_id,
+        kind=ArtifactKind.adapter,
+        status=ArtifactStatus.ready,
+        path=run_dir.relative(run_dir.adapter_dir),
+        size_bytes=tree["archive_size"],
+        sha256=tree["archive_sha256"],
+        files=tree["files"],
+        details=details,
+    )

@@ -14,11 +14,10 @@ from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from app import runs
-from app.archive import archive_name, describe_tree
 from app.config import Settings
 from app.errors import Conflict, InvalidInput, NotFound, Unavailable
 from app.events import senders_key, stream_key
-from app.models import Artifact, ArtifactKind, ArtifactStatus, Run, RunStatus
+from app.models import Artifact, ArtifactKind, Run, RunStatus
 from app.queue import enqueue_train, reaching_redis
 from app.rundir import ADAPTER_FILES, Checkpoint, RunDir
 from app.schemas import RunSpec
@@ -43,19 +42,9 @@ def use_checkpoint_as_adapter(*, session: Session, settings: Settings, run_id: s
     if run.evaluation is not None and runs.has_adapter(session=session, run_id=run_id):
         run.evaluation = None  # it compared the base with the adapter being replaced
     _drop_adapter(session, run_dir)
-    adapter_dir = run_dir.adapter_dir
     run_dir.adopt_checkpoint(step)
-    tree = describe_tree(adapter_dir, prefix=archive_name(run_id, ArtifactKind.adapter))
-    artifact = Artifact(
-        run_id=run_id,
-        kind=ArtifactKind.adapter,
-        status=ArtifactStatus.ready,
-        path=run_dir.relative(adapter_dir),
-        size_bytes=tree["archive_size"],
-        sha256=tree["archive_sha256"],
-        files=tree["files"],
-        details={"format": "peft", "method": run.spec.get("method"), "checkpoint_step": step},
-    )
+    details = {"format": "peft", "method": run.spec.get("method"), "checkpoint_step": step}
+    artifact = runs.adapter_artifact(run_dir, details)
     session.add(artifact)
     session.commit()
     log.info("run %s: the adapter of %s is the run's adapter now", run_id, checkpoint.name)

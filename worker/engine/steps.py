@@ -33,10 +33,9 @@ from transformers import (
 )
 
 from app import runs
-from app.archive import archive_name, describe_tree
 from app.config import get_settings
 from app.contracts.events import LogEvent, ParamsEvent, artifact_event
-from app.models import Artifact, ArtifactKind, ArtifactStatus
+from app.models import Artifact, ArtifactKind
 from app.rundir import RunDir, checkpoint_step
 from app.schemas import RunSpec
 from worker.data.encode import load_training_data, make_collator
@@ -249,24 +248,14 @@ def save_adapter(
     name_the_base(adapter_dir, base_model)
     adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
     details = details | {"vllm": vllm_lora_incompatibility(adapter_config)}
-    tree = describe_tree(adapter_dir, prefix=archive_name(run_id, ArtifactKind.adapter))
     with sessions() as session:
         # An attempt killed between saving and finishing left its row; this adapter replaces that one.
         session.execute(delete(Artifact).where(Artifact.run_id == run_id, Artifact.kind == ArtifactKind.adapter))
-        artifact = Artifact(
-            run_id=run_id,
-            kind=ArtifactKind.adapter,
-            status=ArtifactStatus.ready,
-            path=run_dir.relative(adapter_dir),
-            size_bytes=tree["archive_size"],
-            sha256=tree["archive_sha256"],
-            files=tree["files"],
-            details=details,
-        )
+        artifact = runs.adapter_artifact(run_dir, details)
         session.add(artifact)
         session.commit()
         event = artifact_event(artifact)
-    log.info("adapter saved to %s (%d bytes as an archive)", adapter_dir, tree["archive_size"])
+        log.info("adapter saved to %s (%d bytes as an archive)", adapter_dir, artifact.size_bytes)
     publisher.publish(event)
 
 

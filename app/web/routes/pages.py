@@ -106,6 +106,20 @@ async def submit_run_form(request: Request, session: SessionDep, settings: Setti
     return render(request, template, form_context(values, errors) | choices(session), status)
 
 
+@router.post("/runs/spec", response_class=HTMLResponse)
+async def spec_fragment(request: Request, settings: SettingsDep) -> HTMLResponse:
+    """What the new-run form holds, as JSON and as the `loradeck` and `curl` commands that start it; nothing is
+    queued. A form that is not a run yet gets its errors instead."""
+    spec, errors = check_form(form_values(await request.form()), settings)
+    commands = None
+    if spec is not None:
+        token_needed = login_required(settings)
+        commands = spec_commands(
+            spec.model_dump(mode="json"), base_url=str(request.base_url), token_needed=token_needed
+        )
+    return render(request, "_spec_commands.html", {"commands": commands, "spec_errors": errors})
+
+
 def refused_fields(exc: DomainError) -> dict[str, str]:
     """A refusal after the form validated (module names the model lacks, the queue down), under its fields."""
     if not isinstance(exc, InvalidInput) or not exc.errors:
