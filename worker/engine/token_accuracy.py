@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from transformers import EvalPrediction
 
-IGNORE_INDEX = -100  # label positions that are not trained: prompt, padding, each packed example's first token
+# Label positions that are not trained (prompt, padding, each packed example's first token) hold this.
+from worker.data.chat import IGNORE_INDEX
 
 
 def predicted_tokens(logits: Any, labels: torch.Tensor) -> torch.Tensor:
