@@ -11,14 +11,21 @@ import io
 import json
 from pathlib import Path
 
+from app.objectives.base import SHAPE_NAMES
+
 HEAD_BYTES = 1 << 20  # a first record past 1 MiB is left to the worker's full check
-SHAPE_NAMES = {"prompt_completion": "prompt/completion", "messages": "messages", "text": "text"}
+__all__ = ["SHAPE_NAMES", "first_row_shape", "shape_of_record", "trains_with_chat"]
+PAIR_KEYS = ("chosen", "rejected", "preferred_output", "non_preferred_output")
 
 
 def shape_of_record(record: object) -> str | None:
     """The shape a parsed record has, by the keys worker.data.files looks at first; None if none fits."""
     if not isinstance(record, dict):
         return None
+    if any(key in record for key in PAIR_KEYS):
+        return "preference"
+    if "label" in record and ("prompt" in record or "completion" in record):
+        return "unpaired"
     if "messages" in record:
         return "messages"
     if "prompt" in record or "completion" in record:

@@ -16,13 +16,16 @@ from sqlalchemy.orm import Session
 from app.models import Metric
 
 FIELDS = ("time", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_sec", "tokens_seen", "token_accuracy")
+# Beside the columns: the objective's named values (app.objectives), a JSON object per point.
 KINDS = ("train", "eval")
-COLUMNS = [Metric.step, Metric.kind, *(getattr(Metric, name) for name in FIELDS)]
+COLUMNS = [Metric.step, Metric.kind, *(getattr(Metric, name) for name in FIELDS), Metric.values]
 
 
 def _row(step: int, kind: str, *values: Any) -> dict[str, Any]:
     point: dict[str, Any] = {"step": int(step), "kind": kind}
-    point.update({name: (float(v) if v is not None else None) for name, v in zip(FIELDS, values, strict=True)})
+    *columns, named = values
+    point.update({name: (float(v) if v is not None else None) for name, v in zip(FIELDS, columns, strict=True)})
+    point["values"] = named or {}
     if point["tokens_seen"] is not None:
         point["tokens_seen"] = int(point["tokens_seen"])
     return point

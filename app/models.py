@@ -118,6 +118,9 @@ class Metric(Base):
     tokens_seen: Mapped[int | None] = mapped_column(BigInteger)
     # Eval points: the share of the eval data's trained label tokens whose argmax prediction is right.
     token_accuracy: Mapped[float | None] = mapped_column(Float)
+    # The objective's own named values at this point (TRL's names: rewards/margins, logps/chosen, ...), as
+    # app.objectives declares them; eval points carry them without the eval_ prefix.
+    values: Mapped[dict | None] = mapped_column(JSON)
 
     run: Mapped[Run] = relationship(back_populates="metrics")
 

@@ -19,7 +19,9 @@ from app.models import Artifact, ArtifactKind, ArtifactStatus, Metric, Run, RunS
 from app.rundir import RunDir
 from app.schemas import RunSpec
 
-METRIC_FIELDS = ("epoch", "loss", "learning_rate", "grad_norm", "tokens_per_sec", "tokens_seen", "token_accuracy")
+METRIC_FIELDS = (
+    "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_sec", "tokens_seen", "token_accuracy", "values",
+)  # fmt: skip
 
 
 def create_run(*, session: Session, spec: RunSpec) -> Run:
@@ -178,7 +180,7 @@ def _metric_rows(run_id: str, points: Sequence[dict[str, Any]]) -> list[Metric]:
             step=int(point["step"]),
             kind=point.get("kind", "train"),
             time=float(point["time"]),
-            **{name: point.get(name) for name in METRIC_FIELDS},
+            **{name: point.get(name) or None if name == "values" else point.get(name) for name in METRIC_FIELDS},
         )
         for point in points
     ]

@@ -20,9 +20,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from app.config import SAMPLE_DATASET_DIR, get_settings
+from app.objectives import REGISTRY, ObjectiveFields, ObjectiveName, objectives_using
 
 # Hugging Face's own rule for a repo id (huggingface_hub.utils.validate_repo_id), with the org required:
 # word characters, '-' and '.', starting and ending with a word character, no '--' or '..', no '.git' end.
@@ -106,8 +107,12 @@ class Method(StrEnum):
 LORA_METHODS = (Method.lora.value, Method.qlora.value)
 
 
-class RunSpec(BaseModel):
-    """A fine-tuning run: base model, data, PEFT method, quantization, training and checkpoints."""
+RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+class RunSpec(ObjectiveFields):
+    """A fine-tuning run: base model, data, objective, PEFT method, quantization, training and checkpoints.
+    Each objective's own fields (beta, loss_type, ...) come from app.objectives."""
 
     model_config = ConfigDict(extra="forbid", use_enum_values=True, allow_inf_nan=False)
 
@@ -132,6 +137,19 @@ class RunSpec(BaseModel):
     chat_template: Literal["auto", "chatml", "llama-3", "zephyr", "alpaca"] = Field(
         default="auto",
         description="How messages rows are rendered: auto uses the tokenizer's own chat template, else chatml.",
+    )
+    # --- what it learns (app.objectives), and from where
+    objective: ObjectiveName = Field(
+        default="sft",
+        description="What the run trains for: sft learns the dataset's answers; dpo, orpo and kto learn to prefer "
+        "chosen answers to rejected ones (prompt/chosen/rejected data; kto also prompt/completion/label).",
+    )
+    init_from_run: str = Field(
+        default="",
+        max_length=32,
+        description="Start from the adapter of this finished run (its id) instead of a fresh one, on the same base "
+        "model: SFT first, then DPO on top, is the usual recipe; a reference-based objective then compares with "
+        "that run's model. Empty: a fresh adapter.",
     )
     # --- PEFT method
     method: Method = Field(
@@ -328,6 +346,14 @@ class RunSpec(BaseModel):
             refuse_hidden_characters(f"regression_prompts: prompt {number}", prompt)
         return prompts
 
+    @field_validator("init_from_run")
+    @classmethod
+    def _run_id(cls, value: str) -> str:
+        value = value.strip()
+        if value and not RUN_ID.match(value):
+            raise ValueError(f"init_from_run: {value[:40]!r} is not a run id (as the run's page shows it)")
+        return value
+
     @field_validator("base_model")
     @classmethod
     def _base_model_given(cls, value: str) -> str:
@@ -371,6 +397,27 @@ class RunSpec(BaseModel):
         return value
 
     # --- rules between fields, one each
+    @model_validator(mode="after")
+    def _objective_fields(self) -> RunSpec:
+        # A stored spec holds every field: only a value other than the default is the user's choice.
+        chosen = REGISTRY[self.objective]
+        defaults = type(self).model_fields
+        for name in self.model_fields_set:
+            used_by = objectives_using(name)
+            if used_by and self.objective not in used_by and getattr(self, name) != defaults[name].get_default():
+                plural = "s" if len(used_by) > 1 else ""
+                raise ValueError(f"{name}: only for objective{plural} {', '.join(used_by)}, not {chosen.name}")
+        return self
+
+    @model_validator(mode="after")
+    def _method_fits_objective(self) -> RunSpec:
+        allowed = REGISTRY[self.objective].methods
+        if self.method not in allowed:
+            raise ValueError(
+                f"method: objective {self.objective} trains with method {' or '.join(allowed)}, not {self.method}"
+            )
+        return self
+
     @model_validator(mode="after")
     def _quantization_fits_method(self) -> RunSpec:
         if self.method == Method.qlora and self.quantization in ("none", "8bit"):
@@ -460,5 +507,6 @@ class RunSpec(BaseModel):
         if not self.name:
             model = Path(self.base_model).name or self.base_model
             rank = f"-r{self.r}" if self.method in LORA_METHODS else ""
-            self.name = f"{self.method}-{model}{rank}"
+            objective = "" if self.objective == "sft" else f"{self.objective}-"
+            self.name = f"{objective}{self.method}-{model}{rank}"
         return self

@@ -49,6 +49,8 @@ class MetricEvent(LiveEvent):
     tokens_seen: int | None = None
     # Eval points only: the share of the eval data's trained label tokens the model predicted right (argmax).
     token_accuracy: float | None = None
+    # The objective's named values (app.objectives: rewards/margins, ...); empty for SFT.
+    values: dict[str, float | None] = {}
 
 
 class LogEvent(LiveEvent):

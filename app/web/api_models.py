@@ -64,6 +64,11 @@ class MetricOut(BaseModel):
         default=None,
         description="Eval points: the share of the eval data's trained label tokens whose argmax prediction is right.",
     )
+    values: dict[str, float | None] = Field(
+        default_factory=dict,
+        description="The objective's own named values at this point, as TRL logs them (e.g. rewards/margins, "
+        "rewards/accuracies for dpo); empty for sft.",
+    )
 
 
 class ArtifactOut(BaseModel):

@@ -21,6 +21,10 @@ SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("data", "Model and data", (
         "name", "base_model", "dataset", "chat_template", "train_on_prompt", "max_seq_length", "packing",
     )),
+    ("objective", "Objective", (
+        "objective", "init_from_run", "beta", "loss_type", "label_smoothing", "desirable_weight",
+        "undesirable_weight",
+    )),
     ("method", "Method", (
         "method", "target_modules", "modules_to_save", "feedforward_modules", "num_virtual_tokens",
         "prompt_tuning_init_text",
@@ -59,7 +63,9 @@ LABELS: dict[str, str] = {
     "eval_split": "Held-out share", "eval_steps": "Evaluate every", "early_stopping_patience": "Early-stop patience",
     "task_eval_rows": "Eval rows answered", "regression_prompts": "Regression prompts",
     "eval_max_new_tokens": "Answer length", "save_steps": "Checkpoint every", "save_total_limit": "Checkpoints kept",
-    "worker": "Worker", "gpus": "GPUs",
+    "worker": "Worker", "gpus": "GPUs", "objective": "Objective", "init_from_run": "Continue from run",
+    "beta": "Beta", "loss_type": "DPO loss", "label_smoothing": "Label smoothing",
+    "desirable_weight": "Good-answer weight", "undesirable_weight": "Bad-answer weight",
 }  # fmt: skip
 
 # Fields that apply only to some methods, or to a base loaded in some quantization: hidden (and not submitted)

@@ -15,12 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Shape = Literal["prompt_completion", "messages", "text"]
-SHAPE_NAMES: dict[Shape, str] = {"prompt_completion": "prompt/completion", "messages": "messages", "text": "text"}
+from worker.data import pairs
+
+Shape = Literal["prompt_completion", "messages", "text", "preference", "unpaired"]
+SHAPE_NAMES: dict[Shape, str] = {
+    "prompt_completion": "prompt/completion",
+    "messages": "messages",
+    "text": "text",
+    "preference": "prompt/chosen/rejected",
+    "unpaired": "prompt/completion/label",
+}
 ROLES = ("system", "user", "assistant")
 FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 LISTED_PROBLEMS = 20  # an error naming 20 rows is enough to see the pattern; the total says how bad it is
-WHAT_A_ROW_NEEDS = '"prompt" and "completion", "messages", or "text"'
+WHAT_A_ROW_NEEDS = '"prompt" and "completion", "messages", "text", or "prompt", "chosen" and "rejected"'
 
 READ_CHUNK = 1024**2
 PARQUET_BATCH_ROWS = 256
@@ -68,7 +76,9 @@ class RowProblem:
 
 @dataclass(frozen=True)
 class Row:
-    """A checked row. Only the fields of its shape are filled."""
+    """A checked row. Only the fields of its shape are filled. A preference row (or an unpaired one) has its
+    prompt as text in `prompt`, or as a conversation in `messages` (the turns before the answer); `chosen` and
+    `rejected` (or `completion` and `label`) are the answers' texts."""
 
     line: int
     prompt: str = ""
@@ -76,6 +86,9 @@ class Row:
     shape: Shape = "prompt_completion"
     messages: list[dict[str, str]] = field(default_factory=list)
     text: str = ""
+    chosen: str = ""
+    rejected: str = ""
+    label: bool | None = None  # unpaired rows: whether the completion is a good answer
 
 
 @dataclass
@@ -329,6 +342,12 @@ def _parse_row(line: int, value: Any) -> Row | str:
         return value.message
     if not isinstance(value, dict):
         return f"expected an object with {WHAT_A_ROW_NEEDS}, got {_json_type(value)}"
+    if pairs.is_pair(value):
+        fields = pairs.parse_pair(value)
+        return fields if isinstance(fields, str) else Row(line=line, shape="preference", **fields)
+    if pairs.is_unpaired(value):
+        fields = pairs.parse_unpaired(value)
+        return fields if isinstance(fields, str) else Row(line=line, shape="unpaired", **fields)
     if "messages" in value:
         return _parse_messages(line, value["messages"])
     if "prompt" in value or "completion" in value:

@@ -55,9 +55,16 @@ class MetricsCallback(TrainerCallback):
     when its lease is lost (another worker owns the run now), or when the loss is no longer a number."""
 
     def __init__(
-        self, *, run_id: str, sessions: sessionmaker[Session], publisher: EventPublisher, lease: Lease | None = None
+        self,
+        *,
+        run_id: str,
+        sessions: sessionmaker[Session],
+        publisher: EventPublisher,
+        lease: Lease | None = None,
+        named: tuple[str, ...] = (),
     ) -> None:
         self.run_id = run_id
+        self.named = named  # the objective's named values to keep from each log (app.objectives: Series.key)
         self.sessions = sessions
         self.publisher = publisher
         self.lease = lease
@@ -168,6 +175,8 @@ class MetricsCallback(TrainerCallback):
         }
         if kind == "eval":
             point["token_accuracy"] = _number(logs.get("eval_token_accuracy"))
+        prefix = "eval_" if kind == "eval" else ""
+        point["values"] = {key: _number(logs[prefix + key]) for key in self.named if prefix + key in logs}
         if kind == "train":
             # Throughput between two logs, so a slow start (loading, compiling) does not drag the number down.
             elapsed = now - self._last_log_time

@@ -1,0 +1,53 @@
+"""What an objective declares (app.objectives has the registry)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+# Dataset row shapes (worker.data.files reads them; app.dataset_shapes tells them from a file's first row).
+SHAPE_NAMES: dict[str, str] = {
+    "prompt_completion": "prompt/completion",
+    "messages": "messages",
+    "text": "text",
+    "preference": "prompt/chosen/rejected",
+    "unpaired": "prompt/completion/label",
+}
+
+
+@dataclass(frozen=True)
+class Series:
+    """A named value the objective's trainer logs (TRL's name, e.g. rewards/margins), drawn in a panel."""
+
+    key: str
+    label: str
+    panel: str
+
+
+@dataclass(frozen=True)
+class Panel:
+    """A chart on the run page beside the loss: its series share one y axis."""
+
+    key: str
+    title: str
+    unit: str = ""
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    label: str
+    summary: str  # one line: what it trains the model to do
+    shapes: tuple[str, ...]  # the dataset shapes it trains on (SHAPE_NAMES)
+    methods: tuple[str, ...]  # the PEFT methods it allows
+    fields: tuple[str, ...] = ()  # RunSpec fields that apply to it (and to the objectives naming them) alone
+    series: tuple[Series, ...] = ()  # named metrics beyond loss and learning rate
+    panels: tuple[Panel, ...] = ()
+    # After training: "task" answers the eval rows (exact match, fields right); "preference" also scores the eval
+    # pairs (share where chosen is more likely than rejected, mean margin), base or starting adapter beside adapter.
+    evaluation: Literal["task", "preference"] = "task"
+    reference: bool = False  # trains against a frozen reference policy (the adapter disabled, or the starting one)
+    defaults: dict[str, object] = field(default_factory=dict)  # what the form proposes when it is chosen
+
+    def shapes_named(self) -> str:
+        return " or ".join(SHAPE_NAMES.get(shape, shape) for shape in self.shapes)

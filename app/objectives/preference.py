@@ -1,0 +1,35 @@
+"""What the preference objectives (DPO, ORPO, KTO) share: pairs as data, beta, reward metrics and panels."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from app.objectives.base import Panel, Series
+
+PREFERENCE_METHODS = ("lora", "qlora")  # the adapter is disabled for the reference: LoRA's own switch
+
+REWARD_SERIES = (
+    Series("rewards/margins", "reward margin", "rewards"),
+    Series("rewards/chosen", "chosen reward", "rewards"),
+    Series("rewards/rejected", "rejected reward", "rewards"),
+    Series("rewards/accuracies", "reward accuracy", "accuracy"),
+)
+LOGP_SERIES = (
+    Series("logps/chosen", "log-prob chosen", "logps"),
+    Series("logps/rejected", "log-prob rejected", "logps"),
+)
+REWARD_PANELS = (
+    Panel("rewards", "Rewards"),
+    Panel("accuracy", "Reward accuracy", "share"),
+    Panel("logps", "Log-probabilities"),
+)
+
+
+class PreferenceFields(BaseModel):
+    beta: float = Field(
+        default=0.1,
+        gt=0.0,
+        le=100.0,
+        description="DPO and KTO: how far the policy may move from the reference (higher: closer to it); "
+        "ORPO: the weight of its odds-ratio term beside the supervised loss (TRL's beta, the paper's lambda).",
+    )
