@@ -234,18 +234,30 @@ def _write_jsonl(path: Path, rows: list[dict[str, str]]) -> None:
 
 
 def write_sample_dataset(out_dir: Path, *, n_train: int = 2000, n_eval: int = 200, seed: int = 1234) -> dict[str, Path]:
-    """Write train.jsonl and eval.jsonl under out_dir; returns {"train": path, "eval": path}."""
+    """Write train.jsonl and eval.jsonl under out_dir, and the preference pairs built from them
+    (preference.jsonl from train, preference_eval.jsonl from eval); returns {split: path}."""
+    # Imported here: tools.sample_pairs builds on this module, so a top-level import would be circular.
+    from tools.sample_pairs import preference_pairs
+
     out_dir.mkdir(parents=True, exist_ok=True)
     train, eval_ = dataset_splits(n_train=n_train, n_eval=n_eval, seed=seed)
-    paths = {"train": out_dir / "train.jsonl", "eval": out_dir / "eval.jsonl"}
-    _write_jsonl(paths["train"], train)
-    _write_jsonl(paths["eval"], eval_)
+    splits = {
+        "train": train,
+        "eval": eval_,
+        "preference": preference_pairs(train),
+        "preference_eval": preference_pairs(eval_),
+    }
+    paths = {split: out_dir / f"{split}.jsonl" for split in splits}
+    for split, rows in splits.items():
+        _write_jsonl(paths[split], rows)
     return paths
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write the Taiwanese address parsing sample dataset.")
-    parser.add_argument("--out", type=Path, required=True, help="directory for train.jsonl and eval.jsonl")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="directory for train.jsonl, eval.jsonl and the preference pairs"
+    )
     parser.add_argument("--n-train", type=int, default=2000)
     parser.add_argument("--n-eval", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1234)

@@ -11,6 +11,7 @@ from tools.sample_data import (
     parse_fields,
     write_sample_dataset,
 )
+from tools.sample_pairs import preference_pairs
 
 DATASET_DIR = Path(__file__).resolve().parents[2] / "assets" / "datasets" / "tw-address"
 
@@ -80,3 +81,51 @@ def test_committed_splits_are_sized_and_disjoint() -> None:
     assert not {row["prompt"] for row in train} & {row["prompt"] for row in eval_}
     for row in train + eval_:
         assert tuple(parse_fields(row["completion"])) == FIELDS
+
+
+def test_committed_preference_pairs_equal_a_fresh_generation_and_leave_the_sft_files_alone(tmp_path: Path) -> None:
+    before = {split: (DATASET_DIR / f"{split}.jsonl").read_bytes() for split in ("train", "eval")}
+    paths = write_sample_dataset(tmp_path)
+    for split in ("preference", "preference_eval"):
+        committed = DATASET_DIR / f"{split}.jsonl"
+        assert committed.read_bytes() == paths[split].read_bytes(), (
+            f"{committed} is stale: run `python -m tools.sample_data --out assets/datasets/tw-address`"
+        )
+    # Adding the pairs to the generator must not change a byte of the SFT sample people already trained on.
+    for split, data in before.items():
+        assert paths[split].read_bytes() == data
+
+
+def test_pairs_come_from_their_own_split_and_never_prefer_an_answer_to_itself() -> None:
+    for sft_name, pair_name, size in (("train", "preference", 2000), ("eval", "preference_eval", 200)):
+        rows = _read_jsonl(DATASET_DIR / f"{sft_name}.jsonl")
+        pairs = _read_jsonl(DATASET_DIR / f"{pair_name}.jsonl")
+        assert len(pairs) == size
+        for row, pair in zip(rows, pairs, strict=True):
+            assert list(pair) == ["prompt", "chosen", "rejected"]
+            assert (pair["prompt"], pair["chosen"]) == (row["prompt"], row["completion"])
+            assert pair["rejected"] != pair["chosen"]
+
+
+def test_each_rejected_answer_is_one_of_the_three_corruptions_in_turn() -> None:
+    rows = generate_rows(300, seed=9)
+    pairs = preference_pairs(rows)
+    assert pairs == preference_pairs(rows)
+    for i, pair in enumerate(pairs):
+        chosen = parse_fields(pair["chosen"])
+        rejected = json.loads(pair["rejected"])
+        if i % 3 == 0:
+            assert rejected == {name: chosen[name] for name in ("city", "district", "road")}
+        elif i % 3 == 1:
+            assert rejected == {**chosen, "number": None, "floor": None}
+        else:
+            assert tuple(rejected) == FIELDS
+            assert rejected["district"] != chosen["district"]
+            assert {**rejected, "district": chosen["district"]} == chosen
+            assert rejected["district"] in {parse_fields(row["completion"])["district"] for row in rows}
+
+
+def test_pairs_refuse_rows_that_all_share_one_district() -> None:
+    row = generate_rows(1, seed=0)[0]
+    with pytest.raises(ValueError, match="same district"):
+        preference_pairs([row, row, row])
