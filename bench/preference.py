@@ -1,0 +1,319 @@
+"""Preference tuning on the sample task: does it learn, and is it as fast as stock TRL?
+
+    .venv/bin/python bench/preference.py [--repeats 3] [--quick]
+
+Two parts, one invocation:
+
+1. Learning (the engine, `worker.engine.train.run_training`, as the form starts runs): an SFT run with the
+   form's sample recipe, DPO from the base, and DPO continued from that SFT run (`init_from_run`), the last two
+   with the preset "DPO on the sample, continued from an SFT run" (app/web/forms.py). Recorded from each
+   run's own evaluation: held-out preference accuracy and mean margin on the sample's eval pairs, base (or
+   the starting SFT run) -> adapter, greedy exact match before -> after, and the wall time.
+2. Speed: DPO tokens/s through loradeck's engine beside stock TRL's `DPOTrainer` given the same rows, LoRA
+   config, DPOConfig values and seed (a script a user would write, below), each in a fresh process,
+   alternating (AB, BA, AB), over the logged steps after the first `WARMUP`. Both sides count non-padding tokens of
+   chosen and rejected (TRL's `num_tokens` on stock TRL's side, the run's `tokens_seen` on loradeck's; the
+   record says whether they agree), so the ratio is the ratio of step rates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from bench.common import update_readme_section, write_result  # noqa: E402
+from bench.throughput import Scratch, alternate, engine_run  # noqa: E402
+
+TINY = REPO / "assets" / "tiny-llama"
+PAIRS = REPO / "assets" / "datasets" / "tw-address" / "preference.jsonl"
+TARGET = 0.95  # loradeck's DPO tokens/s over stock TRL's
+WARMUP = 3
+SPEED_SPEC: dict[str, Any] = {
+    "objective": "dpo",
+    "method": "lora",
+    "quantization": "none",
+    "r": 16,
+    "lora_alpha": 32,
+    "lora_dropout": 0.0,
+    "learning_rate": 5e-5,
+    "lr_scheduler_type": "cosine",
+    "per_device_train_batch_size": 8,
+    "max_steps": 30,
+    "logging_steps": 1,
+    "save_steps": 0,
+    "eval_steps": 0,
+    "task_eval_rows": 0,
+    "regression_prompts": [],
+}
+
+
+# --- stock TRL: what a user would write for the same spec
+
+
+def stock_dpo(spec: dict[str, Any]) -> dict[str, Any]:
+    """DPOTrainer on the spec's rows with peft_config (TRL disables the adapter for the reference), no loradeck."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    rows = [json.loads(line) for line in Path(spec["dataset"]).read_text(encoding="utf-8").splitlines()]
+    tokenizer = AutoTokenizer.from_pretrained(spec["base_model"])
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(spec["base_model"], dtype=torch.float32)
+    model.config.use_cache = False
+    points: list[dict[str, Any]] = []
+    clock: dict[str, float] = {}
+
+    class Probe(TrainerCallback):
+        def on_train_begin(self, *args: Any, **kwargs: Any) -> None:
+            clock["start"] = time.perf_counter()
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+            if logs and "loss" in logs:
+                seconds = time.perf_counter() - clock["start"]
+                points.append({"step": state.global_step, "time": seconds, "tokens": logs.get("num_tokens")})
+
+    args = DPOConfig(
+        output_dir=str(Path(spec["_work"]) / "out"),
+        per_device_train_batch_size=spec["per_device_train_batch_size"],
+        max_steps=spec["max_steps"],
+        learning_rate=spec["learning_rate"],
+        lr_scheduler_type=spec["lr_scheduler_type"],
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        bf16=False,
+        seed=spec["seed"],
+        beta=spec["beta"],
+        loss_type=[spec["loss_type"]],
+        max_length=spec["max_seq_length"],
+        gradient_checkpointing=spec["gradient_checkpointing"],  # TRL's configs turn it on unless told
+    )
+    peft_config = LoraConfig(
+        r=spec["r"],
+        lora_alpha=spec["lora_alpha"],
+        lora_dropout=spec["lora_dropout"],
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[Probe()],
+    )
+    started = time.perf_counter()
+    trainer.train()
+    return {"side": "stock", "train_s": time.perf_counter() - started, "points": points}
+
+
+def steady(points: list[dict[str, Any]], tokens_key: str) -> float:
+    """Tokens per second from the WARMUP-th logged step to the last."""
+    start, end = points[WARMUP - 1], points[-1]
+    return float(end[tokens_key] - start[tokens_key]) / (end["time"] - start["time"])
+
+
+def ours(spec: dict[str, Any]) -> dict[str, Any]:
+    """loradeck's side: a run through the engine (bench/throughput.py's child), its metric points' tokens."""
+    return engine_run({k: v for k, v in spec.items() if not k.startswith("_")})
+
+
+# --- learning: runs as the form starts them
+
+
+def learning(quick: bool) -> dict[str, Any]:
+    from app import runs
+    from app.db import get_sessionmaker
+    from app.schemas import RunSpec
+    from app.web.forms import PRESETS, form_defaults
+    from worker.engine.train import run_training
+
+    def train(name: str, values: dict[str, Any]) -> dict[str, Any]:
+        spec = RunSpec.model_validate(values | {"name": f"bench-{name}", "save_steps": 0})
+        with get_sessionmaker()() as session:
+            run = runs.create_run(session=session, spec=spec)
+        started = time.perf_counter()
+        run_training(run.id)
+        seconds = time.perf_counter() - started
+        with get_sessionmaker()() as session:
+            done = runs.get_run(session=session, run_id=run.id)
+            if done.status != "succeeded":
+                raise RuntimeError(f"the {name} run {done.status}: {done.error}")
+            evaluation = done.evaluation or {}
+        figures = {
+            "run_id": run.id,
+            "seconds": round(seconds, 1),
+            "steps": spec.max_steps,
+            "task": evaluation.get("task"),
+            "preference": evaluation.get("preference"),
+        }
+        print(name, json.dumps({k: v for k, v in figures.items() if k != "task"}), flush=True)
+        return figures
+
+    _, preset = PRESETS["dpo-sample"]
+    shorten = {"max_steps": 20} if quick else {}
+    sft = train("sft", form_defaults() | shorten)
+    dpo_values = form_defaults(str(PAIRS)) | preset | shorten
+    from_base = train("dpo-from-base", dpo_values)
+    continued = train("sft-then-dpo", dpo_values | {"init_from_run": sft["run_id"]})
+    return {"sft": sft, "dpo_from_base": from_base, "sft_then_dpo": continued}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each side for the speed figure")
+    parser.add_argument("--quick", action="store_true", help="few steps, one repeat: a smoke test of the script")
+    parser.add_argument("--skip-learning", action="store_true", help="only the speed figure")
+    parser.add_argument("--child", nargs=3, metavar=("SIDE", "SPEC", "RESULT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        side, spec_path, result = args.child
+        spec = json.loads(Path(spec_path).read_text())
+        figures = stock_dpo(spec) if side == "stock" else ours(spec)
+        Path(result).write_text(json.dumps(figures))
+        return
+    repeats = 1 if args.quick else args.repeats
+    scratch = Scratch()
+    try:
+        from app.schemas import RunSpec
+
+        spec = RunSpec.model_validate(
+            SPEED_SPEC | {"base_model": str(TINY), "dataset": str(PAIRS)} | ({"max_steps": 8} if args.quick else {})
+        ).model_dump(mode="json")
+        speed: dict[str, list[dict[str, Any]]] = {"loradeck": [], "stock": []}
+
+        def run(side: str, attempt: int) -> None:
+            work = scratch.root / f"{side}-{attempt}"
+            figures = spawn_side(side, spec | {"_work": str(work)}, scratch.env, work)
+            speed[side].append(figures)
+            print(f"{side} #{attempt + 1}: {figures['tokens_per_s']:.0f} tokens/s", flush=True)
+
+        alternate(repeats, run, ("loradeck", "stock"))
+        learned: dict[str, Any] = {}
+        if not args.skip_learning:
+            os.environ.update({k: v for k, v in scratch.env.items() if k in ("LORADECK_DATA_DIR", "REDIS_URL")})
+            from app.db import migrate
+
+            migrate()
+            learned = learning(args.quick)
+    finally:
+        scratch.close()
+    ratios = [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(speed["loradeck"], speed["stock"], strict=True)]
+    ratio = statistics.median(r["tokens_per_s"] for r in speed["loradeck"]) / statistics.median(
+        r["tokens_per_s"] for r in speed["stock"]
+    )
+    figures = {
+        "speed": {
+            "spec": {k: spec[k] for k in SPEED_SPEC if k != "regression_prompts"},
+            "warmup_steps_excluded": WARMUP,
+            "loradeck_tokens_per_s": [round(r["tokens_per_s"], 1) for r in speed["loradeck"]],
+            "stock_tokens_per_s": [round(r["tokens_per_s"], 1) for r in speed["stock"]],
+            "same_tokens": [r["tokens"] for r in speed["loradeck"]] == [r["tokens"] for r in speed["stock"]],
+            "ratio": ratio,
+            "ratio_per_pair": ratios,
+            "target": TARGET,
+            "met": ratio >= TARGET,
+        },
+        "learning": learned,
+    }
+    command = ".venv/bin/python bench/preference.py" + (" --quick" if args.quick else f" --repeats {repeats}")
+    name = "preference" if not args.quick and not args.skip_learning else "preference-quick"
+    write_result(name, command, figures)
+    table = report(command, figures)
+    if name == "preference":
+        update_readme_section("preference", table)
+    print(table)
+
+
+def spawn_side(side: str, spec: dict[str, Any], env: dict[str, str], work: Path) -> dict[str, Any]:
+    """One side in a fresh process; its steady tokens/s counted from TRL's num_tokens."""
+    import subprocess
+
+    work.mkdir(parents=True, exist_ok=True)
+    spec_path, result = work / "spec.json", work / "result.json"
+    spec_path.write_text(json.dumps(spec))
+    with (work / "output.log").open("wb") as output:
+        code = subprocess.run(
+            [sys.executable, __file__, "--child", side, str(spec_path), str(result)],
+            env=env,
+            cwd=REPO,
+            stdout=output,
+            stderr=output,
+        ).returncode
+    if code:
+        raise RuntimeError(f"the {side} run exited with {code}:\n{(work / 'output.log').read_text()[-3000:]}")
+    figures = json.loads(result.read_text())
+    if side == "loradeck":
+        points = [{"step": p["step"], "time": p["time"], "tokens": p["tokens_seen"]} for p in figures["points"]]
+    else:
+        points = figures["points"]
+    return {"tokens_per_s": steady(points, "tokens"), "tokens": points[-1]["tokens"], "train_s": figures["train_s"]}
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0%}"
+
+
+def report(command: str, figures: dict[str, Any]) -> str:
+    speed = figures["speed"]
+    lines = [
+        "## Preference tuning (DPO) on the sample task: learning, and speed beside stock TRL",
+        "",
+        f"`{command}` — recorded in `results/preference.json`. Tiny model, CPU.",
+        "",
+        f"Speed: DPO, LoRA r {speed['spec']['r']}, {speed['spec']['max_steps']} steps of "
+        f"{speed['spec']['per_device_train_batch_size']} pairs, tokens/s after the first {WARMUP} logged steps "
+        "(TRL's own non-padding token count on both sides), each side a fresh process, alternating.",
+        "",
+        "| side | tokens/s (each run) | median |",
+        "| --- | --- | --- |",
+        f"| loradeck (engine, live metrics) | {', '.join(f'{v:.0f}' for v in speed['loradeck_tokens_per_s'])} "
+        f"| {statistics.median(speed['loradeck_tokens_per_s']):.0f} |",
+        f"| stock TRL `DPOTrainer` | {', '.join(f'{v:.0f}' for v in speed['stock_tokens_per_s'])} "
+        f"| {statistics.median(speed['stock_tokens_per_s']):.0f} |",
+        "",
+        f"Ratio {speed['ratio']:.3f} (per pair: {', '.join(f'{r:.3f}' for r in speed['ratio_per_pair'])}); "
+        f"target ≥ {TARGET}; same tokens on both sides: {speed['same_tokens']}.",
+    ]
+    learned = figures["learning"]
+    if learned:
+        lines += [
+            "",
+            "| run | steps | wall | preference accuracy (eval pairs) | mean margin | exact match |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for key, label in (("sft", "SFT (form's sample recipe)"), ("dpo_from_base", "DPO from the base"),
+                           ("sft_then_dpo", "SFT, then DPO (`init_from_run`)")):  # fmt: skip
+            run = learned[key]
+            pref = run.get("preference") or {}
+            task = run.get("task") or {}
+            accuracy = (
+                f"{_pct(pref['base']['accuracy'])} → {_pct(pref['adapter']['accuracy'])}" if pref.get("base") else "–"
+            )
+            margin = f"{pref['base']['margin']:.2f} → {pref['adapter']['margin']:.2f}" if pref.get("base") else "–"
+            exact = (
+                f"{_pct(task['base']['exact_match'])} → {_pct(task['adapter']['exact_match'])}"
+                if task.get("base") and task.get("adapter")
+                else "–"
+            )
+            lines.append(f"| {label} | {run['steps']} | {run['seconds']:.0f} s | {accuracy} | {margin} | {exact} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
