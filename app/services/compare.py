@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from app import runs
 from app.models import Run
+from app.objectives import REGISTRY
 from app.runs import METRIC_FIELDS
 
 MAX_COMPARED = 8
@@ -25,6 +26,8 @@ class Comparison:
     sort: str
     differences: list[dict[str, Any]]
     candidates: Sequence[Run]  # what the picker offers
+    series: list[dict[str, str]]  # the named values (app.objectives) the compared runs' objectives log
+    preference: dict[str, dict[str, float]]  # run id -> its preference accuracy, base and adapter
 
 
 def compare(*, session: Session, run_ids: Sequence[str], sort: str) -> Comparison:
@@ -40,7 +43,31 @@ def compare(*, session: Session, run_ids: Sequence[str], sort: str) -> Compariso
         sort=sort,
         differences=differing_fields(compared) if len(compared) > 1 else [],
         candidates=runs.list_runs(session=session, limit=100),
+        series=named_series(compared),
+        preference={run.id: figures for run in compared if (figures := preference_accuracy(run))},
     )
+
+
+def named_series(compared: Sequence[Run]) -> list[dict[str, str]]:
+    """The named values of the compared runs' objectives, each once (the first objective's label), in the
+    registry's order: what the values chart can overlay. SFT runs add none."""
+    seen: dict[str, dict[str, str]] = {}
+    for run in compared:
+        objective = REGISTRY.get(str(run.spec.get("objective") or "sft"), REGISTRY["sft"])
+        units = {panel.key: panel.unit for panel in objective.panels}
+        for series in objective.series:
+            seen.setdefault(series.key, {"key": series.key, "label": series.label, "unit": units.get(series.panel, "")})
+    return list(seen.values())
+
+
+def preference_accuracy(run: Run) -> dict[str, float] | None:
+    """The share of eval pairs where chosen beat rejected, base (or starting run) and adapter, once evaluated
+    (app.contracts.evaluation: preference.{base,adapter}.accuracy)."""
+    preference = (run.evaluation or {}).get("preference") or {}
+    try:
+        return {side: float(preference[side]["accuracy"]) for side in ("base", "adapter")}
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def differing_fields(compared: list[Run]) -> list[dict[str, Any]]:

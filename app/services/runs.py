@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import redis
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import metrics, runs
@@ -19,6 +20,7 @@ from app.config import Settings
 from app.errors import InvalidInput, Unavailable
 from app.events import senders_key, stream_key
 from app.models import Artifact, ArtifactStatus, Run, RunStatus, utcnow
+from app.objectives import REGISTRY, Objective
 from app.preflight import spec_setting_aside, validate_spec
 from app.queue import (
     Queue,
@@ -34,6 +36,7 @@ from app.workers import list_workers
 
 log = logging.getLogger(__name__)
 MODULE_FIELDS = ("target_modules", "modules_to_save", "feedforward_modules")
+MAX_CONTINUED = 50  # runs listed as "continued by" on a run page, oldest first
 
 
 # --- submitting
@@ -163,6 +166,47 @@ def runs_overview(
         q=q or "",
         archived=archived,
     )
+
+
+def objective_of(spec: Mapping[str, Any]) -> Objective:
+    """The objective a run trains for (a spec stored before objectives existed: sft)."""
+    return REGISTRY.get(str(spec.get("objective") or "sft"), REGISTRY["sft"])
+
+
+def objective_panels(objective: Objective) -> list[dict[str, Any]]:
+    """The charts a run page draws beside the loss for its objective, each with the named values it overlays
+    (app.objectives: Panel, Series), as the page's script reads them."""
+    return [
+        {
+            "key": panel.key,
+            "title": panel.title,
+            "unit": panel.unit,
+            "series": [{"key": s.key, "label": s.label} for s in objective.series if s.panel == panel.key],
+        }
+        for panel in objective.panels
+    ]
+
+
+def continuable(run: Run) -> bool:
+    """Whether a run's adapter can start another run (init_from_run): it has a final adapter, of a method that
+    preference tuning trains on (DPO, the usual next step)."""
+    ended = run.status in (RunStatus.succeeded, RunStatus.stopped)
+    return ended and run.spec.get("method") in REGISTRY["dpo"].methods
+
+
+def continuations(*, session: Session, run: Run) -> tuple[Run | None, list[Run]]:
+    """The run this one continued from (None: a fresh adapter, or that run is deleted) and the runs continued
+    from this one, oldest first. The spec's JSON is read by the database (json_extract on SQLite, ->> on
+    PostgreSQL), so a deck of many runs answers in one bounded query."""
+    source_id = str(run.spec.get("init_from_run") or "")
+    source = session.get(Run, source_id) if source_id else None
+    query = (
+        select(Run)
+        .where(Run.spec["init_from_run"].as_string() == run.id)
+        .order_by(Run.created_at, Run.id)
+        .limit(MAX_CONTINUED)
+    )
+    return source, list(session.scalars(query))
 
 
 def metric_points(

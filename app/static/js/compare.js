@@ -52,8 +52,44 @@
     el.dataset.series = String(histories.filter((h) => h.length).length);
   }
 
+  // The objective's named values (rewards/margins, ...), one chosen at a time, overlaid across the runs that log it.
+  const valuesEl = document.getElementById("compare-values-chart");
+  let valuesChart = null;
+
+  function valuesData(key) {
+    const has = (p) => p.kind === "train" && p.values && p.values[key] !== null && p.values[key] !== undefined;
+    const perRun = histories.map((points) => new Map(points.filter(has).map((p) => [p.step, p.values[key]])));
+    const steps = Array.from(new Set(perRun.flatMap((m) => Array.from(m.keys())))).sort((a, b) => a - b);
+    return { perRun, columns: [steps].concat(perRun.map((m) => steps.map((s) => (m.has(s) ? m.get(s) : null)))) };
+  }
+
+  function drawValues() {
+    if (!valuesEl) return;
+    const picker = document.getElementById("compare-value");
+    const share = picker.selectedOptions[0].dataset.unit === "share";
+    const { perRun, columns } = valuesData(picker.value);
+    if (valuesChart) valuesChart.destroy();
+    valuesChart = new uPlot(
+      {
+        width: Math.max(320, valuesEl.clientWidth || 640),
+        height: 260,
+        scales: { x: { time: false, range: xRange }, y: share ? { range: [0, 1] } : {} },
+        axes: [{ label: "step" }, share ? { values: (u, vals) => vals.map((v) => Math.round(100 * v) + "%") } : {}],
+        series: [{ label: "step" }].concat(names.map((name, i) => ({
+          label: name, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: true, show: perRun[i].size > 0,
+        }))),
+      },
+      columns,
+      valuesEl
+    );
+    // Which value is drawn, and for how many runs, for a reader of the page (and its tests).
+    valuesEl.dataset.value = picker.value;
+    valuesEl.dataset.series = String(perRun.filter((m) => m.size).length);
+  }
+
   Promise.all(ids.map((id) => fetch(`/api/v1/runs/${id}/metrics?max_points=2000`).then((r) => (r.ok ? r.json() : []))))
-    .then((all) => { histories = all; draw(); });
+    .then((all) => { histories = all; draw(); drawValues(); });
+  if (valuesEl) document.getElementById("compare-value").addEventListener("change", drawValues);
   document.getElementById("compare-metric").addEventListener("change", draw);
   document.getElementById("compare-scale").addEventListener("change", draw);
   const smoothing = document.getElementById("compare-smoothing");

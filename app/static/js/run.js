@@ -96,6 +96,9 @@
     return a !== 0 && (a < 0.01 || a >= 1e5) ? v.toExponential(1) : String(+v.toFixed(3));
   }
 
+  // The objective's own charts (run_panels.js): rewards and the like, drawn from each point's named values.
+  const objective = window.loradeck.objectivePanels(points, xOf, xLabel, tick);
+
   const PANELS = [
     ["lr-chart", "learning_rate", "learning rate", "#7c3aed"],
     ["grad-chart", "grad_norm", "grad norm", "#059669"],
@@ -105,6 +108,7 @@
   function rebuild() {
     // Axis mode or scale changes rebuild the charts; new points only replace their data.
     for (const key of Object.keys(charts)) { charts[key].destroy(); delete charts[key]; }
+    objective.destroy();
     redraw();
   }
 
@@ -117,6 +121,7 @@
       charts.loss.setData(lossData());
       for (const [id, field] of PANELS) charts[id].setData(panelData(field));
     }
+    objective.draw();
     const data = charts.loss.data;
     $("loss-chart").dataset.points = String(points.train.length + points.eval.length);
     // Where the eval series has a point, for a reader of the page (and its tests).
@@ -177,6 +182,7 @@
     if (charts.loss) charts.loss.setSize({ width: Math.max(320, $("loss-chart").clientWidth), height: 320 });
     for (const [id] of PANELS) if (charts[id]) charts[id].setSize({ width: Math.max(240, $(id).clientWidth), height: 160 });
     if (charts.evalPanel) charts.evalPanel.setSize({ width: Math.max(240, $("eval-chart").clientWidth), height: 160 });
+    objective.resize();
   });
 
   // --- live state -------------------------------------------------------------------------------

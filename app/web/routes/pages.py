@@ -134,11 +134,17 @@ def refused_fields(exc: DomainError) -> dict[str, str]:
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
 def run_page(request: Request, run_id: str, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
-    """One run: status, parameter card, live loss chart, artifacts."""
+    """One run: status, parameter card, live loss chart (and the objective's charts), artifacts, the runs it
+    continued from and was continued by."""
     # The page draws the stored metrics, then follows the live stream from the newest stored step.
     context = actions_context(session, settings, run_id)
+    run = context["run"]
     base_url = str(request.base_url)
-    context["commands"] = spec_commands(context["run"].spec, base_url=base_url, token_needed=login_required(settings))
+    context["commands"] = spec_commands(run.spec, base_url=base_url, token_needed=login_required(settings))
+    # The objective's charts beside the loss come from its registry entry, not from a list in the script.
+    context["objective"] = runs.objective_of(run.spec)
+    context["panels"] = runs.objective_panels(context["objective"])
+    context["continued_from"], context["continued_by"] = runs.continuations(session=session, run=run)
     return render(request, "run.html", context)
 
 
@@ -152,6 +158,7 @@ def actions_context(session: SessionDep, settings: SettingsDep, run_id: str) -> 
     context = artifacts_context(session, settings, run_id)
     context["removal"] = runs.removal_summary(settings=settings, run_id=run_id)
     context["metric_count"] = runs.count_metrics(session=session, run_id=run_id)
+    context["continuable"] = runs.continuable(context["run"])
     context["now"] = utcnow()
     return context
 
