@@ -243,3 +243,16 @@ def test_the_no_known_fields_message_names_the_preference_shapes_too(tmp_path: P
         '(a preference pair, or OpenAI\'s "input", "preferred_output" and "non_preferred_output"); '
         'or "prompt", "completion" and "label" (unpaired, for KTO)'
     )
+
+
+def test_the_readme_example_lines_read_as_their_shapes(tmp_path: Path) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Dataset formats", 1)[1].split("\n## ", 1)[0]
+    examples = [line.rsplit("| `", 1)[1].rsplit("` |", 1)[0] for line in section.splitlines() if "| `{" in line]
+    shapes = []
+    for number, example in enumerate(examples):
+        found = read_dataset(_jsonl(tmp_path, json.loads(example), name=f"{number}.jsonl"))
+        assert found.problems == [], example
+        shapes.append((found.shape, bool(found.rows[0].messages)))
+
+    assert shapes == [("preference", False), ("preference", True), ("preference", True), ("unpaired", False)]
