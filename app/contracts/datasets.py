@@ -40,10 +40,25 @@ class Segment(BaseModel):
     trained: bool = Field(description="Whether the loss falls on these tokens.")
 
 
+class Answer(BaseModel):
+    """One answer of a preference row, as the model sees it after the prompt."""
+
+    name: str = Field(description="chosen, rejected, or completion (an unpaired row's).")
+    label: bool | None = Field(default=None, description="An unpaired row's label: true is a good answer.")
+    tokens: int
+    segments: list[Segment]
+
+
 class ExampleRow(BaseModel):
     line: int
     tokens: int
-    segments: list[Segment]
+    segments: list[Segment] = Field(description="The row as the model sees it; a preference row's prompt alone.")
+    answers: list[Answer] = Field(default_factory=list, description="A preference row's answers, after the prompt.")
+
+
+class PartLengths(BaseModel):
+    tokens: TokenStats
+    histogram: Histogram
 
 
 class DatasetDescription(BaseModel):
@@ -62,6 +77,11 @@ class DatasetDescription(BaseModel):
     dropped_rows: int
     trained_tokens: int
     examples: list[ExampleRow]
+    parts: dict[str, PartLengths] = Field(
+        default_factory=dict,
+        description="Preference files: the token lengths of prompt, chosen and rejected (or completion).",
+    )
+    labels: dict[str, int] | None = Field(default=None, description="Unpaired files: how many rows are good and bad.")
     base_model: str | None = Field(default=None, description="Whose tokenizer described it (set by the web).")
 
 

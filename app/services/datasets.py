@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,10 @@ from sqlalchemy.orm import Session
 from app import datasets
 from app.config import Settings
 from app.contracts.datasets import DescribeRequest
+from app.dataset_shapes import SHAPE_NAMES
 from app.errors import InvalidInput, NotFound
 from app.models import Dataset
+from app.objectives import objectives_accepting
 from app.preflight import base_model_problem
 from app.queue import ask_description
 from app.schemas import MAX_SEQ_LENGTH, MIN_SEQ_LENGTH, hidden_characters_problem
@@ -84,6 +87,18 @@ def store_upload(*, session: Session, settings: Settings, upload: datasets.Uploa
         return dataset, True
     finally:
         upload.path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class ShapeSummary:
+    """A file's row shape as the pages label it, and the objectives that train on it."""
+
+    label: str
+    trains: tuple[str, ...]
+
+
+def shape_summary(shape: str | None) -> ShapeSummary:
+    return ShapeSummary(SHAPE_NAMES.get(shape or "", shape or "?"), objectives_accepting(shape or ""))
 
 
 def list_datasets(*, session: Session) -> Sequence[Dataset]:

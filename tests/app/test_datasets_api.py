@@ -70,3 +70,55 @@ def test_uploads_refused_for_type_size_and_emptiness(stack: Stack) -> None:
     assert stored["filename"] == "passwd.jsonl"
     assert Path(stored["path"]).parent == stack.data_dir.resolve() / "datasets"
     assert len(_files(stack)) == len(before) + 1
+
+
+def _jsonl(*rows: object) -> bytes:
+    return "".join(json.dumps(row) + "\n" for row in rows).encode()
+
+
+def test_a_bad_preference_file_is_refused_by_line_and_nothing_is_stored(stack: Stack) -> None:
+    client = stack.client()
+    before = (client.get("/api/v1/datasets").json(), _files(stack))
+    pair = {"prompt": "2+2=", "chosen": "4", "rejected": "5"}
+    data = _jsonl(pair, {**pair, "rejected": "4"}, {"prompt": "2+2=", "chosen": "4"}, pair)
+
+    response = client.post("/api/v1/datasets", files={"file": ("pairs.jsonl", data, "text/plain")})
+
+    assert response.status_code == 422
+    assert response.json()["detail"] == {
+        "message": "pairs.jsonl has 2 bad row(s); nothing was stored",
+        "problems": [
+            'pairs.jsonl line 2: "chosen" and "rejected" are the same answer; '
+            "a pair teaches nothing unless they differ",
+            'pairs.jsonl line 3: "rejected" is missing; a preference row needs "prompt", "chosen" and "rejected" '
+            '(or OpenAI\'s "input", "preferred_output" and "non_preferred_output")',
+        ],
+    }
+    assert (client.get("/api/v1/datasets").json(), _files(stack)) == before
+
+
+def test_an_openai_preference_file_is_stored_as_pairs_and_its_page_shows_prompt_chosen_rejected(stack: Stack) -> None:
+    client = stack.client()
+    row = {
+        "input": {"messages": [{"role": "user", "content": "Capital of France?"}]},
+        "preferred_output": [{"role": "assistant", "content": "Paris"}],
+        "non_preferred_output": [{"role": "assistant", "content": "London"}],
+    }
+
+    response = client.post("/api/v1/datasets", files={"file": ("openai.jsonl", _jsonl(row, row), "text/plain")})
+
+    assert response.status_code == 201, response.text
+    dataset = response.json()
+    assert (dataset["shape"], dataset["rows"]) == ("preference", 2)
+    example = dataset["description"]["examples"][0]
+    assert "Capital of France?" in "".join(s["text"] for s in example["segments"])
+    assert [(a["name"], [s["text"] for s in a["segments"] if s["trained"]]) for a in example["answers"]] == [
+        ("chosen", ["Paris</s>"]),
+        ("rejected", ["London</s>"]),
+    ]
+    assert set(dataset["description"]["parts"]) == {"prompt", "chosen", "rejected"}
+    page = client.get(f"/datasets/{dataset['id']}").text
+    assert "prompt/chosen/rejected" in page and 'id="trains">trains: dpo, orpo, kto<' in page
+    assert "<mark>Paris&lt;/s&gt;</mark>" in page and "<mark>London&lt;/s&gt;</mark>" in page
+    listing = client.get("/datasets").text
+    assert "prompt/chosen/rejected" in listing

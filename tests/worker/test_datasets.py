@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from worker.data.files import DatasetError, read_dataset, read_rows, validate_dataset
+from worker.data.files import WHAT_A_ROW_NEEDS, DatasetError, read_dataset, read_rows, validate_dataset
 
 DATA = Path(__file__).parent / "data"
 
@@ -54,10 +54,10 @@ def test_every_bad_jsonl_row_is_reported_with_its_line_and_why() -> None:
         (3, '"completion" is missing'),
         (4, '"completion" must be a string, got a number'),
         (5, '"completion" is empty, so there is nothing to learn from this row'),
-        (6, 'expected an object with "prompt" and "completion", "messages", or "text", got a list'),
+        (6, f"expected an object, got a list; a row holds {WHAT_A_ROW_NEEDS}"),
         (8, '"messages" turn 1: unknown role "bot"; use system, user or assistant'),
         (9, "mixed shapes: this row is text but line 1 is prompt/completion; a file holds rows of one shape"),
-        (10, 'no known fields: a row needs "prompt" and "completion", "messages", or "text"; this one has "foo"'),
+        (10, f'no known fields in this row ("foo"); a row holds {WHAT_A_ROW_NEEDS}'),
         (11, '"messages" has no assistant turn, so there is nothing to learn from this row'),
         (13, '"prompt" must be a string, got null'),
         (14, '"messages" is not valid JSON: Expecting value at column 2'),
@@ -145,9 +145,7 @@ def test_file_level_problems(tmp_path: Path) -> None:
     broken = tmp_path / "broken.parquet"
     broken.write_bytes(b"not parquet")
 
-    assert [str(p) for p in validate_dataset(empty)] == [
-        'empty.jsonl: no rows; each row needs "prompt" and "completion", "messages", or "text"'
-    ]
+    assert [str(p) for p in validate_dataset(empty)] == [f"empty.jsonl: no rows; a row holds {WHAT_A_ROW_NEEDS}"]
     assert [str(p) for p in validate_dataset(latin)] == ["latin.jsonl line 2: not UTF-8 text (column 14)"]
     assert str(validate_dataset(broken)[0]).startswith("broken.parquet: not a readable Parquet file")
     with pytest.raises(DatasetError, match="no such file"):

@@ -7,7 +7,6 @@ The file is a user's upload, so the work runs in a child process under the inspe
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,12 @@ from app.config import get_settings
 from app.contracts.datasets import DatasetDescription, DescribeAnswer, DescribeRequest, RowProblemOut
 from app.paths import dataset_outside, inside
 from app.preflight import base_model_problem
-from worker.data.chat import IGNORE_INDEX, chat_template_name
-from worker.data.encode import Example, encode_all, learns_something, truncate
+from worker.data.chat import chat_template_name
+from worker.data.describe_pairs import describe_pairs
+from worker.data.encode import encode_all, learns_something, truncate
 from worker.data.files import read_dataset, validate_dataset
 from worker.data.hub import model_source
+from worker.data.token_counts import histogram, segments, token_stats, trained_count
 
 MAX_PROBLEMS = 200
 
@@ -109,6 +110,8 @@ def describe_dataset(
     path = Path(path)
     found = read_dataset(path)
     found.raise_for_problems()
+    if found.shape in ("preference", "unpaired"):
+        return describe_pairs(found, path, tokenizer, max_seq_length=max_seq_length, chat_template=chat_template)
     whole = encode_all(found.rows, tokenizer, chat_template, train_on_prompt, path)
     cut = [truncate(example, max_seq_length) for example in whole]
     kept = [(row, example) for row, example in zip(found.rows, cut, strict=True) if learns_something(example)]
@@ -124,43 +127,15 @@ def describe_dataset(
             "chat_template": chat_template_name(tokenizer, chat_template) if found.shape == "messages" else None,
             "max_seq_length": max_seq_length,
             "train_on_prompt": train_on_prompt,
-            "tokens": {
-                "min": lengths[0],
-                **{f"p{p}": lengths[max(0, math.ceil(p / 100 * len(lengths)) - 1)] for p in (50, 90, 99)},
-                "max": lengths[-1],
-                "mean": sum(lengths) / len(lengths),
-                "total": sum(lengths),
-            },
-            "histogram": _histogram(lengths),
+            "tokens": token_stats(lengths),
+            "histogram": histogram(lengths),
             "truncated_rows": truncated,
             "truncated_share": truncated / len(lengths),
             "dropped_rows": len(found.rows) - len(kept),
-            "trained_tokens": sum(label != IGNORE_INDEX for _, example in kept for label in example["labels"]),
+            "trained_tokens": sum(trained_count(example) for _, example in kept),
             "examples": [
-                {"line": row.line, "tokens": len(example["input_ids"]), "segments": _segments(tokenizer, example)}
+                {"line": row.line, "tokens": len(example["input_ids"]), "segments": segments(tokenizer, example)}
                 for row, example in kept[:3]
             ],
         }
     )
-
-
-def _histogram(lengths: list[int], bins: int = 20) -> dict[str, list[int]]:
-    """At most `bins` bins of equal integer width from the shortest to the longest length."""
-    low, high = lengths[0], lengths[-1]
-    width = max(1, math.ceil((high - low + 1) / bins))
-    counts = [0] * math.ceil((high - low + 1) / width)
-    for length in lengths:
-        counts[(length - low) // width] += 1
-    return {"edges": [low + i * width for i in range(len(counts) + 1)], "counts": counts}
-
-
-def _segments(tokenizer: PreTrainedTokenizerBase, example: Example) -> list[dict[str, Any]]:
-    """The example's text in runs of trained / untrained tokens, each run decoded on its own."""
-    runs: list[tuple[bool, list[int]]] = []
-    for token, label in zip(example["input_ids"], example["labels"], strict=True):
-        trained = label != IGNORE_INDEX
-        if runs and runs[-1][0] == trained:
-            runs[-1][1].append(token)
-        else:
-            runs.append((trained, [token]))
-    return [{"text": tokenizer.decode(ids), "trained": trained} for trained, ids in runs]

@@ -1,7 +1,8 @@
 """Dataset files -> checked rows, every bad row reported with its line and why.
 
-A file is JSONL (or .json holding a list), CSV or Parquet, and holds one of three row shapes:
-prompt/completion, messages (a conversation), or text. No tokenizer and no torch here, so the web
+A file is JSONL (or .json holding a list), CSV or Parquet, and holds one of five row shapes: for supervised
+tuning prompt/completion, messages (a conversation) or text; for preference tuning prompt/chosen/rejected pairs
+or prompt/completion/label unpaired rows (worker.data.pairs reads those two). No tokenizer and no torch here, so the web
 process can check an upload and a user can see all of a file's problems at once, not one per try.
 """
 
@@ -25,10 +26,14 @@ SHAPE_NAMES: dict[Shape, str] = {
     "preference": "prompt/chosen/rejected",
     "unpaired": "prompt/completion/label",
 }
-ROLES = ("system", "user", "assistant")
+ROLES = pairs.ROLES
 FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 LISTED_PROBLEMS = 20  # an error naming 20 rows is enough to see the pattern; the total says how bad it is
-WHAT_A_ROW_NEEDS = '"prompt" and "completion", "messages", "text", or "prompt", "chosen" and "rejected"'
+WHAT_A_ROW_NEEDS = (
+    '"prompt" and "completion", "messages" or "text" (supervised); "prompt", "chosen" and "rejected" '
+    '(a preference pair, or OpenAI\'s "input", "preferred_output" and "non_preferred_output"); '
+    'or "prompt", "completion" and "label" (unpaired, for KTO)'
+)
 
 READ_CHUNK = 1024**2
 PARQUET_BATCH_ROWS = 256
@@ -138,20 +143,30 @@ def read_dataset(path: str | Path, *, limit: int | None = None) -> DatasetFile:
         row = _parse_row(line, value)
         if isinstance(row, str):
             found.problems.append(RowProblem(path.name, line, row, unit))
-        elif found.shape is not None and row.shape != found.shape:
-            message = (
-                f"mixed shapes: this row is {SHAPE_NAMES[row.shape]} but {unit} {first_line} is "
-                f"{SHAPE_NAMES[found.shape]}; a file holds rows of one shape"
-            )
-            found.problems.append(RowProblem(path.name, line, message, unit))
+        elif found.shape is not None and (mixed := _mixed(row, found.rows[0], f"{unit} {first_line}")):
+            found.problems.append(RowProblem(path.name, line, mixed, unit))
         else:
             found.shape, first_line = row.shape, first_line or line
             found.rows.append(row)
             if len(found.rows) == limit:
                 break
     if not found.rows and not found.problems:
-        found.problems.append(RowProblem(path.name, 0, f"no rows; each row needs {WHAT_A_ROW_NEEDS}"))
+        found.problems.append(RowProblem(path.name, 0, f"no rows; a row holds {WHAT_A_ROW_NEEDS}"))
     return found
+
+
+def _mixed(row: Row, first: Row, where: str) -> str:
+    """Why a row cannot sit in a file beside its first good row ("" if it can)."""
+    if row.shape != first.shape:
+        return (
+            f"mixed shapes: this row is {SHAPE_NAMES[row.shape]} but {where} is {SHAPE_NAMES[first.shape]}; "
+            "a file holds rows of one shape"
+        )
+    # A preference file's prompts go through a chat template or none at all, never both (as TRL reads them).
+    if row.shape in ("preference", "unpaired") and bool(row.messages) != bool(first.messages):
+        kinds = ("a conversation", "text") if row.messages else ("text", "a conversation")
+        return f"mixed prompts: this row's prompt is {kinds[0]} but {where}'s is {kinds[1]}; a file holds one kind"
+    return ""
 
 
 def validate_dataset(path: str | Path) -> list[RowProblem]:
@@ -332,16 +347,14 @@ def _parquet_batches(parquet: Any, file_size: int) -> Iterator[tuple[int, Any]]:
 # --- the shapes: a parsed value -> Row, or the reason it is not one
 
 
-def _json_type(value: Any) -> str:
-    names = {type(None): "null", bool: "true/false", int: "a number", float: "a number", str: "a string"}
-    return names.get(type(value), "a list" if isinstance(value, list) else "an object")
+_json_type = pairs.json_type
 
 
 def _parse_row(line: int, value: Any) -> Row | str:
     if isinstance(value, _Unreadable):
         return value.message
     if not isinstance(value, dict):
-        return f"expected an object with {WHAT_A_ROW_NEEDS}, got {_json_type(value)}"
+        return f"expected an object, got {_json_type(value)}; a row holds {WHAT_A_ROW_NEEDS}"
     if pairs.is_pair(value):
         fields = pairs.parse_pair(value)
         return fields if isinstance(fields, str) else Row(line=line, shape="preference", **fields)
@@ -366,7 +379,7 @@ def _parse_row(line: int, value: Any) -> Row | str:
             return '"text" is empty'
         return Row(line=line, shape="text", text=value["text"])
     keys = ", ".join(f'"{key}"' for key in value) or "none"
-    return f"no known fields: a row needs {WHAT_A_ROW_NEEDS}; this one has {keys}"
+    return f"no known fields in this row ({keys}); a row holds {WHAT_A_ROW_NEEDS}"
 
 
 def _parse_messages(line: int, messages: Any) -> Row | str:

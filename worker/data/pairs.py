@@ -13,8 +13,9 @@ from typing import Any
 
 ROLES = ("system", "user", "assistant")
 PAIR_KEYS = ("chosen", "rejected", "preferred_output", "non_preferred_output")
+OPENAI_KEYS = ("input", "preferred_output", "non_preferred_output")
 WHAT_A_PAIR_NEEDS = (
-    '"prompt", "chosen" and "rejected" (or OpenAI\'s "input", "preferred_output", "non_preferred_output")'
+    '"prompt", "chosen" and "rejected" (or OpenAI\'s "input", "preferred_output" and "non_preferred_output")'
 )
 LABELS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 
@@ -27,68 +28,75 @@ def is_unpaired(record: dict[str, Any]) -> bool:
     return "label" in record and ("prompt" in record or "completion" in record)
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
     names = {type(None): "null", bool: "true/false", int: "a number", float: "a number", str: "a string"}
     return names.get(type(value), "a list" if isinstance(value, list) else "an object")
 
 
-def _decoded(value: Any) -> Any:
-    # CSV cells and Parquet string columns hold a list of turns as JSON text.
+def _decoded(key: str, value: Any) -> Any:
+    """CSV cells and Parquet string columns hold a list of turns as JSON text; raises ValueError for JSON text
+    that is broken (read as plain text, it would train on the brackets without a word said)."""
     if isinstance(value, str) and value.lstrip().startswith("[{"):
         try:
             return json.loads(value)
-        except json.JSONDecodeError:
-            return value
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f'"{key}" looks like a JSON list of turns but is not valid JSON: {exc.msg} at column {exc.colno}'
+            ) from None
     return value
 
 
-def _turns(key: str, value: Any) -> list[dict[str, str]] | str:
-    """A list of {"role", "content"} turns, or the reason it is not one."""
-    if not isinstance(value, list) or not value:
-        return f'"{key}" must be a non-empty list of {{"role", "content"}} turns, got {_json_type(value)}'
+def _turns(key: str, value: list[Any]) -> list[dict[str, str]]:
+    """A non-empty list of {"role", "content"} turns; raises ValueError naming the turn that is not one."""
+    if not value:
+        raise ValueError(f'"{key}" is an empty list; give at least one {{"role", "content"}} turn')
     turns = []
     for number, turn in enumerate(value, start=1):
         where = f'"{key}" turn {number}'
         if not isinstance(turn, dict):
-            return f'{where}: expected a {{"role", "content"}} object, got {_json_type(turn)}'
+            raise ValueError(f'{where}: expected a {{"role", "content"}} object, got {json_type(turn)}')
         for part in ("role", "content"):
-            if not isinstance(turn.get(part), str):
-                return f'{where}: "{part}" is missing' if part not in turn else f'{where}: "{part}" must be a string'
+            if part not in turn:
+                raise ValueError(f'{where}: "{part}" is missing')
+            if not isinstance(turn[part], str):
+                raise ValueError(f'{where}: "{part}" must be a string, got {json_type(turn[part])}')
         if turn["role"] not in ROLES:
-            return f'{where}: unknown role "{turn["role"]}"; use {", ".join(ROLES[:-1])} or {ROLES[-1]}'
+            raise ValueError(f'{where}: unknown role "{turn["role"]}"; use {", ".join(ROLES[:-1])} or {ROLES[-1]}')
         turns.append({"role": turn["role"], "content": turn["content"]})
     return turns
 
 
-def _prompt(key: str, value: Any) -> tuple[str, list[dict[str, str]]] | str:
-    """The prompt as (text, []) or ("", turns); turns end with a user (or system) turn, before the answer."""
-    value = _decoded(value)
+def _prompt(key: str, value: Any, answers: str) -> tuple[str, list[dict[str, str]]]:
+    """The prompt as (text, []) or ("", turns), the turns before the answer; raises ValueError."""
+    value = _decoded(key, value)
     if isinstance(value, str):
         return value, []
+    if not isinstance(value, list):
+        raise ValueError(f'"{key}" must be a string or a list of {{"role", "content"}} turns, got {json_type(value)}')
     turns = _turns(key, value)
-    if isinstance(turns, str):
-        return turns
     if turns[-1]["role"] == "assistant":
-        return f'"{key}" ends with an assistant turn; it holds the turns before the answer'
+        raise ValueError(f'"{key}" ends with an assistant turn; it holds the turns before the answer, and {answers}')
     return "", turns
 
 
 def _answer(key: str, value: Any, conversational: bool) -> str:
     """The answer's text; raises ValueError naming what is wrong."""
-    value = _decoded(value)
+    value = _decoded(key, value)
     if isinstance(value, str) and not conversational:
         text = value
     elif isinstance(value, list):
         turns = _turns(key, value)
-        if isinstance(turns, str):
-            raise ValueError(turns)
-        if len(turns) != 1 or turns[0]["role"] != "assistant":
+        if len(turns) == 1 and turns[0]["role"] != "assistant":
+            raise ValueError(f'"{key}" turn 1 is a {turns[0]["role"]} turn; the answer is one assistant turn')
+        if len(turns) != 1:
             raise ValueError(f'"{key}" must hold one assistant turn (the answer), got {len(turns)} turns')
         text = turns[0]["content"]
     elif isinstance(value, str):
-        raise ValueError(f'"{key}" is text but the prompt is a conversation; give it as [{{"role": "assistant", ...}}]')
+        raise ValueError(
+            f'"{key}" is text but the prompt is a conversation; give it as [{{"role": "assistant", "content": "..."}}]'
+        )
     else:
-        raise ValueError(f'"{key}" must be a string or a list with one assistant turn, got {_json_type(value)}')
+        raise ValueError(f'"{key}" must be a string or a list with one assistant turn, got {json_type(value)}')
     if not text.strip():
         raise ValueError(f'"{key}" is empty')
     return text
@@ -96,51 +104,70 @@ def _answer(key: str, value: Any, conversational: bool) -> str:
 
 def parse_pair(value: dict[str, Any]) -> dict[str, Any] | str:
     """A pair as Row fields (prompt or messages, chosen, rejected), or the reason it is not one."""
+    try:
+        return _pair(value)
+    except ValueError as exc:
+        return str(exc)
+
+
+def _pair(value: dict[str, Any]) -> dict[str, Any]:
     if "preferred_output" in value or "non_preferred_output" in value:
-        keys, given = ("input", "preferred_output", "non_preferred_output"), value
-        missing = [key for key in keys if key not in given]
-        if missing:
-            return f'"{missing[0]}" is missing; OpenAI\'s preference rows need {", ".join(keys)}'
-        source = given["input"]
+        if missing := [key for key in OPENAI_KEYS if key not in value]:
+            raise ValueError(
+                f'"{missing[0]}" is missing; OpenAI\'s preference rows need "input", "preferred_output" '
+                'and "non_preferred_output"'
+            )
+        source = value["input"]
         if not isinstance(source, dict) or "messages" not in source:
-            return '"input" must be an object holding "messages", the turns before the answer'
-        prompt = _prompt("input.messages", source["messages"])
+            raise ValueError(
+                f'"input" must be an object holding "messages" (the turns before the answer), got {json_type(source)}'
+            )
         chosen_key, rejected_key = "preferred_output", "non_preferred_output"
+        text, turns = _prompt("input.messages", source["messages"], f'the answers go in "{chosen_key}"')
     else:
         for key in ("prompt", "chosen", "rejected"):
             if key not in value:
-                return f'"{key}" is missing; a preference row needs {WHAT_A_PAIR_NEEDS}'
-        prompt = _prompt("prompt", value["prompt"])
+                raise ValueError(f'"{key}" is missing; a preference row needs {WHAT_A_PAIR_NEEDS}')
         chosen_key, rejected_key = "chosen", "rejected"
-    if isinstance(prompt, str):
-        return prompt
-    text, turns = prompt
-    try:
-        chosen = _answer(chosen_key, value[chosen_key], bool(turns))
-        rejected = _answer(rejected_key, value[rejected_key], bool(turns))
-    except ValueError as exc:
-        return str(exc)
-    if chosen == rejected:
-        return f'"{chosen_key}" and "{rejected_key}" are the same answer; a pair teaches nothing unless they differ'
+        text, turns = _prompt("prompt", value["prompt"], 'the answers go in "chosen" and "rejected"')
+    chosen = _answer(chosen_key, value[chosen_key], bool(turns))
+    rejected = _answer(rejected_key, value[rejected_key], bool(turns))
+    if chosen.strip() == rejected.strip():  # answers apart only in surrounding blanks teach nothing either
+        raise ValueError(
+            f'"{chosen_key}" and "{rejected_key}" are the same answer; a pair teaches nothing unless they differ'
+        )
     return {"prompt": text, "messages": turns, "chosen": chosen, "rejected": rejected}
 
 
 def parse_unpaired(value: dict[str, Any]) -> dict[str, Any] | str:
     """An unpaired row as Row fields (prompt or messages, completion, label), or the reason it is not one."""
-    for key in ("prompt", "completion", "label"):
-        if key not in value:
-            return f'"{key}" is missing; an unpaired row needs "prompt", "completion" and "label" (true: a good answer)'
-    prompt = _prompt("prompt", value["prompt"])
-    if isinstance(prompt, str):
-        return prompt
-    text, turns = prompt
     try:
-        completion = _answer("completion", value["completion"], bool(turns))
+        return _unpaired(value)
     except ValueError as exc:
         return str(exc)
-    label = value["label"]
-    if isinstance(label, str) and label.strip().lower() in LABELS:  # CSV cells
-        label = LABELS[label.strip().lower()]
-    if not isinstance(label, bool):
-        return f'"label" must be true (a good answer) or false (a bad one), got {_json_type(label)}'
-    return {"prompt": text, "messages": turns, "completion": completion, "label": label}
+
+
+def _unpaired(value: dict[str, Any]) -> dict[str, Any]:
+    for key in ("prompt", "completion", "label"):
+        if key not in value:
+            raise ValueError(
+                f'"{key}" is missing; an unpaired row needs "prompt", "completion" and "label" (true: a good answer)'
+            )
+    text, turns = _prompt("prompt", value["prompt"], 'the answer goes in "completion"')
+    completion = _answer("completion", value["completion"], bool(turns))
+    return {"prompt": text, "messages": turns, "completion": completion, "label": _label(value["label"])}
+
+
+def _label(label: Any) -> bool:
+    """true/false; CSV cells spell it as text, Parquet and JSON writers often as 1/0."""
+    if isinstance(label, str) and label.strip().lower() in LABELS:
+        return LABELS[label.strip().lower()]
+    if isinstance(label, int) and not isinstance(label, bool) and label in (0, 1):
+        return bool(label)
+    if isinstance(label, bool):
+        return label
+    given = json.dumps(label, ensure_ascii=False) if isinstance(label, str | int | float) else json_type(label)
+    raise ValueError(
+        f'"label" must be true (a good answer) or false (a bad one), got {given[:40]}; '
+        "a row with a label is read as an unpaired (KTO) row"
+    )

@@ -79,7 +79,9 @@ def get_dataset(
 @router.get("/datasets", response_class=HTMLResponse, include_in_schema=False)
 def datasets_page(request: Request, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
     """Upload a dataset (drag and drop) and see the ones already uploaded."""
-    context = {"datasets": datasets.list_datasets(session=session), "default_model": settings.default_base_model}
+    listed = datasets.list_datasets(session=session)
+    shapes = {d.id: datasets.shape_summary(d.shape) for d in listed}
+    context = {"datasets": listed, "shapes": shapes, "default_model": settings.default_base_model}
     return render(request, "datasets.html", context)
 
 
@@ -105,7 +107,8 @@ def dataset_page(
     base_model: str = "",
     max_seq_length: str = "",
 ) -> HTMLResponse:
-    """A dataset as the model sees it: length histogram against max_seq_length, trained tokens highlighted."""
+    """A dataset as the model sees it: its shape and the objectives that train on it, length histograms against
+    max_seq_length, trained tokens highlighted (a pair's prompt once, then each answer)."""
     dataset = datasets.get_dataset(session=session, dataset_id=dataset_id)
     description, error = dataset.description or {}, None
     if base_model or max_seq_length:
@@ -116,4 +119,5 @@ def dataset_page(
             )
         except DomainError as exc:
             error = detail(exc)
-    return render(request, "dataset.html", {"dataset": dataset, "d": description, "error": error})
+    context = {"dataset": dataset, "d": description, "shape": datasets.shape_summary(dataset.shape), "error": error}
+    return render(request, "dataset.html", context)
