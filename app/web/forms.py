@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData
 
 from app.config import Settings
+from app.objective_inputs import objective_problems
 from app.preflight import INPUT_FIELDS, datasets_outside_roots, input_problems, rule_problems
 from app.schemas import SAMPLE_TRAIN, RunSpec, default_eval, is_sample_dataset
 
@@ -312,7 +313,11 @@ def check_form(values: dict[str, Any], settings: Settings) -> tuple[RunSpec | No
     _set_aside(problems, errors, trial)
     if spec is not None and not problems:
         spec = spec.model_copy(update=resolved)
-        for problem in rule_problems(spec):  # each names its fields, as a cross-field rule does
+        # The objective's: the datasets' row shapes and the run continued, whose adapter's shape the spec takes.
+        taken, refusals = objective_problems(spec, settings)
+        _set_aside(refusals, errors, trial)
+        spec = spec.model_copy(update=taken)
+        for problem in [] if refusals else rule_problems(spec):  # each names its fields, as a cross-field rule does
             _set_aside({"form": problem}, errors, trial)
     return (None, errors) if errors or spec is None else (spec, {})
 
