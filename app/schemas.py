@@ -42,6 +42,9 @@ def is_hub_id(value: str) -> bool:
 
 
 SAMPLE_TRAIN, SAMPLE_EVAL = SAMPLE_DATASET_DIR / "train.jsonl", SAMPLE_DATASET_DIR / "eval.jsonl"
+# The sample's preference pairs (for dpo, orpo, kto) and their held-out pairs.
+SAMPLE_PAIRS, SAMPLE_PAIRS_EVAL = SAMPLE_DATASET_DIR / "preference.jsonl", SAMPLE_DATASET_DIR / "preference_eval.jsonl"
+SAMPLE_EVALS = {SAMPLE_TRAIN: SAMPLE_EVAL, SAMPLE_PAIRS: SAMPLE_PAIRS_EVAL}  # each bundled training file's eval file
 DEFAULT_EVAL_SPLIT = 0.1  # what the form proposes to hold out of a dataset that has no eval file
 
 
@@ -55,19 +58,20 @@ def with_default_eval(spec: RunSpec) -> RunSpec:
     return spec.model_copy(update={"eval_dataset": proposed}) if proposed else spec
 
 
-def is_sample_dataset(dataset: str) -> bool:
-    """True when `dataset` names the bundled sample's training file (by any path to it)."""
+def is_sample_dataset(dataset: str, sample: Path = SAMPLE_TRAIN) -> bool:
+    """True when `dataset` names the bundled sample's training file, or `sample` (by any path to it)."""
     try:
-        return bool(dataset) and Path(dataset).resolve() == SAMPLE_TRAIN.resolve()
+        return bool(dataset) and Path(dataset).resolve() == sample.resolve()
     except (OSError, ValueError):  # a NUL byte or a loop of links: not the sample, and refused elsewhere
         return False
 
 
 def default_eval(dataset: str) -> dict[str, Any]:
-    """The eval data that goes with a dataset when none is given: the bundled sample's own eval file, or a
-    held-out share of the dataset itself. Never another dataset's eval file."""
-    if is_sample_dataset(dataset) and SAMPLE_EVAL.is_file():
-        return {"eval_dataset": str(SAMPLE_EVAL), "eval_split": 0.0}
+    """The eval data that goes with a dataset when none is given: a bundled sample's own eval file (its pairs'
+    for its pairs), or a held-out share of the dataset itself. Never another dataset's eval file."""
+    for train, held_out in SAMPLE_EVALS.items():
+        if is_sample_dataset(dataset, train) and held_out.is_file():
+            return {"eval_dataset": str(held_out), "eval_split": 0.0}
     return {"eval_dataset": "", "eval_split": DEFAULT_EVAL_SPLIT}
 
 
