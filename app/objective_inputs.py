@@ -24,7 +24,7 @@ from app.dataset_shapes import SHAPE_NAMES, first_row_shape
 from app.models import Artifact, ArtifactKind, ArtifactStatus, Dataset, Run, RunStatus
 from app.objectives import objective, objectives_accepting
 from app.paths import inside
-from app.schemas import LORA_METHODS, RunSpec
+from app.schemas import LORA_METHODS, Method, RunSpec
 
 # What a saved adapter's shape is made of, by method family: the new run takes these from the run it continues.
 ADAPTER_SHAPE_FIELDS = (
@@ -32,6 +32,7 @@ ADAPTER_SHAPE_FIELDS = (
     "num_virtual_tokens",
 )  # fmt: skip
 CONTINUABLE = (RunStatus.succeeded, RunStatus.stopped)
+ALL_METHODS = tuple(str(method.value) for method in Method)
 
 
 def method_family(method: str) -> str:
@@ -94,22 +95,14 @@ def starting_run(spec: RunSpec, session: Session | None = None) -> tuple[dict[st
     def refused(message: str) -> tuple[dict[str, Any], dict[str, str]]:
         return {}, {"init_from_run": f"init_from_run: {message}"}
 
-    with _session(session) as s:
-        run = s.get(Run, run_id)
-        if run is None:
-            return refused(f"no run with id {run_id}; choose a succeeded or stopped run (its id is on its page)")
-        if run.status not in CONTINUABLE:
-            return refused(f"run {run_id} is {run.status}; continue from a succeeded or stopped run")
-        adapter = s.scalar(
-            select(Artifact.id)
-            .where(Artifact.run_id == run_id, Artifact.kind == ArtifactKind.adapter)
-            .where(Artifact.status == ArtifactStatus.ready)
-        )
-        if adapter is None:
-            return refused(f"run {run_id} has no saved adapter; continue from a run whose adapter is saved")
-        raw = dict(run.spec)
     try:
-        start = RunSpec.model_validate(raw)
+        found = _finished_run_spec(run_id, session)
+    except SQLAlchemyError as exc:  # `loradeck train` on a machine without the server's database
+        return refused(f"the runs database cannot be read ({type(exc).__name__}), so run {run_id} cannot be found")
+    if isinstance(found, str):
+        return refused(found)
+    try:
+        start = RunSpec.model_validate(found)
     except ValidationError as exc:
         return refused(f"run {run_id}'s spec no longer reads ({exc.errors()[0]['msg']}); choose another run")
     if not same_model(start.base_model, spec.base_model):
@@ -117,12 +110,12 @@ def starting_run(spec: RunSpec, session: Session | None = None) -> tuple[dict[st
             f"run {run_id} was trained on base model {start.base_model}; this run's base_model is {spec.base_model} "
             f"— choose a run on {spec.base_model} or change base_model"
         )
-    family = method_family(start.method)
-    if family != method_family(spec.method):
-        methods = either([m for m in (*LORA_METHODS, "ia3", "prompt_tuning") if method_family(m) == family])
+    family, wanted = method_family(start.method), method_family(spec.method)
+    if family != wanted:
+        of = {name: either([m for m in ALL_METHODS if method_family(m) == name]) for name in (family, wanted)}
         return refused(
-            f"run {run_id} trained a {family} adapter, which a {method_family(spec.method)} run cannot continue: "
-            f"set method {methods}, or choose a run of method {either(list(LORA_METHODS))}"
+            f"run {run_id} trained a {family} adapter, which a {wanted} run cannot continue: "
+            f"set method {of[family]}, or choose a run of method {of[wanted]}"
         )
     taken = {name: getattr(start, name) for name in ADAPTER_SHAPE_FIELDS if getattr(start, name) != getattr(spec, name)}
     try:  # its adapter's shape must fit this run's other choices (the rules between fields)
@@ -131,6 +124,24 @@ def starting_run(spec: RunSpec, session: Session | None = None) -> tuple[dict[st
         message = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
         return refused(f"run {run_id}'s adapter does not fit this run ({message}); choose another run")
     return taken, {}
+
+
+def _finished_run_spec(run_id: str, session: Session | None) -> dict[str, Any] | str:
+    """The stored spec of a run that can be continued, or why it cannot be."""
+    with _session(session) as s:
+        run = s.get(Run, run_id)
+        if run is None:
+            return f"no run with id {run_id}; choose a succeeded or stopped run (its id is on its page)"
+        if run.status not in CONTINUABLE:
+            return f"run {run_id} is {run.status}; continue from a succeeded or stopped run"
+        adapter = s.scalar(
+            select(Artifact.id)
+            .where(Artifact.run_id == run_id, Artifact.kind == ArtifactKind.adapter)
+            .where(Artifact.status == ArtifactStatus.ready)
+        )
+        if adapter is None:
+            return f"run {run_id} has no saved adapter; continue from a run whose adapter is saved"
+        return dict(run.spec)
 
 
 def same_model(one: str, other: str) -> bool:
