@@ -9,7 +9,7 @@ into the stored spec at submit, as local paths are, so the run page and the work
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.dataset_shapes import SHAPE_NAMES, first_row_shape
 from app.models import Artifact, ArtifactKind, ArtifactStatus, Dataset, Run, RunStatus
-from app.objectives import objective, objectives_accepting
+from app.objectives import REGISTRY, objective, objectives_accepting
 from app.paths import inside
 from app.schemas import LORA_METHODS, Method, RunSpec
 
@@ -83,6 +83,21 @@ def shape_problems(spec: RunSpec, settings: Settings, session: Session | None = 
             f"{SHAPE_NAMES[shape]} rows: {fix}"
         )
     return problems
+
+
+def shape_problems_beside(
+    values: Mapping[str, Any], resolved: Mapping[str, str], failed: Iterable[str], settings: Settings
+) -> dict[str, str]:
+    """shape_problems for a spec refused for other reasons, so that a file of the wrong shape is said in the same
+    answer: as long as the objective and the files themselves are fine."""
+    chosen = values.get("objective", "sft")
+    if chosen not in REGISTRY or {"dataset", "eval_dataset"} & set(failed):
+        return {}
+    dataset, eval_dataset = (
+        str(resolved.get(name, values.get(name, ""))).strip() for name in ("dataset", "eval_dataset")
+    )
+    probe = RunSpec.model_construct(objective=chosen, dataset=dataset, eval_dataset=eval_dataset)
+    return shape_problems(probe, settings)
 
 
 def starting_run(spec: RunSpec, session: Session | None = None) -> tuple[dict[str, Any], dict[str, str]]:

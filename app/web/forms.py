@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData
 
 from app.config import Settings
-from app.objective_inputs import objective_problems
+from app.objective_inputs import objective_problems, shape_problems_beside
 from app.objectives import objectives, objectives_using
 from app.preflight import INPUT_FIELDS, datasets_outside_roots, input_problems, rule_problems
 from app.schemas import Method, RunSpec
@@ -292,11 +292,16 @@ def check_form(values: dict[str, Any], settings: Settings) -> tuple[RunSpec | No
         break
     given = {name: values[name] for name in INPUT_FIELDS if name in values and name not in errors}
     resolved, problems = input_problems(given, settings, enforce_roots=True)
+    # A spec refused already is one with fields set aside (the objective maybe): its files' shapes are checked
+    # against the objective given, the run it continues once the rest is right.
+    refused = bool(errors) or spec is None
+    if refused:
+        problems |= shape_problems_beside(values, resolved, set(errors) | set(problems), settings)
     _set_aside(problems, errors, trial)
     if spec is not None and not problems:
         spec = spec.model_copy(update=resolved)
         # The objective's: the datasets' row shapes and the run continued, whose adapter's shape the spec takes.
-        taken, refusals = objective_problems(spec, settings)
+        taken, refusals = ({}, {}) if refused else objective_problems(spec, settings)
         _set_aside(refusals, errors, trial)
         spec = spec.model_copy(update=taken)
         for problem in [] if refusals else rule_problems(spec):  # each names its fields, as a cross-field rule does

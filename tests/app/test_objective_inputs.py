@@ -113,6 +113,11 @@ def test_a_method_or_a_field_of_another_objective_is_refused(client: TestClient,
         client, "method", "method: objective dpo trains with method lora or qlora, not ia3",
         objective="dpo", method="ia3", **pairs,
     )  # fmt: skip
+    # A file of the wrong shape is said in the same answer as the method.
+    wrong = {"objective": "dpo", "method": "ia3", "dataset": files["sft"], "eval_dataset": files["pairs_eval"]}
+    for answer in (api_refusal(client, **wrong), form_refusal(client, **wrong)):
+        assert answer["method"].startswith("method: objective dpo trains with method lora or qlora")
+        assert answer["dataset"].startswith("dataset: objective dpo trains on prompt/chosen/rejected rows;")
     both_refuse(client, "beta", "beta: only for objectives dpo, orpo, kto, not sft", objective="sft", beta=0.5)
     both_refuse(
         client, "packing", "packing: only for objective sft, not dpo",
