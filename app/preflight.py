@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from app.config import Settings
 from app.dataset_shapes import SHAPE_NAMES, first_row_shape
 from app.errors import InvalidInput, field_error
+from app.objective_inputs import objective_problems, shape_problems_beside
 from app.paths import dataset_outside, inside, model_outside
 from app.peft_defaults import IA3_DEFAULT_MODEL_TYPES, ia3_feedforward_refusal, model_type
 from app.schemas import Method, RunSpec, hidden_characters_problem, is_hub_id
@@ -190,7 +191,14 @@ def check_inputs(
     if problems:
         raise InvalidInput.fields(problems)
     spec = spec.model_copy(update=resolved)
-    if set(INPUT_FIELDS) <= set(fields) and (rules := rule_problems(spec)):
+    if not set(INPUT_FIELDS) <= set(fields):
+        return spec
+    # The objective's own: the datasets' row shapes, the run continued (whose adapter's shape the spec takes).
+    taken, refusals = objective_problems(spec, settings)
+    if refusals:
+        raise InvalidInput.fields(refusals)
+    spec = spec.model_copy(update=taken)
+    if rules := rule_problems(spec):
         raise InvalidInput(errors=[field_error("", problem) for problem in rules])
     return spec
 
@@ -218,7 +226,8 @@ def validate_spec(values: Any, settings: Settings, *, enforce_roots: bool = True
                 errors = [error for error in errors if not (error["loc"] and error["loc"][0] in outside)]
             failed = {error["loc"][0] for error in errors if error["loc"]}
             given = {name: values[name] for name in INPUT_FIELDS if name in values and name not in failed}
-            _, problems = input_problems(given, settings, enforce_roots=enforce_roots, loadable=loadable)
+            resolved, problems = input_problems(given, settings, enforce_roots=enforce_roots, loadable=loadable)
+            problems |= shape_problems_beside(values, resolved, failed | set(problems), settings)
             errors += [field_error(name, message) for name, message in problems.items()]
         raise InvalidInput(errors=errors) from None
     return check_inputs(spec, settings, enforce_roots=enforce_roots, loadable=loadable)

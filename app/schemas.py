@@ -42,9 +42,9 @@ def is_hub_id(value: str) -> bool:
 
 
 SAMPLE_TRAIN, SAMPLE_EVAL = SAMPLE_DATASET_DIR / "train.jsonl", SAMPLE_DATASET_DIR / "eval.jsonl"
-# The sample task's preference pairs (tools/sample_data.py), for dpo, orpo and kto.
+# The sample's preference pairs (for dpo, orpo, kto) and their held-out pairs.
 SAMPLE_PAIRS, SAMPLE_PAIRS_EVAL = SAMPLE_DATASET_DIR / "preference.jsonl", SAMPLE_DATASET_DIR / "preference_eval.jsonl"
-SAMPLE_EVAL_FILES = {SAMPLE_TRAIN: SAMPLE_EVAL, SAMPLE_PAIRS: SAMPLE_PAIRS_EVAL}  # a bundled file -> its eval file
+SAMPLE_EVALS = {SAMPLE_TRAIN: SAMPLE_EVAL, SAMPLE_PAIRS: SAMPLE_PAIRS_EVAL}  # each bundled training file's eval file
 DEFAULT_EVAL_SPLIT = 0.1  # what the form proposes to hold out of a dataset that has no eval file
 
 
@@ -58,24 +58,20 @@ def with_default_eval(spec: RunSpec) -> RunSpec:
     return spec.model_copy(update={"eval_dataset": proposed}) if proposed else spec
 
 
-def _same_file(dataset: str, path: Path) -> bool:
+def is_sample_dataset(dataset: str, sample: Path = SAMPLE_TRAIN) -> bool:
+    """True when `dataset` names the bundled sample's training file, or `sample` (by any path to it)."""
     try:
-        return bool(dataset) and Path(dataset).resolve() == path.resolve()
+        return bool(dataset) and Path(dataset).resolve() == sample.resolve()
     except (OSError, ValueError):  # a NUL byte or a loop of links: not the sample, and refused elsewhere
         return False
 
 
-def is_sample_dataset(dataset: str) -> bool:
-    """True when `dataset` names the bundled sample's (SFT) training file (by any path to it)."""
-    return _same_file(dataset, SAMPLE_TRAIN)
-
-
 def default_eval(dataset: str) -> dict[str, Any]:
-    """The eval data that goes with a dataset when none is given: a bundled sample's own eval file (the SFT rows'
-    or the preference pairs'), or a held-out share of the dataset itself. Never another dataset's eval file."""
-    for train, eval_file in SAMPLE_EVAL_FILES.items():
-        if _same_file(dataset, train) and eval_file.is_file():
-            return {"eval_dataset": str(eval_file), "eval_split": 0.0}
+    """The eval data that goes with a dataset when none is given: a bundled sample's own eval file (its pairs'
+    for its pairs), or a held-out share of the dataset itself. Never another dataset's eval file."""
+    for train, held_out in SAMPLE_EVALS.items():
+        if is_sample_dataset(dataset, train) and held_out.is_file():
+            return {"eval_dataset": str(held_out), "eval_split": 0.0}
     return {"eval_dataset": "", "eval_split": DEFAULT_EVAL_SPLIT}
 
 

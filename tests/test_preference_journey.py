@@ -41,6 +41,11 @@ def _logits(model: Any, prompts: list[str]) -> torch.Tensor:
         return torch.cat([model(**tokenizer(p, return_tensors="pt")).logits[0] for p in prompts]).float()
 
 
+def _adapter_dir(client: httpx.Client, run_id: str, into: Path) -> Path:
+    artifacts = client.get(f"/api/v1/runs/{run_id}/artifacts").json()
+    return _download(client, next(a for a in artifacts if a["kind"] == "adapter")["download_url"], into)
+
+
 def _finished(stack: Stack, run_id: str) -> dict[str, Any]:
     run = stack.wait_run(run_id)
     assert run["status"] == "succeeded", f"{run['error']}\n{stack.worker_log.read_text()[-3000:]}"
@@ -94,8 +99,7 @@ def test_sft_then_dpo_streams_rewards_links_and_merges(stack: Stack, tmp_path: P
     assert f'href="/runs/{dpo["id"]}"' in client.get(f"/runs/{sft['id']}").text
 
     # Merged = base + the DPO run's final adapter (which started from the SFT adapter and moved on).
-    artifacts = client.get(f"/api/v1/runs/{dpo['id']}/artifacts").json()
-    adapter_dir = _download(client, next(a for a in artifacts if a["kind"] == "adapter")["download_url"], tmp_path / "a")
+    adapter_dir = _adapter_dir(client, dpo["id"], tmp_path / "dpo")
     assert client.post(f"/api/v1/runs/{dpo['id']}/merge").status_code == 202
     merged_artifact = wait_for(
         lambda: next(
@@ -115,8 +119,7 @@ def test_sft_then_dpo_streams_rewards_links_and_merges(stack: Stack, tmp_path: P
         return AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, dtype=torch.float32)
 
     dpo_logits = _logits(PeftModel.from_pretrained(base(), adapter_dir), prompts)
-    sft_artifacts = client.get(f"/api/v1/runs/{sft['id']}/artifacts").json()
-    sft_dir = _download(client, next(a for a in sft_artifacts if a["kind"] == "adapter")["download_url"], tmp_path / "s")
+    sft_dir = _adapter_dir(client, sft["id"], tmp_path / "sft")
     sft_logits = _logits(PeftModel.from_pretrained(base(), sft_dir), prompts)
     assert (merged - dpo_logits).abs().max().item() < 1e-3
     assert (dpo_logits - sft_logits).abs().max().item() > 1e-4  # DPO trained on top of the SFT adapter

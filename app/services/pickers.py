@@ -13,11 +13,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import datasets
-from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, Settings
+from app.config import TINY_MODEL_DIR, Settings
+from app.dataset_shapes import SHAPE_NAMES, first_row_shape
 from app.formatting import human_bytes
 from app.models import Run
 from app.preflight import model_files_missing
 from app.rundir import RunDir
+from app.schemas import SAMPLE_EVAL, SAMPLE_PAIRS, SAMPLE_PAIRS_EVAL, SAMPLE_TRAIN
 
 MAX_DEPTH = 4  # root/org/name/snapshot: deep enough for a hub-style cache, shallow enough to be quick
 MAX_MODELS = 100
@@ -29,24 +31,49 @@ class Choice:
     value: str  # what the field receives
     label: str  # what the picker shows
     unusable: str = ""  # why it cannot be chosen (the picker shows it disabled, saying so)
+    shape: str = ""  # a dataset's row shape (SHAPE_NAMES): the page offers it only to the objectives that take it
+
+
+def shaped(path: Path | str, label: str, shape: str | None) -> Choice:
+    """A dataset choice labelled with its rows' shape ("preference.jsonl — prompt/chosen/rejected")."""
+    named = SHAPE_NAMES.get(shape or "")
+    return Choice(str(path), f"{label} — {named}" if named else label, shape=shape or "" if named else "")
+
+
+def bundled(files: tuple[tuple[Path, str], ...]) -> list[Choice]:
+    return [shaped(path, f"Bundled sample: {what} ({path.name})", first_row_shape(path)) for path, what in files]
 
 
 def dataset_options(session: Session) -> list[Choice]:
-    """The bundled sample, then the uploads, newest first: name, rows, trained tokens and upload date."""
-    options = [Choice(str(SAMPLE_DATASET_DIR / "train.jsonl"), "Bundled sample: Taiwanese addresses (train.jsonl)")]
+    """The bundled samples (the task's rows, its preference pairs), then the uploads, newest first: name, rows,
+    trained tokens and upload date; each labelled with its rows' shape."""
+    samples = bundled(((SAMPLE_TRAIN, "Taiwanese addresses"), (SAMPLE_PAIRS, "address preference pairs")))
+    return [choice for choice in samples if Path(choice.value).is_file()] + uploads(session)
+
+
+def uploads(session: Session) -> list[Choice]:
+    options = []
     for d in datasets.list_datasets(session=session):
         tokens = (d.description or {}).get("trained_tokens")
         parts = [d.name, f"{d.rows} rows" if d.rows is not None else "", f"{tokens:,} tokens" if tokens else ""]
         parts.append(f"uploaded {d.created_at:%Y-%m-%d %H:%M}")
-        options.append(Choice(d.path, " · ".join(part for part in parts if part)))
+        options.append(shaped(d.path, " · ".join(part for part in parts if part), d.shape))
     return options
 
 
 def eval_dataset_options(session: Session) -> list[Choice]:
-    """For the eval data: the bundled sample's own eval file, then the uploads (not the sample's training file,
+    """For the eval data: the bundled samples' own eval files, then the uploads (not the samples' training files,
     which would score the run on the rows it trained on)."""
-    sample = Choice(str(SAMPLE_DATASET_DIR / "eval.jsonl"), "Bundled sample: its eval file (eval.jsonl)")
-    return [sample, *dataset_options(session)[1:]]
+    samples = bundled(((SAMPLE_EVAL, "its eval file"), (SAMPLE_PAIRS_EVAL, "its held-out preference pairs")))
+    return [choice for choice in samples if Path(choice.value).is_file()] + uploads(session)
+
+
+def continued_run_values(session: Session, run_id: str) -> dict[str, str]:
+    """What a new form continuing this run takes from it: its base model. A run that is not there gives nothing:
+    the submit says so beside the field that names it (app.objective_inputs)."""
+    run = session.get(Run, run_id)
+    base_model = (run.spec or {}).get("base_model") if run is not None else None
+    return {"base_model": str(base_model)} if base_model else {}
 
 
 def describe_model(directory: Path) -> str:

@@ -13,18 +13,36 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData
 
 from app.config import Settings
+from app.objective_inputs import objective_problems, shape_problems_beside
+from app.objectives import objectives, objectives_using
 from app.preflight import INPUT_FIELDS, datasets_outside_roots, input_problems, rule_problems
-from app.schemas import SAMPLE_TRAIN, RunSpec, default_eval, is_sample_dataset
+from app.schemas import Method, RunSpec
+from app.web.form_presets import (
+    LINE_FIELDS,
+    PRESET_NOTES,
+    PRESETS,
+    dataset_rule,
+    form_defaults,
+    preset_values,
+)
+from app.web.form_presets import display as _display
 
-# The form's sections, in order, each with its fields: every RunSpec field is in exactly one.
-SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("data", "Model and data", (
-        "name", "base_model", "dataset", "chat_template", "train_on_prompt", "max_seq_length", "packing",
-    )),
-    ("objective", "Objective", (
-        "objective", "init_from_run", "beta", "loss_type", "label_smoothing", "desirable_weight",
-        "undesirable_weight",
-    )),
+# The form's sections, in order, each with its fields: every RunSpec field is in exactly one. The objective's
+# section holds the fields each objective of the registry declares (app.objectives), but those placed elsewhere.
+_DATA = (
+    "data",
+    "Model and data",
+    (
+        "name",
+        "base_model",
+        "dataset",
+        "chat_template",
+        "train_on_prompt",
+        "max_seq_length",
+        "packing",
+    ),
+)
+_REST: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("method", "Method", (
         "method", "target_modules", "modules_to_save", "feedforward_modules", "num_virtual_tokens",
         "prompt_tuning_init_text",
@@ -44,6 +62,13 @@ SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     )),
     ("placement", "Checkpoints and placement", ("save_steps", "save_total_limit", "worker", "gpus")),
 )  # fmt: skip
+_PLACED = {name for _, _, names in (_DATA, *_REST) for name in names}
+OBJECTIVE_FIELDS = tuple(dict.fromkeys(f for o in objectives() for f in o.fields if f not in _PLACED))
+SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    _DATA,
+    ("objective", "Objective", ("objective", "init_from_run", *OBJECTIVE_FIELDS)),
+    *_REST,
+)
 
 # What a person reads; the RunSpec name stays beside it in small monospace.
 LABELS: dict[str, str] = {
@@ -89,59 +114,14 @@ QUANTIZATION_FIELDS: dict[str, tuple[str, ...]] = dict.fromkeys(
 assert sorted(n for _, _, names in SECTIONS for n in names) == sorted(RunSpec.model_fields), "a field lacks a section"
 
 
-def field_applies(name: str, method: str, quantization: str) -> bool:
-    """Whether a field means anything for this method and quantization."""
+def field_applies(name: str, method: str, quantization: str, objective: str = "sft") -> bool:
+    """Whether a field means anything for this objective (app.objectives), method and quantization."""
+    if (objectives := objectives_using(name)) and objective not in objectives:
+        return False
     methods, quantizations = METHOD_FIELDS.get(name, ()), QUANTIZATION_FIELDS.get(name, ())
     if not methods and not quantizations:
         return True
     return method in methods or quantization in quantizations
-
-
-# Starting points offered above the form. A preset sets only the fields it names: the dataset, its eval
-# data, the regression prompts and everything else stay as they are in the form.
-PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
-    "qlora": ("QLoRA (default)", {"method": "qlora", "quantization": "auto"}),
-    "lora": ("LoRA", {"method": "lora", "quantization": "none"}),
-    "smoke": (
-        "Quick smoke test",
-        {"max_steps": 5, "per_device_train_batch_size": 2, "max_seq_length": 64, "save_steps": 0, "task_eval_rows": 5},
-    ),
-}
-
-# What the form proposes for the bundled sample task, measured to teach the tiny model the task in a few
-# minutes on a CPU (bench/accuracy.py). RunSpec's own defaults are for real models and stay as they are.
-SAMPLE_TASK_RECIPE: dict[str, Any] = {
-    "r": 16,
-    "lora_alpha": 32,
-    "lora_dropout": 0.0,
-    "learning_rate": 3e-3,
-    "lr_scheduler_type": "cosine",
-    "warmup_ratio": 0.05,
-    "max_steps": 400,
-    "per_device_train_batch_size": 16,
-}
-
-
-def dataset_defaults(dataset: str) -> dict[str, Any]:
-    """The defaults that follow the dataset (here and in static/js/presets.js): the eval data that goes with it,
-    and the schedule: the sample task's recipe for the bundled sample, RunSpec's own for any other file."""
-    own = RunSpec.model_construct().model_dump()
-    follows = {name: own[name] for name in SAMPLE_TASK_RECIPE} | default_eval(dataset)
-    if is_sample_dataset(dataset):
-        follows |= SAMPLE_TASK_RECIPE
-    return follows
-
-
-def form_defaults(dataset: str | None = None) -> dict[str, Any]:
-    """What a new form holds: RunSpec's defaults, with those that follow the dataset (dataset_defaults)."""
-    defaults = RunSpec.model_construct().model_dump()
-    dataset = dataset or defaults["dataset"]
-    return defaults | {"dataset": dataset} | dataset_defaults(dataset)
-
-
-def preset_values() -> dict[str, dict[str, Any]]:
-    """Every preset as the form values it sets."""
-    return {key: {k: _display(v, k) for k, v in values.items()} for key, (_, values) in PRESETS.items()}
 
 
 @dataclass
@@ -156,7 +136,11 @@ class FormField:
     error: str | None = None
     methods: tuple[str, ...] = ()  # the methods it applies to (or the quantizations below); both empty: always
     quantizations: tuple[str, ...] = ()
+    objectives: tuple[str, ...] = ()  # the objectives it applies to; empty: all
     applies: bool = True
+    choice_labels: dict[str, str] = field(default_factory=dict)  # what a choice reads as, when not its value
+    # For a choice some objectives refuse (method): the objectives that take it.
+    choice_objectives: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass
@@ -178,25 +162,13 @@ def _choices(annotation: Any) -> list[str]:
     return []
 
 
-LINE_FIELDS = ("regression_prompts",)  # lists of free text: a textarea, one item a line
-
-
-def _display(value: Any, name: str = "") -> Any:
-    if isinstance(value, list) and name in LINE_FIELDS:
-        return "\n".join(str(item) for item in value)
-    if isinstance(value, list):
-        return ", ".join(str(item) for item in value)
-    if isinstance(value, Enum):
-        return value.value
-    return value
-
-
 def build_fields(values: dict[str, Any], errors: dict[str, str] | None = None) -> list[FormField]:
     """Every RunSpec field as a form field, section by section, holding the given (or default) values."""
     errors = errors or {}
-    defaults = form_defaults(values.get("dataset"))
+    defaults = form_defaults(values.get("dataset"), values.get("objective"))
     method = str(_display(values.get("method", defaults["method"])))
     quantization = str(values.get("quantization", defaults["quantization"]))
+    chosen = str(values.get("objective", defaults["objective"]))
     fields = []
     ordered = [name for _, _, names in SECTIONS for name in names]
     for name in ordered:
@@ -233,10 +205,26 @@ def build_fields(values: dict[str, Any], errors: dict[str, str] | None = None) -
                 error=errors.get(name),
                 methods=METHOD_FIELDS.get(name, ()),
                 quantizations=QUANTIZATION_FIELDS.get(name, ()),
-                applies=field_applies(name, method, quantization),
+                objectives=objectives_using(name),
+                applies=field_applies(name, method, quantization, chosen),
+                **_choice_details(name),
             )
         )
     return fields
+
+
+def _choice_details(name: str) -> dict[str, Any]:
+    """The objective's choices read as the registry names them; a method, with the objectives that take it."""
+    if name == "objective":
+        return {"choice_labels": {o.name: f"{o.label}: {o.summary}" for o in objectives()}}
+    if name == "method":
+        return {"choice_objectives": {m: tuple(o.name for o in objectives() if m in o.methods) for m in Method}}
+    return {}
+
+
+def objective_rule() -> dict[str, Any]:
+    """What the page needs to follow the objective (static/js/run_form.js): each one's dataset shapes, named."""
+    return {o.name: {"shapes": list(o.shapes), "needs": o.shapes_named()} for o in objectives()}
 
 
 def build_sections(values: dict[str, Any], errors: dict[str, str] | None = None) -> list[FormSection]:
@@ -251,15 +239,10 @@ def form_context(values: dict[str, Any], errors: dict[str, str] | None = None) -
         "errors": errors or {},
         "presets": [(key, label) for key, (label, _) in PRESETS.items()],
         "preset_values": preset_values(),
-        # How the fields that follow the dataset change with it (static/js/presets.js): the values for the
-        # sample and for any other file; a field holding neither was set by the user and stays.
-        "dataset_rule": {
-            "sample_train": str(SAMPLE_TRAIN),
-            **{
-                kind: {name: _display(value, name) for name, value in dataset_defaults(path).items()}
-                for kind, path in (("sample", str(SAMPLE_TRAIN)), ("other", ""))
-            },
-        },
+        "preset_notes": PRESET_NOTES,
+        "dataset_rule": dataset_rule(),
+        "objective_rule": objective_rule(),
+        "form_objective": form_defaults(values.get("dataset"), str(values.get("objective", "")))["objective"],
     }
 
 
@@ -309,10 +292,19 @@ def check_form(values: dict[str, Any], settings: Settings) -> tuple[RunSpec | No
         break
     given = {name: values[name] for name in INPUT_FIELDS if name in values and name not in errors}
     resolved, problems = input_problems(given, settings, enforce_roots=True)
+    # A spec refused already is one with fields set aside (the objective maybe): its files' shapes are checked
+    # against the objective given, the run it continues once the rest is right.
+    refused = bool(errors) or spec is None
+    if refused:
+        problems |= shape_problems_beside(values, resolved, set(errors) | set(problems), settings)
     _set_aside(problems, errors, trial)
     if spec is not None and not problems:
         spec = spec.model_copy(update=resolved)
-        for problem in rule_problems(spec):  # each names its fields, as a cross-field rule does
+        # The objective's: the datasets' row shapes and the run continued, whose adapter's shape the spec takes.
+        taken, refusals = ({}, {}) if refused else objective_problems(spec, settings)
+        _set_aside(refusals, errors, trial)
+        spec = spec.model_copy(update=taken)
+        for problem in [] if refusals else rule_problems(spec):  # each names its fields, as a cross-field rule does
             _set_aside({"form": problem}, errors, trial)
     return (None, errors) if errors or spec is None else (spec, {})
 

@@ -108,7 +108,7 @@ def test_pickers_fill_dataset_and_local_model(
     option = page.locator("#pick-dataset option", has_text=f"picked addresses {width(page)}")
     expect(option).to_contain_text("rows")
     expect(option).to_contain_text("uploaded")
-    expect(page.locator("#pick-dataset option", has_text="Bundled sample")).to_have_count(1)
+    expect(page.locator("#pick-dataset option", has_text="Bundled sample: Taiwanese addresses")).to_have_count(1)
     page.select_option("#pick-dataset", label=option.inner_text())
     expect(page.locator("#f-dataset")).to_have_value(dataset["path"])
     model = page.locator("#pick-base_model option", has_text=local.name)

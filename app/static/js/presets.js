@@ -1,8 +1,9 @@
 // New-run presets: a click puts the preset's values into the fields it names, and nothing else (the
 // dataset, its eval data and the regression prompts stay as they are). When the dataset changes, the fields
-// that follow it (its eval data, and the schedule: the sample task's recipe for the bundled sample, RunSpec's
-// defaults for any other file; app/web/forms.py dataset_defaults) take the new dataset's values, except
-// where the user set them: a field the user typed in, or that holds neither dataset's default, stays.
+// that follow it (its eval data, and the schedule: a bundled sample's recipe for that sample, RunSpec's
+// defaults for any other file; app/web/form_presets.py dataset_defaults) take the new dataset's values, except
+// where the user set them: a field the user typed in, or that holds no dataset's default, stays. A preset that
+// leaves something to the user (the run to continue) says so below the presets.
 (function () {
   "use strict";
   function setField(form, name, value) {
@@ -24,10 +25,12 @@
     return text !== "" && wanted !== "" && !isNaN(Number(text)) && Number(text) === Number(wanted);
   }
 
-  // Whether the field still holds a default of the dataset kind (sample or other), untouched by the user.
+  // Whether the field still holds a default of a dataset kind (a bundled sample, or any other file), untouched
+  // by the user.
   function follows(input, rule) {
     if (!input || input.dataset.typed) return false;
-    return same(input.value, rule.sample[input.name]) || same(input.value, rule.other[input.name]);
+    const kinds = [...Object.values(rule.samples), rule.other];
+    return kinds.some((values) => same(input.value, values[input.name]));
   }
 
   document.addEventListener("click", (e) => {
@@ -37,6 +40,12 @@
     const values = JSON.parse(document.getElementById("preset-values").textContent)[button.dataset.preset];
     for (const [name, value] of Object.entries(values)) setField(form, name, value);
     form.dispatchEvent(new Event("change", { bubbles: true }));
+    const note = document.getElementById("preset-note");
+    const notes = JSON.parse(document.getElementById("preset-notes").textContent);
+    if (note) {
+      note.textContent = notes[button.dataset.preset] || "";
+      note.hidden = !notes[button.dataset.preset];
+    }
   });
 
   // What the user types themselves is theirs: a dataset change leaves it alone.
@@ -51,7 +60,7 @@
     if (!input || input.name !== "dataset" || !input.form) return;
     const form = input.form;
     const rule = JSON.parse(document.getElementById("dataset-rule").textContent);
-    const chosen = input.value.trim() === rule.sample_train ? rule.sample : rule.other;
+    const chosen = rule.samples[input.value.trim()] || rule.other;
     // The eval file and the held-out share go together: an eval file of the user's own keeps both as they are.
     const evalKept = !follows(fieldInput(form, "eval_dataset"), rule);
     for (const [name, value] of Object.entries(chosen)) {

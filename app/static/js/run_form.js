@@ -1,22 +1,60 @@
-// The new-run form: fields that do not apply to the chosen method (or to a base that is not 4-bit) are
-// hidden and disabled, so they are not submitted; which apply when comes from the server (data-methods,
-// data-quantizations: app/web/forms.py), after a preset too. A picker fills the field beside it and shows what
-// the field holds; after a refused submit, focus goes to the first field in error.
+// The new-run form: fields that do not apply to the chosen objective or method (or to a base that is not 4-bit)
+// are hidden and disabled, so they are not submitted; which apply when comes from the server (data-objectives,
+// data-methods, data-quantizations: app/web/forms.py field_applies), after a preset too. The methods and the
+// dataset files (by their rows' shape) the objective does not take are disabled, saying why. A picker fills the
+// field beside it and shows what the field holds; after a refused submit, focus goes to the first field in error.
 (function () {
   "use strict";
-  function applies(field, method, quantization) {
-    const methods = field.dataset.methods, quantizations = field.dataset.quantizations;
-    if (!methods && !quantizations) return true;
-    return (!!methods && methods.split(" ").includes(method)) ||
-      (!!quantizations && quantizations.split(" ").includes(quantization));
+  function listed(list, value) {
+    return !!list && list.split(" ").includes(value);
   }
 
-  function update(form) {
+  function applies(field, objective, method, quantization) {
+    const objectives = field.dataset.objectives, methods = field.dataset.methods;
+    const quantizations = field.dataset.quantizations;
+    if (objectives && !listed(objectives, objective)) return false;
+    if (!methods && !quantizations) return true;
+    return listed(methods, method) || listed(quantizations, quantization);
+  }
+
+  function objectiveRule() {
+    const rule = document.getElementById("objective-rule");
+    return rule ? JSON.parse(rule.textContent) : {};
+  }
+
+  // The methods the objective trains with; `changed`: the objective was just chosen, so a method it refuses
+  // gives way to the first it takes (on a refused submit, the refused choice stays shown beside its error).
+  function followObjective(form, objective, changed) {
+    const method = form.querySelector('select[name="method"]');
+    if (method) {
+      for (const option of method.options) {
+        const off = !!option.dataset.objectives && !listed(option.dataset.objectives, objective);
+        option.disabled = off && (changed || option.value !== method.value);
+        option.hidden = option.disabled;
+      }
+      if (method.selectedOptions.length && method.selectedOptions[0].disabled) {
+        const first = Array.from(method.options).find((o) => !o.disabled);
+        if (first) method.value = first.value;
+      }
+    }
+    const rule = objectiveRule()[objective];
+    if (!rule) return;
+    for (const option of form.querySelectorAll("select.picker option[data-shape]")) {
+      const off = !rule.shapes.includes(option.dataset.shape);
+      option.disabled = off;
+      option.textContent = option.dataset.label + (off ? ` · not for ${objective}: it trains on ${rule.needs} rows` : "");
+    }
+  }
+
+  function update(form, objectiveChanged) {
     const method = form.querySelector('[name="method"]');
     const quantization = form.querySelector('[name="quantization"]');
+    const objective = form.querySelector('[name="objective"]');
     if (!method) return;
+    const chosen = objective ? objective.value : "sft";
+    followObjective(form, chosen, objectiveChanged);
     for (const field of form.querySelectorAll(".field[data-field]")) {
-      const on = applies(field, method.value, quantization ? quantization.value : "auto");
+      const on = applies(field, chosen, method.value, quantization ? quantization.value : "auto");
       field.hidden = !on;
       for (const input of field.querySelectorAll("input, select, textarea")) input.disabled = !on;
     }
@@ -56,7 +94,8 @@
       }
       return;
     }
-    update(form);
+    // A preset may choose the objective too: the whole form's change counts as the objective's.
+    update(form, target.name === "objective" || target === form);
     syncPickers(form);
   });
 

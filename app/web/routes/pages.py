@@ -12,7 +12,7 @@ from app.errors import DomainError, InvalidInput
 from app.models import RunStatus, utcnow
 from app.schemas import GGUF_TYPES, RunSpec
 from app.services import checkpoints, runs
-from app.services.pickers import dataset_options, eval_dataset_options, model_options
+from app.services.pickers import continued_run_values, dataset_options, eval_dataset_options, model_options
 from app.services.runs import RunsOverview
 from app.services.spec_commands import spec_commands
 from app.web.api_models import artifact_out
@@ -61,12 +61,15 @@ def favicon() -> FileResponse:
 def new_run_page(
     request: Request, session: SessionDep, from_run: Annotated[str | None, Query(alias="from")] = None
 ) -> HTMLResponse:
-    """The new-run form: RunSpec's defaults, a past run's spec (duplicate), or fields given in the query."""
+    """The new-run form: RunSpec's defaults, a past run's spec (duplicate), or fields given in the query; a run to
+    continue (`init_from_run`, "Continue from this run") brings its base model, the rest staying as a new form's."""
     values: dict[str, Any] = {}
     if from_run:
         source = runs.get_run(session=session, run_id=from_run)
         values = dict(source.spec) | {"name": f"{source.name} (copy)"}
     values |= {name: request.query_params[name] for name in RunSpec.model_fields if name in request.query_params}
+    if (start := values.get("init_from_run")) and "base_model" not in request.query_params:
+        values |= continued_run_values(session, str(start))
     return render(request, "new_run.html", form_context(values) | {"source": from_run} | choices(session))
 
 
