@@ -165,10 +165,10 @@ def learning(quick: bool) -> dict[str, Any]:
         print(name, json.dumps({k: v for k, v in figures.items() if k != "task"}), flush=True)
         return figures
 
-    _, preset = PRESETS["dpo-sample"]
+    _, preset = PRESETS["dpo_sample"]
     shorten = {"max_steps": 20} if quick else {}
     sft = train("sft", form_defaults() | shorten)
-    dpo_values = form_defaults(str(PAIRS)) | preset | shorten
+    dpo_values = form_defaults(str(PAIRS), "dpo") | preset | shorten
     from_base = train("dpo-from-base", dpo_values)
     continued = train("sft-then-dpo", dpo_values | {"init_from_run": sft["run_id"]})
     return {"sft": sft, "dpo_from_base": from_base, "sft_then_dpo": continued}
