@@ -190,6 +190,9 @@ def continue_adapter(model: PreTrainedModel, spec: RunSpec, *, quantized: bool) 
     adapter_dir = starting_adapter_dir(spec.init_from_run)
     model = _prepared(model, quantized=quantized, gradient_checkpointing=spec.gradient_checkpointing)
     peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+    # The saved config names the base publicly (name_the_base); PEFT looks that name up when saving, so it names
+    # the local base again until save_adapter names it publicly once more.
+    peft_model.peft_config["default"].base_model_name_or_path = model.name_or_path
     log.info("continuing from run %s: its adapter (%s) is the starting point", spec.init_from_run, adapter_dir)
     return _trained_in_fp32(peft_model)
 

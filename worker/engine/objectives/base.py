@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,3 +48,24 @@ def starting_adapter_dir(run_id: str) -> Path:
             "pick a succeeded or stopped run whose adapter is still there, or leave init_from_run empty"
         )
     return adapter_dir
+
+
+STARTING_ADAPTER = "start"  # the starting adapter's name where evaluation loads it beside the trained one
+
+
+@contextlib.contextmanager
+def starting_point(model: PeftModel, spec: RunSpec) -> Iterator[None]:
+    """The model a run started from, for the "base" side of its evaluation: the base with the adapter off, or
+    for a continued run the starting run's adapter (loaded beside the trained one when not there yet)."""
+    if not spec.init_from_run:
+        with model.disable_adapter():
+            yield
+        return
+    if STARTING_ADAPTER not in model.peft_config:
+        model.load_adapter(str(starting_adapter_dir(spec.init_from_run)), STARTING_ADAPTER, is_trainable=False)
+    active = model.active_adapter
+    model.set_adapter(STARTING_ADAPTER)
+    try:
+        yield
+    finally:
+        model.set_adapter(active)
