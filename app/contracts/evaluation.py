@@ -1,5 +1,6 @@
 """A run's evaluation after training (`runs.evaluation`): base and adapter on the eval rows and the regression
-prompts. The worker writes it (worker.engine.evaluate), the run page and the API read it."""
+prompts, and for a preference objective on the eval pairs. The worker writes it (worker.engine.evaluate), the run
+page and the API read it."""
 
 from __future__ import annotations
 
@@ -22,6 +23,22 @@ class TaskScore(_Stored):
 class TaskScores(_Stored):
     base: TaskScore
     adapter: TaskScore
+
+
+class PreferenceScore(_Stored):
+    """One side (base or starting adapter, or the trained adapter) on the held-out pairs."""
+
+    rows: int = Field(description="Eval pairs scored.")
+    accuracy: float = Field(
+        description="Share of pairs whose chosen answer is likelier than the rejected one (summed log-probability "
+        "of the answer's tokens after the prompt)."
+    )
+    margin: float = Field(description="Mean of log p(chosen) - log p(rejected) over the pairs, in nats.")
+
+
+class PreferenceScores(_Stored):
+    base: PreferenceScore = Field(description="The base model, or the starting adapter for a continued run.")
+    adapter: PreferenceScore
 
 
 class Example(_Stored):
@@ -57,6 +74,11 @@ class Evaluation(_Stored):
     base: EvaluatedBase | None = None
     task: TaskScores | None = None
     task_skipped: str | None = Field(default=None, description="Why there are no task metrics.")
+    preference: PreferenceScores | None = Field(default=None, description="Preference objectives: the eval pairs.")
+    preference_skipped: str | None = Field(default=None, description="Why a preference run has no pair scores.")
+    starting_run: str | None = Field(
+        default=None, description="A continued run: its base side is this run's adapter, not the bare base."
+    )
     examples: list[Example] = Field(default_factory=list)
     regression: list[RegressionAnswer] = Field(default_factory=list)
     seconds: float | None = None

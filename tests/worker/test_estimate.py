@@ -288,3 +288,14 @@ def test_refusals_name_the_field() -> None:
 
     good = answer_estimate(make_spec().model_dump(mode="json"), enforce_roots=False).model_dump()
     assert good["ok"] is True and good["estimate"]["params"]["trainable"] > 0
+
+
+def test_8b_memory_of_a_pair_counts_both_answers_and_the_reference() -> None:
+    # A pair puts two sequences through the model (chosen and rejected); DPO and KTO also run a reference
+    # forward without grad, ORPO has no reference.
+    sft_double = _memory(method="lora", per_device_train_batch_size=8)["activations"]
+    orpo = _memory(method="lora", objective="orpo", per_device_train_batch_size=4)["activations"]
+    dpo = _memory(method="lora", objective="dpo", per_device_train_batch_size=4)["activations"]
+    assert orpo == sft_double
+    assert sft_double < dpo < 1.2 * sft_double
+    assert _memory(method="lora", objective="kto", per_device_train_batch_size=4)["activations"] == dpo

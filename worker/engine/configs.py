@@ -220,6 +220,12 @@ def check_module_names(spec: RunSpec) -> None:
 
 def training_arguments(spec: RunSpec, checkpoints_dir: Path) -> TrainingArguments:
     """TrainingArguments for the spec; checkpoints go to `checkpoints_dir` in Trainer's own format (RunDir's)."""
+    return TrainingArguments(**training_kwargs(spec, checkpoints_dir))
+
+
+def training_kwargs(spec: RunSpec, checkpoints_dir: Path) -> dict[str, Any]:
+    """The spec's TrainingArguments as keywords: every objective's config (TRL's DPOConfig, ...) is a subclass of
+    TrainingArguments and starts from them, so precision, optimizer, schedule, checkpoints and logging agree."""
     precision = resolve_precision(spec)
     has_eval = bool(spec.eval_dataset or spec.eval_split)
     # auto follows the run's length; with max_steps -1 Trainer works it out, so it gets the share of the steps.
@@ -227,7 +233,7 @@ def training_arguments(spec: RunSpec, checkpoints_dir: Path) -> TrainingArgument
     every: float = auto_share or spec.eval_every()
     evaluating = has_eval and every > 0
     early_stopping = spec.early_stopping_patience > 0
-    return TrainingArguments(
+    return dict(
         output_dir=str(checkpoints_dir),
         learning_rate=spec.learning_rate,
         lr_scheduler_type=spec.lr_scheduler_type,

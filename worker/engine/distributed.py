@@ -47,6 +47,7 @@ from app.schemas import RunSpec
 from worker.engine.callbacks import MetricsCallback
 from worker.engine.configs import read_spec
 from worker.engine.failures import explain, explained
+from worker.engine.objectives import named_values
 from worker.engine.steps import build_trainer, final_evaluation, fit, prepare_training, report_params, save_results
 from worker.errors import RunError
 from worker.runtime.lease import WORKER_STOPPING, Lease, heartbeat_every, resume_point
@@ -238,7 +239,9 @@ def train_rank(spec: RunSpec, run_id: str, worker: str, checkpoint: Path | None)
         lease = Lease(
             run_id=run_id, worker=worker, sessions=sessions, every_s=heartbeat_every(settings.lease_timeout_s)
         )
-        metrics = MetricsCallback(run_id=run_id, sessions=sessions, publisher=publisher, lease=lease)
+        metrics = MetricsCallback(
+            run_id=run_id, sessions=sessions, publisher=publisher, lease=lease, named=named_values(spec)
+        )
         report_params(setup.model, run_id, sessions, publisher)
     sync = RankSync(metrics, run_dir.stop_file)
     trainer = build_trainer(setup, spec, *(c for c in (metrics, sync) if c is not None))

@@ -37,6 +37,7 @@ from transformers.quantizers import AutoHfQuantizer
 from app.config import get_settings
 from app.contracts.estimate import EstimateAnswer, EstimateOut, MemoryOut, ModelOut, ParamsOut
 from app.errors import InvalidInput
+from app.objectives import REGISTRY
 from app.preflight import validate_spec
 from app.schemas import RunSpec
 from worker.data.hub import model_source
@@ -249,7 +250,8 @@ def activation_bytes(
 ) -> int:
     """Activations kept for the backward pass at the step's peak, per device.
 
-    With T = batch x tokens (max_seq_length, plus the virtual tokens of prompt tuning), e the compute
+    With T = sequences x tokens (max_seq_length, plus the virtual tokens of prompt tuning; two sequences per
+    example for the preference objectives, `sequences_per_example`), e the compute
     dtype's bytes and f the residual stream's (4 on a k-bit base, whose embeddings are upcast to fp32, else e),
     each decoder layer keeps per token:
         2·h·f                   the two RMSNorm/LayerNorm inputs
@@ -260,7 +262,9 @@ def activation_bytes(
     (in bytes, bool on a GPU); without dropout, its input (once for layers sharing one); r·e for lora_A's
     output; DoRA, the base and LoRA outputs (2·out·e); (IA)³, the scaled tensor (in·e for feed-forward
     layers, else out·e). Outside the layers: the logits with their fp32 log-softmax and its gradient,
-    T·V·(e + 8), and the 4-D boolean attention mask, batch·s² bytes. Gradient checkpointing keeps only
+    T·V·(e + 8) (an upper bound for TRL's DPO and KTO, whose fused head computes them in tiles), and the 4-D
+    boolean attention mask, batch·s² bytes; an objective with a reference adds one layer's working set for its
+    no-grad forward (ORPO has none). Gradient checkpointing keeps only
     each layer's input (h·f per token) and recomputes one layer at a time in the backward pass. Against
     the tensors a real (CPU, fp32) training step keeps, this lands within a few percent
     (tests/worker/test_estimate.py).
@@ -272,7 +276,8 @@ def activation_bytes(
     e = torch.finfo(dtype).bits // 8
     residual = 4 if quantized else e
     seq = spec.max_seq_length + (spec.num_virtual_tokens if spec.method == "prompt_tuning" else 0)
-    tokens = spec.per_device_train_batch_size * seq
+    batch = spec.per_device_train_batch_size * sequences_per_example(spec)
+    tokens = batch * seq
 
     mlp_factor = 3 if _gated_mlp(model, layers, i) else 2
     per_layer = 2 * h * residual + (4 * a * d + mlp_factor * i) * e + 4 * a
@@ -281,8 +286,16 @@ def activation_bytes(
         layer_bytes = layers * h * residual + per_layer + adapters / max(layers, 1)
     else:
         layer_bytes = layers * per_layer + adapters
-    outside = tokens * vocab * (e + 8) + spec.per_device_train_batch_size * seq * seq
-    return int(tokens * layer_bytes + outside)
+    outside = tokens * vocab * (e + 8) + batch * seq * seq
+    # A reference forward (no grad) keeps nothing for the backward pass: one layer's working set at a time.
+    reference = tokens * per_layer if REGISTRY[spec.objective].reference else 0
+    return int(tokens * layer_bytes + outside + reference)
+
+
+def sequences_per_example(spec: RunSpec) -> int:
+    """Sequences one example puts through the model: SFT one; DPO and ORPO the prompt with chosen and with
+    rejected; KTO the answer and the mismatched answer its KL term scores."""
+    return 1 if spec.objective == "sft" else 2
 
 
 def _gated_mlp(model: torch.nn.Module, layers: int, intermediate: int) -> bool:

@@ -37,10 +37,12 @@ from app.contracts.evaluation import (
     TaskScores,
 )
 from app.contracts.events import EvaluatingEvent, EvaluationEvent
+from app.objectives import REGISTRY
 from app.schemas import RunSpec
 from worker.data.encode import Row, encode_prompt, eval_rows
 from worker.data.hub import model_source
 from worker.engine.configs import compute_dtype, quantization_mode
+from worker.engine.objectives.base import starting_point
 from worker.runtime.publisher import EventPublisher
 from worker.serving.decoding import chat_prompt, generate_completions
 
@@ -136,17 +138,29 @@ def _both(
     spec: RunSpec,
     report: Callable[[int], None],
 ) -> tuple[list[str], list[str]]:
-    """The base's answers and the adapter's (the same model with its adapter switched off), a chunk of
-    rows at a time; `report` hears how many rows both have answered."""
+    """The base's answers (the same model with its adapter switched off; for a continued run, the starting
+    run's adapter) and the adapter's, a chunk of rows at a time; `report` hears how many rows both have answered."""
     base: list[str] = []
     adapter: list[str] = []
     for start in range(0, len(prompts), CHUNK):
         chunk = prompts[start : start + CHUNK]
         adapter += generate_completions(model, tokenizer, chunk, max_new_tokens=spec.eval_max_new_tokens)
-        with model.disable_adapter():
+        with starting_point(model, spec):
             base += generate_completions(model, tokenizer, chunk, max_new_tokens=spec.eval_max_new_tokens)
         report(len(chunk))
     return base, adapter
+
+
+def answer_rows(rows: Sequence[Row]) -> list[Row]:
+    """The rows with a text prompt and an expected answer: prompt/completion rows, and of preference data the chosen
+    answer of a pair (or an unpaired answer labelled good)."""
+    expected = []
+    for row in rows:
+        if row.shape == "prompt_completion":
+            expected.append(row)
+        elif row.shape in ("preference", "unpaired") and not row.messages and (row.chosen or row.label):
+            expected.append(Row(line=row.line, prompt=row.prompt, completion=row.chosen or row.completion))
+    return expected
 
 
 def evaluate_run(
@@ -162,7 +176,7 @@ def evaluate_run(
     (rows answered by both, rows in all) before the first row and after each chunk."""
     started = time.perf_counter()
     result = Evaluation()
-    task_rows = [row for row in rows if row.shape == "prompt_completion"][: spec.task_eval_rows]
+    task_rows = answer_rows(rows)[: spec.task_eval_rows]
     total = (len(task_rows) if spec.task_eval_rows else 0) + len(spec.regression_prompts)
     done = 0
 
@@ -178,7 +192,9 @@ def evaluate_run(
     elif not rows:
         result.task_skipped = "no eval data: set eval_split or eval_dataset to score the task"
     elif not task_rows:
-        result.task_skipped = "task metrics need prompt/completion rows; the eval data has none"
+        result.task_skipped = (
+            "task metrics need prompt/completion rows (or pairs whose prompt is text); the eval data has none"
+        )
     else:
         prompts = [encode_prompt(tokenizer, row.prompt) for row in task_rows]
         base, adapter = _both(model, tokenizer, prompts, spec, report)
@@ -211,7 +227,8 @@ def evaluate_after_training(
     """Base beside adapter on the eval rows and the regression prompts, on the base the run ships against
     (`shipped_model`: for QLoRA the full-precision one); stored on the run and announced. A failure here costs
     the run nothing: the adapter is saved; the evaluation says what went wrong instead."""
-    if not spec.task_eval_rows and not spec.regression_prompts:
+    preference = REGISTRY[spec.objective].evaluation == "preference"
+    if not spec.task_eval_rows and not spec.regression_prompts and not preference:
         return
     model.config.use_cache = True  # off for training; generation wants it
 
@@ -224,8 +241,28 @@ def evaluate_after_training(
 
     try:
         shipped, base = shipped_model(model, spec, adapter_dir)
-        evaluation = evaluate_run(shipped, tokenizer, spec, eval_rows(spec), on_progress=progress)
+        rows = eval_rows(spec)
+        evaluation = evaluate_run(shipped, tokenizer, spec, rows, on_progress=progress)
         evaluation.base = base
+        if spec.init_from_run:
+            evaluation.starting_run = spec.init_from_run
+            base.label = f"{base.label} + run {spec.init_from_run}'s adapter"
+        if preference:
+            from worker.engine.objectives.preference_eval import score_pairs  # TRL's tokenization; SFT runs skip it
+
+            scores = score_pairs(shipped, tokenizer, spec, rows)
+            if isinstance(scores, str):
+                evaluation.preference_skipped = scores
+            else:
+                evaluation.preference = scores
+                log.info(
+                    "preference: chosen over rejected on %d eval pairs, %.1f%% -> %.1f%% (mean margin %.2f -> %.2f)",
+                    scores.adapter.rows,
+                    100 * scores.base.accuracy,
+                    100 * scores.adapter.accuracy,
+                    scores.base.margin,
+                    scores.adapter.margin,
+                )
         del shipped
         gc.collect()
     except Exception as exc:

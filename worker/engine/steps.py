@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +24,8 @@ from transformers import (
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    PrinterCallback,
     Trainer,
     TrainerCallback,
-    TrainingArguments,
     set_seed,
 )
 
@@ -38,45 +35,34 @@ from app.contracts.events import LogEvent, ParamsEvent, artifact_event
 from app.models import Artifact, ArtifactKind
 from app.rundir import RunDir, checkpoint_step
 from app.schemas import RunSpec
-from worker.data.encode import load_training_data, make_collator
 from worker.data.hub import model_source, name_the_base
-from worker.engine.callbacks import BaseNamedPublicly, MetricsCallback
+from worker.engine.callbacks import MetricsCallback
 from worker.engine.configs import (
     check_module_names,
     model_dtype,
     peft_config,
     quantization_config,
-    training_arguments,
-    training_callbacks,
     vllm_lora_incompatibility,
 )
 from worker.engine.evaluate import evaluate_after_training
 from worker.engine.failures import model_not_found
-from worker.engine.token_accuracy import TokenAccuracy, predicted_tokens
+from worker.engine.objectives import TrainingSetup, engine
+from worker.engine.objectives.base import starting_adapter_dir
 from worker.runtime.publisher import EventPublisher
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class TrainingSetup:
-    """What a training process builds from the spec before Trainer: arguments, tokenizer, data, adapted model."""
-
-    args: TrainingArguments
-    tokenizer: PreTrainedTokenizerBase
-    train_data: Any
-    eval_data: Any | None
-    model: PeftModel
-
-
 def prepare_training(spec: RunSpec, run_dir: RunDir) -> TrainingSetup:
-    """Everything up to Trainer; each process of a multi-GPU run builds its own copy."""
-    args = training_arguments(spec, run_dir.checkpoints_dir)  # first: it refuses a precision the device lacks
+    """Everything up to Trainer; each process of a multi-GPU run builds its own copy. The objective's module
+    (worker.engine.objectives) gives the arguments and the data."""
+    objective = engine(spec)
+    args = objective.training_arguments(spec, run_dir.checkpoints_dir)  # first: it refuses a precision the device lacks
     # Trainer's default averages a NaN loss away in the logs (a diverged run would log 0.0 and go on).
     args.logging_nan_inf_filter = False
     set_seed(spec.seed)  # before the adapter exists: its initial weights come from this seed
     tokenizer = load_tokenizer(spec)
-    train_data, eval_data = load_training_data(spec, tokenizer)
+    train_data, eval_data = objective.load_data(spec, tokenizer)
     check_module_names(spec)
     model = apply_adapter(load_model(spec), spec)
     return TrainingSetup(args, tokenizer, train_data, eval_data, model)
@@ -190,15 +176,28 @@ def load_model(spec: RunSpec) -> PreTrainedModel:
 
 
 def apply_adapter(model: PreTrainedModel, spec: RunSpec) -> PeftModel:
-    """The run's adapter on the loaded base."""
-    config = peft_config(spec, model_type=model.config.model_type)
+    """The run's adapter on the loaded base: a fresh one, or with `init_from_run` that run's adapter, trainable."""
     quantized = bool(getattr(model, "is_quantized", False))
+    if spec.init_from_run:
+        return continue_adapter(model, spec, quantized=quantized)
+    config = peft_config(spec, model_type=model.config.model_type)
     return adapt(model, config, quantized=quantized, gradient_checkpointing=spec.gradient_checkpointing)
 
 
-def adapt(model: PreTrainedModel, config: PeftConfig, *, quantized: bool, gradient_checkpointing: bool) -> PeftModel:
-    """PEFT on a base (a loaded one, or the estimate's skeleton): a quantized base is prepared first, and
-    every trained weight is kept in fp32."""
+def continue_adapter(model: PreTrainedModel, spec: RunSpec, *, quantized: bool) -> PeftModel:
+    """The adapter of the run this one continues, loaded trainable onto the base (QLoRA's 4-bit one too). Its
+    own config (r, alpha, target modules) comes with it: the spec's adapter fields do not reshape it."""
+    adapter_dir = starting_adapter_dir(spec.init_from_run)
+    model = _prepared(model, quantized=quantized, gradient_checkpointing=spec.gradient_checkpointing)
+    peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+    # The saved config names the base publicly (name_the_base); PEFT looks that name up when saving, so it names
+    # the local base again until save_adapter names it publicly once more.
+    peft_model.peft_config["default"].base_model_name_or_path = model.name_or_path
+    log.info("continuing from run %s: its adapter (%s) is the starting point", spec.init_from_run, adapter_dir)
+    return _trained_in_fp32(peft_model)
+
+
+def _prepared(model: PreTrainedModel, *, quantized: bool, gradient_checkpointing: bool) -> PreTrainedModel:
     if quantized:
         # Freezes the quantized base and upcasts norms to fp32 for stable training.
         model = prepare_model_for_kbit_training(
@@ -206,7 +205,18 @@ def adapt(model: PreTrainedModel, config: PeftConfig, *, quantized: bool, gradie
             use_gradient_checkpointing=gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
+    return model
+
+
+def adapt(model: PreTrainedModel, config: PeftConfig, *, quantized: bool, gradient_checkpointing: bool) -> PeftModel:
+    """PEFT on a base (a loaded one, or the estimate's skeleton): a quantized base is prepared first, and
+    every trained weight is kept in fp32."""
+    model = _prepared(model, quantized=quantized, gradient_checkpointing=gradient_checkpointing)
     peft_model: PeftModel = get_peft_model(model, config)  # type: ignore[assignment]
+    return _trained_in_fp32(peft_model)
+
+
+def _trained_in_fp32(peft_model: PeftModel) -> PeftModel:
     for parameter in peft_model.parameters():
         if parameter.requires_grad and parameter.dtype != torch.float32:
             # Trained weights stay fp32 (a copied lm_head would be bf16/fp16 on a half-precision base): the
@@ -216,20 +226,8 @@ def adapt(model: PreTrainedModel, config: PeftConfig, *, quantized: bool, gradie
 
 
 def build_trainer(setup: TrainingSetup, spec: RunSpec, *callbacks: TrainerCallback) -> Trainer:
-    trainer = Trainer(
-        model=setup.model,
-        args=setup.args,
-        train_dataset=setup.train_data,
-        eval_dataset=setup.eval_data,
-        data_collator=make_collator(spec, setup.tokenizer),
-        processing_class=setup.tokenizer,
-        callbacks=[BaseNamedPublicly(spec.base_model), *callbacks, *training_callbacks(spec)],
-        # Token accuracy beside the eval loss, from the same forward pass.
-        compute_metrics=TokenAccuracy() if setup.eval_data is not None else None,
-        preprocess_logits_for_metrics=predicted_tokens if setup.eval_data is not None else None,
-    )
-    trainer.remove_callback(PrinterCallback)  # it prints every log to stdout; ours go to train.log and Redis
-    return trainer
+    """The objective's trainer (transformers' Trainer for SFT, TRL's for the preference objectives)."""
+    return engine(spec).build_trainer(setup, spec, *callbacks)
 
 
 def save_adapter(
@@ -244,7 +242,8 @@ def save_adapter(
     saying whether vLLM can serve it as a LoRA."""
     run_id, adapter_dir = run_dir.run_id, run_dir.adapter_dir
     shutil.rmtree(adapter_dir, ignore_errors=True)  # a resumed run must not mix files of two attempts
-    model.save_pretrained(str(adapter_dir), safe_serialization=True)
+    # Only the trained adapter: a preference run continued from another also holds TRL's frozen "ref" copy.
+    model.save_pretrained(str(adapter_dir), safe_serialization=True, selected_adapters=["default"])
     name_the_base(adapter_dir, base_model)
     adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
     details = details | {"vllm": vllm_lora_incompatibility(adapter_config)}

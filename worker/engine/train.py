@@ -30,6 +30,7 @@ from worker.engine.callbacks import MetricsCallback, run_log, tail_lines
 from worker.engine.configs import claimed_spec
 from worker.engine.distributed import train_distributed
 from worker.engine.failures import check_base_model, explain, explained
+from worker.engine.objectives import named_values
 from worker.engine.steps import (
     build_trainer,
     final_evaluation,
@@ -121,7 +122,9 @@ def _train(
     setup = prepare_training(spec, run_dir)
     report_params(setup.model, run_id, sessions, publisher)
     checkpoint = resume_point(run_dir, sessions, publisher)
-    callback = MetricsCallback(run_id=run_id, sessions=sessions, publisher=publisher, lease=lease)
+    callback = MetricsCallback(
+        run_id=run_id, sessions=sessions, publisher=publisher, lease=lease, named=named_values(spec)
+    )
     trainer = build_trainer(setup, spec, callback)
     fit(trainer, checkpoint, callback)
     if lease.lost or callback.handed_back:  # another worker owns it now, or takes it from the queue

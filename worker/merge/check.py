@@ -98,14 +98,14 @@ def _logits(model: torch.nn.Module, inputs: list[torch.Tensor]) -> list[torch.Te
 
 
 def check_prompts(dataset: str | Path, limit: int = CHECK_PROMPTS) -> list[str]:
-    """The first rows of the run's dataset as prompts: a row's prompt, else the start of its text (a text
-    row's text, a conversation's turns joined)."""
+    """The first rows of the run's dataset as prompts: a row's prompt (a preference row's too), else the start of
+    its text (a text row's text, a conversation's turns joined)."""
     prompts = []
     for row in read_rows(dataset, limit=limit):
-        if row.shape == "prompt_completion":
-            prompts.append(row.prompt)
-        elif row.shape == "messages":
+        if row.messages:  # a conversation, or a preference row's prompt turns
             prompts.append("\n".join(message.get("content", "") for message in row.messages)[:TEXT_CHARS])
-        else:
+        elif row.shape == "text":
             prompts.append(row.text[:TEXT_CHARS])
+        else:  # prompt/completion, and preference rows (pairs or unpaired) with a text prompt
+            prompts.append(row.prompt)
     return prompts
