@@ -54,7 +54,7 @@ def _finished(stack: Stack, run_id: str) -> dict[str, Any]:
 
 def test_sft_then_dpo_streams_rewards_links_and_merges(stack: Stack, tmp_path: Path) -> None:
     client = stack.client()
-    sft = stack.submit({"name": "sft first", "method": "lora", "quantization": "none", "max_steps": 8})
+    sft = stack.start_run(name="sft first", method="lora", quantization="none", max_steps=8)
     sft = _finished(stack, sft["id"])
 
     dpo_spec = {
@@ -68,7 +68,7 @@ def test_sft_then_dpo_streams_rewards_links_and_merges(stack: Stack, tmp_path: P
         "learning_rate": 5e-4,
         "task_eval_rows": 4,
     }
-    dpo = stack.submit(dpo_spec)
+    dpo = stack.start_run(**dpo_spec)
     # The adapter's shape comes with the run it continues.
     assert dpo["spec"]["r"] == sft["spec"]["r"] and dpo["spec"]["init_from_run"] == sft["id"]
     metric_events: list[dict[str, Any]] = []
