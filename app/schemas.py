@@ -414,6 +414,16 @@ class RunSpec(ObjectiveFields):
         return self
 
     @model_validator(mode="after")
+    def _batch_fits_objective(self) -> RunSpec:
+        least = REGISTRY[self.objective].min_batch_size
+        if self.per_device_train_batch_size < least:
+            raise ValueError(
+                f"per_device_train_batch_size: objective {self.objective} needs at least {least} rows per batch "
+                "(its KL term compares each answer with another row's prompt); raise it"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _method_fits_objective(self) -> RunSpec:
         allowed = REGISTRY[self.objective].methods
         if self.method not in allowed:

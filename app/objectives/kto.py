@@ -37,5 +37,6 @@ OBJECTIVE = Objective(
     panels=REWARD_PANELS[::2],
     evaluation="preference",
     reference=True,
+    min_batch_size=2,
     defaults={"learning_rate": 5e-5, "beta": 0.1},
 )

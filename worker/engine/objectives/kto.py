@@ -13,13 +13,9 @@ from worker.engine.callbacks import BaseNamedPublicly
 from worker.engine.configs import training_callbacks
 from worker.engine.objectives.base import TrainingSetup
 from worker.engine.objectives.preference import preference_data, settle, trl_kwargs
-from worker.errors import RunError
 
 
 def training_arguments(spec: RunSpec, checkpoints_dir: Path) -> KTOConfig:
-    if spec.per_device_train_batch_size < 2:
-        # TRL's KL term compares each answer with another row's prompt in the same batch.
-        raise RunError("per_device_train_batch_size: KTO needs at least 2 rows per batch for its KL term; raise it")
     return KTOConfig(
         **trl_kwargs(spec, checkpoints_dir),
         desirable_weight=spec.desirable_weight,
