@@ -228,7 +228,11 @@ def test_a_preference_adapter_merges_like_an_sft_one(dpo_run: Run) -> None:
 def test_a_wrong_shape_and_a_missing_starting_adapter_are_refused(pair_files: dict[str, Path]) -> None:
     wrong = train_run(run_spec(DPO, dataset=str(TRAIN)))
     assert wrong.status == RunStatus.failed
-    assert "prompt/completion rows but objective dpo trains on prompt/chosen/rejected rows" in (wrong.error or "")
+    # Refused when the worker claims it (the pre-flight the API ran at submit), naming the shape and the fix.
+    assert (wrong.error or "").startswith(
+        "dataset: objective dpo trains on prompt/chosen/rejected rows; train.jsonl has prompt/completion rows: "
+        "choose a prompt/chosen/rejected file, or objective sft"
+    )
 
     gone = train_run(run_spec(DPO, dataset=str(pair_files["four"]), init_from_run="0" * 32))
     assert gone.status == RunStatus.failed and "init_from_run" in (gone.error or "")

@@ -9,10 +9,8 @@ from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
 from trl import KTOConfig, KTOTrainer
 
 from app.schemas import RunSpec
-from worker.engine.callbacks import BaseNamedPublicly
-from worker.engine.configs import training_callbacks
 from worker.engine.objectives.base import TrainingSetup
-from worker.engine.objectives.preference import preference_data, settle, trl_kwargs
+from worker.engine.objectives.preference import preference_data, trl_kwargs, trl_trainer
 
 
 def training_arguments(spec: RunSpec, checkpoints_dir: Path) -> KTOConfig:
@@ -28,12 +26,4 @@ def load_data(spec: RunSpec, tokenizer: PreTrainedTokenizerBase) -> tuple[Any, A
 
 
 def build_trainer(setup: TrainingSetup, spec: RunSpec, *callbacks: TrainerCallback) -> Trainer:
-    trainer = KTOTrainer(
-        model=setup.model,
-        args=setup.args,  # type: ignore[arg-type]
-        train_dataset=setup.train_data,
-        eval_dataset=setup.eval_data,
-        processing_class=setup.tokenizer,
-        callbacks=[BaseNamedPublicly(spec.base_model), *callbacks, *training_callbacks(spec)],
-    )
-    return settle(trainer, spec)
+    return trl_trainer(KTOTrainer, setup, spec, callbacks)

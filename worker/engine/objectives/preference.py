@@ -10,6 +10,7 @@ reference is the base itself.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ from app.schemas import RunSpec
 from worker.data.chat import resolve_chat_template
 from worker.data.encode import DatasetError, split_rows
 from worker.data.files import Row, read_rows
-from worker.engine.configs import training_kwargs
+from worker.engine.callbacks import BaseNamedPublicly
+from worker.engine.configs import training_callbacks, training_kwargs
+from worker.engine.objectives.base import TrainingSetup
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +106,19 @@ def trl_kwargs(spec: RunSpec, checkpoints_dir: Path) -> dict[str, Any]:
         "batch_eval_metrics": False,
         "remove_unused_columns": True,  # TRL's collators take its tokenized columns alone
     }
+
+
+def trl_trainer(trainer_class: type[Trainer], setup: TrainingSetup, spec: RunSpec, callbacks: Sequence[Any]) -> Trainer:
+    """One of TRL's preference trainers on the run's PeftModel, data and callbacks, made ours (`settle`)."""
+    trainer = trainer_class(
+        model=setup.model,
+        args=setup.args,
+        train_dataset=setup.train_data,
+        eval_dataset=setup.eval_data,
+        processing_class=setup.tokenizer,
+        callbacks=[BaseNamedPublicly(spec.base_model), *callbacks, *training_callbacks(spec)],
+    )
+    return settle(trainer, spec)
 
 
 def settle(trainer: Trainer, spec: RunSpec) -> Trainer:
