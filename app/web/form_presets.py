@@ -128,4 +128,9 @@ def dataset_rule() -> dict[str, Any]:
     def shown(dataset: str) -> dict[str, Any]:
         return {name: display(value, name) for name, value in dataset_defaults(dataset).items()}
 
-    return {"samples": {str(path): shown(str(path)) for path in SAMPLE_RECIPES}, "other": shown("")}
+    return {
+        "samples": {str(path): shown(str(path)) for path in SAMPLE_RECIPES},
+        "other": shown(""),
+        # A bundled dataset follows the objective too: choosing dpo over the SFT sample takes the sample's pairs.
+        "objective_datasets": {name: default_dataset(objective) for name, objective in REGISTRY.items()},
+    }

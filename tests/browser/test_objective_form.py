@@ -91,3 +91,24 @@ def test_the_dpo_preset_chooses_the_sample_pairs_and_asks_for_the_run_to_continu
     expect(page.locator("#preset-note")).to_be_visible()
     expect(page.locator("#preset-note")).to_contain_text("init_from_run")
     expect(page.locator("#f-init_from_run")).to_have_value("")
+
+
+def test_the_bundled_dataset_and_its_recipe_follow_the_objective(web_url: str, page: Page) -> None:
+    pairs, pairs_eval = str(SAMPLE_DATASET_DIR / "preference.jsonl"), str(SAMPLE_DATASET_DIR / "preference_eval.jsonl")
+    page.goto(web_url + "/runs/new")
+    expect(page.locator("#f-dataset")).to_have_value(SAMPLE_TRAIN)
+    page.select_option("#f-objective", "dpo")
+    # The sample's pairs, their eval pairs and the DPO recipe for them, in place of the SFT sample's.
+    expect(page.locator("#f-dataset")).to_have_value(pairs)
+    expect(page.locator("#f-eval_dataset")).to_have_value(pairs_eval)
+    expect(page.locator("#f-learning_rate")).to_have_value("0.00003")
+    expect(page.locator("#f-max_steps")).to_have_value("100")
+    page.select_option("#f-objective", "sft")
+    expect(page.locator("#f-dataset")).to_have_value(SAMPLE_TRAIN)
+    expect(page.locator("#f-eval_dataset")).to_have_value(SAMPLE_EVAL)
+    expect(page.locator("#f-learning_rate")).to_have_value("0.003")
+    expect(page.locator("#f-max_steps")).to_have_value("400")
+    # A dataset the user chose stays whatever the objective.
+    page.fill("#f-dataset", "/data/mine.jsonl")
+    page.select_option("#f-objective", "kto")
+    expect(page.locator("#f-dataset")).to_have_value("/data/mine.jsonl")

@@ -55,6 +55,20 @@
     if (input && input.form && input.form.id === "run-form" && input.name) input.dataset.typed = "1";
   });
 
+  // A bundled dataset the user did not choose follows the objective (the SFT sample for sft, its pairs for dpo,
+  // orpo, kto); the dataset's change then brings its recipe, as below.
+  document.addEventListener("change", (e) => {
+    const input = e.target;
+    if (!input || input.name !== "objective" || !input.form) return;
+    const dataset = fieldInput(input.form, "dataset");
+    const bundled = JSON.parse(document.getElementById("dataset-rule").textContent).objective_datasets;
+    const wanted = bundled[input.value];
+    if (!dataset || dataset.dataset.typed || !wanted || dataset.value.trim() === wanted) return;
+    if (!Object.values(bundled).includes(dataset.value.trim())) return;
+    setField(input.form, "dataset", wanted);
+    dataset.dispatchEvent(new Event("change", { bubbles: true }));
+  });
+
   document.addEventListener("change", (e) => {
     const input = e.target;
     if (!input || input.name !== "dataset" || !input.form) return;
