@@ -54,7 +54,16 @@ def test_sections_and_fields_per_method(stack: Stack, sized: Page) -> None:
     page.goto(stack.url + "/runs/new")
     legends = page.locator("fieldset.form-section legend")
     expect(legends).to_have_text(
-        ["Model and data", "Method", "LoRA", "Quantization", "Schedule", "Evaluation", "Checkpoints and placement"]
+        [
+            "Model and data",
+            "Objective",
+            "Method",
+            "LoRA",
+            "Quantization",
+            "Schedule",
+            "Evaluation",
+            "Checkpoints and placement",
+        ]
     )
     # A human label, the RunSpec name beside it in monospace; the input keeps its id.
     label = page.locator('label[for="f-per_device_train_batch_size"]')
