@@ -47,6 +47,9 @@ class Objective:
     # pairs (share where chosen is more likely than rejected, mean margin), base or starting adapter beside adapter.
     evaluation: Literal["task", "preference"] = "task"
     reference: bool = False  # trains against a frozen reference policy (the adapter disabled, or the starting one)
+    # Sequences a training example puts through the model (a pair: chosen and rejected; KTO: the answer and the
+    # mismatched one its KL term reads), for the memory estimate.
+    sequences_per_example: int = 1
     min_batch_size: int = 1  # rows a batch needs (KTO's KL term compares each answer with another row's prompt)
     defaults: dict[str, object] = field(default_factory=dict)  # what the form proposes when it is chosen
 

@@ -43,6 +43,7 @@ OBJECTIVE = Objective(
     series=(*REWARD_SERIES, *LOGP_SERIES),
     panels=REWARD_PANELS,
     evaluation="preference",
+    sequences_per_example=2,
     reference=True,
     defaults={"learning_rate": 5e-5, "beta": 0.1},
 )

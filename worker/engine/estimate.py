@@ -295,7 +295,7 @@ def activation_bytes(
 def sequences_per_example(spec: RunSpec) -> int:
     """Sequences one example puts through the model: SFT one; DPO and ORPO the prompt with chosen and with
     rejected; KTO the answer and the mismatched answer its KL term scores."""
-    return 1 if spec.objective == "sft" else 2
+    return REGISTRY[spec.objective].sequences_per_example
 
 
 def _gated_mlp(model: torch.nn.Module, layers: int, intermediate: int) -> bool:
