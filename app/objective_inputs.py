@@ -91,7 +91,7 @@ def shape_problems_beside(
     """shape_problems for a spec refused for other reasons, so that a file of the wrong shape is said in the same
     answer: as long as the objective and the files themselves are fine."""
     chosen = values.get("objective", "sft")
-    if chosen not in REGISTRY or {"dataset", "eval_dataset"} & set(failed):
+    if not isinstance(chosen, str) or chosen not in REGISTRY or {"dataset", "eval_dataset"} & set(failed):
         return {}
     dataset, eval_dataset = (
         str(resolved.get(name, values.get(name, ""))).strip() for name in ("dataset", "eval_dataset")

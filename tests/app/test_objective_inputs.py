@@ -123,6 +123,9 @@ def test_a_method_or_a_field_of_another_objective_is_refused(client: TestClient,
         client, "packing", "packing: only for objective sft, not dpo",
         objective="dpo", method="lora", packing=True, **pairs,
     )  # fmt: skip
+    # An objective that is no name at all (schemathesis sent an object) is a 422 naming the choices, not a 500.
+    for bad in ({}, ["dpo"], "ppo"):
+        assert api_refusal(client, objective=bad)["objective"] == "Input should be 'sft', 'dpo', 'orpo' or 'kto'"
 
 
 def stored_run(*, status: RunStatus, adapter: bool = True, **spec: Any) -> str:
