@@ -37,6 +37,7 @@ from bench.throughput import Scratch, alternate, engine_run  # noqa: E402
 TINY = REPO / "assets" / "tiny-llama"
 PAIRS = REPO / "assets" / "datasets" / "tw-address" / "preference.jsonl"
 TARGET = 0.95  # loradeck's DPO tokens/s over stock TRL's
+FROM_BASE = {"learning_rate": 5e-4, "max_steps": 150}
 WARMUP = 3
 SPEED_SPEC: dict[str, Any] = {
     "objective": "dpo",
@@ -169,7 +170,9 @@ def learning(quick: bool) -> dict[str, Any]:
     shorten = {"max_steps": 20} if quick else {}
     sft = train("sft", form_defaults() | shorten)
     dpo_values = form_defaults(str(PAIRS), "dpo") | preset | shorten
-    from_base = train("dpo-from-base", dpo_values)
+    # From the base, the preset's gentle recipe (made to keep an SFT run's answers) barely moves: the issue's
+    # measurement used lr 5e-4 for 150 steps, recorded here the same way.
+    from_base = train("dpo-from-base", dpo_values | ({} if quick else FROM_BASE))
     continued = train("sft-then-dpo", dpo_values | {"init_from_run": sft["run_id"]})
     return {"sft": sft, "dpo_from_base": from_base, "sft_then_dpo": continued}
 
@@ -278,7 +281,7 @@ def report(command: str, figures: dict[str, Any]) -> str:
         "",
         f"Speed: DPO, LoRA r {speed['spec']['r']}, {speed['spec']['max_steps']} steps of "
         f"{speed['spec']['per_device_train_batch_size']} pairs, tokens/s after the first {WARMUP} logged steps "
-        "(TRL's own non-padding token count on both sides), each side a fresh process, alternating.",
+        "(non-padding tokens of chosen and rejected, counted on each side), each side a fresh process, alternating.",
         "",
         "| side | tokens/s (each run) | median |",
         "| --- | --- | --- |",
@@ -297,8 +300,9 @@ def report(command: str, figures: dict[str, Any]) -> str:
             "| run | steps | wall | preference accuracy (eval pairs) | mean margin | exact match |",
             "| --- | --- | --- | --- | --- | --- |",
         ]
-        for key, label in (("sft", "SFT (form's sample recipe)"), ("dpo_from_base", "DPO from the base"),
-                           ("sft_then_dpo", "SFT, then DPO (`init_from_run`)")):  # fmt: skip
+        for key, label in (("sft", "SFT (the form's sample recipe)"),
+                           ("dpo_from_base", "DPO from the base (lr 5e-4, 150 steps)"),
+                           ("sft_then_dpo", "SFT, then DPO (`init_from_run`, the preset's recipe)")):  # fmt: skip
             run = learned[key]
             pref = run.get("preference") or {}
             task = run.get("task") or {}
@@ -312,6 +316,15 @@ def report(command: str, figures: dict[str, Any]) -> str:
                 else "–"
             )
             lines.append(f"| {label} | {run['steps']} | {run['seconds']:.0f} s | {accuracy} | {margin} | {exact} |")
+        lines += [
+            "",
+            "Each run is the form's (QLoRA, the sample's recipes), trained and evaluated by the engine; preference",
+            "accuracy is the share of the 200 eval pairs whose chosen answer is likelier than the rejected one, the",
+            "margin the mean log-probability difference; before → after is base → adapter (for the continued run:",
+            "the SFT run → the DPO adapter). The SFT run already prefers every chosen answer (the sample's rejected",
+            "answers drop keys, null two fields or swap the district), so DPO on top widens the margin without",
+            "costing exact match; from the base, DPO learns the preference but not the answer's format.",
+        ]
     return "\n".join(lines)
 
 
