@@ -23,6 +23,8 @@ from tests.worker.conftest import TRAIN, run_spec, train_points, train_run
 from worker.engine.objectives.preference_eval import pair_logps
 from worker.engine.steps import build_trainer, prepare_training
 
+pytestmark = pytest.mark.slow  # a dozen short DPO, ORPO and KTO runs: out of `make quick`
+
 PAIRS = 12  # train pairs; 4 more are held out
 DPO = QUICK_RUN | {
     "objective": "dpo",
