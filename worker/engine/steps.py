@@ -7,11 +7,13 @@ adapts the loaded base. Nothing here claims, leases or ends a run: that is worke
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -227,7 +229,29 @@ def _trained_in_fp32(peft_model: PeftModel) -> PeftModel:
 
 def build_trainer(setup: TrainingSetup, spec: RunSpec, *callbacks: TrainerCallback) -> Trainer:
     """The objective's trainer (transformers' Trainer for SFT, TRL's for the preference objectives)."""
-    return engine(spec).build_trainer(setup, spec, *callbacks)
+    trainer = engine(spec).build_trainer(setup, spec, *callbacks)
+    trainer.evaluate = keeping_random_state(trainer.evaluate)  # type: ignore[method-assign]
+    return trainer
+
+
+def keeping_random_state(evaluate: Callable[..., Any]) -> Callable[..., Any]:
+    """`evaluate` that leaves torch's random state as it found it. Each evaluation's data loader draws its seed
+    from torch's global generator, which also orders the training rows of the next epoch: without this, a run
+    with evaluations during training draws other dropout masks (and, past an epoch, other batches) than the same
+    run without them."""
+
+    @functools.wraps(evaluate)
+    def evaluate_keeping_random_state(*args: Any, **kwargs: Any) -> Any:
+        cpu = torch.get_rng_state()
+        gpus = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        try:
+            return evaluate(*args, **kwargs)
+        finally:
+            torch.set_rng_state(cpu)
+            if gpus is not None:
+                torch.cuda.set_rng_state_all(gpus)
+
+    return evaluate_keeping_random_state
 
 
 def save_adapter(
