@@ -34,3 +34,23 @@ def test_a_run_with_evaluations_trains_the_same_batches_as_without(
     evaluated, plain = weights(runs[2].id), weights(runs[0].id)
     assert evaluated.keys() == plain.keys()
     assert all(torch.equal(evaluated[name], plain[name]) for name in plain)
+
+
+def test_an_evaluation_forward_leaves_a_qlora_models_training_numbers_alone(loradeck_env: dict[str, str]) -> None:
+    from app.web.forms import form_defaults
+    from worker.engine.steps import apply_adapter, load_model, load_tokenizer
+
+    spec = run_spec(form_defaults(), save_steps=0)  # the form's QLoRA run on the sample
+    tokenizer = load_tokenizer(spec)
+    model = apply_adapter(load_model(spec), spec)
+    batch = tokenizer(TRAIN.read_text(encoding="utf-8").splitlines()[:4], return_tensors="pt", padding=True)
+
+    def train_loss() -> float:
+        model.train()
+        return float(model(**batch, labels=batch["input_ids"]).loss.item())
+
+    before = train_loss()
+    model.eval()
+    with torch.no_grad():  # as Trainer evaluates
+        model(**tokenizer(["解析地址：臺北市大安區仁愛路四段27號\n"], return_tensors="pt"))
+    assert train_loss() == before
