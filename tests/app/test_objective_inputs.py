@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from app.config import TINY_MODEL_DIR
+from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR
 from app.models import Artifact, ArtifactKind, ArtifactStatus, Run, RunStatus
 from app.schemas import RunSpec
 from tests.conftest import QUICK_RUN
@@ -226,7 +226,8 @@ def test_a_new_run_prefilled_from_a_run_holds_it_its_base_model_and_the_objectiv
     assert field_value(page.text, "init_from_run") == start
     assert field_value(page.text, "base_model") == other_base
     assert selected(page.text, "objective") == "dpo"
-    # The rest as a new form has it (dpo's own proposal for the learning rate, not the starting run's).
-    assert float(field_value(page.text, "learning_rate")) == 5e-5
+    # The rest as a new form has it: the sample's pairs and their DPO recipe, not the starting run's learning rate.
+    assert field_value(page.text, "dataset") == str(SAMPLE_DATASET_DIR / "preference.jsonl")
+    assert float(field_value(page.text, "learning_rate")) == 3e-5
     assert float(field_value(page.text, "beta")) == 0.1
     assert 'data-field="packing"' in page.text and re.search(r'data-field="packing"[^>]*hidden', page.text)
