@@ -117,7 +117,7 @@ def test_early_stopping_keeps_the_best_checkpoint(loradeck_env: dict[str, str], 
         eval_steps=3,
         save_steps=3,
         early_stopping_patience=1,
-        learning_rate=1.0,
+        learning_rate=0.5,
         lr_scheduler_type="constant",
     )
 
