@@ -68,6 +68,7 @@ bench: install system-deps
 	$(PY) bench/first_metric.py --repeats 5
 	$(PY) bench/packing.py --repeats 3
 	$(PY) bench/describe.py --rows 100000 --repeats 3
+	$(PY) bench/preference.py --repeats 3
 	$(MAKE) gguf && $(PY) bench/gguf.py
 
 # On a machine with one NVIDIA GPU, no network needed (bench/gpu/README.md).
