@@ -57,14 +57,7 @@ def _checked(rows: list[Row], spec: RunSpec, field: str, path: Path) -> list[Row
             f"{field}: {path.name} holds {SHAPE_NAMES[rows[0].shape]} rows but objective {spec.objective} trains on "
             f"{objective.shapes_named()} rows; pick such a file, or the objective that fits the file"
         )
-    forms = {bool(row.messages) for row in rows}
-    if len(forms) > 1:
-        first = next(row for row in rows if bool(row.messages) != bool(rows[0].messages))
-        raise DatasetError(
-            f"{field}: {path.name} line {first.line}: the prompt is {'a conversation' if first.messages else 'text'} "
-            f"but line {rows[0].line}'s is {'a conversation' if rows[0].messages else 'text'}; a file keeps one form"
-        )
-    return rows
+    return rows  # a file mixing text and conversational prompts is refused by worker.data.files already
 
 
 def trl_record(row: Row) -> dict[str, Any]:
