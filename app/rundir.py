@@ -85,6 +85,11 @@ class RunDir:
         return self.root / "train.log"
 
     @property
+    def samples_file(self) -> Path:
+        """GRPO: the completions sampled during training with their rewards, one SamplesEvent's data a line."""
+        return self.root / "samples.jsonl"
+
+    @property
     def checkpoints_dir(self) -> Path:
         return self.root / "checkpoints"
 

@@ -146,7 +146,9 @@ class RunSpec(ObjectiveFields):
     objective: ObjectiveName = Field(
         default="sft",
         description="What the run trains for: sft learns the dataset's answers; dpo, orpo and kto learn to prefer "
-        "chosen answers to rejected ones (prompt/chosen/rejected data; kto also prompt/completion/label).",
+        "chosen answers to rejected ones (prompt/chosen/rejected data; kto also prompt/completion/label); grpo "
+        "learns to write answers its rewards score higher (prompt/completion or messages data: the prompts, and "
+        "the answers as the reference the rewards compare with).",
     )
     init_from_run: str = Field(
         default="",
@@ -401,6 +403,15 @@ class RunSpec(ObjectiveFields):
         return value
 
     # --- rules between fields, one each
+    @model_validator(mode="before")
+    @classmethod
+    def _objective_defaults(cls, data: Any) -> Any:
+        """The chosen objective's own defaults for shared fields it was not given (GRPO: loss_type dapo, beta 0)."""
+        if isinstance(data, dict) and (chosen := REGISTRY.get(str(data.get("objective", "")))):
+            missing = {name: value for name, value in chosen.spec_defaults.items() if data.get(name) in (None, "")}
+            return data | missing if missing else data
+        return data
+
     @model_validator(mode="after")
     def _objective_fields(self) -> RunSpec:
         # A stored spec holds every field: only a value other than the default is the user's choice.
@@ -420,6 +431,33 @@ class RunSpec(ObjectiveFields):
             raise ValueError(
                 f"per_device_train_batch_size: objective {self.objective} needs at least {least} rows per batch "
                 "(its KL term compares each answer with another row's prompt); raise it"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _loss_fits_objective(self) -> RunSpec:
+        losses = REGISTRY[self.objective].losses
+        if losses and self.loss_type not in losses:
+            raise ValueError(
+                f"loss_type: {self.loss_type} is not a loss of objective {self.objective}; choose one of "
+                f"{', '.join(losses)}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _beta_fits_objective(self) -> RunSpec:
+        if self.beta == 0 and self.objective in ("dpo", "orpo", "kto"):
+            raise ValueError(f"beta: objective {self.objective} needs beta above 0 (0.1 is usual)")
+        return self
+
+    @model_validator(mode="after")
+    def _groups_fill_batches(self) -> RunSpec:
+        completions = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        if self.objective == "grpo" and completions % self.num_generations:
+            raise ValueError(
+                f"per_device_train_batch_size, num_generations: a GRPO step trains whole groups of num_generations "
+                f"({self.num_generations}) completions, and per_device_train_batch_size x gradient_accumulation_steps "
+                f"= {completions} is not a multiple of it; make it one (e.g. batch {self.num_generations})"
             )
         return self
 

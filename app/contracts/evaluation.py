@@ -41,6 +41,20 @@ class PreferenceScores(_Stored):
     adapter: PreferenceScore
 
 
+class RewardScore(_Stored):
+    """One side (base or starting adapter, or the trained adapter) scored by the run's rewards (GRPO)."""
+
+    rows: int = Field(description="Eval prompts answered.")
+    greedy: float = Field(description="Mean weighted reward of the greedy answers.")
+    sampled: float | None = Field(default=None, description="Mean weighted reward sampled at the run's temperature.")
+    functions: dict[str, float] = Field(default_factory=dict, description="Each reward's mean on the greedy answers.")
+
+
+class RewardScores(_Stored):
+    base: RewardScore = Field(description="The base model, or the starting adapter for a continued run.")
+    adapter: RewardScore
+
+
 class Example(_Stored):
     prompt: str
     expected: str
@@ -76,6 +90,8 @@ class Evaluation(_Stored):
     task_skipped: str | None = Field(default=None, description="Why there are no task metrics.")
     preference: PreferenceScores | None = Field(default=None, description="Preference objectives: the eval pairs.")
     preference_skipped: str | None = Field(default=None, description="Why a preference run has no pair scores.")
+    reward: RewardScores | None = Field(default=None, description="GRPO: the eval prompts scored by its rewards.")
+    reward_skipped: str | None = Field(default=None, description="Why a GRPO run has no reward scores.")
     starting_run: str | None = Field(
         default=None, description="A continued run: its base side is this run's adapter, not the bare base."
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class LiveEvent(BaseModel):
@@ -51,6 +51,25 @@ class MetricEvent(LiveEvent):
     token_accuracy: float | None = None
     # The objective's named values (app.objectives: rewards/margins, ...); empty for SFT.
     values: dict[str, float | None] = {}
+
+
+class SampledCompletion(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    reward: float = Field(description="The weighted sum of the run's rewards, as GRPO trains on it.")
+    rewards: dict[str, float] = Field(default_factory=dict, description="Each reward function's score.")
+
+
+class SamplesEvent(LiveEvent):
+    """GRPO: a handful of the completions the policy wrote for one prompt at a training step, with their rewards
+    (every few logging steps; the run folder's samples.jsonl keeps each event's data a line)."""
+
+    type = "samples"
+    step: int
+    prompt: str
+    reference: str | None = None
+    completions: list[SampledCompletion]
 
 
 class LogEvent(LiveEvent):
@@ -121,6 +140,7 @@ RUN_EVENTS: dict[str, type[LiveEvent]] = {
         StatusEvent,
         ParamsEvent,
         MetricEvent,
+        SamplesEvent,
         LogEvent,
         CheckpointEvent,
         ArtifactEvent,

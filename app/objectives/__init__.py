@@ -14,20 +14,23 @@ from __future__ import annotations
 import typing
 from typing import Literal
 
-from app.objectives import dpo, kto, orpo, sft
+from app.objectives import dpo, grpo, kto, orpo, sft
 from app.objectives.base import Objective, Panel, Series
+from app.objectives.losses import LossFields
 from app.objectives.preference import PreferenceFields
 
 __all__ = ["REGISTRY", "Objective", "ObjectiveFields", "ObjectiveName", "Panel", "Series", "objective", "objectives"]
 
-ObjectiveName = Literal["sft", "dpo", "orpo", "kto"]
+ObjectiveName = Literal["sft", "dpo", "orpo", "kto", "grpo"]
 
-REGISTRY: dict[str, Objective] = {o.name: o for o in (sft.OBJECTIVE, dpo.OBJECTIVE, orpo.OBJECTIVE, kto.OBJECTIVE)}
+REGISTRY: dict[str, Objective] = {
+    o.name: o for o in (sft.OBJECTIVE, dpo.OBJECTIVE, orpo.OBJECTIVE, kto.OBJECTIVE, grpo.OBJECTIVE)
+}
 
 assert set(typing.get_args(ObjectiveName)) == set(REGISTRY), "ObjectiveName and REGISTRY name the same objectives"
 
 
-class ObjectiveFields(dpo.DPOFields, kto.KTOFields, PreferenceFields):
+class ObjectiveFields(dpo.DPOFields, kto.KTOFields, PreferenceFields, LossFields, grpo.GRPOFields):
     """Every objective's own fields, flat in RunSpec as TRL's configs have them."""
 
 

@@ -44,14 +44,18 @@ class Objective:
     series: tuple[Series, ...] = ()  # named metrics beyond loss and learning rate
     panels: tuple[Panel, ...] = ()
     # After training: "task" answers the eval rows (exact match, fields right); "preference" also scores the eval
-    # pairs (share where chosen is more likely than rejected, mean margin), base or starting adapter beside adapter.
-    evaluation: Literal["task", "preference"] = "task"
+    # pairs (share where chosen is more likely than rejected, mean margin); "reward" also scores the answers with
+    # the run's rewards (greedy, and sampled at its temperature); base or starting adapter beside adapter.
+    evaluation: Literal["task", "preference", "reward"] = "task"
     reference: bool = False  # trains against a frozen reference policy (the adapter disabled, or the starting one)
     # Sequences a training example puts through the model (a pair: chosen and rejected; KTO: the answer and the
     # mismatched one its KL term reads), for the memory estimate.
     sequences_per_example: int = 1
     min_batch_size: int = 1  # rows a batch needs (KTO's KL term compares each answer with another row's prompt)
     defaults: dict[str, object] = field(default_factory=dict)  # what the form proposes when it is chosen
+    losses: tuple[str, ...] = ()  # its choices of loss_type (app.objectives.losses), when it takes one
+    # RunSpec values that differ for this objective, taken when a spec does not give them (its loss_type, beta).
+    spec_defaults: dict[str, object] = field(default_factory=dict)
 
     def shapes_named(self) -> str:
         return " or ".join(SHAPE_NAMES.get(shape, shape) for shape in self.shapes)

@@ -1,4 +1,5 @@
-"""What the preference objectives (DPO, ORPO, KTO) share: pairs as data, beta, reward metrics and panels."""
+"""What the preference objectives (DPO, ORPO, KTO) share: pairs as data, beta (GRPO's KL weight too), reward
+metrics and panels."""
 
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ REWARD_PANELS = (
 class PreferenceFields(BaseModel):
     beta: float = Field(
         default=0.1,
-        gt=0.0,
+        ge=0.0,
         le=100.0,
         description="DPO and KTO: how far the policy may move from the reference (higher: closer to it); "
-        "ORPO: the weight of its odds-ratio term beside the supervised loss (TRL's beta, the paper's lambda).",
+        "ORPO: the weight of its odds-ratio term beside the supervised loss (TRL's beta, the paper's lambda); "
+        "all three above 0. GRPO (default 0): the weight of the KL term to the starting policy (the base, or "
+        "the run continued from); 0: no KL term and no reference pass.",
     )
