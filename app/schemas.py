@@ -419,7 +419,11 @@ class RunSpec(ObjectiveFields):
         defaults = type(self).model_fields
         for name in self.model_fields_set:
             used_by = objectives_using(name)
-            if used_by and self.objective not in used_by and getattr(self, name) != defaults[name].get_default():
+            if (
+                used_by
+                and self.objective not in used_by
+                and getattr(self, name) != defaults[name].get_default(call_default_factory=True)
+            ):
                 plural = "s" if len(used_by) > 1 else ""
                 raise ValueError(f"{name}: only for objective{plural} {', '.join(used_by)}, not {chosen.name}")
         return self

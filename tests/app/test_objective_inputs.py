@@ -82,7 +82,7 @@ def test_a_dataset_of_another_shape_is_refused_naming_the_shape_needed(
         client,
         "dataset",
         "dataset: objective dpo trains on prompt/chosen/rejected rows; sft.jsonl has prompt/completion rows: "
-        "choose a prompt/chosen/rejected file, or objective sft",
+        "choose a prompt/chosen/rejected file, or objective sft or grpo",
         objective="dpo", method="lora", dataset=files["sft"], eval_dataset=files["pairs_eval"],
     )  # fmt: skip
     both_refuse(
@@ -98,7 +98,7 @@ def test_a_dataset_of_another_shape_is_refused_naming_the_shape_needed(
         client,
         "eval_dataset",
         "eval_dataset: objective dpo trains on prompt/chosen/rejected rows; sft_eval.jsonl has prompt/completion "
-        "rows: choose a prompt/chosen/rejected file, or objective sft",
+        "rows: choose a prompt/chosen/rejected file, or objective sft or grpo",
         objective="dpo", method="lora", dataset=files["pairs"], eval_dataset=files["sft_eval"],
     )  # fmt: skip
     # The right shapes are taken.
@@ -118,14 +118,14 @@ def test_a_method_or_a_field_of_another_objective_is_refused(client: TestClient,
     for answer in (api_refusal(client, **wrong), form_refusal(client, **wrong)):
         assert answer["method"].startswith("method: objective dpo trains with method lora or qlora")
         assert answer["dataset"].startswith("dataset: objective dpo trains on prompt/chosen/rejected rows;")
-    both_refuse(client, "beta", "beta: only for objectives dpo, orpo, kto, not sft", objective="sft", beta=0.5)
+    both_refuse(client, "beta", "beta: only for objectives dpo, orpo, kto, grpo, not sft", objective="sft", beta=0.5)
     both_refuse(
         client, "packing", "packing: only for objective sft, not dpo",
         objective="dpo", method="lora", packing=True, **pairs,
     )  # fmt: skip
     # An objective that is no name at all (schemathesis sent an object) is a 422 naming the choices, not a 500.
     for bad in ({}, ["dpo"], "ppo"):
-        assert api_refusal(client, objective=bad)["objective"] == "Input should be 'sft', 'dpo', 'orpo' or 'kto'"
+        assert api_refusal(client, objective=bad)["objective"] == "Input should be 'sft', 'dpo', 'orpo', 'kto' or 'grpo'"
 
 
 def stored_run(*, status: RunStatus, adapter: bool = True, **spec: Any) -> str:

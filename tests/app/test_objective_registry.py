@@ -37,15 +37,32 @@ def test_every_objective_field_is_in_the_form_and_in_runspec() -> None:
 def test_shapes_and_fields_are_read_from_the_declarations() -> None:
     assert objectives_accepting("preference") == ("dpo", "orpo", "kto")
     assert objectives_accepting("unpaired") == ("kto",)
-    assert objectives_using("beta") == ("dpo", "orpo", "kto")
+    assert objectives_using("beta") == ("dpo", "orpo", "kto", "grpo")
+    assert objectives_using("rewards") == ("grpo",)
+    assert objectives_accepting("prompt_completion") == ("sft", "grpo")
     assert objectives_using("packing") == ("sft",)
     assert objectives_using("learning_rate") == ()
 
 
 def test_rules_follow_the_registry() -> None:
     assert "method: objective dpo trains with method lora or qlora, not ia3" in _refusal(objective="dpo", method="ia3")
-    assert "loss_type: only for objective dpo, not kto" in _refusal(objective="kto", loss_type="ipo")
-    assert "beta: only for objectives dpo, orpo, kto, not sft" in _refusal(beta=0.5)
+    assert "loss_type: only for objectives dpo, grpo, not kto" in _refusal(objective="kto", loss_type="ipo")
+    assert "beta: only for objectives dpo, orpo, kto, grpo, not sft" in _refusal(beta=0.5)
+    assert "rewards: only for objective grpo, not sft" in _refusal(rewards=[{"function": "exact"}])
+    # loss_type's choices are the objective's own; an objective's defaults of shared fields apply when not given.
+    assert "loss_type: dapo is not a loss of objective dpo; choose one of sigmoid, ipo" in _refusal(
+        objective="dpo", loss_type="dapo"
+    )
+    assert "loss_type: sigmoid is not a loss of objective grpo; choose one of dapo" in _refusal(
+        objective="grpo", loss_type="sigmoid"
+    )
+    grpo = RunSpec(objective="grpo")
+    assert (grpo.loss_type, grpo.beta, [r.function for r in grpo.rewards]) == ("dapo", 0.0, ["json_fields", "exact"])
+    assert (RunSpec(objective="dpo").loss_type, RunSpec(objective="dpo").beta) == ("sigmoid", 0.1)
+    assert "beta: objective dpo needs beta above 0" in _refusal(objective="dpo", beta=0)
+    assert "a GRPO step trains whole groups of num_generations (3) completions" in _refusal(
+        objective="grpo", num_generations=3
+    )
     assert "per_device_train_batch_size: objective kto needs at least 2 rows per batch" in _refusal(
         objective="kto", per_device_train_batch_size=1
     )

@@ -233,7 +233,7 @@ def test_a_wrong_shape_and_a_missing_starting_adapter_are_refused(pair_files: di
     # Refused when the worker claims it (the pre-flight the API ran at submit), naming the shape and the fix.
     assert (wrong.error or "").startswith(
         "dataset: objective dpo trains on prompt/chosen/rejected rows; train.jsonl has prompt/completion rows: "
-        "choose a prompt/chosen/rejected file, or objective sft"
+        "choose a prompt/chosen/rejected file, or objective sft or grpo"
     )
 
     gone = train_run(run_spec(DPO, dataset=str(pair_files["four"]), init_from_run="0" * 32))
