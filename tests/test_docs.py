@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from app.config import Settings
+from app.objectives.rewards import DEFINITIONS
 from app.schemas import RunSpec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,3 +29,9 @@ def test_every_runspec_field_is_in_the_readme() -> None:
     for name, info in RunSpec.model_fields.items():
         assert f"`{name}`" in README, f"RunSpec field {name} is missing from the README"
         assert info.description, f"RunSpec field {name} has no description"
+
+
+def test_every_reward_function_is_in_the_readme_as_defined() -> None:
+    # The README's table states each GRPO reward's definition word for word as the code's contract has it.
+    for name, definition in DEFINITIONS.items():
+        assert f"| `{name}` |" in README and definition in README, f"reward {name} is not in the README as defined"
