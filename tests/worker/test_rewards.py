@@ -148,7 +148,7 @@ def test_contains_and_not_contains_are_shares_of_the_texts_found_case_sensitivel
         assert _score("contains", completion, texts=texts) == share
         assert _score("not_contains", completion, texts=texts) == 1.0 - share
     assert _score("contains", "Paris", texts=["paris"]) == 0.0
-    assert _score("contains", "Paris", texts=["Paris", ""]) == 1.0  # an empty text is no test
+    assert _score("contains", "Paris", texts=["London", ""]) == 0.0  # an empty text, found in all, is no test
 
 
 def test_length_is_1_within_its_range_and_falls_off_outside() -> None:
