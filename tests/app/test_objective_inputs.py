@@ -125,7 +125,9 @@ def test_a_method_or_a_field_of_another_objective_is_refused(client: TestClient,
     )  # fmt: skip
     # An objective that is no name at all (schemathesis sent an object) is a 422 naming the choices, not a 500.
     for bad in ({}, ["dpo"], "ppo"):
-        assert api_refusal(client, objective=bad)["objective"] == "Input should be 'sft', 'dpo', 'orpo', 'kto' or 'grpo'"
+        assert (
+            api_refusal(client, objective=bad)["objective"] == "Input should be 'sft', 'dpo', 'orpo', 'kto' or 'grpo'"
+        )
 
 
 def stored_run(*, status: RunStatus, adapter: bool = True, **spec: Any) -> str:
