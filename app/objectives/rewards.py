@@ -23,12 +23,13 @@ DEFINITIONS: dict[str, str] = {
     "over the keys in either (1: the reference's keys present and no others; 0: not a JSON object).",
     "json_fields": "For a JSON-object reference: the share of the reference's fields whose value the completion's "
     "JSON object holds equal (a null field counts when the completion has it null), each field weighted by "
-    "field_weights (default 1; a field weighted 0 is not scored); 0 when the completion is not a JSON object.",
+    "field_weights (default 1; a field weighted 0 is not scored; 1 when no field is scored); 0 when the completion "
+    "is not a JSON object.",
     "exact": "1 when the completion equals the reference: as JSON values when both parse (key order and "
     "spacing ignored), else as text with surrounding whitespace stripped; else 0.",
     "regex": "1 when `pattern` matches somewhere in the completion (anchor it with ^ and $ to match all of it), "
     "else 0; a match that runs past its time bound (0.1 s) scores 0 and the run log warns once.",
-    "contains": "The share of `texts` that appear in the completion (case-sensitive).",
+    "contains": "The share of `texts` that appear in the completion (case-sensitive; empty texts ignored).",
     "not_contains": "1 minus the share of `texts` that appear in the completion: 1 when none does.",
     "length": "1 when the completion's length in tokens is within [min_tokens, max_tokens]; below, "
     "length / min_tokens; above, max_tokens / length.",
