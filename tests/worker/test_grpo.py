@@ -116,7 +116,7 @@ def test_the_reward_evaluation_scores_both_sides_greedy_and_sampled(grpo_run: Ru
         assert scores[side]["rows"] == 4 and 0.0 <= scores[side]["sampled"] <= 2.0
         # The greedy answers are the task evaluation's (the examples show them all here), scored by the rewards.
         answers = [example[side] for example in evaluation["examples"]]
-        each = [reward_scores(rewards, tokenizer, a, r) for a, r in zip(answers, references, strict=True)]
+        each = [reward_scores(rewards, tokenizer, a, r, 20) for a, r in zip(answers, references, strict=True)]
         assert scores[side]["functions"] == pytest.approx(
             {name: sum(s[name] for s in each) / 4 for name in ("json_valid", "length")}
         )

@@ -24,7 +24,7 @@ from worker.data.files import Row
 from worker.engine.evaluate import TaskAnswers
 from worker.engine.objectives.base import starting_point
 from worker.engine.objectives.grpo import grpo_record, prompt_ids
-from worker.engine.rewards import score, weighted
+from worker.engine.rewards import RewardWarnings, score, weighted
 from worker.serving.decoding import generate_completions
 
 log = logging.getLogger(__name__)
@@ -77,9 +77,13 @@ def _side(
     if greedy is None:
         greedy = generate_completions(model, tokenizer, prompts, max_new_tokens=spec.max_completion_length)
     sampled = sample_completions(model, tokenizer, prompts, spec)
-    rewards = list(spec.rewards)
-    greedy_scores = [reward_scores(rewards, tokenizer, a, r) for a, r in zip(greedy, references, strict=True)]
-    sampled_scores = [reward_scores(rewards, tokenizer, a, r) for a, r in zip(sampled, references, strict=True)]
+    rewards, warnings, longest = list(spec.rewards), RewardWarnings(), spec.max_completion_length
+    greedy_scores = [
+        reward_scores(rewards, tokenizer, a, r, longest, warnings) for a, r in zip(greedy, references, strict=True)
+    ]
+    sampled_scores = [
+        reward_scores(rewards, tokenizer, a, r, longest, warnings) for a, r in zip(sampled, references, strict=True)
+    ]
     return RewardScore(
         rows=len(prompts),
         greedy=_mean([weighted(rewards, scores) for scores in greedy_scores]),
@@ -89,11 +93,18 @@ def _side(
 
 
 def reward_scores(
-    rewards: list[Reward], tokenizer: PreTrainedTokenizerBase, answer: str, reference: str
+    rewards: list[Reward],
+    tokenizer: PreTrainedTokenizerBase,
+    answer: str,
+    reference: str,
+    longest: int,
+    warnings: RewardWarnings | None = None,
 ) -> dict[str, float]:
-    """Each reward's score of one answer; its length in tokens is the answer's own encoding."""
+    """Each reward's score of one answer. Its length in tokens is counted as training counts a completion's: its
+    tokens (the answer encoded again) and the end-of-sequence token that ended it, unless it ran to `longest`."""
     tokens = len(tokenizer(answer, add_special_tokens=False)["input_ids"])
-    return {reward.function: score(reward, answer, reference, tokens) for reward in rewards}
+    tokens += tokens < longest
+    return {reward.function: score(reward, answer, reference, tokens, warnings=warnings) for reward in rewards}
 
 
 def _mean(values: Sequence[float]) -> float:
