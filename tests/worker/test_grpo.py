@@ -127,6 +127,7 @@ def test_the_reward_evaluation_scores_both_sides_greedy_and_sampled(grpo_run: Ru
 # --- continued from an SFT run: the first step samples from the SFT adapter, against it as the reference
 
 FIELDS = GRPO | {
+    "method": "qlora",  # TRL rounds a 4-bit base's trained weights to bf16; ours start as the reference
     "max_steps": 1,
     "per_device_train_batch_size": 16,  # four prompts, four completions each
     "max_completion_length": 50,  # the sample's answers are 40 to 49 tokens
@@ -141,7 +142,7 @@ FIELDS = GRPO | {
 def sft_run(env: Path) -> Run:
     """Trained enough to get about 70% of the fields right (greedy), the base none."""
     run = train_run(
-        run_spec(QUICK_RUN, method="lora", max_steps=20, learning_rate=5e-3, per_device_train_batch_size=4,
+        run_spec(QUICK_RUN, method="qlora", max_steps=20, learning_rate=5e-3, per_device_train_batch_size=4,
                  max_seq_length=96)
     )  # fmt: skip
     assert run.status == RunStatus.succeeded, run.error

@@ -40,7 +40,7 @@ from worker.data.files import Row
 from worker.engine.callbacks import BaseNamedPublicly, MetricsCallback
 from worker.engine.configs import training_callbacks, training_kwargs
 from worker.engine.objectives.base import TrainingSetup
-from worker.engine.objectives.preference import preference_rows, settle
+from worker.engine.objectives.preference import preference_rows, settle, trained_weights_kept
 from worker.engine.rewards import SampleCollector, reward_functions
 from worker.errors import RunError
 from worker.runtime.publisher import EventPublisher
@@ -138,14 +138,15 @@ def build_trainer(setup: TrainingSetup, spec: RunSpec, *callbacks: TrainerCallba
     samples = SampleCollector()
     scorers: list[Any] = reward_functions(list(spec.rewards), samples)  # TRL types its scores float | None
     reporting = [SamplesCallback.of(metrics, samples) for metrics in callbacks if isinstance(metrics, MetricsCallback)]
-    trainer = GRPOTrainer(
-        model=setup.model,
-        reward_funcs=scorers,
-        args=setup.args,  # type: ignore[arg-type]  # training_arguments' GRPOConfig
-        train_dataset=setup.train_data,
-        processing_class=setup.tokenizer,
-        callbacks=[BaseNamedPublicly(spec.base_model), *callbacks, *reporting, *training_callbacks(spec)],
-    )
+    with trained_weights_kept(setup.model):
+        trainer = GRPOTrainer(
+            model=setup.model,
+            reward_funcs=scorers,
+            args=setup.args,  # type: ignore[arg-type]  # training_arguments' GRPOConfig
+            train_dataset=setup.train_data,
+            processing_class=setup.tokenizer,
+            callbacks=[BaseNamedPublicly(spec.base_model), *callbacks, *reporting, *training_callbacks(spec)],
+        )
     return settle(trainer, spec)
 
 
