@@ -264,7 +264,9 @@ def activation_bytes(
     layers, else out·e). Outside the layers: the logits with their fp32 log-softmax and its gradient,
     T·V·(e + 8) (an upper bound for TRL's DPO and KTO, whose fused head computes them in tiles), and the 4-D
     boolean attention mask, batch·s² bytes; an objective with a reference adds one layer's working set for its
-    no-grad forward (ORPO has none). Gradient checkpointing keeps only
+    no-grad forward (ORPO has none). GRPO's sequences are a prompt of max_seq_length tokens at most (longer ones
+    are left out) and its completion; its peak is the larger of the training step's and the generation's
+    (`generation_bytes`), which come one after the other. Gradient checkpointing keeps only
     each layer's input (h·f per token) and recomputes one layer at a time in the backward pass. Against
     the tensors a real (CPU, fp32) training step keeps, this lands within a few percent
     (tests/worker/test_estimate.py).
@@ -276,6 +278,8 @@ def activation_bytes(
     e = torch.finfo(dtype).bits // 8
     residual = 4 if quantized else e
     seq = spec.max_seq_length + (spec.num_virtual_tokens if spec.method == "prompt_tuning" else 0)
+    if spec.objective == "grpo":
+        seq += spec.max_completion_length  # the prompt (max_seq_length at most) and the completion it writes
     batch = spec.per_device_train_batch_size * sequences_per_example(spec)
     tokens = batch * seq
 
@@ -287,9 +291,25 @@ def activation_bytes(
     else:
         layer_bytes = layers * per_layer + adapters
     outside = tokens * vocab * (e + 8) + batch * seq * seq
+    if spec.objective == "grpo":
+        training = tokens * layer_bytes + outside
+        return int(max(training, generation_bytes(spec, text, per_layer * tokens, e)))
     # A reference forward (no grad) keeps nothing for the backward pass: one layer's working set at a time.
     reference = tokens * per_layer if REGISTRY[spec.objective].reference else 0
     return int(tokens * layer_bytes + outside + reference)
+
+
+def generation_bytes(spec: RunSpec, text: PretrainedConfig, reference_forward: int, e: int) -> int:
+    """GRPO's other peak, before the training forward: the KV cache of the whole generation batch (a step's
+    completions, per_device_train_batch_size x gradient_accumulation_steps, each prompt + completion long), then
+    with beta > 0 the reference's no-grad forward over them, a training batch at a time (`reference_forward`, one
+    layer's working set)."""
+    heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    d = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    completions = spec.per_device_train_batch_size * spec.gradient_accumulation_steps
+    tokens = completions * (spec.max_seq_length + spec.max_completion_length)
+    kv_cache = tokens * text.num_hidden_layers * 2 * heads * d * e  # keys and values of every layer
+    return max(kv_cache, reference_forward if spec.beta > 0 else 0)
 
 
 def sequences_per_example(spec: RunSpec) -> int:

@@ -17,6 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,16 @@ def score(predictions: Sequence[str], references: Sequence[str]) -> TaskScore:
     )
 
 
+@dataclass
+class TaskAnswers:
+    """The task rows' greedy answers, both sides', up to max_new_tokens tokens (GRPO's rewards score them too)."""
+
+    prompts: list[str] = field(default_factory=list)
+    base: list[str] = field(default_factory=list)
+    adapter: list[str] = field(default_factory=list)
+    max_new_tokens: int = 0
+
+
 ProgressReport = Callable[[int, int], None]
 CHUNK = 16  # rows both sides answer between two progress reports (one generation batch)
 
@@ -170,10 +181,12 @@ def evaluate_run(
     rows: Sequence[Row],
     *,
     on_progress: ProgressReport | None = None,
+    keep: TaskAnswers | None = None,
 ) -> Evaluation:
     """Task metrics on the held-out prompt/completion rows and the regression prompts' answers, base beside
     adapter. What is skipped says why, so the run page can tell the user what to set. `on_progress` hears
-    (rows answered by both, rows in all) before the first row and after each chunk."""
+    (rows answered by both, rows in all) before the first row and after each chunk. `keep` receives the task
+    rows' answers, for GRPO's rewards to score them too."""
     started = time.perf_counter()
     result = Evaluation()
     task_rows = answer_rows(rows)[: spec.task_eval_rows]
@@ -199,6 +212,9 @@ def evaluate_run(
         prompts = [encode_prompt(tokenizer, row.prompt) for row in task_rows]
         base, adapter = _both(model, tokenizer, prompts, spec, report)
         references = [row.completion for row in task_rows]
+        if keep is not None:
+            keep.prompts, keep.base, keep.adapter = [row.prompt for row in task_rows], base, adapter
+            keep.max_new_tokens = spec.eval_max_new_tokens
         result.task = TaskScores(base=score(base, references), adapter=score(adapter, references))
         result.examples = [
             Example(prompt=row.prompt, expected=row.completion, base=b, adapter=a)
@@ -215,6 +231,32 @@ def evaluate_run(
     return result
 
 
+def score_rewards(
+    evaluation: Evaluation,
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    spec: RunSpec,
+    rows: Sequence[Row],
+    answers: TaskAnswers,
+) -> None:
+    """GRPO: the held-out prompts scored by the run's rewards (worker.engine.objectives.grpo_eval)."""
+    from worker.engine.objectives.grpo_eval import score_rewards as scored  # TRL and the rewards: SFT runs skip them
+
+    scores = scored(model, tokenizer, spec, rows, answers)
+    if isinstance(scores, str):
+        evaluation.reward_skipped = scores
+        return
+    evaluation.reward = scores
+    log.info(
+        "rewards on %d eval prompts: greedy %.3f -> %.3f, sampled %.3f -> %.3f (starting policy -> adapter)",
+        scores.adapter.rows,
+        scores.base.greedy,
+        scores.adapter.greedy,
+        scores.base.sampled or 0.0,
+        scores.adapter.sampled or 0.0,
+    )
+
+
 def evaluate_after_training(
     model: PeftModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -227,7 +269,9 @@ def evaluate_after_training(
     """Base beside adapter on the eval rows and the regression prompts, on the base the run ships against
     (`shipped_model`: for QLoRA the full-precision one); stored on the run and announced. A failure here costs
     the run nothing: the adapter is saved; the evaluation says what went wrong instead."""
-    preference = REGISTRY[spec.objective].evaluation == "preference"
+    kind = REGISTRY[spec.objective].evaluation
+    preference = kind == "preference"
+    # GRPO's rewards score the task rows (task_eval_rows of them): nothing to do when there are none.
     if not spec.task_eval_rows and not spec.regression_prompts and not preference:
         return
     model.config.use_cache = True  # off for training; generation wants it
@@ -242,7 +286,8 @@ def evaluate_after_training(
     try:
         shipped, base = shipped_model(model, spec, adapter_dir)
         rows = eval_rows(spec)
-        evaluation = evaluate_run(shipped, tokenizer, spec, rows, on_progress=progress)
+        answers = TaskAnswers()
+        evaluation = evaluate_run(shipped, tokenizer, spec, rows, on_progress=progress, keep=answers)
         evaluation.base = base
         if spec.init_from_run:
             evaluation.starting_run = spec.init_from_run
@@ -263,6 +308,8 @@ def evaluate_after_training(
                     scores.base.margin,
                     scores.adapter.margin,
                 )
+        if kind == "reward":
+            score_rewards(evaluation, shipped, tokenizer, spec, rows, answers)
         del shipped
         gc.collect()
     except Exception as exc:

@@ -9,8 +9,9 @@ reference is the base itself.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,15 +104,29 @@ def trl_kwargs(spec: RunSpec, checkpoints_dir: Path) -> dict[str, Any]:
 
 def trl_trainer(trainer_class: type[Trainer], setup: TrainingSetup, spec: RunSpec, callbacks: Sequence[Any]) -> Trainer:
     """One of TRL's preference trainers on the run's PeftModel, data and callbacks, made ours (`settle`)."""
-    trainer = trainer_class(
-        model=setup.model,
-        args=setup.args,
-        train_dataset=setup.train_data,
-        eval_dataset=setup.eval_data,
-        processing_class=setup.tokenizer,
-        callbacks=[BaseNamedPublicly(spec.base_model), *callbacks, *training_callbacks(spec)],
-    )
+    with trained_weights_kept(setup.model):
+        trainer = trainer_class(
+            model=setup.model,
+            args=setup.args,
+            train_dataset=setup.train_data,
+            eval_dataset=setup.eval_data,
+            processing_class=setup.tokenizer,
+            callbacks=[BaseNamedPublicly(spec.base_model), *callbacks, *training_callbacks(spec)],
+        )
     return settle(trainer, spec)
+
+
+@contextlib.contextmanager
+def trained_weights_kept(model: PeftModel) -> Iterator[None]:
+    """Around building a TRL trainer: the trained weights as they were before. TRL rounds a quantized base's
+    trained weights to bf16 (QLoRA's paper recipe), after copying them into its "ref" adapter; ours stay fp32
+    (steps.adapt), so a run continued from another starts from the very weights of its reference (QLoRA's first-step
+    KL was 3e-9, not 0)."""
+    kept = {name: parameter.detach().clone() for name, parameter in model.named_parameters() if parameter.requires_grad}
+    yield
+    parameters = dict(model.named_parameters())
+    for name, value in kept.items():
+        parameters[name].data = value
 
 
 def settle(trainer: Trainer, spec: RunSpec) -> Trainer:
