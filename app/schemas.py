@@ -466,6 +466,15 @@ class RunSpec(ObjectiveFields):
         return self
 
     @model_validator(mode="after")
+    def _early_stopping_fits_objective(self) -> RunSpec:
+        if self.early_stopping_patience and self.objective == "grpo":
+            raise ValueError(
+                "early_stopping_patience: GRPO has no eval loss to stop on (its held-out reward is measured after "
+                "training); set it to 0"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _method_fits_objective(self) -> RunSpec:
         allowed = REGISTRY[self.objective].methods
         if self.method not in allowed:

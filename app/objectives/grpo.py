@@ -93,5 +93,6 @@ OBJECTIVE = Objective(
     reference=True,
     losses=GRPO_LOSSES,
     spec_defaults={"loss_type": "dapo", "beta": 0.0},
-    defaults={"learning_rate": 5e-5},
+    # The answers' length: the reward evaluation then reuses the task evaluation's greedy answers.
+    defaults={"learning_rate": 5e-5, "eval_max_new_tokens": 128},
 )

@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from transformers import AutoTokenizer
 
 from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, get_settings
 from app.models import Run, RunStatus
 from app.objectives.rewards import Reward
 from app.rundir import RunDir
+from app.schemas import RunSpec
 from tests.conftest import QUICK_RUN, _clear_caches, fresh_database
 from tests.worker.conftest import read_events, run_spec, train_points, train_run
 from tests.worker.test_estimate import _memory
@@ -171,11 +173,9 @@ def test_continuing_an_sft_run_samples_from_its_adapter_against_it(sft_run: Run)
 
 
 def test_early_stopping_and_prompts_longer_than_max_seq_length_are_refused(env: Path) -> None:
-    stopping = train_run(
-        run_spec(GRPO, max_steps=1, early_stopping_patience=2, eval_dataset=str(EVAL), eval_steps=1, save_steps=1)
-    )
-    assert stopping.status == RunStatus.failed
-    assert (stopping.error or "").startswith("early_stopping_patience: GRPO has no eval loss")
+    # GRPO has no eval loss: early stopping is refused with the spec, before anything is queued.
+    with pytest.raises(ValidationError, match="early_stopping_patience: GRPO has no eval loss to stop on"):
+        RunSpec(**GRPO, max_steps=1, early_stopping_patience=2, eval_dataset=str(EVAL), eval_steps=1, save_steps=1)
     # Every prompt of the sample is 21 to 34 tokens long.
     short = train_run(run_spec(GRPO, max_steps=1, max_seq_length=16))
     assert short.status == RunStatus.failed

@@ -42,7 +42,6 @@ from worker.engine.configs import training_callbacks, training_kwargs
 from worker.engine.objectives.base import TrainingSetup
 from worker.engine.objectives.preference import preference_rows, settle, trained_weights_kept
 from worker.engine.rewards import SampleCollector, reward_functions
-from worker.errors import RunError
 from worker.runtime.publisher import EventPublisher
 
 log = logging.getLogger(__name__)
@@ -53,11 +52,6 @@ SAMPLES_FILE_CAP = 4 * 1024 * 1024  # samples.jsonl stops growing past this many
 
 
 def training_arguments(spec: RunSpec, checkpoints_dir: Path) -> GRPOConfig:
-    if spec.early_stopping_patience:
-        raise RunError(
-            "early_stopping_patience: GRPO has no eval loss to stop on (its held-out reward is measured after "
-            "training); set it to 0"
-        )
     return GRPOConfig(
         **training_kwargs(spec, checkpoints_dir)
         | {
