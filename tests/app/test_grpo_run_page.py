@@ -61,7 +61,8 @@ def sample(step: int, text: str = '{"city": "臺北市"}') -> SamplesEvent:
         SampledCompletion(text=text, reward=1.5, rewards={"json_fields": 1.0, "exact": 0.5}),
         SampledCompletion(text="not json", reward=0.0, rewards={"json_fields": 0.0, "exact": 0.0}),
     ]
-    return SamplesEvent(step=step, prompt=f"prompt of step {step}", reference='{"city": "臺北市"}', completions=completions)
+    reference = '{"city": "臺北市"}'
+    return SamplesEvent(step=step, prompt=f"prompt of step {step}", reference=reference, completions=completions)
 
 
 def write_samples(run_id: str, steps: range, tail: str = "") -> Path:
