@@ -69,6 +69,9 @@
     add.className = "add-reward";
     add.textContent = "Add a reward";
     editor.append(table, add, note);
+    // Every definition at once is the page without this script's help; here each row says its own.
+    const help = document.getElementById("h-rewards");
+    if (details && help) details.append(help);
 
     function load(text) {
       const parsed = parse(text);
@@ -156,7 +159,7 @@
         const paramCell = document.createElement("td");
         paramCell.className = "reward-parameters";
         const takes = rule.parameters[row.function] || [];
-        if (!takes.length) paramCell.innerHTML = '<span class="muted">only a weight</span>';
+        if (!takes.length) paramCell.innerHTML = '<span class="help">only a weight</span>';
         for (const name of takes) {
           const label = document.createElement("label");
           label.className = "reward-parameter";
