@@ -174,3 +174,14 @@ def test_the_evaluation_shows_the_mean_reward_of_the_start_beside_the_adapter(cl
     assert 'id="mean-reward"' in compared
     rows = dict(re.findall(r'<tr data-run-id="([^"]+)">.*?<td class="mean-reward">(.*?)</td>', compared, re.S))
     assert rows[run_id] == '0.915 <span class="muted">(starting run 0.790)</span>' and rows[skipped] == "–"
+
+
+def test_a_finished_run_offers_to_continue_with_grpo(client: TestClient) -> None:
+    start = grpo_run(RunStatus.succeeded, objective="sft")
+    actions = client.get(f"/runs/{start}/actions").text
+    assert f'href="/runs/new?init_from_run={start}&amp;objective=grpo" id="continue-grpo"' in actions
+    form = client.get(f"/runs/new?init_from_run={start}&objective=grpo").text
+    assert re.search(r'<option value="grpo" selected', form)
+    assert re.search(rf'<input id="f-init_from_run" name="init_from_run" type="text" value="{start}"', form)
+    assert re.search(r'<option value="dapo" selected', form)
+    assert 'id="continue-grpo"' not in client.get(f"/runs/{grpo_run()}/actions").text  # still training
