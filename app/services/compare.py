@@ -28,6 +28,7 @@ class Comparison:
     candidates: Sequence[Run]  # what the picker offers
     series: list[dict[str, str]]  # the named values (app.objectives) the compared runs' objectives log
     preference: dict[str, dict[str, float]]  # run id -> its preference accuracy, base and adapter
+    reward: dict[str, dict[str, float]]  # run id -> its held-out mean reward (greedy), base and adapter (GRPO)
 
 
 def compare(*, session: Session, run_ids: Sequence[str], sort: str) -> Comparison:
@@ -45,6 +46,7 @@ def compare(*, session: Session, run_ids: Sequence[str], sort: str) -> Compariso
         candidates=runs.list_runs(session=session, limit=100),
         series=named_series(compared),
         preference={run.id: figures for run in compared if (figures := preference_accuracy(run))},
+        reward={run.id: figures for run in compared if (figures := mean_reward(run))},
     )
 
 
@@ -66,6 +68,16 @@ def preference_accuracy(run: Run) -> dict[str, float] | None:
     preference = (run.evaluation or {}).get("preference") or {}
     try:
         return {side: float(preference[side]["accuracy"]) for side in ("base", "adapter")}
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def mean_reward(run: Run) -> dict[str, float] | None:
+    """The held-out mean reward of the greedy answers, base (or starting run) and adapter, once a GRPO run is
+    evaluated (app.contracts.evaluation: reward.{base,adapter}.greedy)."""
+    reward = (run.evaluation or {}).get("reward") or {}
+    try:
+        return {side: float(reward[side]["greedy"]) for side in ("base", "adapter")}
     except (KeyError, TypeError, ValueError):
         return None
 

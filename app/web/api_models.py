@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.contracts.evaluation import Evaluation
+from app.contracts.events import SamplesEvent
 from app.models import Artifact, ArtifactStatus
 from app.schemas import GgufType
 
@@ -134,3 +135,10 @@ def artifact_out(artifact: Artifact) -> ArtifactOut:
     if artifact.status == ArtifactStatus.ready:
         out.download_url = f"/api/v1/artifacts/{artifact.id}/download"
     return out
+
+
+class SamplesOut(BaseModel):
+    """GRPO: the completions sampled while it trains, each event one prompt with a few completions and their
+    rewards, oldest first."""
+
+    samples: list[SamplesEvent]

@@ -3,15 +3,28 @@ the presets above it, and the bundled samples' recipes. static/js/presets.js app
 
 from __future__ import annotations
 
+import json
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from app.dataset_shapes import first_row_shape
 from app.objectives import REGISTRY, Objective
-from app.schemas import SAMPLE_PAIRS, SAMPLE_PAIRS_EVAL, SAMPLE_TRAIN, RunSpec, default_eval, is_sample_dataset
+from app.objectives.rewards import Reward
+from app.schemas import (
+    SAMPLE_EVAL,
+    SAMPLE_PAIRS,
+    SAMPLE_PAIRS_EVAL,
+    SAMPLE_TRAIN,
+    RunSpec,
+    default_eval,
+    is_sample_dataset,
+)
 
 LINE_FIELDS = ("regression_prompts",)  # lists of free text: a textarea, one item a line
+JSON_FIELDS = ("rewards",)  # lists of objects: a textarea of JSON (static/js/rewards_editor.js edits it as a table)
 
 # What the form proposes for the bundled sample task, measured to teach the tiny model the task in a few
 # minutes on a CPU (bench/accuracy.py). RunSpec's own defaults are for real models and stay as they are.
@@ -36,6 +49,18 @@ PREFERENCE_SAMPLE_RECIPE: dict[str, Any] = {
     "beta": 0.1,
     "max_steps": 100,
     "per_device_train_batch_size": 8,
+}
+# GRPO on the SFT sample, continuing an SFT run of it (the preset below): rewarded for the fields it gets right
+# and for an exact answer. PLACEHOLDER values, not yet calibrated: bench/grpo.py measures the recipe that raises the
+# held-out reward, and these take its values.
+GRPO_SAMPLE_RECIPE: dict[str, Any] = {
+    "learning_rate": 5e-5,
+    "num_generations": 8,
+    "per_device_train_batch_size": 16,
+    "max_completion_length": 96,
+    "temperature": 1.0,
+    "beta": 0.04,
+    "max_steps": 60,
 }
 # Each bundled training file: the objective its recipe is for, and the recipe.
 SAMPLE_RECIPES: dict[Path, tuple[str, dict[str, Any]]] = {
@@ -63,17 +88,34 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
             **PREFERENCE_SAMPLE_RECIPE,
         },
     ),
+    "grpo_sample": (
+        "GRPO on the sample, continued from an SFT run",
+        {
+            "objective": "grpo",
+            "dataset": str(SAMPLE_TRAIN),
+            "eval_dataset": str(SAMPLE_EVAL),
+            "eval_split": 0.0,
+            "rewards": [{"function": "json_fields", "weight": 1.0}, {"function": "exact", "weight": 1.0}],
+            "loss_type": "dapo",
+            **GRPO_SAMPLE_RECIPE,
+        },
+    ),
 }
 # What a preset leaves to the user, said when it is applied.
 PRESET_NOTES: dict[str, str] = {
     "dpo_sample": "Now choose the run to continue in “Continue from run” (init_from_run): a succeeded SFT run of "
     "the sample on the same base model, e.g. one with the sample's recipe. Its adapter is where DPO starts, and "
     "the reference it is compared with.",
+    "grpo_sample": "Now choose the run to continue in “Continue from run” (init_from_run): a succeeded SFT run of "
+    "the sample on the same base model, e.g. one with the sample's recipe. GRPO starts from its adapter, and the "
+    "rewards (the share of JSON fields right, and an exact answer) compare what it writes with the sample's answers.",
 }
 
 
 def display(value: Any, name: str = "") -> Any:
     """A value as a form field holds it."""
+    if name in JSON_FIELDS and isinstance(value, list):
+        return json_text(value)
     if isinstance(value, list) and name in LINE_FIELDS:
         return "\n".join(str(item) for item in value)
     if isinstance(value, list):
@@ -81,6 +123,24 @@ def display(value: Any, name: str = "") -> Any:
     if isinstance(value, Enum):
         return value.value
     return value
+
+
+def json_text(items: list[Any]) -> str:
+    """A list of objects as the form's JSON textarea holds it: one object a line, without the parameters left at
+    their defaults (a stored reward holds every parameter, empty where its function takes none)."""
+    dumped = [_shown_reward(item.model_dump() if isinstance(item, BaseModel) else item) for item in items]
+    lines = ",\n  ".join(json.dumps(item, ensure_ascii=False) for item in dumped)
+    return f"[\n  {lines}\n]" if dumped else "[]"
+
+
+def _shown_reward(item: Any) -> Any:
+    if not isinstance(item, dict):
+        return item
+    kept = ("function", "weight")
+    return {k: v for k, v in item.items() if k in kept or k not in _REWARD_DEFAULTS or v != _REWARD_DEFAULTS[k]}
+
+
+_REWARD_DEFAULTS = {name: info.get_default(call_default_factory=True) for name, info in Reward.model_fields.items()}
 
 
 def sample_recipe(dataset: str) -> tuple[str, dict[str, Any]]:
@@ -107,13 +167,21 @@ def default_dataset(chosen: Objective) -> str:
 
 
 def form_defaults(dataset: str | None = None, objective: str | None = None) -> dict[str, Any]:
-    """What a new form holds: RunSpec's defaults, with those that follow the dataset (dataset_defaults) and the
-    objective's proposals (a learning rate, beta) where the dataset's recipe is not for that objective."""
+    """What a new form holds: RunSpec's defaults, with those that follow the dataset (dataset_defaults), the
+    objective's own defaults for shared fields (Objective.spec_defaults: GRPO's loss_type and beta), and its
+    proposals (a learning rate) where the dataset's recipe is not for that objective."""
     defaults = RunSpec.model_construct().model_dump()
     chosen = REGISTRY.get(objective or "", REGISTRY[defaults["objective"]])
     dataset = dataset or (defaults["dataset"] if chosen.name == defaults["objective"] else default_dataset(chosen))
-    proposed = {} if sample_recipe(dataset)[0] == chosen.name else chosen.defaults
-    return defaults | {"dataset": dataset, "objective": chosen.name} | dataset_defaults(dataset) | proposed
+    chosen_values = {"dataset": dataset, "objective": chosen.name}
+    return defaults | chosen_values | dataset_defaults(dataset) | proposals(chosen, dataset)
+
+
+def proposals(chosen: Objective, dataset: str) -> dict[str, Any]:
+    """What the objective proposes over the dataset's defaults (here and in static/js/presets.js): its own defaults
+    for shared fields, then the dataset's recipe when that recipe is for this objective, else its proposals."""
+    recipe_for, recipe = sample_recipe(dataset)
+    return chosen.spec_defaults | (recipe if recipe_for == chosen.name else chosen.defaults)
 
 
 def preset_values() -> dict[str, dict[str, Any]]:
@@ -128,9 +196,16 @@ def dataset_rule() -> dict[str, Any]:
     def shown(dataset: str) -> dict[str, Any]:
         return {name: display(value, name) for name, value in dataset_defaults(dataset).items()}
 
+    own = RunSpec.model_construct().model_dump()
+    proposed = dict.fromkeys(name for o in REGISTRY.values() for name in (*o.spec_defaults, *o.defaults))
+
     return {
         "samples": {str(path): shown(str(path)) for path in SAMPLE_RECIPES},
         "other": shown(""),
         # A bundled dataset follows the objective too: choosing dpo over the SFT sample takes the sample's pairs.
         "objective_datasets": {name: default_dataset(objective) for name, objective in REGISTRY.items()},
+        # Which objective each bundled file's recipe is for: the objective's proposals give way to it there.
+        "recipe_objectives": {str(path): recipe_for for path, (recipe_for, _) in SAMPLE_RECIPES.items()},
+        # RunSpec's defaults of the fields an objective proposes a value for, where no objective or dataset does.
+        "spec": {name: display(own[name], name) for name in proposed},
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from app.objectives import objectives, objectives_using
 from app.preflight import INPUT_FIELDS, datasets_outside_roots, input_problems, rule_problems
 from app.schemas import Method, RunSpec
 from app.web.form_presets import (
+    JSON_FIELDS,
     LINE_FIELDS,
     PRESET_NOTES,
     PRESETS,
@@ -26,6 +28,7 @@ from app.web.form_presets import (
     preset_values,
 )
 from app.web.form_presets import display as _display
+from app.web.json_fields import item_message, json_problem, reward_rule
 
 # The form's sections, in order, each with its fields: every RunSpec field is in exactly one. The objective's
 # section holds the fields each objective of the registry declares (app.objectives), but those placed elsewhere.
@@ -89,8 +92,11 @@ LABELS: dict[str, str] = {
     "task_eval_rows": "Eval rows answered", "regression_prompts": "Regression prompts",
     "eval_max_new_tokens": "Answer length", "save_steps": "Checkpoint every", "save_total_limit": "Checkpoints kept",
     "worker": "Worker", "gpus": "GPUs", "objective": "Objective", "init_from_run": "Continue from run",
-    "beta": "Beta", "loss_type": "DPO loss", "label_smoothing": "Label smoothing",
+    "beta": "Beta", "loss_type": "Loss", "label_smoothing": "Label smoothing",
     "desirable_weight": "Good-answer weight", "undesirable_weight": "Bad-answer weight",
+    "rewards": "Rewards", "num_generations": "Completions per prompt",
+    "max_completion_length": "Max completion length", "temperature": "Sampling temperature",
+    "epsilon": "Clip range (epsilon)",
 }  # fmt: skip
 
 # Fields that apply only to some methods, or to a base loaded in some quantization: hidden (and not submitted)
@@ -129,7 +135,7 @@ class FormField:
     name: str
     label: str
     help: str
-    widget: str  # text, number, select, checkbox, lines
+    widget: str  # text, number, select, checkbox, lines, rewards (JSON, edited as a table by rewards_editor.js)
     value: Any
     choices: list[str] = field(default_factory=list)
     attrs: dict[str, Any] = field(default_factory=dict)
@@ -190,6 +196,8 @@ def build_fields(values: dict[str, Any], errors: dict[str, str] | None = None) -
                     attrs["max"] = meta.le
         elif name in LINE_FIELDS:
             widget = "lines"
+        elif name in JSON_FIELDS:
+            widget = name
         else:
             widget = "text"
         value = values.get(name, defaults.get(name))
@@ -219,12 +227,25 @@ def _choice_details(name: str) -> dict[str, Any]:
         return {"choice_labels": {o.name: f"{o.label}: {o.summary}" for o in objectives()}}
     if name == "method":
         return {"choice_objectives": {m: tuple(o.name for o in objectives() if m in o.methods) for m in Method}}
+    if name == "loss_type":  # each objective's own losses (Objective.losses): DPO's pair losses, GRPO's
+        losses = {loss for o in objectives() for loss in o.losses}
+        return {"choice_objectives": {loss: tuple(o.name for o in objectives() if loss in o.losses) for loss in losses}}
     return {}
 
 
 def objective_rule() -> dict[str, Any]:
-    """What the page needs to follow the objective (static/js/run_form.js): each one's dataset shapes, named."""
-    return {o.name: {"shapes": list(o.shapes), "needs": o.shapes_named()} for o in objectives()}
+    """What the page needs to follow the objective (static/js/run_form.js, presets.js): each one's dataset shapes,
+    named; its own defaults for shared fields (GRPO's loss_type, beta) and its proposals (a learning rate), as the
+    form shows them (app.web.form_presets.proposals)."""
+    return {
+        o.name: {
+            "shapes": list(o.shapes),
+            "needs": o.shapes_named(),
+            "spec_defaults": {k: _display(v, k) for k, v in o.spec_defaults.items()},
+            "defaults": {k: _display(v, k) for k, v in o.defaults.items()},
+        }
+        for o in objectives()
+    }
 
 
 def build_sections(values: dict[str, Any], errors: dict[str, str] | None = None) -> list[FormSection]:
@@ -242,17 +263,22 @@ def form_context(values: dict[str, Any], errors: dict[str, str] | None = None) -
         "preset_notes": PRESET_NOTES,
         "dataset_rule": dataset_rule(),
         "objective_rule": objective_rule(),
+        "reward_rule": reward_rule(),
         "form_objective": form_defaults(values.get("dataset"), str(values.get("objective", "")))["objective"],
     }
 
 
 def form_values(form: FormData) -> dict[str, Any]:
-    """The submitted values. For a checkbox the browser sends a hidden "false" then "true" when checked."""
+    """The submitted values. For a checkbox the browser sends a hidden "false" then "true" when checked. A JSON
+    field (rewards) is read into its list; text that does not read stays text (json_problem says why)."""
     values: dict[str, Any] = {}
     for name in RunSpec.model_fields:
         submitted = form.getlist(name)
         if submitted:
             values[name] = submitted[-1]
+    for name in JSON_FIELDS:
+        if isinstance(values.get(name), str) and json_problem(name, values[name]) is None:
+            values[name] = json.loads(values[name])
     return values
 
 
@@ -263,7 +289,10 @@ _FIELD_WORD = re.compile(r"(?<![A-Za-z0-9_])([a-z][a-z0-9_]*)(?![A-Za-z0-9_])")
 
 def fields_involved(name: str, message: str) -> list[str]:
     """The fields an error is about: its own, the ones its message starts with ("use_dora, use_rslora: ...")
-    and every other field the message names (a cross-field rule names each side)."""
+    and every other field the message names (a cross-field rule names each side). An error inside a JSON field
+    (a reward's pattern, its texts) is that field's alone, whatever words the user's pattern holds."""
+    if name in JSON_FIELDS:
+        return [name]
     head, _, rest = message.partition(":")
     named = [n.strip() for n in head.split(",")] if rest else []
     involved = [n for n in [name, *named] if n in RunSpec.model_fields]
@@ -280,6 +309,9 @@ def check_form(values: dict[str, Any], settings: Settings) -> tuple[RunSpec | No
     error is listed under each field it names."""
     # A dataset path outside the roots is refused as such first, whatever its suffix (app.preflight).
     errors: dict[str, str] = datasets_outside_roots(values, settings)
+    for name in JSON_FIELDS:  # text that form_values could not read as JSON
+        if isinstance(values.get(name), str) and (problem := json_problem(name, values[name])):
+            errors[name] = problem
     trial = {name: value for name, value in values.items() if name not in errors}
     spec: RunSpec | None = None
     for _ in range(8):
@@ -328,5 +360,7 @@ def validation_errors(exc: ValidationError) -> dict[str, str]:
     for error in exc.errors():
         name = str(error["loc"][0]) if error["loc"] else "form"
         message = str(error["msg"]).removeprefix("Value error, ")
+        if name in JSON_FIELDS:
+            message = item_message(name, error["loc"][1:], message)
         errors.setdefault(name, message)
     return errors

@@ -3,7 +3,9 @@
 // that follow it (its eval data, and the schedule: a bundled sample's recipe for that sample, RunSpec's
 // defaults for any other file; app/web/form_presets.py dataset_defaults) take the new dataset's values, except
 // where the user set them: a field the user typed in, or that holds no dataset's default, stays. A preset that
-// leaves something to the user (the run to continue) says so below the presets.
+// leaves something to the user (the run to continue) says so below the presets. When the objective changes, the
+// fields it sets defaults for (GRPO: loss_type, beta, a learning rate; form_presets.py proposals) follow it the
+// same way.
 (function () {
   "use strict";
   function setField(form, name, value) {
@@ -25,12 +27,13 @@
     return text !== "" && wanted !== "" && !isNaN(Number(text)) && Number(text) === Number(wanted);
   }
 
-  // Whether the field still holds a default of a dataset kind (a bundled sample, or any other file), untouched
-  // by the user.
-  function follows(input, rule) {
+  // Whether the field still holds a default of a dataset kind (a bundled sample, or any other file) or of an
+  // objective, untouched by the user.
+  function follows(input, rule, objectives) {
     if (!input || input.dataset.typed) return false;
-    const kinds = [...Object.values(rule.samples), rule.other];
-    return kinds.some((values) => same(input.value, values[input.name]));
+    const kinds = [...Object.values(rule.samples), rule.other, rule.spec];
+    for (const o of Object.values(objectives || {})) kinds.push(o.spec_defaults, o.defaults);
+    return kinds.some((values) => values && same(input.value, values[input.name]));
   }
 
   document.addEventListener("click", (e) => {
@@ -67,6 +70,29 @@
     if (!Object.values(bundled).includes(dataset.value.trim())) return;
     setField(input.form, "dataset", wanted);
     dataset.dispatchEvent(new Event("change", { bubbles: true }));
+  });
+
+  // After the dataset has followed the objective (above): the objective's own defaults and proposals, else what
+  // the dataset proposes, else RunSpec's default, in each field that still holds a default.
+  document.addEventListener("change", (e) => {
+    const input = e.target;
+    if (!input || input.name !== "objective" || !input.form) return;
+    const objectives = JSON.parse(document.getElementById("objective-rule").textContent);
+    const chosen = objectives[input.value];
+    if (!chosen) return;
+    const rule = JSON.parse(document.getElementById("dataset-rule").textContent);
+    const datasetInput = fieldInput(input.form, "dataset");
+    const dataset = datasetInput ? datasetInput.value.trim() : "";
+    const given = rule.samples[dataset] || rule.other;
+    const recipe = rule.recipe_objectives[dataset] === input.value ? given : chosen.defaults;
+    const proposed = Object.assign({}, chosen.spec_defaults, recipe);
+    for (const name of Object.keys(rule.spec)) {
+      const field = fieldInput(input.form, name);
+      if (!follows(field, rule, objectives)) continue;
+      const value = name in proposed ? proposed[name] : name in given ? given[name] : rule.spec[name];
+      if (field.tagName === "SELECT" && !Array.from(field.options).some((o) => o.value === String(value))) continue;
+      setField(input.form, name, value);
+    }
   });
 
   document.addEventListener("change", (e) => {

@@ -286,6 +286,8 @@
     });
     source.addEventListener("metric", (e) => addPoint(JSON.parse(e.data)));
     source.addEventListener("params", (e) => setParams(JSON.parse(e.data)));
+    // GRPO: what the policy writes, with its rewards (samples.js draws it).
+    source.addEventListener("samples", (e) => window.loradeck.showSamples(JSON.parse(e.data)));
     source.addEventListener("status", (e) => {
       const data = JSON.parse(e.data);
       setStatus(data.status, data.error);

@@ -22,19 +22,22 @@
     return rule ? JSON.parse(rule.textContent) : {};
   }
 
-  // The methods the objective trains with; `changed`: the objective was just chosen, so a method it refuses
-  // gives way to the first it takes (on a refused submit, the refused choice stays shown beside its error).
+  // The choices the objective takes (its methods, its losses: options marked data-objectives); `changed`: the
+  // objective was just chosen, so a choice it refuses gives way to its own default for the field, else to the first
+  // it takes (on a refused submit, the refused choice stays shown beside its error).
   function followObjective(form, objective, changed) {
-    const method = form.querySelector('select[name="method"]');
-    if (method) {
-      for (const option of method.options) {
+    const own = (objectiveRule()[objective] || {}).spec_defaults || {};
+    for (const select of form.querySelectorAll("select:not(.picker)")) {
+      if (!select.querySelector("option[data-objectives]")) continue;
+      for (const option of select.options) {
         const off = !!option.dataset.objectives && !listed(option.dataset.objectives, objective);
-        option.disabled = off && (changed || option.value !== method.value);
+        option.disabled = off && (changed || option.value !== select.value);
         option.hidden = option.disabled;
       }
-      if (method.selectedOptions.length && method.selectedOptions[0].disabled) {
-        const first = Array.from(method.options).find((o) => !o.disabled);
-        if (first) method.value = first.value;
+      if (select.selectedOptions.length && select.selectedOptions[0].disabled) {
+        const options = Array.from(select.options).filter((o) => !o.disabled);
+        const chosen = options.find((o) => o.value === own[select.name]) || options[0];
+        if (chosen) select.value = chosen.value;
       }
     }
     const rule = objectiveRule()[objective];

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.events import position_before_step
 from app.models import RunStatus
-from app.services import checkpoints, runs
+from app.services import checkpoints, runs, samples
 from app.services.run_stream import run_stream
 from app.web.api_models import (
     ArtifactOut,
@@ -22,6 +22,7 @@ from app.web.api_models import (
     MetricOut,
     ResumeRequest,
     RunOut,
+    SamplesOut,
     artifact_out,
 )
 from app.web.deps import RUN_SPEC_BODY, SessionDep, SettingsDep, read_json
@@ -77,6 +78,20 @@ def get_log(
 ) -> dict[str, list[str]]:
     """The last lines of the run's training log."""
     return {"lines": runs.run_log(session=session, settings=settings, run_id=run_id, lines=lines)}
+
+
+@router.get("/runs/{run_id}/samples")
+def get_samples(
+    run_id: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=samples.MAX_SAMPLES)] = 20,
+) -> SamplesOut:
+    """GRPO: what the policy wrote while training, the newest `limit` events oldest first: every few logging steps
+    one prompt, its reference answer, and a few completions, each with its weighted reward and each reward
+    function's score (live, the `samples` event). Empty for other objectives and before the first."""
+    found = samples.latest_samples(session=session, settings=settings, run_id=run_id, limit=limit)
+    return SamplesOut(samples=found)
 
 
 @router.get("/runs/{run_id}/checkpoints")
