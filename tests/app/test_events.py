@@ -66,5 +66,5 @@ def test_an_event_with_a_field_its_type_lacks_is_refused_where_it_is_made() -> N
     with pytest.raises(ValidationError, match="stepp"):
         MetricEvent(stepp=3, time=1.0)  # type: ignore[call-arg]
     assert set(RUN_EVENTS) == {
-        "status", "params", "metric", "log", "checkpoint", "artifact", "evaluating", "evaluation", "done"
+        "status", "params", "metric", "samples", "log", "checkpoint", "artifact", "evaluating", "evaluation", "done"
     }  # fmt: skip
