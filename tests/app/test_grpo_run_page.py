@@ -24,6 +24,7 @@ from app.objectives import objective
 from app.rundir import RunDir
 from app.schemas import RunSpec
 from app.services.samples import read_latest
+from tests.app.test_run_page_objective import _run
 
 REWARD = {
     "base": {"rows": 40, "greedy": 0.79, "sampled": 0.7125, "functions": {"json_fields": 0.79, "exact": 0.125}},
@@ -40,20 +41,8 @@ def client(loradeck_env: dict[str, str]) -> Iterator[TestClient]:
 
 
 def grpo_run(status: RunStatus = RunStatus.running, evaluation: dict[str, Any] | None = None, **spec: Any) -> str:
-    spec = {
-        "base_model": str(TINY_MODEL_DIR),
-        "dataset": str(SAMPLE_DATASET_DIR / "train.jsonl"),
-        "objective": "grpo",
-        "method": "lora",
-    } | spec
-    with get_sessionmaker()() as session:
-        run_id = runs.create_run(session=session, spec=RunSpec(**spec)).id
-        runs.claim_run(session=session, run_id=run_id, worker="test:1")
-        if RunStatus(status).finished:
-            runs.finish_run(session=session, run_id=run_id, status=status)
-        if evaluation:
-            runs.record_evaluation(session=session, run_id=run_id, evaluation=evaluation)
-    return run_id
+    """A GRPO run's row as a worker leaves it (trained with LoRA on the SFT sample), in `status`."""
+    return _run(status, evaluation, **{"objective": "grpo", "method": "lora"} | spec)
 
 
 def sample(step: int, text: str = '{"city": "臺北市"}') -> SamplesEvent:

@@ -4,13 +4,15 @@ The fault tests read their runs through these too."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from app import runs
@@ -21,6 +23,32 @@ from app.models import Metric, Run
 from app.schemas import RunSpec
 
 TRAIN = SAMPLE_DATASET_DIR / "train.jsonl"
+
+
+@contextlib.contextmanager
+def module_env(tmp_path_factory: pytest.TempPathFactory, redis_url: str, name: str) -> Iterator[Path]:
+    """loradeck_env for a whole module (a module-scoped fixture's body), so the runs it trains are shared by its
+    tests: a data dir of its own, a fresh database, Redis emptied; yields the data dir's root."""
+    from tests.conftest import _clear_caches, fresh_database
+
+    root = tmp_path_factory.mktemp(name)
+    with fresh_database() as database_url, pytest.MonkeyPatch.context() as patch:
+        for variable, value in {
+            "LORADECK_DATA_DIR": str(root / "data"),
+            "REDIS_URL": redis_url,
+            "DATABASE_URL": database_url,
+            "LORADECK_MODEL_ROOTS": str(tmp_path_factory.getbasetemp()),
+            "LORADECK_DATASET_ROOTS": str(tmp_path_factory.getbasetemp()),
+        }.items():
+            patch.setenv(variable, value)
+        _clear_caches()
+        redis.Redis.from_url(redis_url).flushdb()
+        from app.db import get_engine, migrate
+
+        migrate()
+        yield root
+        get_engine().dispose()
+        _clear_caches()
 
 
 def run_spec(defaults: Mapping[str, Any] | None = None, /, **fields: Any) -> RunSpec:

@@ -18,8 +18,8 @@ from app.models import Run, RunStatus
 from app.objectives.rewards import Reward
 from app.rundir import RunDir
 from app.schemas import RunSpec
-from tests.conftest import QUICK_RUN, _clear_caches, fresh_database
-from tests.worker.conftest import read_events, run_spec, train_points, train_run
+from tests.conftest import QUICK_RUN
+from tests.worker.conftest import module_env, read_events, run_spec, train_points, train_run
 from tests.worker.test_estimate import _memory
 from worker.engine.objectives.grpo_eval import reward_scores
 from worker.engine.rewards import weighted
@@ -43,26 +43,8 @@ SHORT = [{"function": "json_valid"}, {"function": "length", "min_tokens": 4, "ma
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Path]:
     """loradeck_env for the whole module, so the trained runs are shared by its tests; the data dir's root."""
-    import redis
-
-    root = tmp_path_factory.mktemp("grpo")
-    with fresh_database() as database_url, pytest.MonkeyPatch.context() as patch:
-        for name, value in {
-            "LORADECK_DATA_DIR": str(root / "data"),
-            "REDIS_URL": redis_url,
-            "DATABASE_URL": database_url,
-            "LORADECK_MODEL_ROOTS": str(tmp_path_factory.getbasetemp()),
-            "LORADECK_DATASET_ROOTS": str(tmp_path_factory.getbasetemp()),
-        }.items():
-            patch.setenv(name, value)
-        _clear_caches()
-        redis.Redis.from_url(redis_url).flushdb()
-        from app.db import get_engine, migrate
-
-        migrate()
+    with module_env(tmp_path_factory, redis_url, "grpo") as root:
         yield root
-        get_engine().dispose()
-        _clear_caches()
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from app.config import TINY_MODEL_DIR, get_settings
 from app.models import ArtifactStatus, Run, RunStatus
 from app.rundir import RunDir
-from tests.conftest import QUICK_RUN, _clear_caches, fresh_database
-from tests.worker.conftest import TRAIN, run_spec, train_points, train_run
+from tests.conftest import QUICK_RUN
+from tests.worker.conftest import TRAIN, module_env, run_spec, train_points, train_run
 from worker.engine.objectives.preference_eval import pair_logps
 from worker.engine.steps import build_trainer, prepare_training
 
@@ -40,26 +40,8 @@ DPO = QUICK_RUN | {
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Path]:
     """loradeck_env for the whole module, so the trained runs are shared by its tests; the data dir's root."""
-    import redis
-
-    root = tmp_path_factory.mktemp("objectives")
-    with fresh_database() as database_url, pytest.MonkeyPatch.context() as patch:
-        for name, value in {
-            "LORADECK_DATA_DIR": str(root / "data"),
-            "REDIS_URL": redis_url,
-            "DATABASE_URL": database_url,
-            "LORADECK_MODEL_ROOTS": str(tmp_path_factory.getbasetemp()),
-            "LORADECK_DATASET_ROOTS": str(tmp_path_factory.getbasetemp()),
-        }.items():
-            patch.setenv(name, value)
-        _clear_caches()
-        redis.Redis.from_url(redis_url).flushdb()
-        from app.db import get_engine, migrate
-
-        migrate()
+    with module_env(tmp_path_factory, redis_url, "objectives") as root:
         yield root
-        get_engine().dispose()
-        _clear_caches()
 
 
 def _pair(row: dict[str, str]) -> dict[str, str]:
