@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings, get_settings
 from app.web.binding import listening_addresses
+from app.web.openai_errors import is_openai_path, refusal_body
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +239,7 @@ class SecurityMiddleware:
                     "headers": [*extra, (b"content-type", b"application/json")],
                 }
             )
-            await send({"type": "http.response.body", "body": json.dumps({"detail": body}).encode()})
+            await send({"type": "http.response.body", "body": refusal_body(scope["path"], status, body)})
             return
         await self.app(scope, receive, send_with_headers)
 
@@ -271,7 +272,7 @@ class SecurityMiddleware:
         cookie = SimpleCookie(headers.get("cookie", "")).get(SESSION_COOKIE)
         if cookie is not None and session_is_valid(cookie.value, settings):
             return None
-        if path.startswith("/api/"):
+        if path.startswith("/api/") or is_openai_path(path):
             return 401, "log in: send an API token as `Authorization: Bearer <token>`", []
         target = quote(path + ("?" + scope["query_string"].decode() if scope["query_string"] else ""))
         return 303, "log in first", [(b"location", f"/login?next={target}".encode())]

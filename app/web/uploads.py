@@ -23,8 +23,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.config import Settings, get_settings
 from app.datasets import Upload, UploadRefused, UploadTooLarge, clean_filename
 from app.schemas import MAX_SEQ_LENGTH, MIN_SEQ_LENGTH
+from app.web.openai_errors import refusal_body
 
-UPLOAD_PATHS = ("/api/v1/datasets", "/datasets")
+UPLOAD_PATHS = ("/api/v1/datasets", "/datasets", "/v1/files")
 FORM_ALLOWANCE = 1024**2  # the multipart framing and the upload form's few small fields
 MAX_BODY_BYTES = 1024**2  # any other request: a RunSpec, a form, a prompt
 MAX_FIELD_BYTES = 64 * 1024
@@ -57,7 +58,7 @@ class BodyLimitMiddleware:
         limit = body_limit(scope, settings)
         length = Headers(scope=scope).get("content-length", "")
         if length.isdigit() and int(length) > limit:
-            await _refuse(send, too_large(scope, settings))
+            await _refuse(send, scope["path"], too_large(scope, settings))
             return
         received = 0
 
@@ -73,10 +74,8 @@ class BodyLimitMiddleware:
         await self.app(scope, counted, send)
 
 
-async def _refuse(send: Send, message: str) -> None:
-    import json
-
-    body = json.dumps({"detail": message}).encode()
+async def _refuse(send: Send, path: str, message: str) -> None:
+    body = refusal_body(path, 413, message)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 413, "headers": [*headers, (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
