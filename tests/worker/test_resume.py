@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -106,18 +107,26 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted
 
 
 def test_early_stopping_keeps_the_best_checkpoint(loradeck_env: dict[str, str], tmp_path: Path) -> None:
+    lines = TRAIN.read_text(encoding="utf-8").splitlines()
     dataset = tmp_path / "two-hundred.jsonl"
-    dataset.write_text("\n".join(TRAIN.read_text(encoding="utf-8").splitlines()[:200]) + "\n", encoding="utf-8")
-    # At a constant learning rate this high the updates overshoot: the eval loss climbs after a few steps.
+    dataset.write_text("\n".join(lines[:200]) + "\n", encoding="utf-8")
+    # Held-out prompts, each with another row's answer: the JSON format they share makes the eval loss fall at
+    # first, then the model learns to copy each address's own fields and the mismatched answers grow unlikely.
+    rows = [json.loads(line) for line in lines[200:220]]
+    mismatched = [
+        {"prompt": a["prompt"], "completion": b["completion"]} for a, b in zip(rows, rows[1:] + rows[:1], strict=True)
+    ]
+    eval_file = tmp_path / "mismatched.jsonl"
+    eval_file.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in mismatched), encoding="utf-8")
     run_id = create_run(
         CHECKPOINTED,
         dataset=str(dataset),
         max_steps=30,
-        eval_split=0.1,
+        eval_dataset=str(eval_file),
         eval_steps=3,
         save_steps=3,
         early_stopping_patience=1,
-        learning_rate=0.5,
+        learning_rate=5e-3,
         lr_scheduler_type="constant",
     )
 
