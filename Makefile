@@ -69,6 +69,7 @@ bench: install system-deps
 	$(PY) bench/packing.py --repeats 3
 	$(PY) bench/describe.py --rows 100000 --repeats 3
 	$(PY) bench/preference.py --repeats 3
+	$(PY) bench/grpo.py --part both --seeds 0,1,2 --repeats 3
 	$(MAKE) gguf && $(PY) bench/gguf.py
 
 # On a machine with one NVIDIA GPU, no network needed (bench/gpu/README.md).
