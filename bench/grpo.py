@@ -37,7 +37,18 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from bench.common import RESULTS_DIR, machine, portable, update_readme_section, write_result  # noqa: E402
+from bench.common import (  # noqa: E402
+    RESULTS_DIR,
+    machine,
+    pct,
+    portable,
+    publish,
+    side_speed,
+    spawn_child,
+    speed_ratio,
+    trained_run,
+    write_result,
+)
 from bench.throughput import Scratch, alternate, engine_run  # noqa: E402
 
 TINY = REPO / "assets" / "tiny-llama"
@@ -317,7 +328,9 @@ def tries(names: list[str], seeds: list[int], scratch_root: Path) -> list[dict[s
             spec |= {"trl": recipe.get("trl", {}), "_adapter": str(adapter), "_eval_rows": EVAL_ROWS}
             spec["logging_steps"] = 10
             work = scratch_root / f"try-{name}-{seed}"
-            figures = spawn(name, "stock", spec | {"_work": str(work)}, os.environ | {"PYTHONPATH": str(REPO)}, work)
+            figures = spawn_child(
+                __file__, "stock", spec | {"_work": str(work)}, os.environ | {"PYTHONPATH": str(REPO)}, work
+            )
             record = {
                 "recipe": name,
                 "values": recipe,
@@ -351,29 +364,15 @@ def append_try(record: dict[str, Any]) -> None:
 
 
 def calibration(seeds: list[int], quick: bool) -> dict[str, Any]:
-    from app import runs
-    from app.db import get_sessionmaker
-    from app.schemas import RunSpec
     from app.web.form_presets import PRESETS, form_defaults
-    from worker.engine.train import run_training
 
     def train(name: str, values: dict[str, Any]) -> dict[str, Any]:
-        spec = RunSpec.model_validate(values | {"name": f"bench-{name}", "save_steps": 0})
-        with get_sessionmaker()() as session:
-            run = runs.create_run(session=session, spec=spec)
-        started = time.perf_counter()
-        run_training(run.id)
-        seconds = time.perf_counter() - started
-        with get_sessionmaker()() as session:
-            done = runs.get_run(session=session, run_id=run.id)
-            if done.status != "succeeded":
-                raise RuntimeError(f"the {name} run {done.status}: {done.error}")
-            evaluation = done.evaluation or {}
-            metrics = [m for m in runs.list_metrics(session=session, run_id=run.id) if m.kind == "train"]
+        run = trained_run(name, values)
+        evaluation, metrics = run["evaluation"], run["metrics"]
         figures = {
-            "run_id": run.id,
-            "seconds": round(seconds, 1),
-            "steps": spec.max_steps,
+            "run_id": run["run_id"],
+            "seconds": run["seconds"],
+            "steps": run["steps"],
             "task": evaluation.get("task"),
             "reward": evaluation.get("reward"),
             "sampled": [
@@ -422,67 +421,14 @@ def ours(spec: dict[str, Any]) -> dict[str, Any]:
     return engine_run({k: v for k, v in spec.items() if not k.startswith("_")})
 
 
-def steady(points: list[dict[str, Any]]) -> float:
-    """Tokens per second from the WARMUP-th logged step to the last."""
-    start, end = points[WARMUP - 1], points[-1]
-    return float(end["tokens"] - start["tokens"]) / (end["time"] - start["time"])
-
-
-def spawn(label: str, side: str, spec: dict[str, Any], env: dict[str, str], work: Path) -> dict[str, Any]:
-    """One side in a fresh process."""
-    import subprocess
-
-    work.mkdir(parents=True, exist_ok=True)
-    spec_path, result = work / "spec.json", work / "result.json"
-    spec_path.write_text(json.dumps(spec))
-    with (work / "output.log").open("wb") as output:
-        code = subprocess.run(
-            [sys.executable, __file__, "--child", side, str(spec_path), str(result)],
-            env=env,
-            cwd=REPO,
-            stdout=output,
-            stderr=output,
-        ).returncode
-    if code:
-        raise RuntimeError(f"{label}: the {side} run exited with {code}:\n{(work / 'output.log').read_text()[-3000:]}")
-    figures: dict[str, Any] = json.loads(result.read_text())
-    return figures
-
-
-def speed_side(side: str, spec: dict[str, Any], env: dict[str, str], work: Path) -> dict[str, Any]:
-    figures = spawn("speed", side, spec, env, work)
-    if side == "loradeck":
-        points = [{"step": p["step"], "time": p["time"], "tokens": p["tokens_seen"]} for p in figures["points"]]
-    else:
-        points = figures["points"]
-    return {"tokens_per_s": steady(points), "tokens": points[-1]["tokens"], "train_s": figures["train_s"]}
-
-
 def speed_figures(speed: dict[str, list[dict[str, Any]]], spec: dict[str, Any]) -> dict[str, Any]:
-    ratios = [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(speed["loradeck"], speed["stock"], strict=True)]
-    ratio = statistics.median(r["tokens_per_s"] for r in speed["loradeck"]) / statistics.median(
-        r["tokens_per_s"] for r in speed["stock"]
-    )
     return {
         "spec": {k: spec[k] for k in SPEED_SPEC if k != "regression_prompts"},
         "warmup_steps_excluded": WARMUP,
-        "loradeck_tokens_per_s": [round(r["tokens_per_s"], 1) for r in speed["loradeck"]],
-        "stock_tokens_per_s": [round(r["tokens_per_s"], 1) for r in speed["stock"]],
-        "loradeck_tokens": [r["tokens"] for r in speed["loradeck"]],
-        "stock_tokens": [r["tokens"] for r in speed["stock"]],
-        "same_tokens": [r["tokens"] for r in speed["loradeck"]] == [r["tokens"] for r in speed["stock"]],
-        "ratio": ratio,
-        "ratio_per_pair": ratios,
-        "target": TARGET,
-        "met": ratio >= TARGET,
-    }
+    } | speed_ratio(speed, TARGET)
 
 
 # --- the README tables
-
-
-def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{value:.0%}"
 
 
 def report_speed(command: str, speed: dict[str, Any]) -> str:
@@ -543,7 +489,7 @@ def report_calibration(command: str, calibrated: dict[str, Any], tried: list[dic
         ok = a["reward"] > b["reward"] and a["exact_match"] >= b["exact_match"]
         lines.append(
             f"| {t['recipe']}: {_recipe_text(t['values'])} | {t['seed']} | {b['reward']:.3f} → {a['reward']:.3f} "
-            f"| {_pct(b['exact_match'])} → {_pct(a['exact_match'])} "
+            f"| {pct(b['exact_match'])} → {pct(a['exact_match'])} "
             f"| {b['field_accuracy']:.1%} → {a['field_accuracy']:.1%} | {t['train_s']:.0f} s "
             f"| {'raises both' if ok else 'no'} |"
         )
@@ -560,10 +506,10 @@ def report_calibration(command: str, calibrated: dict[str, Any], tried: list[dic
     ]
     if calibrated:
         engine_starts = ", ".join(
-            f"{s['seed']}: {_pct(s['sft']['task']['adapter']['exact_match'])}" for s in calibrated["seeds"]
+            f"{s['seed']}: {pct(s['sft']['task']['adapter']['exact_match'])}" for s in calibrated["seeds"]
         )
         stock_starts = ", ".join(
-            f"{t['seed']}: {_pct(t['before']['exact_match'])}" for t in tried if t["recipe"] == calibrated["chosen"]
+            f"{t['seed']}: {pct(t['before']['exact_match'])}" for t in tried if t["recipe"] == calibrated["chosen"]
         )
         lines += [
             "",
@@ -582,7 +528,7 @@ def report_calibration(command: str, calibrated: dict[str, Any], tried: list[dic
             lines.append(
                 f"| {s['seed']} | {s['sft']['seconds']:.0f} s | {s['grpo']['seconds']:.0f} s "
                 f"| {reward['base']['greedy']:.3f} → {reward['adapter']['greedy']:.3f} | {sampled} "
-                f"| {_pct(task['base']['exact_match'])} → {_pct(task['adapter']['exact_match'])} "
+                f"| {pct(task['base']['exact_match'])} → {pct(task['adapter']['exact_match'])} "
                 f"| {task['base']['field_accuracy']:.1%} → {task['adapter']['field_accuracy']:.1%} "
                 f"| {'yes' if s['verdict']['met'] else 'no'} |"
             )
@@ -643,7 +589,9 @@ def main() -> None:
 
         def run(side: str, attempt: int) -> None:
             work = scratch.root / f"{side}-{attempt}"
-            figures = speed_side(side, spec | {"_work": str(work)}, scratch.env, work)
+            figures = side_speed(
+                side, spawn_child(__file__, side, spec | {"_work": str(work)}, scratch.env, work), WARMUP
+            )
             speed[side].append(figures)
             print(f"{side} #{attempt + 1}: {figures['tokens_per_s']:.0f} tokens/s", flush=True)
 
@@ -680,12 +628,6 @@ def republish() -> None:
     tried = json.loads((RESULTS_DIR / "grpo-tries.json").read_text(encoding="utf-8"))["tries"]
     table = report_calibration(calibrated["command"], calibrated["calibration"], tried)
     publish("grpo-calibration", table, quick=False)
-
-
-def publish(name: str, table: str, *, quick: bool) -> None:
-    if not quick:
-        update_readme_section(name, table)
-    print(table)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from bench.common import update_readme_section, write_result  # noqa: E402
+from bench.common import (  # noqa: E402
+    pct,
+    publish,
+    side_speed,
+    spawn_child,
+    speed_ratio,
+    trained_run,
+    write_result,
+)
 from bench.throughput import Scratch, alternate, engine_run  # noqa: E402
 
 TINY = REPO / "assets" / "tiny-llama"
@@ -123,12 +131,6 @@ def stock_dpo(spec: dict[str, Any]) -> dict[str, Any]:
     return {"side": "stock", "train_s": time.perf_counter() - started, "points": points}
 
 
-def steady(points: list[dict[str, Any]], tokens_key: str) -> float:
-    """Tokens per second from the WARMUP-th logged step to the last."""
-    start, end = points[WARMUP - 1], points[-1]
-    return float(end[tokens_key] - start[tokens_key]) / (end["time"] - start["time"])
-
-
 def ours(spec: dict[str, Any]) -> dict[str, Any]:
     """loradeck's side: a run through the engine (bench/throughput.py's child), its metric points' tokens."""
     return engine_run({k: v for k, v in spec.items() if not k.startswith("_")})
@@ -138,28 +140,15 @@ def ours(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def learning(quick: bool) -> dict[str, Any]:
-    from app import runs
-    from app.db import get_sessionmaker
-    from app.schemas import RunSpec
     from app.web.forms import PRESETS, form_defaults
-    from worker.engine.train import run_training
 
     def train(name: str, values: dict[str, Any]) -> dict[str, Any]:
-        spec = RunSpec.model_validate(values | {"name": f"bench-{name}", "save_steps": 0})
-        with get_sessionmaker()() as session:
-            run = runs.create_run(session=session, spec=spec)
-        started = time.perf_counter()
-        run_training(run.id)
-        seconds = time.perf_counter() - started
-        with get_sessionmaker()() as session:
-            done = runs.get_run(session=session, run_id=run.id)
-            if done.status != "succeeded":
-                raise RuntimeError(f"the {name} run {done.status}: {done.error}")
-            evaluation = done.evaluation or {}
+        run = trained_run(name, values)
+        evaluation = run["evaluation"]
         figures = {
-            "run_id": run.id,
-            "seconds": round(seconds, 1),
-            "steps": spec.max_steps,
+            "run_id": run["run_id"],
+            "seconds": run["seconds"],
+            "steps": run["steps"],
             "task": evaluation.get("task"),
             "preference": evaluation.get("preference"),
         }
@@ -204,7 +193,9 @@ def main() -> None:
 
         def run(side: str, attempt: int) -> None:
             work = scratch.root / f"{side}-{attempt}"
-            figures = spawn_side(side, spec | {"_work": str(work)}, scratch.env, work)
+            figures = side_speed(
+                side, spawn_child(__file__, side, spec | {"_work": str(work)}, scratch.env, work), WARMUP
+            )
             speed[side].append(figures)
             print(f"{side} #{attempt + 1}: {figures['tokens_per_s']:.0f} tokens/s", flush=True)
 
@@ -231,57 +222,11 @@ def main() -> None:
         publish("preference-learning", report_learning(command, learned), quick=args.quick)
 
 
-def publish(name: str, table: str, *, quick: bool) -> None:
-    if not quick:
-        update_readme_section(name, table)
-    print(table)
-
-
 def speed_figures(speed: dict[str, list[dict[str, Any]]], spec: dict[str, Any]) -> dict[str, Any]:
-    ratios = [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(speed["loradeck"], speed["stock"], strict=True)]
-    ratio = statistics.median(r["tokens_per_s"] for r in speed["loradeck"]) / statistics.median(
-        r["tokens_per_s"] for r in speed["stock"]
-    )
     return {
         "spec": {k: spec[k] for k in SPEED_SPEC if k != "regression_prompts"},
         "warmup_steps_excluded": WARMUP,
-        "loradeck_tokens_per_s": [round(r["tokens_per_s"], 1) for r in speed["loradeck"]],
-        "stock_tokens_per_s": [round(r["tokens_per_s"], 1) for r in speed["stock"]],
-        "same_tokens": [r["tokens"] for r in speed["loradeck"]] == [r["tokens"] for r in speed["stock"]],
-        "ratio": ratio,
-        "ratio_per_pair": ratios,
-        "target": TARGET,
-        "met": ratio >= TARGET,
-    }
-
-
-def spawn_side(side: str, spec: dict[str, Any], env: dict[str, str], work: Path) -> dict[str, Any]:
-    """One side in a fresh process; its steady tokens/s counted from TRL's num_tokens."""
-    import subprocess
-
-    work.mkdir(parents=True, exist_ok=True)
-    spec_path, result = work / "spec.json", work / "result.json"
-    spec_path.write_text(json.dumps(spec))
-    with (work / "output.log").open("wb") as output:
-        code = subprocess.run(
-            [sys.executable, __file__, "--child", side, str(spec_path), str(result)],
-            env=env,
-            cwd=REPO,
-            stdout=output,
-            stderr=output,
-        ).returncode
-    if code:
-        raise RuntimeError(f"the {side} run exited with {code}:\n{(work / 'output.log').read_text()[-3000:]}")
-    figures = json.loads(result.read_text())
-    if side == "loradeck":
-        points = [{"step": p["step"], "time": p["time"], "tokens": p["tokens_seen"]} for p in figures["points"]]
-    else:
-        points = figures["points"]
-    return {"tokens_per_s": steady(points, "tokens"), "tokens": points[-1]["tokens"], "train_s": figures["train_s"]}
-
-
-def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{value:.0%}"
+    } | speed_ratio(speed, TARGET)
 
 
 def report_speed(command: str, speed: dict[str, Any]) -> str:
@@ -330,11 +275,11 @@ def report_learning(command: str, learned: dict[str, Any]) -> str:
             pref = run.get("preference") or {}
             task = run.get("task") or {}
             accuracy = (
-                f"{_pct(pref['base']['accuracy'])} → {_pct(pref['adapter']['accuracy'])}" if pref.get("base") else "–"
+                f"{pct(pref['base']['accuracy'])} → {pct(pref['adapter']['accuracy'])}" if pref.get("base") else "–"
             )
             margin = f"{pref['base']['margin']:.2f} → {pref['adapter']['margin']:.2f}" if pref.get("base") else "–"
             exact = (
-                f"{_pct(task['base']['exact_match'])} → {_pct(task['adapter']['exact_match'])}"
+                f"{pct(task['base']['exact_match'])} → {pct(task['adapter']['exact_match'])}"
                 if task.get("base") and task.get("adapter")
                 else "–"
             )
