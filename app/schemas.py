@@ -450,14 +450,14 @@ class RunSpec(ObjectiveFields):
 
     @model_validator(mode="after")
     def _beta_fits_objective(self) -> RunSpec:
-        if self.beta == 0 and self.objective in ("dpo", "orpo", "kto"):
+        if self.beta == 0 and REGISTRY[self.objective].beta_above_zero:
             raise ValueError(f"beta: objective {self.objective} needs beta above 0 (0.1 is usual)")
         return self
 
     @model_validator(mode="after")
     def _groups_fill_batches(self) -> RunSpec:
         completions = self.per_device_train_batch_size * self.gradient_accumulation_steps
-        if self.objective == "grpo" and completions % self.num_generations:
+        if REGISTRY[self.objective].generates and completions % self.num_generations:
             raise ValueError(
                 f"per_device_train_batch_size, num_generations: a GRPO step trains whole groups of num_generations "
                 f"({self.num_generations}) completions, and per_device_train_batch_size x gradient_accumulation_steps "
@@ -467,10 +467,10 @@ class RunSpec(ObjectiveFields):
 
     @model_validator(mode="after")
     def _early_stopping_fits_objective(self) -> RunSpec:
-        if self.early_stopping_patience and self.objective == "grpo":
+        if self.early_stopping_patience and not REGISTRY[self.objective].eval_loss:
             raise ValueError(
-                "early_stopping_patience: GRPO has no eval loss to stop on (its held-out reward is measured after "
-                "training); set it to 0"
+                f"early_stopping_patience: objective {self.objective} has no eval loss to stop on (its held-out "
+                "figures are measured after training); set it to 0"
             )
         return self
 

@@ -52,6 +52,11 @@ class Objective:
     # mismatched one its KL term reads), for the memory estimate.
     sequences_per_example: int = 1
     min_batch_size: int = 1  # rows a batch needs (KTO's KL term compares each answer with another row's prompt)
+    # Writes completions while it trains (GRPO): a step's sequences are prompt + max_completion_length long, a batch
+    # holds whole groups of num_generations completions, and generating them is a memory peak of its own.
+    generates: bool = False
+    eval_loss: bool = True  # has a held-out loss to evaluate during training (and early stopping to read)
+    beta_above_zero: bool = False  # beta weighs a term that means nothing at 0 (DPO, ORPO, KTO)
     defaults: dict[str, object] = field(default_factory=dict)  # what the form proposes when it is chosen
     losses: tuple[str, ...] = ()  # its choices of loss_type (app.objectives.losses), when it takes one
     # RunSpec values that differ for this objective, taken when a spec does not give them (its loss_type, beta).

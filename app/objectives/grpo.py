@@ -91,6 +91,8 @@ OBJECTIVE = Objective(
     ),
     evaluation="reward",
     reference=True,
+    generates=True,
+    eval_loss=False,
     losses=GRPO_LOSSES,
     spec_defaults={"loss_type": "dapo", "beta": 0.0},
     # The answers' length: the reward evaluation then reuses the task evaluation's greedy answers.

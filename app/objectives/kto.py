@@ -37,6 +37,7 @@ OBJECTIVE = Objective(
     panels=REWARD_PANELS[::2],
     evaluation="preference",
     sequences_per_example=2,
+    beta_above_zero=True,
     reference=True,
     min_batch_size=2,
     defaults={"learning_rate": 5e-5, "beta": 0.1},

@@ -21,5 +21,6 @@ OBJECTIVE = Objective(
     panels=REWARD_PANELS,
     evaluation="preference",
     sequences_per_example=2,
+    beta_above_zero=True,
     defaults={"learning_rate": 5e-5, "beta": 0.1},
 )

@@ -158,27 +158,19 @@ def _discard(sink: DatasetSink | None) -> None:
         sink.path.unlink(missing_ok=True)
 
 
-UPLOAD_OPENAPI: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary", "description": "JSONL, CSV or Parquet."},
-                        "name": {"type": "string", "maxLength": 200, "description": "A name; empty: the file's."},
-                        "base_model": {"type": "string", "description": "Whose tokenizer counts the tokens."},
-                        "max_seq_length": {
-                            "type": "integer",
-                            "minimum": MIN_SEQ_LENGTH,
-                            "maximum": MAX_SEQ_LENGTH,
-                            "default": 256,
-                        },
-                    },
-                }
-            }
-        },
-    }
-}
+def multipart_openapi(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+    """An upload route's request body as OpenAPI documents it: a multipart form (FastAPI cannot see the fields of a
+    body the route streams itself)."""
+    schema = {"type": "object", "required": required, "properties": properties}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+UPLOAD_OPENAPI = multipart_openapi(
+    ["file"],
+    {
+        "file": {"type": "string", "format": "binary", "description": "JSONL, CSV or Parquet."},
+        "name": {"type": "string", "maxLength": 200, "description": "A name; empty: the file's."},
+        "base_model": {"type": "string", "description": "Whose tokenizer counts the tokens."},
+        "max_seq_length": {"type": "integer", "minimum": MIN_SEQ_LENGTH, "maximum": MAX_SEQ_LENGTH, "default": 256},
+    },
+)

@@ -156,7 +156,7 @@ def test_continuing_an_sft_run_samples_from_its_adapter_against_it(sft_run: Run)
 
 def test_early_stopping_and_prompts_longer_than_max_seq_length_are_refused(env: Path) -> None:
     # GRPO has no eval loss: early stopping is refused with the spec, before anything is queued.
-    with pytest.raises(ValidationError, match="early_stopping_patience: GRPO has no eval loss to stop on"):
+    with pytest.raises(ValidationError, match="early_stopping_patience: objective grpo has no eval loss to stop on"):
         RunSpec(**GRPO | {"early_stopping_patience": 2, "eval_dataset": str(EVAL), "eval_steps": 1, "save_steps": 1})
     # Every prompt of the sample is 21 to 34 tokens long.
     short = train_run(run_spec(GRPO, max_steps=1, max_seq_length=16))

@@ -278,7 +278,8 @@ def activation_bytes(
     e = torch.finfo(dtype).bits // 8
     residual = 4 if quantized else e
     seq = spec.max_seq_length + (spec.num_virtual_tokens if spec.method == "prompt_tuning" else 0)
-    if spec.objective == "grpo":
+    generates = REGISTRY[spec.objective].generates
+    if generates:
         seq += spec.max_completion_length  # the prompt (max_seq_length at most) and the completion it writes
     batch = spec.per_device_train_batch_size * sequences_per_example(spec)
     tokens = batch * seq
@@ -291,7 +292,7 @@ def activation_bytes(
     else:
         layer_bytes = layers * per_layer + adapters
     outside = tokens * vocab * (e + 8) + batch * seq * seq
-    if spec.objective == "grpo":
+    if generates:
         training = tokens * layer_bytes + outside
         return int(max(training, generation_bytes(spec, text, per_layer * tokens, e)))
     # A reference forward (no grad) keeps nothing for the backward pass: one layer's working set at a time.

@@ -15,27 +15,17 @@ from app.errors import InputTooLarge, InvalidInput
 from app.services import openai_files
 from app.web.deps import SessionDep, SettingsDep
 from app.web.openai_errors import OpenAIError, domain_message, leading_field
-from app.web.uploads import read_upload
+from app.web.uploads import multipart_openapi, read_upload
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
-FILE_UPLOAD_OPENAPI: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file", "purpose"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary", "description": "JSONL, one row a line."},
-                        "purpose": {"type": "string", "enum": list(openai_files.PURPOSES)},
-                    },
-                }
-            }
-        },
-    }
-}
+FILE_UPLOAD_OPENAPI = multipart_openapi(
+    ["file", "purpose"],
+    {
+        "file": {"type": "string", "format": "binary", "description": "JSONL, one row a line."},
+        "purpose": {"type": "string", "enum": list(openai_files.PURPOSES)},
+    },
+)
 
 
 def file_list(page: openai_files.Page) -> dict[str, Any]:
