@@ -18,7 +18,20 @@ from app.services.health import health
 from app.web import errors, openai_errors
 from app.web.deps import render
 from app.web.live import close_hubs
-from app.web.routes import api, auth, compare, datasets, estimate, openai_api, pages, playground, workers
+from app.web.routes import (
+    api,
+    api_keys,
+    auth,
+    compare,
+    datasets,
+    estimate,
+    openai_api,
+    openai_jobs,
+    openai_models,
+    pages,
+    playground,
+    workers,
+)
 from app.web.security import SecurityMiddleware
 from app.web.uploads import BodyLimitMiddleware
 
@@ -43,7 +56,20 @@ app = FastAPI(
 app.add_middleware(BodyLimitMiddleware)
 app.add_middleware(SecurityMiddleware)
 app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-for module in (api, pages, estimate, compare, workers, datasets, auth, playground, openai_api):
+for module in (
+    api,
+    pages,
+    estimate,
+    compare,
+    workers,
+    datasets,
+    auth,
+    playground,
+    api_keys,
+    openai_api,
+    openai_jobs,
+    openai_models,
+):
     app.include_router(module.router)
 errors.install(app)
 openai_errors.install(app)  # `/v1` answers in OpenAI's error shape

@@ -160,3 +160,36 @@ class Dataset(Base):
     shape: Mapped[str | None] = mapped_column(String(40))
     description: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class OpenAIJob(Base):
+    """What a run created through OpenAI's fine-tuning API (`/v1/fine_tuning/jobs`) was asked for, beside the
+    run itself: a run without one is a dashboard run, listed as a job all the same."""
+
+    __tablename__ = "openai_jobs"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200))  # the model id as the request named it
+    suffix: Mapped[str | None] = mapped_column(String(64))
+    training_file: Mapped[str] = mapped_column(String(64))
+    validation_file: Mapped[str | None] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(String(20), default="supervised")
+    # The values the job trains with, "auto" ones resolved: {"n_epochs", "batch_size", ...}.
+    hyperparameters: Mapped[dict] = mapped_column(JSON)
+    seed: Mapped[int | None] = mapped_column(Integer)
+    job_metadata: Mapped[dict | None] = mapped_column("metadata", JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiKey(Base):
+    """A key for `/v1` with login on: only its SHA-256 is kept; the key itself is shown once, at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(16))  # the key's first characters, to tell keys apart
+    key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
