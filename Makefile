@@ -28,7 +28,7 @@ test: install system-deps lint
 # The tests that open a database (marker `db`) once more, on a private PostgreSQL server that
 # scripts/with-postgres.sh starts and removes; browser tests stay on SQLite. Narrow it with ARGS, e.g.
 # `make test-postgres ARGS=tests/app/test_api.py`, or widen it with PG_MARKERS=db.
-PG_MARKERS ?= db and not browser and not (engine and slow)
+PG_MARKERS ?= db and not browser and not gguf and not learns and not (engine and slow)
 test-postgres: install system-deps
 	bash scripts/with-postgres.sh $(PY) -m pytest -p no:cacheprovider --durations=12 -m "$(PG_MARKERS)" $(ARGS)
 
