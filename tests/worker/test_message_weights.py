@@ -16,8 +16,8 @@ from app.models import RunStatus
 from tests.worker.conftest import TRAIN, run_spec, train_run
 from worker.data.chat import IGNORE_INDEX, encode_conversation, render_chat, resolve_chat_template
 from worker.data.describe import describe_dataset
-from worker.data.encode import load_training_data
-from worker.data.files import read_rows, validate_dataset
+from worker.data.encode import encode_row_prompt, load_training_data
+from worker.data.files import Row, read_rows, validate_dataset
 
 SYSTEM = {"role": "system", "content": "You answer in one word."}
 CHAT = [
@@ -139,6 +139,21 @@ def test_parquet_turns_without_a_weight_read_as_unweighted(tmp_path: Path) -> No
     first, second = read_rows(path)
     assert [turn.get("weight") for turn in first.messages] == [None, None, 0, None, 1]
     assert all("weight" not in turn for turn in second.messages)
+
+
+def test_the_other_readers_of_a_conversation_never_see_the_weight(
+    tokenizer: PreTrainedTokenizerBase, tmp_path: Path
+) -> None:
+    from worker.engine.objectives.grpo import grpo_record
+
+    (row,) = read_rows(write_jsonl(tmp_path / "masked.jsonl", [{"messages": weighted(CHAT, 0, 1)}]))
+    # GRPO: the turns before the last answer are the prompt TRL renders; the last answer is the reference.
+    record = grpo_record(row)
+    assert record == {"prompt": CHAT[:4], "reference": "Tokyo"}
+    # The merge check's prompt: the turns before the first answer, as inference renders them.
+    assert encode_row_prompt(row, tokenizer) == encode_row_prompt(
+        Row(line=1, shape="messages", messages=CHAT), tokenizer
+    )
 
 
 def two_exchange_rows(count: int, *weights: int | None) -> list[dict[str, Any]]:
