@@ -2,8 +2,9 @@
 like any other (every bad row by line), listed with the ones uploaded in the dashboard.
 
 What loradeck cannot train on yet is refused here, by line, before the file is stored, rather than trained on
-as something else: rows with `tools` or `functions` (and turns with tool calls, or from a tool), and
-`weight: 0` on an assistant turn (every assistant turn is trained on until the loss mask honours it).
+as something else: rows with `tools` or `functions` (and turns with tool calls, or from a tool). A turn's `weight`
+is checked as OpenAI checks it (assistant turns only, 0 or 1) and honoured: 0 keeps the turn as context, out of the
+loss (worker.data.chat); a row with nothing left to learn is refused by the worker's check, naming its line.
 """
 
 from __future__ import annotations
@@ -147,11 +148,6 @@ def unsupported(row: dict[str, Any]) -> str | None:
                 return f'{where}: "weight" is for assistant turns only'
             if isinstance(weight, bool) or weight not in (0, 1):
                 return f'{where}: "weight" must be 0 or 1, got {json.dumps(weight)[:40]}'
-            if weight == 0:
-                return (
-                    f'{where}: "weight": 0 is not honoured yet (every assistant turn is trained on); '
-                    "remove the weight to train on the turn, or end the conversation before it"
-                )
     return None
 
 

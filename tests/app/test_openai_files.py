@@ -149,14 +149,43 @@ def test_what_loradeck_cannot_train_on_yet_is_refused_by_line(servers: Servers) 
     sdk = client(servers.url)
     good = chat_rows(ROWS[:3])
     tools = good[1] | {"tools": [{"type": "function", "function": {"name": "parse"}}]}
-    masked = json.loads(json.dumps(good[2]))
-    masked["messages"][2]["weight"] = 0
+    weighted_user = json.loads(json.dumps(good[2]))
+    weighted_user["messages"][1]["weight"] = 0
     with pytest.raises(openai.BadRequestError) as refused:
-        sdk.files.create(file=("tools.jsonl", jsonl([good[0], tools, masked])), purpose="fine-tune")
+        sdk.files.create(file=("tools.jsonl", jsonl([good[0], tools, weighted_user])), purpose="fine-tune")
     message = refused.value.body["message"]
     assert refused.value.param == "file"
     assert 'tools.jsonl line 2: "tools" is not supported yet' in message
-    assert 'tools.jsonl line 3: "messages" turn 3: "weight": 0 is not honoured yet' in message
+    assert 'tools.jsonl line 3: "messages" turn 2: "weight" is for assistant turns only' in message
+
+
+def test_weight_0_turns_are_context_and_a_row_with_nothing_to_learn_is_refused(servers: Servers) -> None:
+    sdk = client(servers.url)
+    rows = chat_rows(ROWS[:4])
+
+    def two_exchanges(weight: int) -> list[dict[str, Any]]:
+        """Each row after an earlier exchange (another row's) whose answer has this weight."""
+        return [
+            {"messages": [*earlier["messages"][:2], earlier["messages"][2] | {"weight": weight}, *row["messages"][1:]]}
+            for earlier, row in zip(rows[1:] + rows[:1], rows, strict=True)
+        ]
+
+    masked, plain = two_exchanges(0), two_exchanges(1)
+    files = [
+        sdk.files.create(file=(f"{name}.jsonl", jsonl(data)), purpose="fine-tune")
+        for name, data in (("masked", masked), ("plain", plain))
+    ]
+    assert [f.status for f in files] == ["processed", "processed"]
+    described = {d["id"]: d["description"] for d in httpx.get(servers.url + "/api/v1/datasets").json()}
+    masked_tokens, plain_tokens = (described[f.id.removeprefix("file-")]["trained_tokens"] for f in files)
+    assert 0 < masked_tokens < plain_tokens
+
+    nothing = json.loads(json.dumps(masked))
+    nothing[2]["messages"][-1]["weight"] = 0
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.files.create(file=("nothing.jsonl", jsonl(nothing)), purpose="fine-tune")
+    assert refused.value.param == "file"
+    assert 'nothing.jsonl line 3: every assistant turn has "weight": 0' in refused.value.body["message"]
 
 
 def test_wrong_purpose_and_oversized_files_are_refused(servers: Servers) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from worker.data.files import DatasetError
+from worker.data.files import DatasetError, Turn, template_turns, trains_on
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +78,14 @@ def resolve_chat_template(tokenizer: PreTrainedTokenizerBase, name: str = "auto"
 def render_chat(
     tokenizer: PreTrainedTokenizerBase,
     template: str,
-    messages: list[dict[str, str]],
+    messages: list[Turn],
     *,
     add_generation_prompt: bool = False,
 ) -> str:
-    """The text the template makes of a conversation, as apply_chat_template renders it for inference."""
+    """The text the template makes of a conversation, as apply_chat_template renders it for inference (turns'
+    "weight" left out: it says what is trained, not what is written)."""
     text: Any = tokenizer.apply_chat_template(
-        messages, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
+        template_turns(messages), chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
     )
     return str(text)
 
@@ -100,12 +101,13 @@ def _end_of_turn_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
 def encode_conversation(
     tokenizer: PreTrainedTokenizerBase,
     template: str,
-    messages: list[dict[str, str]],
+    messages: list[Turn],
     *,
     train_on_prompt: bool = False,
 ) -> dict[str, list[int]]:
     """input_ids and labels of a conversation; labels are IGNORE_INDEX except on each assistant turn's
-    content and its end-of-turn token (and on everything with train_on_prompt).
+    content and its end-of-turn token (and on everything with train_on_prompt). An assistant turn with OpenAI's
+    `"weight": 0` is context, as a user turn is: its tokens stay IGNORE_INDEX (train_on_prompt trains them too).
 
     The template is rendered turn by turn: up to each assistant turn with the generation prompt (what
     the model is given at inference), then with that turn. The text grown is tokenized whole and the
@@ -137,7 +139,7 @@ def encode_conversation(
         if message["role"] != "assistant":
             continue
         extend(render_chat(tokenizer, template, messages[:index], add_generation_prompt=True), False)
-        turn = extend(render_chat(tokenizer, template, messages[: index + 1]), True)
+        turn = extend(render_chat(tokenizer, template, messages[: index + 1]), trains_on(message))
         # Learn the turn through its end-of-turn token; what follows it (a newline) is the next turn's markup.
         stop = next((i + 1 for i, token in enumerate(turn) if token in ends), None)
         if stop is None:  # no special end token: keep the learned span up to the last visible character

@@ -1,9 +1,10 @@
 """Dataset files -> checked rows, every bad row reported with its line and why.
 
 A file is JSONL (or .json holding a list), CSV or Parquet, and holds one of five row shapes: for supervised
-tuning prompt/completion, messages (a conversation) or text; for preference tuning prompt/chosen/rejected pairs
-or prompt/completion/label unpaired rows (worker.data.pairs reads those two). No tokenizer and no torch here, so the web
-process can check an upload and a user can see all of a file's problems at once, not one per try.
+tuning prompt/completion, messages (a conversation, whose assistant turns may carry OpenAI's "weight" 0 or 1) or
+text; for preference tuning prompt/chosen/rejected pairs or prompt/completion/label unpaired rows
+(worker.data.pairs reads those two). No tokenizer and no torch here, so the web process can check an upload and
+a user can see all of a file's problems at once, not one per try.
 """
 
 from __future__ import annotations
@@ -79,6 +80,22 @@ class RowProblem:
         return f"{self.file}{where}: {self.message}"
 
 
+# A conversation's turn: "role" and "content" (str), and on an assistant turn of a messages row OpenAI's "weight"
+# (int 0 or 1; absent means 1) when the row gave one. 0 marks the turn as context, not trained on (worker.data.chat).
+Turn = dict[str, Any]
+
+
+def template_turns(messages: list[Turn]) -> list[Turn]:
+    """The turns as a chat template takes them: without "weight", which is loss masking, not text (a template
+    that walks a turn's keys, or one that refuses unknown keys, never sees it)."""
+    return [{key: value for key, value in turn.items() if key != "weight"} for turn in messages]
+
+
+def trains_on(turn: Turn) -> bool:
+    """Whether a turn is learned: an assistant turn without "weight": 0."""
+    return turn["role"] == "assistant" and turn.get("weight", 1) != 0
+
+
 @dataclass(frozen=True)
 class Row:
     """A checked row. Only the fields of its shape are filled. A preference row (or an unpaired one) has its
@@ -89,7 +106,7 @@ class Row:
     prompt: str = ""
     completion: str = ""
     shape: Shape = "prompt_completion"
-    messages: list[dict[str, str]] = field(default_factory=list)
+    messages: list[Turn] = field(default_factory=list)
     text: str = ""
     chosen: str = ""
     rejected: str = ""
@@ -392,7 +409,7 @@ def _parse_messages(line: int, messages: Any) -> Row | str:
         return f'"messages" must be a list of {{"role", "content"}} objects, got {_json_type(messages)}'
     if not messages:
         return '"messages" is empty'
-    turns: list[dict[str, str]] = []
+    turns: list[Turn] = []
     for number, turn in enumerate(messages, start=1):
         where = f'"messages" turn {number}'
         if not isinstance(turn, dict):
@@ -406,9 +423,30 @@ def _parse_messages(line: int, messages: Any) -> Row | str:
             return f'{where}: unknown role "{turn["role"]}"; use {", ".join(ROLES[:-1])} or {ROLES[-1]}'
         if turn["role"] == "assistant" and not turn["content"].strip():
             return f'{where}: the assistant\'s "content" is empty'
-        turns.append({"role": turn["role"], "content": turn["content"]})
+        kept: Turn = {"role": turn["role"], "content": turn["content"]}
+        # Parquet fills a struct field a turn lacks with null, so null is "no weight" here.
+        if turn.get("weight") is not None:
+            if problem := _weight_problem(turn["role"], turn["weight"]):
+                return f"{where}: {problem}"
+            kept["weight"] = int(turn["weight"])
+        turns.append(kept)
     if turns[0]["role"] == "assistant":
         return '"messages" starts with an assistant turn; start with a system or user turn'
     if not any(turn["role"] == "assistant" for turn in turns):
         return '"messages" has no assistant turn, so there is nothing to learn from this row'
+    if not any(trains_on(turn) for turn in turns):
+        return (
+            'every assistant turn has "weight": 0, so there is nothing to learn from this row; '
+            'set "weight": 1 on the turns to learn (or remove their "weight"), or drop the row'
+        )
     return Row(line=line, shape="messages", messages=turns)
+
+
+def _weight_problem(role: str, weight: Any) -> str:
+    """Why a turn's "weight" is not OpenAI's loss mask ("" if it is): 0 or 1, on assistant turns only."""
+    if role != "assistant":
+        return f'"weight" is for assistant turns only (this is a {role} turn); remove it'
+    # bool is an int to Python, but `true` is not a weight; 1.0 is, as a float column in Parquet or CSV holds it.
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or weight not in (0, 1):
+        return f'"weight" must be 0 (context only) or 1 (trained on), got {json.dumps(weight, default=str)[:40]}'
+    return ""

@@ -36,7 +36,7 @@ from app.rundir import RunDir
 from app.schemas import RunSpec
 from worker.data.chat import resolve_chat_template
 from worker.data.encode import DatasetError
-from worker.data.files import Row
+from worker.data.files import Row, template_turns
 from worker.engine.callbacks import BaseNamedPublicly, MetricsCallback
 from worker.engine.configs import training_callbacks, training_kwargs
 from worker.engine.objectives.base import TrainingSetup
@@ -87,7 +87,9 @@ def grpo_record(row: Row) -> dict[str, Any]:
     the rewards compare with, as `reference`."""
     if row.shape == "messages":
         last = max(i for i, turn in enumerate(row.messages) if turn["role"] == "assistant")
-        return {"prompt": row.messages[:last], "reference": row.messages[last]["content"]}
+        # Without "weight" (SFT's loss mask): TRL hands the turns to the chat template, and a Dataset of turns
+        # where only some carry it would give every turn a null weight.
+        return {"prompt": template_turns(row.messages[:last]), "reference": row.messages[last]["content"]}
     return {"prompt": row.prompt, "reference": row.completion}
 
 
