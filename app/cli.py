@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -162,6 +163,41 @@ def cmd_token(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """API keys for OpenAI's API under /v1 with login on, in the configured database (as the settings page)."""
+    from app.db import get_sessionmaker, schema_problem
+    from app.errors import DomainError
+    from app.services import api_keys
+
+    problem = schema_problem()
+    if problem:
+        raise SystemExit(f"loradeck: {problem}")
+
+    def when(moment: datetime | None) -> str:
+        return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else "-"
+
+    with get_sessionmaker()() as session:
+        try:
+            if args.keys_command == "create":
+                row, key = api_keys.create_key(session=session, name=args.name)
+                print(f"API key {row.id} ({row.name}), shown once; give it to a script as the OpenAI api_key:\n  {key}")
+            elif args.keys_command == "revoke":
+                row = api_keys.revoke_key(session=session, key_id=args.id)
+                print(f"revoked {row.id} ({row.name}, {row.prefix}...) at {when(row.revoked_at)}")
+            elif not (listed := api_keys.list_keys(session=session)):
+                print("no API keys yet: `loradeck keys create --name NAME` makes one")
+            else:
+                print(f"{'ID':<12}  {'NAME':<24}  {'PREFIX':<15}  {'CREATED':<20}  {'LAST USED':<20}  REVOKED")
+                for row in listed:
+                    print(
+                        f"{row.id:<12}  {row.name[:24]:<24}  {row.prefix + '...':<15}  {when(row.created_at):<20}  "
+                        f"{when(row.last_used_at):<20}  {when(row.revoked_at)}"
+                    )
+        except DomainError as exc:
+            raise SystemExit(f"loradeck: {exc}") from None
+    return 0
+
+
 class Supervisor:
     """Starts the children of `loradeck up`, restarts a worker that dies, stops them all in order."""
 
@@ -306,6 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("migrate", help="apply the database migrations")
     commands.add_parser("hash-password", help="hash an admin password for LORADECK_ADMIN_PASSWORD_HASH")
     commands.add_parser("token", help="make an API token and the digest to allow it")
+    keys = commands.add_parser("keys", help="API keys for OpenAI's API under /v1 (with login on, it takes only these)")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="make a key and print it, once (only its SHA-256 is kept)")
+    create.add_argument("--name", default="", help="what uses it, to tell keys apart (default: unnamed)")
+    key_commands.add_parser("list", help="id, name, prefix, created, last used and revoked of every key")
+    revoke = key_commands.add_parser("revoke", help="refuse the key from now on")
+    revoke.add_argument("id", help="the key's id, as `loradeck keys list` shows it")
     commands.add_parser("train", help="train a run from a spec file (YAML or JSON), without the web", add_help=False)
     commands.add_parser("estimate", help="parameter counts and memory estimate for a spec file", add_help=False)
     commands.add_parser("validate-dataset", help="check a dataset file row by row and describe it", add_help=False)
@@ -324,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         "migrate": cmd_migrate,
         "hash-password": cmd_hash_password,
         "token": cmd_token,
+        "keys": cmd_keys,
     }
     return handlers[args.command](args)
 

@@ -5,6 +5,9 @@
 - Listening on loopback only (the default) nobody logs in, unless `require_login` is set. Listening on any
   other address (decided from the sockets actually bound, app.web.binding), pages need the admin password (a
   signed session cookie, revoked by logout and by a new password) and the JSON API an API token.
+- With login on, OpenAI's API under `/v1` takes only API keys (app.services.api_keys: made on /settings/keys or
+  by `loradeck keys create`), not the session cookie nor the `/api/v1` tokens: scripts hold keys, and a key
+  can be revoked alone. Without login, any bearer (or none) is accepted there, as for the rest of the app.
 - Cross-site form posts are refused (CSRF) by the browser's own Sec-Fetch-Site / Origin headers, which
   a page on another site cannot forge; requests with an API token carry no ambient credential.
 - Every response carries security headers.
@@ -26,9 +29,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings, get_settings
+from app.services import api_keys
 from app.web.binding import listening_addresses
 from app.web.openai_errors import is_openai_path, refusal_body
 
@@ -37,6 +42,8 @@ log = logging.getLogger(__name__)
 SESSION_COOKIE = "loradeck_session"
 SESSION_SECONDS = 14 * 24 * 3600
 OPEN_PATHS = ("/login", "/static/", "/healthz")
+Refusal = tuple[int, str, list[Any]]  # status, message, extra headers
+HOW_TO_GET_A_KEY = "create one on the /settings/keys page or with `loradeck keys create`"
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 HOST_HEADER = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[^:\[\]]*)(:\d{1,5})?$")
 HEADERS = [
@@ -221,7 +228,7 @@ class SecurityMiddleware:
             return
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
         settings = get_settings()
-        refusal = self._refusal(scope, headers, settings)
+        refusal = await self._refusal(scope, headers, settings)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -243,7 +250,7 @@ class SecurityMiddleware:
             return
         await self.app(scope, receive, send_with_headers)
 
-    def _refusal(self, scope: Scope, headers: dict[str, str], settings: Settings) -> tuple[int, str, list[Any]] | None:
+    async def _refusal(self, scope: Scope, headers: dict[str, str], settings: Settings) -> Refusal | None:
         path: str = scope["path"]
         host = headers.get("host", "")
         if not host_is_allowed(host, settings):
@@ -267,6 +274,8 @@ class SecurityMiddleware:
                 return 403, f"cross-origin request refused (Origin: {origin})", []
         if not login_required(settings) or path.startswith(OPEN_PATHS):
             return None
+        if is_openai_path(path):
+            return await api_key_refusal(token)
         if token:
             return None if token_is_valid(token, settings) else (401, "this API token is not valid", [])
         cookie = SimpleCookie(headers.get("cookie", "")).get(SESSION_COOKIE)
@@ -276,3 +285,22 @@ class SecurityMiddleware:
             return 401, "log in: send an API token as `Authorization: Bearer <token>`", []
         target = quote(path + ("?" + scope["query_string"].decode() if scope["query_string"] else ""))
         return 303, "log in first", [(b"location", f"/login?next={target}".encode())]
+
+
+def _verify_api_key(key: str) -> api_keys.Verdict:
+    from app.db import get_sessionmaker
+
+    with get_sessionmaker()() as session:
+        return api_keys.verify_key(session=session, key=key)
+
+
+async def api_key_refusal(key: str) -> Refusal | None:
+    """None when `key` is a live API key; else the 401 to answer. Anything that cannot be a key is refused
+    here; a key is looked up (one indexed read, a write at most once a minute) in a worker thread, so the
+    event loop keeps serving while the database answers."""
+    if not key:
+        return 401, f"send an API key as `Authorization: Bearer <key>`; {HOW_TO_GET_A_KEY}", []
+    if not api_keys.could_be_key(key):
+        return 401, f"this is not a loradeck API key (`{api_keys.KEY_START}...`); {HOW_TO_GET_A_KEY}", []
+    verdict = await run_in_threadpool(_verify_api_key, key)
+    return None if verdict.key is not None else (401, verdict.problem, [])

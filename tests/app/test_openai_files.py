@@ -1,10 +1,13 @@
 """OpenAI's Files API under /v1, driven by the official `openai` SDK, unchanged, against uvicorn and a real inspect
 worker: the bundled sample uploaded as chat rows and as prompt/completion rows, listed, paged, read back and
-deleted; bad files refused in OpenAI's error shape naming the line; with login on, the API token is the key."""
+deleted; bad files refused in OpenAI's error shape naming the line; with login on, a key from `loradeck keys create`."""
 
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +20,9 @@ from openai import OpenAI
 
 from app.config import SAMPLE_DATASET_DIR
 from app.processes import free_port
-from app.web.security import hash_password, new_api_token
+from app.web.security import hash_password
 from tests.conftest import stack_env
-from tests.processes import Processes
+from tests.processes import REPO, Processes
 
 ROWS = [json.loads(line) for line in (SAMPLE_DATASET_DIR / "train.jsonl").read_text().splitlines()[:24]]
 UPLOAD_LIMIT = 1024**2
@@ -29,7 +32,7 @@ UPLOAD_LIMIT = 1024**2
 class Servers:
     url: str  # loopback, no login: any key is accepted
     login_url: str  # the same data, with login on
-    token: str
+    key: str  # an API key for it
 
 
 @pytest.fixture(scope="module")
@@ -40,19 +43,21 @@ def servers(tmp_path_factory: pytest.TempPathFactory, redis_url: str, module_dat
     env = stack_env(root / "data", redis_url, module_database_url, port) | {
         "LORADECK_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT)
     }
-    token, digest = new_api_token()
     login_env = env | {
         "LORADECK_REQUIRE_LOGIN": "true",
         "LORADECK_ADMIN_PASSWORD_HASH": hash_password("admin password"),
-        "LORADECK_API_TOKEN_HASHES": digest,
     }
     processes, login = Processes(root, env), Processes(root, login_env)
     processes.migrate()
+    create = [sys.executable, "-m", "app.cli", "keys", "create", "--name", "files"]
+    made = subprocess.run(create, env=login_env, cwd=REPO, capture_output=True, text=True, check=True)
+    key = re.search(r"ldk-\S+", made.stdout)
+    assert key, made.stdout
     try:
         processes.start_worker("--queues", "inspect", log="worker.log")
         processes.start_web(port, log="web.log")
         login.start_web(login_port, log="web.log")
-        yield Servers(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{login_port}", token)
+        yield Servers(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{login_port}", key.group(0))
     finally:
         login.close()
         processes.close()
@@ -199,15 +204,15 @@ def test_wrong_purpose_and_oversized_files_are_refused(servers: Servers) -> None
     assert "LORADECK_MAX_UPLOAD_BYTES" in large.value.body["message"]
 
 
-def test_with_login_on_the_api_token_is_the_key(servers: Servers) -> None:
+def test_with_login_on_an_api_key_is_needed(servers: Servers) -> None:
     bare = httpx.get(servers.login_url + "/v1/files")
     assert bare.status_code == 401
     assert bare.json()["error"]["type"] == "invalid_request_error" and bare.json()["error"]["code"] == "invalid_api_key"
     with pytest.raises(openai.AuthenticationError):
-        client(servers.login_url, "sk-not-a-loradeck-token").files.list()
-    sdk = client(servers.login_url, servers.token)
+        client(servers.login_url, "sk-not-a-loradeck-key").files.list()
+    sdk = client(servers.login_url, servers.key)
     made = sdk.files.create(file=("login.jsonl", jsonl(ROWS[5:8])), purpose="fine-tune")
     assert sdk.files.retrieve(made.id).filename == "login.jsonl"
     with pytest.raises(openai.AuthenticationError):
-        client(servers.login_url, "sk-not-a-loradeck-token").files.delete(made.id)
+        client(servers.login_url, "sk-not-a-loradeck-key").files.delete(made.id)
     assert sdk.files.delete(made.id).deleted is True
