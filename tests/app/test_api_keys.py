@@ -15,11 +15,11 @@ from datetime import timedelta
 import httpx
 import openai
 import pytest
-from openai import OpenAI
 
 from app.processes import free_port
 from app.web.security import hash_password, new_api_token
 from tests.conftest import stack_env
+from tests.openai_sdk import client
 from tests.processes import REPO, Processes
 
 PASSWORD = "a long admin password"
@@ -55,10 +55,6 @@ def servers(tmp_path_factory: pytest.TempPathFactory, redis_url: str, module_dat
     finally:
         login.close()
         processes.close()
-
-
-def client(url: str, key: str) -> OpenAI:
-    return OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
 
 
 def keys(servers: Servers, *args: str) -> subprocess.CompletedProcess[str]:

@@ -8,12 +8,12 @@ from collections.abc import Iterator
 
 import openai
 import pytest
-from openai import OpenAI
 from playwright.sync_api import Browser, Page, expect
 
 from app.processes import free_port
 from app.web.security import hash_password
 from tests.conftest import stack_env
+from tests.openai_sdk import client
 from tests.processes import Processes
 
 PASSWORD = "a long admin password"
@@ -38,7 +38,7 @@ def login_url(tmp_path_factory: pytest.TempPathFactory, redis_url: str, module_d
 
 
 def files_of(url: str, key: str) -> list[str]:
-    return [f.id for f in OpenAI(base_url=url + "/v1", api_key=key, max_retries=0).files.list()]
+    return [f.id for f in client(url, key).files.list()]
 
 
 def test_create_use_and_revoke_a_key_in_the_browser(login_url: str, page: Page) -> None:
