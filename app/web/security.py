@@ -33,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings, get_settings
+from app.db import get_sessionmaker
 from app.services import api_keys
 from app.web.binding import listening_addresses
 from app.web.openai_errors import is_openai_path, refusal_body
@@ -281,15 +282,13 @@ class SecurityMiddleware:
         cookie = SimpleCookie(headers.get("cookie", "")).get(SESSION_COOKIE)
         if cookie is not None and session_is_valid(cookie.value, settings):
             return None
-        if path.startswith("/api/") or is_openai_path(path):
+        if path.startswith("/api/"):
             return 401, "log in: send an API token as `Authorization: Bearer <token>`", []
         target = quote(path + ("?" + scope["query_string"].decode() if scope["query_string"] else ""))
         return 303, "log in first", [(b"location", f"/login?next={target}".encode())]
 
 
 def _verify_api_key(key: str) -> api_keys.Verdict:
-    from app.db import get_sessionmaker
-
     with get_sessionmaker()() as session:
         return api_keys.verify_key(session=session, key=key)
 
