@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -82,15 +82,21 @@ def start(*, session: Session, settings: Settings, parsed: Parsed, chat: bool) -
     return Started(id=request_id, job=job, chat=chat, created=int(time.time()))
 
 
-async def events(client: aioredis.Redis, started: Started) -> AsyncIterator[Event]:
+async def events(
+    client: aioredis.Redis, started: Started, gone: Callable[[], Awaitable[bool]] | None = None
+) -> AsyncIterator[Event]:
     """The request's events as the worker publishes them, up to its last; a FailedEvent when nothing is heard
-    for `playground.IDLE_S` (no generate worker running, or one that died)."""
+    for `playground.IDLE_S` (no generate worker running, or one that died). `gone`: whether the client hung up,
+    asked between events, so a request nobody waits for any more stops being followed (the worker still answers
+    it, and it counts against the bound until then)."""
     heard = time.monotonic()
     key = playground.stream_key(started.id)
     async for entry in follow(client, key, "0-0", until=FINAL_COMPLETION_EVENTS, block_ms=2_000):
         if entry is not None:
             heard = time.monotonic()
             yield cast(Event, COMPLETION_EVENTS[entry.event].model_validate(entry.data))
+        elif gone is not None and await gone():
+            return
         elif time.monotonic() - heard > playground.IDLE_S:
             await client.zrem(PENDING_KEY, started.id)  # given up: no longer counted against the bound
             message = (

@@ -49,7 +49,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory, redis_url: str, module_dat
         busy.start_web(busy_port, log="busy-web.log")
         url = f"http://127.0.0.1:{port}"
         stack = Stack(url=url, env=env, data_dir=root / "data", worker_log=root / "worker.log")
-        run = stack.start_run(**(QUICK_RUN | {"name": "openai-inference", "max_steps": 4, "save_steps": 2}))
+        run = stack.start_run(**(QUICK_RUN | {"name": "openai-inference", "max_steps": 2, "save_steps": 1}))
         assert stack.wait_run(run["id"], timeout=180)["status"] == "succeeded"
         yield Servers(url, f"http://127.0.0.1:{busy_port}", f"ft:tiny-llama:loradeck:{run['id']}", run["id"])
     finally:
@@ -79,17 +79,17 @@ def test_models_lists_the_bundled_base_and_the_trained_run(servers: Servers) -> 
     assert models["tiny-llama"].owned_by == "loradeck"
     assert models[servers.ft].owned_by == "user" and models[servers.ft].created > 0
     assert sdk.models.retrieve(servers.ft).id == servers.ft
-    checkpoint = sdk.models.retrieve(f"{servers.ft}:ckpt-step-2")
-    assert checkpoint.id == f"{servers.ft}:ckpt-step-2" and checkpoint.object == "model"
+    checkpoint = sdk.models.retrieve(f"{servers.ft}:ckpt-step-1")
+    assert checkpoint.id == f"{servers.ft}:ckpt-step-1" and checkpoint.object == "model"
     with pytest.raises(openai.NotFoundError):
-        sdk.models.retrieve(f"{servers.ft}:ckpt-step-3")  # no checkpoint at that step
+        sdk.models.retrieve(f"{servers.ft}:ckpt-step-7")  # no checkpoint at that step
     with pytest.raises(openai.NotFoundError):
         sdk.models.retrieve(f"ft:tiny-llama:other-suffix:{servers.run_id}")
 
 
 @pytest.mark.parametrize("model", ["tiny-llama", "ft", "ckpt"])
 def test_streamed_and_whole_answers_are_the_same_at_temperature_zero(servers: Servers, model: str) -> None:
-    model_id = {"tiny-llama": "tiny-llama", "ft": servers.ft, "ckpt": f"{servers.ft}:ckpt-step-2"}[model]
+    model_id = {"tiny-llama": "tiny-llama", "ft": servers.ft, "ckpt": f"{servers.ft}:ckpt-step-1"}[model]
     sdk = client(servers.url)
     whole = sdk.chat.completions.create(model=model_id, messages=ASK, temperature=0, max_tokens=24)  # type: ignore[arg-type]
     texts, reasons, usage, chunks = streamed(sdk, model=model_id, messages=ASK, temperature=0, max_tokens=24)

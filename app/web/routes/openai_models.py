@@ -7,7 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
@@ -46,21 +46,23 @@ def delete_model(model_id: str, session: SessionDep, settings: SettingsDep) -> d
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
-    session: SessionDep, settings: SettingsDep, body: OpenAIBody = None
+    request: Request, session: SessionDep, settings: SettingsDep, body: OpenAIBody = None
 ) -> dict[str, Any] | StreamingResponse:
     """A conversation answered by a base or fine-tuned model, whole or streamed (`stream: true`)."""
-    return await _answer(session, settings, body, chat=True)
+    return await _answer(request, session, settings, body, chat=True)
 
 
 @router.post("/completions", response_model=None)
 async def text_completions(
-    session: SessionDep, settings: SettingsDep, body: OpenAIBody = None
+    request: Request, session: SessionDep, settings: SettingsDep, body: OpenAIBody = None
 ) -> dict[str, Any] | StreamingResponse:
     """A prompt continued, as it is (no chat template), whole or streamed."""
-    return await _answer(session, settings, body, chat=False)
+    return await _answer(request, session, settings, body, chat=False)
 
 
-async def _answer(session: Any, settings: Any, body: Any, *, chat: bool) -> dict[str, Any] | StreamingResponse:
+async def _answer(
+    request: Request, session: Any, settings: Any, body: Any, *, chat: bool
+) -> dict[str, Any] | StreamingResponse:
     parsed = parse_body(body, chat=chat)
     try:
         started = await run_in_threadpool(
@@ -68,9 +70,11 @@ async def _answer(session: Any, settings: Any, body: Any, *, chat: bool) -> dict
         )
     except QueueFull as exc:
         raise OpenAIError(429, str(exc), code="rate_limit_exceeded") from exc
-    feed = completions.events(live_hub(settings.redis_url).client, started)
+    feed = completions.events(live_hub(settings.redis_url).client, started, request.is_disconnected)
     # The first event says the model is loaded and the prompt fits, or why not: an error is still an HTTP status.
-    first = await anext(feed)
+    first = await anext(feed, None)
+    if first is None:
+        raise OpenAIError(499, "the client hung up before the answer came")
     if isinstance(first, FailedEvent):
         raise completions.failure(first)
     if not parsed.stream:
@@ -79,7 +83,7 @@ async def _answer(session: Any, settings: Any, body: Any, *, chat: bool) -> dict
                 raise completions.failure(event)
             if isinstance(event, CompletedEvent):
                 return completions.whole(started, event)
-        raise OpenAIError(500, "the answer ended without its last event")
+        raise OpenAIError(499, "the client hung up before the answer came")
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     chunks = _chunks(started, first, feed, include_usage=parsed.include_usage)
     return StreamingResponse(chunks, media_type="text/event-stream", headers=headers)
