@@ -29,9 +29,7 @@ def _answer(tiny: tuple[Any, Any], **job: Any) -> tuple[list[Any], list[list[str
     request = CompletionJob.model_validate({"model": "tiny-llama", "prompt": PROMPT} | job)
     pieces: list[list[str]] = [[] for _ in range(request.n)]
     ids = torch.tensor([chat_prompt(tokenizer, PROMPT, chat=False)])
-    answers = decode_choices(
-        Side("base", model, None), tokenizer, ids, request, lambda i, text: pieces[i].append(text)
-    )
+    answers = decode_choices(Side("base", model, None), tokenizer, ids, request, lambda i, text: pieces[i].append(text))
     return answers, pieces
 
 
