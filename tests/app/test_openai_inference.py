@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from openai import OpenAI
@@ -16,7 +17,7 @@ from transformers import AutoTokenizer
 
 from app.config import TINY_MODEL_DIR
 from app.processes import free_port
-from tests.conftest import QUICK_RUN, Stack, stack_env
+from tests.conftest import QUICK_RUN, Stack, stack_env, wait_for
 from tests.processes import Processes
 
 ASK = [{"role": "user", "content": "解析地址：臺北市大安區復興南路一段390號2樓"}]
@@ -43,7 +44,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory, redis_url: str, module_dat
     processes, busy = Processes(root, env), Processes(root, busy_env)
     processes.migrate()
     try:
-        processes.start_worker("--queues", "train", log="worker.log")
+        processes.start_worker(log="worker.log")  # train and merge
         processes.start_worker("--queues", "generate", log="generator.log")
         processes.start_web(port, log="web.log")
         busy.start_web(busy_port, log="busy-web.log")
@@ -187,6 +188,22 @@ def test_a_full_queue_is_refused_with_a_rate_limit_error(servers: Servers) -> No
     assert "LORADECK_OPENAI_PENDING_REQUESTS" in refused.value.message
 
 
+def test_a_merged_fine_tune_answers_as_its_adapter_did(servers: Servers) -> None:
+    sdk = client(servers.url)
+    request: dict[str, Any] = {"model": servers.ft, "messages": ASK, "temperature": 0, "max_tokens": 24}
+    adapter = sdk.chat.completions.create(**request)
+    url = f"{servers.url}/api/v1/runs/{servers.run_id}"
+    assert httpx.post(url + "/merge", json={"dtype": "float32"}, timeout=30).status_code == 202
+
+    def merged() -> bool:
+        return any(a["kind"] == "merged" and a["status"] == "ready" for a in httpx.get(url + "/artifacts").json())
+
+    wait_for(merged, 120, "the merge")
+    answer = sdk.chat.completions.create(**request)
+    assert answer.choices[0].message.content == adapter.choices[0].message.content
+    assert answer.usage == adapter.usage
+
+
 def test_a_deleted_fine_tune_is_gone_and_a_base_cannot_be_deleted(servers: Servers) -> None:
     sdk = client(servers.url)
     with pytest.raises(openai.BadRequestError) as refused:
@@ -199,3 +216,6 @@ def test_a_deleted_fine_tune_is_gone_and_a_base_cannot_be_deleted(servers: Serve
         sdk.models.retrieve(servers.ft)
     with pytest.raises(openai.NotFoundError):
         sdk.chat.completions.create(model=servers.ft, messages=ASK)  # type: ignore[arg-type]
+    kinds = {artifact["kind"] for artifact in httpx.get(f"{servers.url}/api/v1/runs/{servers.run_id}/artifacts").json()}
+    assert not kinds & {"adapter", "merged"}
+    assert sdk.models.retrieve(f"{servers.ft}:ckpt-step-1")  # its checkpoints stay, with the run

@@ -2,7 +2,7 @@
 merged model) answers `n` times, one choice after another, each piece of text published to the request's stream.
 
 The model comes from the playground's ModelCache (worker.serving.generate), so a base loaded for the playground or an
-earlier request is reused, adapters attached by name; decoding is the playground's `_Decoder` (KV cache, greedy at
+earlier request is reused, adapters attached by name; decoding is the playground's `SideDecoder` (KV cache, greedy at
 temperature 0, seeded sampling otherwise), so an answer here is the playground's answer for the same settings.
 Stop sequences are cut here: text that might be the start of a stop sequence is held back until it is not, so no
 piece of a stop sequence is ever sent, and the streamed text and the whole one are the same.
@@ -41,7 +41,7 @@ from app.services.openai_models import Target, resolve_model
 from worker.data.encode import encode_prompt
 from worker.serving.conversation import conversation_ids
 from worker.serving.decoding import eos_ids
-from worker.serving.generate import ModelCache, Sampling, Side, _Decoder, model_cache
+from worker.serving.generate import ModelCache, Sampling, Side, SideDecoder, model_cache
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def decode_one(
 ) -> Answer:
     """One answer of one model: decoded a token at a time, cut at the first stop sequence; `on_text` gets each
     new piece. finish_reason `length` when it ran to `max_new_tokens`, else `stop` (end of sequence, stop text)."""
-    decoder = _Decoder(side, prompt, sampling, eos_ids(tokenizer))
+    decoder = SideDecoder(side, prompt, sampling, eos_ids(tokenizer))
     sent = ""
     while not decoder.done:
         decoder.step()

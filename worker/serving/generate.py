@@ -76,7 +76,7 @@ class Sampling:
     seed: int = 0
 
 
-class _Decoder:
+class SideDecoder:
     """One side's decoding state: its KV cache (`CachedLM`, which holds a prompt-tuning adapter's virtual
     tokens too), the ids so far, and the text already sent."""
 
@@ -135,7 +135,7 @@ def decode_lockstep(
     `prompt_ids`: one prompt for every side, or one per side (each continuing its own conversation)."""
     prompts = [prompt_ids] * len(sides) if isinstance(prompt_ids, torch.Tensor) else list(prompt_ids)
     stop = eos_ids(tokenizer)
-    decoders = [_Decoder(side, ids, sampling, stop) for side, ids in zip(sides, prompts, strict=True)]
+    decoders = [SideDecoder(side, ids, sampling, stop) for side, ids in zip(sides, prompts, strict=True)]
     while not all(decoder.done for decoder in decoders):
         for index, decoder in enumerate(decoders):
             if decoder.done:
