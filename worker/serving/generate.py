@@ -8,7 +8,8 @@ plain greedy loop without a cache (`worker.serving.decoding.reference_greedy`), 
 argmax of the same logits, a KV cache (`worker.serving.decoding.CachedLM`) only saving the work.
 
 Models stay loaded between requests (`ModelCache`): a base is loaded once per worker while in use, with
-the run's adapters and checkpoints attached to it by name; an idle model is let go after a while.
+the run's adapters and checkpoints attached to it by name; an idle model is let go after a while. OpenAI's
+completions (worker.serving.completions) share the cache and `SideDecoder`, one model a request.
 """
 
 from __future__ import annotations
