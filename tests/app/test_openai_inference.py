@@ -116,6 +116,10 @@ def test_usage_counts_the_prompt_as_tokenized_and_the_tokens_generated(servers: 
     text = sdk.completions.create(model=servers.ft, prompt=ASK[0]["content"], temperature=0, max_tokens=5)
     assert text.object == "text_completion" and text.choices[0].text == tuned.choices[0].message.content
     assert text.usage == tuned.usage
+    pieces = list(sdk.completions.create(model=servers.ft, prompt=ASK[0]["content"], temperature=0, max_tokens=5,
+                                         stream=True, stream_options={"include_usage": True}))  # fmt: skip
+    assert "".join(choice.text for piece in pieces for choice in piece.choices) == text.choices[0].text
+    assert pieces[-1].usage == text.usage and pieces[-2].choices[0].finish_reason == "length"
 
 
 def test_stop_ends_the_answer_before_the_stop_text(servers: Servers) -> None:
