@@ -107,10 +107,9 @@ def enqueue_generation(generation_id: str, request: PlaygroundRequest) -> None:
 
 
 PENDING_KEY = "loradeck:completions:pending"  # a sorted set: request id -> when it was queued
-# A request still counted this long after it was queued is taken as lost (a worker killed while answering it):
-# its task expires from the queue after PENDING_TASK_EXPIRES_S, and the longest answer takes minutes on a CPU.
+# A request still counted this long after it was queued is taken as lost (a worker killed while answering it): the
+# web stops waiting for it then, and its task expires from the queue. The longest answer takes minutes on a CPU.
 PENDING_STALE_S = 600.0
-PENDING_TASK_EXPIRES_S = 60
 
 
 class QueueFull(Unavailable):
@@ -138,7 +137,7 @@ def enqueue_completion(request_id: str, job: CompletionJob, *, bound: int) -> No
             COMPLETION_TASK,
             args=[request_id, job.model_dump(mode="json")],
             queue=Queue.generate.value,
-            expires=PENDING_TASK_EXPIRES_S,
+            expires=PENDING_STALE_S,
         )
     except QueueFull:
         raise

@@ -11,6 +11,7 @@ was in training, raw; anything more is refused naming `messages` (send it to `/v
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,11 +32,14 @@ from app.contracts.completions import (
     PromptEvent,
 )
 from app.contracts.events import TokenEvent
+from app.contracts.workers import WorkerRecord
 from app.errors import DomainError, InvalidInput, NotFound
 from app.events import follow
-from app.queue import PENDING_KEY, enqueue_completion, reaching_redis
+from app.queue import PENDING_KEY, PENDING_STALE_S, Queue, enqueue_completion, reaching_redis
 from app.services.openai_models import resolve_model
 from app.services.openai_params import Parsed
+from app.workers import HEARTBEAT_S
+from app.workers import PREFIX as WORKERS_PREFIX
 
 Event = PromptEvent | TokenEvent | CompletedEvent | FailedEvent
 
@@ -88,7 +92,8 @@ async def events(
     """The request's events as the worker publishes them, up to its last; a FailedEvent when nothing is heard
     for `playground.IDLE_S` (no generate worker running, or one that died). `gone`: whether the client hung up,
     asked between events, so a request nobody waits for any more stops being followed (the worker still answers
-    it, and it counts against the bound until then)."""
+    it, and it counts against the bound until then). While a generate worker is alive, a request waits its turn
+    behind the others queued, up to PENDING_STALE_S."""
     heard = time.monotonic()
     key = playground.stream_key(started.id)
     async for entry in follow(client, key, "0-0", until=FINAL_COMPLETION_EVENTS, block_ms=2_000):
@@ -97,14 +102,29 @@ async def events(
             yield cast(Event, COMPLETION_EVENTS[entry.event].model_validate(entry.data))
         elif gone is not None and await gone():
             return
-        elif time.monotonic() - heard > playground.IDLE_S:
+        elif (quiet := time.monotonic() - heard) > playground.IDLE_S and (
+            quiet > PENDING_STALE_S or not await generator_alive(client)
+        ):
             await client.zrem(PENDING_KEY, started.id)  # given up: no longer counted against the bound
             message = (
-                f"no answer for {playground.IDLE_S:.0f} s: is a generate worker running? "
+                f"no answer for {quiet:.0f} s: is a generate worker running? "
                 "(`loradeck up` starts one; `loradeck worker --queues generate`)"
             )
             yield FailedEvent(kind="server", message=message)
             return
+
+
+async def generator_alive(client: aioredis.Redis) -> bool:
+    """Whether a worker on the generate queue sent a heartbeat lately: while one does, a request waits its turn
+    behind the others queued (up to PENDING_STALE_S) instead of being given up as unanswered."""
+    async for key in client.scan_iter(match=WORKERS_PREFIX + "*", count=200):
+        raw = await client.get(key)
+        if raw is None:
+            continue
+        record = WorkerRecord.model_validate(json.loads(raw))
+        if Queue.generate.value in record.queues and time.time() - record.seen < 3 * HEARTBEAT_S:
+            return True
+    return False
 
 
 def failure(event: FailedEvent) -> Exception:
