@@ -10,7 +10,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
 
+from app.config import Settings
 from app.contracts.completions import CompletedEvent, FailedEvent, PromptEvent
 from app.contracts.events import TokenEvent
 from app.queue import QueueFull
@@ -61,7 +63,7 @@ async def text_completions(
 
 
 async def _answer(
-    request: Request, session: Any, settings: Any, body: Any, *, chat: bool
+    request: Request, session: Session, settings: Settings, body: Any, *, chat: bool
 ) -> dict[str, Any] | StreamingResponse:
     parsed = parse_body(body, chat=chat)
     try:
