@@ -142,6 +142,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds a playground model stays loaded without a request before its worker lets it go.",
     )
+    openai_pending_requests: int = Field(
+        default=16,
+        ge=1,
+        description="Requests to `/v1/chat/completions` and `/v1/completions` that may wait for (or be answered "
+        "by) the generate worker at once; past it a request is refused at once with 429 `rate_limit_exceeded`.",
+    )
 
     @field_validator("model_roots", "dataset_roots", "api_token_hashes", "allowed_hosts", mode="before")
     @classmethod

@@ -36,9 +36,13 @@ def known_key(generation_id: str) -> str:
     return f"loradeck:playground:{generation_id}:known"
 
 
-def publish(client: redis.Redis, generation_id: str, event: LiveEvent) -> None:
-    if PLAYGROUND_EVENTS.get(event.type) is not type(event):
-        raise ValueError(f"{type(event).__name__} is not a playground event; they are {', '.join(PLAYGROUND_EVENTS)}")
+def publish(
+    client: redis.Redis, generation_id: str, event: LiveEvent, kinds: dict[str, type[LiveEvent]] = PLAYGROUND_EVENTS
+) -> None:
+    """Add `event` to the request's stream; `kinds`: the events its reader expects (the playground's, or those of
+    an OpenAI completion, app.contracts.completions)."""
+    if kinds.get(event.type) is not type(event):
+        raise ValueError(f"{type(event).__name__} is not an event of this stream; they are {', '.join(kinds)}")
     key = stream_key(generation_id)
     pipe = client.pipeline()
     data = json.dumps(event.data(), ensure_ascii=False, separators=(",", ":"))

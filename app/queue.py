@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
     from celery import Celery
 
 from app.config import Settings, get_settings
+from app.contracts.completions import CompletionJob
 from app.contracts.datasets import DescribeAnswer, DescribeRequest
 from app.contracts.estimate import EstimateAnswer
 from app.contracts.playground import PlaygroundRequest
@@ -32,6 +34,7 @@ MERGE_TASK = "loradeck.merge_artifact"
 ESTIMATE_TASK = "loradeck.estimate"
 DESCRIBE_DATASET_TASK = "loradeck.describe_dataset"
 GENERATE_TASK = "loradeck.playground"
+COMPLETION_TASK = "loradeck.completion"
 EXPORT_TASK = "loradeck.export_gguf"
 INSPECT_MARGIN_S = 15.0  # beyond the inspection time limit: the queue, a child process starting, the answer
 
@@ -58,6 +61,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             ESTIMATE_TASK: {"queue": Queue.inspect.value},
             DESCRIBE_DATASET_TASK: {"queue": Queue.inspect.value},
             GENERATE_TASK: {"queue": Queue.generate.value},
+            COMPLETION_TASK: {"queue": Queue.generate.value},
         },
         "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
         "broker_connection_retry_on_startup": True,
@@ -100,6 +104,53 @@ def enqueue_generation(generation_id: str, request: PlaygroundRequest) -> None:
     # A playground answer nobody reads a minute later is worth nothing: expire it rather than queue it.
     payload = request.model_dump(mode="json")
     get_celery().send_task(GENERATE_TASK, args=[generation_id, payload], queue=Queue.generate.value, expires=60)
+
+
+PENDING_KEY = "loradeck:completions:pending"  # a sorted set: request id -> when it was queued
+# A request still counted this long after it was queued is taken as lost (a worker killed while answering it): the
+# web stops waiting for it then, and its task expires from the queue. The longest answer takes minutes on a CPU.
+PENDING_STALE_S = 600.0
+
+
+class QueueFull(Unavailable):
+    """As many completion requests as `openai_pending_requests` allows are queued or being answered."""
+
+
+def enqueue_completion(request_id: str, job: CompletionJob, *, bound: int) -> None:
+    """Queue an OpenAI completion on the generate queue, counted among the pending requests; QueueFull when
+    `bound` are already pending (the generate worker answers one at a time)."""
+    now = time.time()
+    client = redis.Redis.from_url(get_settings().redis_url, socket_timeout=5)
+    try:
+        pipe = client.pipeline()
+        pipe.zremrangebyscore(PENDING_KEY, 0, now - PENDING_STALE_S)
+        pipe.zadd(PENDING_KEY, {request_id: now})
+        pipe.zcard(PENDING_KEY)
+        pending = int(pipe.execute()[-1])
+        if pending > bound:
+            client.zrem(PENDING_KEY, request_id)
+            raise QueueFull(
+                f"{pending - 1} completion requests are already waiting for the generate worker, as many as "
+                "LORADECK_OPENAI_PENDING_REQUESTS allows: retry shortly"
+            )
+        get_celery().send_task(
+            COMPLETION_TASK,
+            args=[request_id, job.model_dump(mode="json")],
+            queue=Queue.generate.value,
+            expires=PENDING_STALE_S,
+        )
+    except QueueFull:
+        raise
+    except BaseException:
+        client.zrem(PENDING_KEY, request_id)
+        raise
+    finally:
+        client.close()
+
+
+def release_completion(client: redis.Redis, request_id: str) -> None:
+    """The request is answered (or given up): it no longer counts against the bound."""
+    client.zrem(PENDING_KEY, request_id)
 
 
 @contextmanager

@@ -17,7 +17,16 @@ from celery import shared_task
 
 from app.contracts.estimate import EstimateAnswer
 from app.errors import NotFound
-from app.queue import DESCRIBE_DATASET_TASK, ESTIMATE_TASK, EXPORT_TASK, GENERATE_TASK, MERGE_TASK, TRAIN_TASK, Queue
+from app.queue import (
+    COMPLETION_TASK,
+    DESCRIBE_DATASET_TASK,
+    ESTIMATE_TASK,
+    EXPORT_TASK,
+    GENERATE_TASK,
+    MERGE_TASK,
+    TRAIN_TASK,
+    Queue,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,3 +96,11 @@ def playground(generation_id: str, request: dict[str, Any]) -> None:
     from worker.serving.generate import run_playground
 
     run_playground(generation_id, request)
+
+
+@shared_task(name=COMPLETION_TASK, queue=Queue.generate.value, ignore_result=True)
+def completion(request_id: str, job: dict[str, Any]) -> None:
+    """Answer an OpenAI chat completion or completion (app.contracts.completions) with one model."""
+    from worker.serving.completions import answer_completion
+
+    answer_completion(request_id, job)

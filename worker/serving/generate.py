@@ -8,7 +8,8 @@ plain greedy loop without a cache (`worker.serving.decoding.reference_greedy`), 
 argmax of the same logits, a KV cache (`worker.serving.decoding.CachedLM`) only saving the work.
 
 Models stay loaded between requests (`ModelCache`): a base is loaded once per worker while in use, with
-the run's adapters and checkpoints attached to it by name; an idle model is let go after a while.
+the run's adapters and checkpoints attached to it by name; an idle model is let go after a while. OpenAI's
+completions (worker.serving.completions) share the cache and `SideDecoder`, one model a request.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class Sampling:
     seed: int = 0
 
 
-class _Decoder:
+class SideDecoder:
     """One side's decoding state: its KV cache (`CachedLM`, which holds a prompt-tuning adapter's virtual
     tokens too), the ids so far, and the text already sent."""
 
@@ -135,7 +136,7 @@ def decode_lockstep(
     `prompt_ids`: one prompt for every side, or one per side (each continuing its own conversation)."""
     prompts = [prompt_ids] * len(sides) if isinstance(prompt_ids, torch.Tensor) else list(prompt_ids)
     stop = eos_ids(tokenizer)
-    decoders = [_Decoder(side, ids, sampling, stop) for side, ids in zip(sides, prompts, strict=True)]
+    decoders = [SideDecoder(side, ids, sampling, stop) for side, ids in zip(sides, prompts, strict=True)]
     while not all(decoder.done for decoder in decoders):
         for index, decoder in enumerate(decoders):
             if decoder.done:
