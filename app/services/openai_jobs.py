@@ -83,7 +83,6 @@ def create_job(*, session: Session, settings: Settings, body: Any) -> Run:
         "dataset": training.path,
         "eval_dataset": validation.path if validation else "",
         "objective": "dpo" if request.method == "dpo" else "sft",
-        "init_from_run": source or "",
         "learning_rate": recipe.learning_rate,
         "per_device_train_batch_size": recipe.batch_size,
         "max_steps": recipe.max_steps(training.rows or 0),
@@ -92,6 +91,9 @@ def create_job(*, session: Session, settings: Settings, body: Any) -> Run:
         "save_total_limit": 3,
         **recipe.spec,
     }
+    if source is not None:  # its adapter goes on training: the same kind of adapter on the same base
+        spec |= {"init_from_run": source.id, "method": source.spec.get("method"),
+                 "quantization": source.spec.get("quantization")}  # fmt: skip
     if recipe.beta is not None:
         spec["beta"] = recipe.beta
     if request.seed is not None:
@@ -121,7 +123,7 @@ def _job_row(run: Run, request: JobRequest, hyperparameters: dict[str, Any]) -> 
     )
 
 
-def _base(session: Session, settings: Settings, model: str) -> tuple[str, str | None]:
+def _base(session: Session, settings: Settings, model: str) -> tuple[str, Run | None]:
     """(base_model, run to continue from) for the request's `model`: a base id, or an `ft:` id whose run's
     adapter the new run starts from (as the dashboard's "continue from run")."""
     tuned = parse_fine_tuned(model)
@@ -135,7 +137,7 @@ def _base(session: Session, settings: Settings, model: str) -> tuple[str, str | 
     source = session.get(Run, tuned.run_id)
     if source is None or source.status not in (RunStatus.succeeded, RunStatus.stopped):
         raise JobRefused("model", f"{model[:120]} is not a fine-tuned model of a succeeded job")
-    return str(source.spec["base_model"]), source.id
+    return str(source.spec["base_model"]), source
 
 
 def _file(session: Session, file: str | None, param: str, method: str) -> Dataset | None:

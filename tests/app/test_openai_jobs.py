@@ -113,11 +113,18 @@ def test_jobs_train_to_succeeded_with_auto_and_explicit_hyperparameters(
     first = sdk.fine_tuning.jobs.checkpoints.list(explicit.id, limit=1)
     assert first.has_more and [c.id for c in first.get_next_page().data] == [saved.data[1].id]
 
+    # Its fine-tuned model trains on in a new job, from its adapter.
+    further = sdk.fine_tuning.jobs.create(
+        model=done.fine_tuned_model, training_file=files["train"], hyperparameters={"n_epochs": 1, "batch_size": 8}
+    )
+    assert further.model == done.fine_tuned_model and run_of(stack, further.id)["spec"]["init_from_run"] == run_id
+
     finished = wait_job(sdk, auto.id)
     assert finished.status == "succeeded", finished.error
     assert finished.fine_tuned_model == f"ft:tiny-llama:addr:{auto.id.removeprefix('ftjob-')}"
     valid = [event.data for event in sdk.fine_tuning.jobs.list_events(auto.id) if event.type == "metrics"]
     assert any(data["valid_loss"] is not None for data in valid)  # type: ignore[index]
+    assert wait_job(sdk, further.id).status == "succeeded"
 
 
 def test_a_running_job_pauses_resumes_under_its_id_and_is_cancelled(sdk: OpenAI, files: dict[str, str]) -> None:
@@ -150,6 +157,7 @@ def test_a_running_job_pauses_resumes_under_its_id_and_is_cancelled(sdk: OpenAI,
 
 
 def test_dashboard_runs_are_jobs_and_the_list_pages(sdk: OpenAI, stack: Stack) -> None:
+    earlier = stack.start_run(max_steps=1, name="an earlier run")
     run = stack.start_run(max_steps=2, name="from the dashboard")
     newest = sdk.fine_tuning.jobs.list(limit=1)
     assert [job.id for job in newest.data] == [f"ftjob-{run['id']}"] and newest.has_more
@@ -159,7 +167,7 @@ def test_dashboard_runs_are_jobs_and_the_list_pages(sdk: OpenAI, stack: Stack) -
     )  # fmt: skip
     assert job.hyperparameters.batch_size == 2 and job.training_file.endswith("train.jsonl")
     everything = [job.id for job in sdk.fine_tuning.jobs.list(limit=2)]  # the SDK follows `after`
-    assert everything[0] == job.id and len(everything) == len(set(everything)) >= 2
+    assert everything[:2] == [job.id, f"ftjob-{earlier['id']}"] and len(everything) == len(set(everything))
     assert [j.id for j in sdk.fine_tuning.jobs.list(after=everything[0], limit=100).data] == everything[1:]
     ended = wait_job(sdk, job.id)
     assert ended.status == "succeeded" and ended.fine_tuned_model == f"ft:tiny-llama:loradeck:{run['id']}"
