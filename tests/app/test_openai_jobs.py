@@ -173,6 +173,32 @@ def test_dashboard_runs_are_jobs_and_the_list_pages(sdk: OpenAI, stack: Stack) -
     assert ended.status == "succeeded" and ended.fine_tuned_model == f"ft:tiny-llama:loradeck:{run['id']}"
 
 
+def test_a_dpo_job_trains_on_preference_pairs_with_its_beta(sdk: OpenAI, stack: Stack) -> None:
+    pairs = [
+        {
+            "input": {"messages": [{"role": "user", "content": row["prompt"]}]},
+            "preferred_output": [{"role": "assistant", "content": row["completion"]}],
+            "non_preferred_output": [{"role": "assistant", "content": row["completion"][:20]}],
+        }
+        for row in ROWS[:8]
+    ]
+    body = "".join(json.dumps(pair, ensure_ascii=False) + "\n" for pair in pairs).encode()
+    file = sdk.files.create(file=("pairs.jsonl", body), purpose="fine-tune")
+    job = sdk.fine_tuning.jobs.create(
+        model="tiny-llama",
+        training_file=file.id,
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 1, "batch_size": 4}}},
+    )
+    assert job.method is not None and job.method.type == "dpo" and job.method.dpo is not None
+    assert job.method.dpo.hyperparameters.model_dump() == {
+        "batch_size": 4, "beta": 0.2, "learning_rate_multiplier": 1, "n_epochs": 1
+    }  # fmt: skip
+    spec = run_of(stack, job.id)["spec"]
+    assert (spec["objective"], spec["beta"], spec["max_steps"]) == ("dpo", 0.2, 2)
+    ended = wait_job(sdk, job.id)
+    assert ended.status == "succeeded", ended.error
+
+
 def test_bad_requests_name_the_parameter(sdk: OpenAI, files: dict[str, str]) -> None:
     with pytest.raises(openai.NotFoundError) as missing:
         sdk.fine_tuning.jobs.retrieve("ftjob-doesnotexist")
