@@ -7,6 +7,7 @@ place) or under `method.<type>.hyperparameters`, each a number or "auto".
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,7 +148,7 @@ def _hyperparameters(values: Any, where: str, keys: tuple[str, ...]) -> dict[str
         if value == "auto" or value is None:
             checked[name] = "auto"
             continue
-        number = isinstance(value, int | float) and not isinstance(value, bool)
+        number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
         if not number or (kind is int and float(value) != int(value)):
             raise RequestProblem(param, f'must be {"an integer" if kind is int else "a number"} or "auto"')
         if not low <= value <= high:
