@@ -39,6 +39,7 @@ PARAMS = {"base_model": "model", "init_from_run": "model", "dataset": "training_
           "per_device_train_batch_size": "hyperparameters.batch_size", "max_steps": "hyperparameters.n_epochs",
           "beta": "method.dpo.hyperparameters.beta"}  # fmt: skip
 LINE = re.compile(r"\bline \d+")
+FIELD = re.compile(r"^([a-z_]+): ")  # a RunSpec refusal names its field first
 
 
 class JobRefused(InvalidInput):
@@ -74,6 +75,12 @@ def create_job(*, session: Session, settings: Settings, body: Any) -> Run:
     training = _file(session, request.training_file, "training_file", request.method)
     assert training is not None  # a required field
     validation = _file(session, request.validation_file, "validation_file", request.method)
+    if validation and validation.shape and training.shape and validation.shape != training.shape:
+        raise JobRefused(
+            "validation_file",
+            f"{request.validation_file} holds {validation.shape} rows and {request.training_file} {training.shape} "
+            "rows; give a validation file of the training file's shape",
+        )
     recipe = openai_auto.choose(
         base_model=base_model, method=request.method, rows=training.rows or 0, asked=request.hyperparameters
     )
@@ -161,7 +168,8 @@ def _file(session: Session, file: str | None, param: str, method: str) -> Datase
 def _refusal(exc: InvalidInput) -> JobRefused:
     """The runs service's refusal, with the request's parameter it is about."""
     first = exc.errors[0] if exc.errors else {}
-    field = str(first["loc"][0]) if first.get("loc") else None
+    named = FIELD.match(str(exc))
+    field = str(first["loc"][0]) if first.get("loc") else named.group(1) if named else None
     return JobRefused(PARAMS.get(field or ""), f"the job cannot be run: {exc}")
 
 

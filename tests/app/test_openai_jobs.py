@@ -213,6 +213,7 @@ def test_bad_requests_name_the_parameter(sdk: OpenAI, files: dict[str, str]) -> 
         ({"hyperparameters": {"batch_size": "many"}}, "hyperparameters.batch_size"),
         ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": -1}}}}, "method.dpo.hyperparameters.beta"),
         ({"method": {"type": "dpo"}}, "training_file"),  # chat rows are not preference pairs
+        ({"validation_file": "file-plain"}, "validation_file"),  # prompt/completion rows beside chat rows
         ({"method": {"type": "reinforcement"}}, "method.type"),
         ({"suffix": "no spaces please"}, "suffix"),
         ({"model": "no-such-model"}, "model"),
@@ -221,6 +222,8 @@ def test_bad_requests_name_the_parameter(sdk: OpenAI, files: dict[str, str]) -> 
     before = len(sdk.fine_tuning.jobs.list(limit=100).data)
     for change, param in refusals:
         body: dict[str, Any] = {"model": "tiny-llama", "training_file": files["train"], **change}
+        if body.get("validation_file") == "file-plain":
+            body["validation_file"] = files["plain"]
         with pytest.raises(openai.BadRequestError) as refused:
             sdk.fine_tuning.jobs.create(**body)
         assert refused.value.param == param, (change, refused.value.message)
