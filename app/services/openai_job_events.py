@@ -18,7 +18,8 @@ from app.errors import InvalidInput
 from app.models import Metric, OpenAIJob, Run
 from app.openai_ids import base_id, fine_tuned_id
 from app.rundir import RunDir
-from app.services.openai_jobs import get_job, job_id, job_object, unix_time
+from app.services.openai_job_object import job_id, job_object, unix_time
+from app.services.openai_jobs import get_job
 
 MAX_LIST = 100
 MAX_POINTS = 20_000  # a run's metric points read for its events (a 20k-step run logging every step)

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request
 
-from app.services import openai_job_events, openai_jobs
+from app.services import openai_job_events, openai_job_object, openai_jobs
 from app.web.deps import SessionDep, SettingsDep
 from app.web.openai_errors import OpenAIError
 
@@ -27,7 +27,7 @@ def create_job(session: SessionDep, settings: SettingsDep, body: Annotated[dict[
     """Create a job (a loradeck run, queued): `model`, `training_file`, and optionally `validation_file`,
     `suffix`, `seed`, `metadata`, `method` or the legacy `hyperparameters` (numbers or "auto")."""
     run = openai_jobs.create_job(session=session, settings=settings, body=body)
-    return openai_jobs.job_object(session=session, settings=settings, run=run)
+    return openai_job_object.job_object(session=session, settings=settings, run=run)
 
 
 @router.get("/fine_tuning/jobs")
@@ -38,35 +38,35 @@ def list_jobs(
     if any(name.startswith("metadata") for name in request.query_params):
         raise OpenAIError(400, "metadata: filtering jobs by metadata is not supported; list them all", param="metadata")
     page = openai_jobs.list_jobs(session=session, after=after, limit=limit)
-    data = [openai_jobs.job_object(session=session, settings=settings, run=run) for run in page.runs]
+    data = [openai_job_object.job_object(session=session, settings=settings, run=run) for run in page.runs]
     return cursor_list(data, page.has_more)
 
 
 @router.get("/fine_tuning/jobs/{job_id}")
 def retrieve_job(job_id: str, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
     run = openai_jobs.get_job(session=session, job=job_id)
-    return openai_jobs.job_object(session=session, settings=settings, run=run)
+    return openai_job_object.job_object(session=session, settings=settings, run=run)
 
 
 @router.post("/fine_tuning/jobs/{job_id}/cancel")
 def cancel_job(job_id: str, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
     """A queued job is cancelled at once, a running one at its next step."""
     run = openai_jobs.cancel_job(session=session, job=job_id)
-    return openai_jobs.job_object(session=session, settings=settings, run=run)
+    return openai_job_object.job_object(session=session, settings=settings, run=run)
 
 
 @router.post("/fine_tuning/jobs/{job_id}/pause")
 def pause_job(job_id: str, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
     """A running job stops at its next step with a checkpoint saved, then shows `paused`."""
     run = openai_jobs.pause_job(session=session, job=job_id)
-    return openai_jobs.job_object(session=session, settings=settings, run=run)
+    return openai_job_object.job_object(session=session, settings=settings, run=run)
 
 
 @router.post("/fine_tuning/jobs/{job_id}/resume")
 def resume_job(job_id: str, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
     """A paused job trains on from its last checkpoint, under the same id."""
     run = openai_jobs.resume_job(session=session, settings=settings, job=job_id)
-    return openai_jobs.job_object(session=session, settings=settings, run=run)
+    return openai_job_object.job_object(session=session, settings=settings, run=run)
 
 
 @router.get("/fine_tuning/jobs/{job_id}/events")
