@@ -83,6 +83,11 @@ def test_jobs_train_to_succeeded_with_auto_and_explicit_hyperparameters(
     assert chosen == {"batch_size": recipe["batch_size"], "n_epochs": recipe["n_epochs"], "learning_rate_multiplier": 1}
     assert auto.method is not None and auto.method.supervised is not None
     assert auto.method.supervised.hyperparameters.model_dump() == chosen
+    auto_spec = run_of(stack, auto.id)["spec"]  # the rest of the recipe: the LoRA it trains
+    assert {name: auto_spec[name] for name in ("method", "r", "learning_rate", "per_device_train_batch_size")} == {
+        "method": recipe["method"], "r": recipe["r"], "learning_rate": recipe["learning_rate"],
+        "per_device_train_batch_size": recipe["batch_size"],
+    }  # fmt: skip
 
     asked = {"batch_size": 8, "learning_rate_multiplier": 0.5, "n_epochs": 2}
     assert explicit.hyperparameters.model_dump() == asked and explicit.seed == 7
