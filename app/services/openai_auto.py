@@ -66,6 +66,8 @@ def shipped_recipe(base_model: str) -> dict[str, Any]:
     """The recipe a local base model ships in `recipe.json` ({} when none, or when it cannot be read): its
     `sft` and `dpo` sections hold n_epochs, batch_size, learning_rate (and beta), and RunSpec fields."""
     path = Path(base_model) / RECIPE_FILE
+    if not path.is_absolute():  # a hub id: resolve_base gives local models as absolute paths
+        return {}
     try:
         if not path.is_file() or path.stat().st_size > RECIPE_MAX_BYTES:
             return {}
@@ -118,8 +120,9 @@ def general_epochs(rows: int) -> int:
 
 
 def general_batch_size(rows: int) -> int:
-    """Small files take small batches (more steps to learn from); OpenAI's auto takes about 0.2% of the rows."""
-    return max(1, min(32, 2 ** round(math.log2(max(rows * 0.002, 1)))))
+    """About 0.2% of the rows (OpenAI's auto), a power of two from 4 (below, steps get noisy and slow for little
+    gain) to 32."""
+    return max(4, min(32, 2 ** round(math.log2(max(rows * 0.002, 1)))))
 
 
 def _section(base_model: str, method: str) -> dict[str, Any]:
