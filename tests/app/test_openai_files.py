@@ -16,12 +16,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from openai import OpenAI
 
 from app.config import SAMPLE_DATASET_DIR
 from app.processes import free_port
 from app.web.security import hash_password
 from tests.conftest import stack_env
+from tests.openai_sdk import chat_rows, client, jsonl
 from tests.processes import REPO, Processes
 
 ROWS = [json.loads(line) for line in (SAMPLE_DATASET_DIR / "train.jsonl").read_text().splitlines()[:24]]
@@ -61,28 +61,6 @@ def servers(tmp_path_factory: pytest.TempPathFactory, redis_url: str, module_dat
     finally:
         login.close()
         processes.close()
-
-
-def client(url: str, key: str = "sk-anything") -> OpenAI:
-    return OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
-
-
-def jsonl(rows: list[Any]) -> bytes:
-    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
-
-
-def chat_rows(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
-    """The sample's prompt/completion rows as conversations, as an OpenAI chat fine-tuning file holds them."""
-    return [
-        {
-            "messages": [
-                {"role": "system", "content": "Parse the address into JSON."},
-                {"role": "user", "content": row["prompt"]},
-                {"role": "assistant", "content": row["completion"], "weight": 1},
-            ]
-        }
-        for row in rows
-    ]
 
 
 def test_files_round_trip_through_the_sdk(servers: Servers, tmp_path: Path) -> None:
