@@ -199,6 +199,26 @@ def test_steps_touch_no_database_and_a_cancel_still_lands_within_the_control_bea
     assert dict(read_events(run_id))["done"] == {"status": "cancelled"}
 
 
+def test_stop_mid_run_saves_a_checkpoint_and_the_adapter_at_the_step_it_lands(loradeck_env: dict[str, str]) -> None:
+    # Stop reaches the trainer through the control thread too: a checkpoint at the step where it lands (not
+    # a save step), then the adapter, and the run ends `stopped`.
+    run_id = create_run(QLORA, max_steps=10_000, save_steps=0)
+    worker = train_in_thread(run_id, until_step=2)
+
+    with get_sessionmaker()() as session:
+        runs.request_stop(session=session, run_id=run_id)
+    worker.join(timeout=120)
+
+    run = read_run(run_id)
+    assert not worker.is_alive()
+    assert run.status == RunStatus.stopped and 2 <= run.step < 10_000, run.error
+    checkpoint = get_settings().runs_dir / run_id / "checkpoints" / f"checkpoint-{run.step}"
+    assert (checkpoint / "adapter_model.safetensors").is_file()
+    with get_sessionmaker()() as session:
+        (adapter,) = runs.list_artifacts(session=session, run_id=run_id)
+    assert adapter.kind == ArtifactKind.adapter and adapter.details["stopped_at_step"] == run.step
+
+
 def test_unknown_target_module_fails_with_the_models_module_names(loradeck_env: dict[str, str]) -> None:
     run_id = create_run(QLORA, target_modules=["q_proj", "query_key_value"])
 
