@@ -29,7 +29,7 @@ from app.contracts.events import RUN_EVENTS, LiveEvent
 log = logging.getLogger(__name__)
 
 RETRY_EVERY_S = 1.0
-LIVE_LINGER_S = 0.5  # a training run's live events: sent together at most every this many seconds
+LIVE_LINGER_S = 1.0  # a training run's live events: sent together at most every this many seconds
 BATCH_EVENTS = 500  # the most events in one send
 BUFFER_EVENTS = 10_000  # past this many waiting events the oldest go (a metric point is 200 bytes or so)
 CLOSE_WAIT_S = 10.0  # at the end of a run, how long the last events may take to go out
