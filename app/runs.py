@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.archive import archive_name, describe_tree
@@ -236,8 +236,9 @@ def request_stop(*, session: Session, run_id: str) -> Run:
     return run
 
 
-def stop_flags(*, session: Session, run_id: str) -> tuple[bool, bool]:
-    """(cancel_requested, stop_requested): what the training callback reads every step, in one query."""
+def stop_flags(*, session: Session | Connection, run_id: str) -> tuple[bool, bool]:
+    """(cancel_requested, stop_requested) in one query: what a training run's control thread reads on its
+    connection every beat (worker.engine.callbacks.CONTROL_EVERY_S)."""
     row = session.execute(select(Run.cancel_requested, Run.stop_requested).where(Run.id == run_id)).first()
     return (bool(row[0]), bool(row[1])) if row else (False, False)
 

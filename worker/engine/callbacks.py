@@ -29,7 +29,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from app import runs
 from app.contracts.events import CheckpointEvent, LogEvent, MetricEvent
-from app.models import Metric, Run
+from app.models import Metric
 from app.rundir import checkpoint_name
 from worker.data.hub import name_the_base
 from worker.runtime.lease import WORKER_STOPPING, Lease
@@ -91,7 +91,6 @@ class MetricsCallback(TrainerCallback):
         self._stop_requested = threading.Event()
         self._closed = threading.Event()
         self._control: threading.Thread | None = None
-        self._flags_query = select(Run.cancel_requested, Run.stop_requested).where(Run.id == run_id)
         self._started = time.monotonic()
         self._last_flush = 0.0
         self._last_log_time = self._started
@@ -247,10 +246,10 @@ class MetricsCallback(TrainerCallback):
 
     def read_flags(self, connection: Connection) -> None:
         """One read of the run's cancel and stop flags, kept for the training thread's next step end."""
-        row = connection.execute(self._flags_query).first()
-        if row is not None and row[0]:
+        cancel, stop = runs.stop_flags(session=connection, run_id=self.run_id)
+        if cancel:
             self._cancel_requested.set()
-        if row is not None and row[1]:
+        if stop:
             self._stop_requested.set()
 
     def _control_loop(self) -> None:
