@@ -358,11 +358,13 @@ def report(command: str, results: dict[str, Any], labels: dict[str, str], params
         'measured here; "within noise" marks a miss that the pairs straddle while loradeck\'s own work '
         "(next column) stays under 2%.",
         "- *loradeck's own work*: timed inside loradeck's runs, the wall time in its metric callback's hooks "
-        "plus the CPU time of its live-event and lease threads, over `trainer.train()`'s wall time: what "
-        "loradeck adds to a step, whatever the noise. Per step: "
+        "plus the CPU time of its threads (live events, sent together every 1 s; the run's control thread, "
+        "reading the cancel/stop flags every 0.5 s and writing the metric points every 5 s; the lease, renewed "
+        "every 5 s), over `trainer.train()`'s wall time: what loradeck adds to a step, whatever the noise. "
+        "Per step: "
         + "; ".join(
-            f"{labels[n]} {m['on_step_end']:.2f} ms cancel check (on_step_end), {m['on_log']:.2f} ms on_log "
-            f"(point, train.log line, event, database write each second), {m['threads']:.2f} ms threads"
+            f"{labels[n]} {m['on_step_end']:.3f} ms on_step_end (flags read in memory), {m['on_log']:.2f} ms "
+            f"on_log (point, train.log line, event and row queued), {m['threads']:.2f} ms threads"
             for n, m in ms.items()
         )
         + ".",

@@ -11,11 +11,15 @@ import json
 import selectors
 import socket
 import threading
+import time
+from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
 import redis
 
-from app.contracts.events import MetricEvent, StatusEvent
+from app import events
+from app.contracts.events import LiveEvent, MetricEvent, StatusEvent
 from app.events import Sender, publish, senders_key, stream_key
 from worker.runtime.publisher import EventPublisher
 
@@ -115,3 +119,35 @@ def test_closing_with_redis_unreachable_gives_up_after_its_wait_and_counts_what_
         publisher.publish(MetricEvent(step=step, kind="train", time=float(step), loss=1.0))
     publisher.close(wait_s=1.5)
     assert publisher.dropped == 3  # counted as the sender gives up
+
+
+def test_with_a_linger_the_events_of_a_moment_go_together_in_one_round_trip(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sends: list[list[int]] = []
+    real = events.publish_many
+
+    def counted(client: redis.Redis, run_id: str, numbered: list[tuple[int, LiveEvent]], **kwargs: Any) -> int:
+        sends.append([number for number, _ in numbered])
+        return real(client, run_id, numbered, **kwargs)
+
+    monkeypatch.setattr(events, "publish_many", counted)
+    publisher = EventPublisher(redis_url, "lingers", maxlen=1000, linger_s=1.0)
+    try:
+        publisher.publish(StatusEvent(status="running"))  # after a quiet spell: sent at once
+        deadline = time.monotonic() + 5
+        while not sends:
+            assert time.monotonic() < deadline, "the first event was not sent at once"
+            time.sleep(0.01)
+        for step in range(1, 11):
+            publisher.publish(MetricEvent(step=step, kind="train", time=float(step), loss=1.0))
+        time.sleep(0.2)
+        assert sends == [[1]]  # the next ones wait for the rest of the second
+        deadline = time.monotonic() + 5
+        while len(sends) < 2:
+            assert time.monotonic() < deadline, "the lingering events were never sent"
+            time.sleep(0.01)
+    finally:
+        publisher.close()
+    assert sends == [[1], list(range(2, 12))]
+    assert _train_steps(redis.Redis.from_url(redis_url), "lingers") == list(range(1, 11))

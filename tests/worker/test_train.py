@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import json
+import statistics
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from sqlalchemy import event as sqlalchemy_event
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 from app import runs
 from app.config import SAMPLE_DATASET_DIR, TINY_MODEL_DIR, get_settings
-from app.db import get_sessionmaker
+from app.db import get_engine, get_sessionmaker
 from app.models import ArtifactKind, ArtifactStatus, RunStatus
 from app.processes import free_port
 from tests.worker.conftest import TRAIN, adapter_logit_change, create_run, read_events, read_run, train_in_thread
+from worker.engine import callbacks
 from worker.engine.train import run_training
 
 EVAL = SAMPLE_DATASET_DIR / "eval.jsonl"
@@ -134,6 +140,83 @@ def test_cancel_stops_a_running_run_at_the_next_step(loradeck_env: dict[str, str
     assert dict(read_events(run_id))["done"] == {"status": "cancelled"}
     with get_sessionmaker()() as session:
         assert runs.list_artifacts(session=session, run_id=run_id) == []
+
+
+def test_steps_touch_no_database_and_a_cancel_still_lands_within_the_control_beat(
+    loradeck_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancel flag reaches the trainer from the control thread: the training thread sends the database no
+    statement while it steps (no per-step read of the flags, no metric write in on_log), and a cancel requested
+    mid-run still ends the run `cancelled` within the control thread's beat plus a step or two."""
+    run_id = create_run(QLORA, max_steps=10_000)
+    in_hooks: list[str] = []  # statements the training thread sent from inside on_step_end or on_log
+    hooked: set[int] = set()  # the threads now inside one of those hooks
+    ends: dict[int, float] = {}  # step -> when its on_step_end ran
+
+    def statement(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        if threading.get_ident() in hooked:
+            in_hooks.append(sql)
+
+    def timed(hook: Any) -> Any:
+        def wrapper(self: Any, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            hooked.add(threading.get_ident())
+            try:
+                return hook(self, args, state, control, **kwargs)
+            finally:
+                hooked.discard(threading.get_ident())
+                if hook is original_step_end:
+                    ends[state.global_step] = time.monotonic()
+
+        return wrapper
+
+    original_step_end = callbacks.MetricsCallback.on_step_end
+    monkeypatch.setattr(callbacks.MetricsCallback, "on_step_end", timed(original_step_end))
+    monkeypatch.setattr(callbacks.MetricsCallback, "on_log", timed(callbacks.MetricsCallback.on_log))
+    sqlalchemy_event.listen(get_engine(), "before_cursor_execute", statement)
+    try:
+        worker = threading.Thread(target=run_training, args=(run_id,))
+        worker.start()
+        deadline = time.monotonic() + 120
+        while len(ends) < 6:  # a few steps in, the flags read and points written a few times meanwhile
+            assert worker.is_alive() and time.monotonic() < deadline, read_run(run_id).error
+            time.sleep(0.02)
+        with get_sessionmaker()() as session:
+            runs.request_cancel(session=session, run_id=run_id)
+        asked = time.monotonic()
+        worker.join(timeout=60)
+    finally:
+        sqlalchemy_event.remove(get_engine(), "before_cursor_execute", statement)
+
+    run = read_run(run_id)
+    assert not worker.is_alive()
+    assert run.status == RunStatus.cancelled, run.error
+    assert in_hooks == [], in_hooks[:3]
+    last = max(ends)
+    assert run.step == last
+    step_s = statistics.median(b - a for a, b in zip(sorted(ends.values()), sorted(ends.values())[1:], strict=False))
+    # The next read comes at most CONTROL_EVERY_S after the request; the step in progress then ends.
+    assert ends[last] - asked <= callbacks.CONTROL_EVERY_S + 2 * step_s + 1.0, (ends[last] - asked, step_s)
+    assert dict(read_events(run_id))["done"] == {"status": "cancelled"}
+
+
+def test_stop_mid_run_saves_a_checkpoint_and_the_adapter_at_the_step_it_lands(loradeck_env: dict[str, str]) -> None:
+    # Stop reaches the trainer through the control thread too: a checkpoint at the step where it lands (not
+    # a save step), then the adapter, and the run ends `stopped`.
+    run_id = create_run(QLORA, max_steps=10_000, save_steps=0)
+    worker = train_in_thread(run_id, until_step=2)
+
+    with get_sessionmaker()() as session:
+        runs.request_stop(session=session, run_id=run_id)
+    worker.join(timeout=120)
+
+    run = read_run(run_id)
+    assert not worker.is_alive()
+    assert run.status == RunStatus.stopped and 2 <= run.step < 10_000, run.error
+    checkpoint = get_settings().runs_dir / run_id / "checkpoints" / f"checkpoint-{run.step}"
+    assert (checkpoint / "adapter_model.safetensors").is_file()
+    with get_sessionmaker()() as session:
+        (adapter,) = runs.list_artifacts(session=session, run_id=run_id)
+    assert adapter.kind == ArtifactKind.adapter and adapter.details["stopped_at_step"] == run.step
 
 
 def test_unknown_target_module_fails_with_the_models_module_names(loradeck_env: dict[str, str]) -> None:

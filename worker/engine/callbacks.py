@@ -3,6 +3,11 @@ run continues from); when to stop (cancel, a lost lease, a NaN loss); train.log.
 
 The database is the source of truth, so Redis trouble is logged and skipped, never raised into
 the training loop (worker/runtime/publisher.py sends the events from a thread of its own).
+
+The training thread touches no database while it steps: a thread of the callback's own (`loradeck-control-*`)
+reads the run's cancel and stop flags every CONTROL_EVERY_S and writes the metric points queued since its last
+write every FLUSH_EVERY_S; each step's end only looks at what it found. A cancel or stop therefore lands at the
+first step to end after the next read: at most CONTROL_EVERY_S (0.5 s) later than a per-step read would stop.
 """
 
 from __future__ import annotations
@@ -11,12 +16,14 @@ import contextlib
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
@@ -30,7 +37,12 @@ from worker.runtime.publisher import EventPublisher, EventSink
 
 log = logging.getLogger(__name__)
 
-FLUSH_EVERY_S = 1.0
+# The control thread's beat: how often it reads the cancel/stop flags (one primary-key read, 0.1-0.4 ms of CPU),
+# so the most a cancel or stop waits beyond the step in progress.
+CONTROL_EVERY_S = 0.5
+# How often the control thread writes the metric points logged since its last write (one transaction, ~1 ms).
+# The live chart has them at once from Redis; the database (history, the runs list's step) lags by this much.
+FLUSH_EVERY_S = 5.0
 # Written into each checkpoint next to Trainer's files: what a resumed run continues its clock from.
 RESUME_STATE_FILE = "loradeck_state.json"
 
@@ -73,6 +85,12 @@ class MetricsCallback(TrainerCallback):
         self.lease_lost = False
         self.handed_back = False  # stopped for a worker shutdown; resumes elsewhere
         self._pending: list[dict[str, Any]] = []
+        self._queued = threading.Lock()  # held for an append or a swap of _pending only
+        self._writing = threading.Lock()  # one flush at a time, so the points reach the database in order
+        self._cancel_requested = threading.Event()  # set by the control thread; read at each step's end
+        self._stop_requested = threading.Event()
+        self._closed = threading.Event()
+        self._control: threading.Thread | None = None
         self._started = time.monotonic()
         self._last_flush = 0.0
         self._last_log_time = self._started
@@ -87,6 +105,7 @@ class MetricsCallback(TrainerCallback):
         self._last_log_time = time.monotonic()
         self._started = self._last_log_time - elapsed
         self._last_log_tokens = state.num_input_tokens_seen
+        self.start_control()
         self.publisher.publish(
             LogEvent(
                 lines=[f"training steps {state.global_step + 1} to {state.max_steps}"],
@@ -142,15 +161,15 @@ class MetricsCallback(TrainerCallback):
                 values.get("grad_norm"),
             )
         self.publisher.publish(MetricEvent(**point))
-        self._pending.append(point)
+        with self._queued:
+            self._pending.append(point)
         # Under fp16 the grad scaler meets infinite gradients now and then and skips that step by design.
         diverged = _first_not_finite(values, grad_norm=not args.fp16)
         if diverged is not None:
             # Stop at the step it happened: every step from here on would only train on NaN weights.
             self.flush()
             raise TrainingDiverged(step=state.global_step, name=diverged[0], value=diverged[1])
-        if time.monotonic() - self._last_flush >= FLUSH_EVERY_S:
-            self.flush()
+        # No database write here: the control thread writes the points every FLUSH_EVERY_S.
 
     def point_from_log(self, state: TrainerState, logs: dict[str, Any]) -> dict[str, Any] | None:
         """A metric point, or None for logs that carry no loss (the end-of-training summary)."""
@@ -186,11 +205,22 @@ class MetricsCallback(TrainerCallback):
         return point
 
     def flush(self) -> None:
-        """Write the points logged since the last flush in one transaction."""
-        self._last_flush = time.monotonic()
-        if not self._pending:
-            return
-        points, self._pending = self._pending, []
+        """Write the points logged since the last flush in one transaction (from the control thread, and at a
+        checkpoint, a divergence and the end on the training thread; a failed write raises, its points kept)."""
+        with self._writing:
+            self._last_flush = time.monotonic()
+            with self._queued:
+                points, self._pending = self._pending, []  # on_log appends to the new list meanwhile
+            if not points:
+                return
+            try:
+                self._write(points)
+            except BaseException:
+                with self._queued:
+                    self._pending[:0] = points  # written with the next flush, still in order
+                raise
+
+    def _write(self, points: list[dict[str, Any]]) -> None:
         with self.sessions() as session:
             if self.lease is None:
                 runs.add_metrics(session=session, run_id=self.run_id, points=points)
@@ -198,6 +228,52 @@ class MetricsCallback(TrainerCallback):
             owner = self.lease.worker
             if not runs.add_owned_metrics(session=session, run_id=self.run_id, worker=owner, points=points):
                 self.lease.lost = True  # taken away between two renewals: stop at the next step, write nothing
+
+    def start_control(self) -> None:
+        """Start the control thread (once): it reads the flags at once, then every CONTROL_EVERY_S."""
+        if self._control is not None:
+            return
+        self._closed.clear()
+        self._control = threading.Thread(target=self._control_loop, name=f"loradeck-control-{self.run_id}", daemon=True)
+        self._control.start()
+
+    def close(self) -> None:
+        """Stop the control thread (the end of training, or a failure); the caller flushes what is left."""
+        self._closed.set()
+        control, self._control = self._control, None
+        if control is not None and control is not threading.current_thread():
+            control.join(timeout=30)
+
+    def read_flags(self, connection: Connection) -> None:
+        """One read of the run's cancel and stop flags, kept for the training thread's next step end."""
+        cancel, stop = runs.stop_flags(session=connection, run_id=self.run_id)
+        if cancel:
+            self._cancel_requested.set()
+        if stop:
+            self._stop_requested.set()
+
+    def _control_loop(self) -> None:
+        # One connection for the thread's life: a beat costs one primary-key read, not a session and a checkout.
+        engine = self.sessions.kw["bind"]
+        connection: Connection | None = None
+        while True:
+            try:
+                # Autocommit: each read is its own transaction, none is held between two beats (SQLite's WAL
+                # snapshot, PostgreSQL's idle in transaction), and no BEGIN or ROLLBACK goes with it.
+                connection = connection or engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+                self.read_flags(connection)
+                if time.monotonic() - self._last_flush >= FLUSH_EVERY_S:
+                    self.flush()
+            except SQLAlchemyError as exc:  # the database may be back at the next beat; training goes on
+                log.warning("run %s: the database did not answer the control thread: %s", self.run_id, exc)
+                if connection is not None:
+                    with contextlib.suppress(SQLAlchemyError):
+                        connection.close()
+                    connection = None
+            if self._closed.wait(CONTROL_EVERY_S):
+                if connection is not None:
+                    connection.close()
+                return
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self.lease is not None and self.lease.lost:
@@ -211,15 +287,13 @@ class MetricsCallback(TrainerCallback):
             control.should_save = args.save_strategy != "no"  # saved before training stops, at this very step
             control.should_training_stop = True
             return
-        # Every step, so a cancel stops within one optimizer step: one primary-key read, about 0.2 ms on
-        # SQLite (a round trip on PostgreSQL), against a step of tens of milliseconds at the very least.
-        with self.sessions() as session:
-            cancel, stop = runs.stop_flags(session=session, run_id=self.run_id)
-        if cancel:
+        # What the control thread last read (no database here): the cancel lands at most CONTROL_EVERY_S later
+        # than a read at this very step would have.
+        if self._cancel_requested.is_set():
             log.info("cancel requested; stopping after step %d", state.global_step)
             self.cancelled = True
             control.should_training_stop = True
-        elif stop and not self.stopped:
+        elif self._stop_requested.is_set() and not self.stopped:
             log.info("stop requested: a checkpoint and the adapter at step %d, then the run ends", state.global_step)
             self.stopped = True
             control.should_save = True  # saved at this very step, before training stops
@@ -228,7 +302,7 @@ class MetricsCallback(TrainerCallback):
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        self.flush()
+        self.flush()  # the control thread stops in fit() (worker.engine.steps), once train() has returned
 
 
 def _first_not_finite(logs: dict[str, Any], *, grad_norm: bool) -> tuple[str, float] | None:

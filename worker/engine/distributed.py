@@ -51,7 +51,7 @@ from worker.engine.objectives import named_values
 from worker.engine.steps import build_trainer, final_evaluation, fit, prepare_training, report_params, save_results
 from worker.errors import RunError
 from worker.runtime.lease import WORKER_STOPPING, Lease, heartbeat_every, resume_point
-from worker.runtime.publisher import EventPublisher
+from worker.runtime.publisher import LIVE_LINGER_S, EventPublisher
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def train_rank(spec: RunSpec, run_id: str, worker: str, checkpoint: Path | None)
     metrics: MetricsCallback | None = None
     lease: Lease | None = None
     if first:
-        publisher = EventPublisher(settings.redis_url, run_id, maxlen=settings.stream_maxlen)
+        publisher = EventPublisher(settings.redis_url, run_id, maxlen=settings.stream_maxlen, linger_s=LIVE_LINGER_S)
         # The worker renews the lease; this copy only tells the metric writes whose run it is.
         lease = Lease(
             run_id=run_id, worker=worker, sessions=sessions, every_s=heartbeat_every(settings.lease_timeout_s)

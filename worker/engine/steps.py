@@ -84,6 +84,7 @@ def fit(trainer: Trainer, checkpoint: Path | None, callback: MetricsCallback | N
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     finally:
         if callback is not None:
+            callback.close()  # its control thread ends with training, whichever way training ended
             callback.flush()  # the points before a failure are in the database too
 
 

@@ -41,7 +41,7 @@ from worker.engine.steps import (
     save_results,
 )
 from worker.runtime.lease import HANDED_BACK, Lease, heartbeat_every, resume_point
-from worker.runtime.publisher import EventPublisher, EventSink
+from worker.runtime.publisher import LIVE_LINGER_S, EventPublisher, EventSink
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,9 @@ def run_training(run_id: str, *, on_event: EventSink | None = None, enforce_root
 
     run_dir = RunDir.of(run_id, settings)
     run_dir.create()
-    publisher = EventPublisher(settings.redis_url, run_id, maxlen=settings.stream_maxlen, echo=on_event)
+    publisher = EventPublisher(
+        settings.redis_url, run_id, maxlen=settings.stream_maxlen, echo=on_event, linger_s=LIVE_LINGER_S
+    )
     lease = Lease(run_id=run_id, worker=worker, sessions=sessions, every_s=heartbeat_every(settings.lease_timeout_s))
     status, error = RunStatus.failed, "the run stopped without a result"
     with lease, run_log(run_dir.log_file):
