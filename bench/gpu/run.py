@@ -207,9 +207,10 @@ def report(figures: dict[str, Any]) -> str:
         f"## Training on one GPU: {gpu}",
         "",
         f"`{figures['command']}` — recorded in `results/{figures['name']}.json`; {figures['wall_s']:.0f} s. "
-        "Random-weight Llama shapes built on the device: "
+        "Random-weight Llama shapes, built where they train: "
         + "; ".join(
-            f"{shape} = {info['params'] / 1e6:.0f}M parameters (hidden {info['shapes']['hidden_size']}, "
+            f"{shape} = {info['params'] / 1e6:.{0 if info['params'] > 1e8 else 2}f}M parameters "
+            f"(hidden {info['shapes']['hidden_size']}, "
             f"{info['shapes']['num_hidden_layers']} layers), batch {info['batch']} × gradient accumulation "
             f"{info['accumulation']}, rows of {info['rows']['min']}–{info['rows']['max']} tokens (mean "
             f"{info['rows']['mean']:.0f}): ~{info['tokens_per_step']:.0f} tokens a step"
@@ -300,7 +301,7 @@ def main() -> None:
         rows = scratch.root / "rows.jsonl"
         make_dataset(rows, 384, 512, 1.0, rows=64 if dry else max(400, steps * 48))
         lengths = token_lengths(rows, SEQ)
-        for shape in shapes:
+        for shape in dict.fromkeys(c.shape for c in runnable):  # only the shapes something runs on
             path = scratch.root / f"llama-{shape}"
             params = build_llama(path, SHAPES[shape], dtype="float32" if dry else "bfloat16",
                                  device="cpu" if dry else "cuda")  # fmt: skip
@@ -318,7 +319,7 @@ def main() -> None:
                 "tokens_per_step": batch * accumulation * lengths["mean"],
                 "warmup": warmup,
             }
-            print(f"model {shape}: {params / 1e6:.0f}M parameters, batch {batch} × {accumulation}, "
+            print(f"model {shape}: {params / 1e6:.2f}M parameters, batch {batch} × {accumulation}, "
                   f"~{batch * accumulation * lengths['mean']:.0f} tokens a step", flush=True)  # fmt: skip
         runs: dict[str, list[dict[str, Any]]] = {c.label: [] for c in runnable}
         errors: dict[str, list[str]] = {c.label: [] for c in runnable}
@@ -363,11 +364,35 @@ def main() -> None:
         "models": {s: {k: v for k, v in m.items() if k != "path"} for s, m in models.items()},
         "rows": table_rows,
     }
-    from bench.common import publish, write_result
+    from bench.common import RESULTS_DIR, publish, write_result
 
+    figures["earlier_runs"] = earlier_runs(RESULTS_DIR / f"{name}.json")
     path = write_result(name, command.strip(), figures)
     print(f"recorded in {path.relative_to(REPO)}")
     publish(name, report(figures), quick=dry)
+
+
+def earlier_runs(path: Path) -> list[dict[str, Any]]:
+    """What an earlier record of this GPU said, in short, kept beside the new one (the file is rewritten)."""
+    if not path.is_file():
+        return []
+    old = json.loads(path.read_text())
+    kept = list(old.get("earlier_runs", []))
+    if "rows" in old:
+        rows = {r["label"]: {k: r.get(k) for k in ("tokens_per_s", "mfu", "peak_gpu_bytes", "final_loss")}
+                for r in old["rows"] if "tokens_per_s" in r}  # fmt: skip
+        return [*kept, {"command": old["command"], "date": old["date"], "rows": rows}]
+    methods = {
+        method: {
+            side: {k: r[side][k] for k in ("tokens_per_s", "peak_gpu_bytes", "final_loss")}
+            for side in ("bare", "loradeck")
+            if side in r
+        }  # fmt: skip
+        for method, r in old.get("methods", {}).items()
+    }
+    # an older record's own earlier runs stay as they were
+    short = {"command": old.get("command"), "date": old.get("date"), "batch": old.get("batch"), "methods": methods}
+    return [*kept, short]
 
 
 def report_only(result: str, *, dry: bool) -> None:
