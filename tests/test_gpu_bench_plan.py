@@ -103,3 +103,13 @@ def test_the_plan_is_cut_to_the_time_budget() -> None:
     steps, repeats, seconds = fit(runnable, 20, 2, 16384, budget_s=estimate_s(runnable, 15, 1, 16384), min_steps=12)
     assert (steps, repeats) == (15, 1) and seconds <= estimate_s(runnable, 15, 1, 16384)
     assert fit(runnable, 20, 2, 16384, budget_s=1, min_steps=12)[:2] == (12, 1)  # nothing fits: the least, said
+
+
+def test_only_takes_labels_and_prefixes() -> None:
+    from bench.gpu.run import selected
+
+    assert selected("8b qlora bare", "8b qlora bare,8b qlora loradeck")
+    assert selected("8b qlora loradeck", "8b qlora bare,8b qlora loradeck")
+    assert not selected("8b qlora loradeck +packing", "8b qlora bare,8b qlora loradeck")
+    assert selected("1b lora loradeck +packing", "1b lora loradeck*")
+    assert not selected("1b qlora loradeck", "1b lora loradeck*")

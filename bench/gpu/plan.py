@@ -180,7 +180,7 @@ def configs(
 # Seconds a child process spends besides its steps (Python, torch, transformers and peft imports, loading the
 # saved model, a 4-bit quantization, the engine's database), and the steady tokens/s assumed for the plan
 # (bare script, H200, 2026-12-04, batch 8; a larger batch is faster, so these err long), per shape and method.
-OVERHEAD_S = {"1b": 20.0, "8b": 60.0, "cpu": 8.0}
+OVERHEAD_S = {"1b": 25.0, "8b": 60.0, "cpu": 8.0}
 ASSUMED_TOKENS_PER_S = {("1b", "lora"): 15000.0, ("1b", "qlora"): 10000.0, ("8b", "qlora"): 2500.0}
 BUILD_S = {"1b": 20.0, "8b": 120.0, "cpu": 5.0}  # building and saving the random model
 

@@ -101,6 +101,12 @@ def installed() -> dict[str, str]:
     return reasons
 
 
+def selected(label: str, only: str) -> bool:
+    """--only: a term is a label, or a prefix ending in '*' ("1b lora loradeck*": it and its fast paths)."""
+    terms = [t.strip() for t in only.split(",") if t.strip()]
+    return any(label.startswith(t[:-1]) if t.endswith("*") else label == t for t in terms)
+
+
 def gpu_name() -> str | None:
     import torch
 
@@ -252,7 +258,9 @@ def main() -> None:
     parser.add_argument("--methods", default="lora,qlora", help="comma-separated: lora, qlora")
     parser.add_argument("--big", action="store_true", help="also the ~8B shape, QLoRA only (needs ~40 GB)")
     parser.add_argument("--no-unsloth", action="store_true", help="leave out the Unsloth rows")
-    parser.add_argument("--only", default="", help="run only configurations whose label holds this text")
+    parser.add_argument(
+        "--only", default="", help="comma-separated labels to run; 'PREFIX*' matches the labels it starts"
+    )
     parser.add_argument("--time-budget", type=float, default=480, help="seconds the whole run may take (estimate)")
     parser.add_argument("--plan", action="store_true", help="print the configurations and estimate, run nothing")
     parser.add_argument("--dry-run-cpu", action="store_true", help="every configuration on the CPU, toy shape")
@@ -272,7 +280,7 @@ def main() -> None:
     reasons = installed()
     plan = configs(shapes, args.methods.split(","), set(RunSpec.model_fields), reasons, unsloth=not args.no_unsloth)
     if args.only:
-        plan = [c for c in plan if args.only in c.label]
+        plan = [c for c in plan if selected(c.label, args.only)]
     runnable = [c for c in plan if not c.skip]
     if dry:
         steps, repeats, estimate, warmup = DRY_STEPS, 1, 0.0, DRY_WARMUP
