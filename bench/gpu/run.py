@@ -339,7 +339,8 @@ def main() -> None:
                 try:
                     figures = spawn(c, spec, scratch.env, work)
                 except Exception as exc:  # an OOM, an import: recorded in the row, the rest goes on
-                    errors[c.label].append(str(exc) or traceback.format_exc())
+                    said = (str(exc) or traceback.format_exc()).replace(str(scratch.root), "<scratch>")
+                    errors[c.label].append(said.replace(f"{REPO}/", ""))  # no local paths in the record
                     print(f"{c.label} #{attempt + 1}: FAILED {str(exc).strip().splitlines()[-1:]}", flush=True)
                     continue
                 runs[c.label].append(figures)
@@ -386,7 +387,7 @@ def earlier_runs(path: Path) -> list[dict[str, Any]]:
         return []
     old = json.loads(path.read_text())
     kept = list(old.get("earlier_runs", []))
-    if "rows" in old:
+    if isinstance(old.get("rows"), list):  # this script's shape (an older record's "rows" are its row lengths)
         rows = {r["label"]: {k: r.get(k) for k in ("tokens_per_s", "mfu", "peak_gpu_bytes", "final_loss")}
                 for r in old["rows"] if "tokens_per_s" in r}  # fmt: skip
         return [*kept, {"command": old["command"], "date": old["date"], "rows": rows}]
@@ -412,7 +413,8 @@ def report_only(result: str, *, dry: bool) -> None:
     else:
         pattern = "gpu-*-dry-run-quick.json" if dry else "gpu-*.json"
         found = [p for p in RESULTS_DIR.glob(pattern) if dry or not p.name.endswith("-quick.json")]
-        found = [p for p in found if "rows" in json.loads(p.read_text())]  # the table's shape, not older records
+        # this script's shape only (a list of rows), not an older record's
+        found = [p for p in found if isinstance(json.loads(p.read_text()).get("rows"), list)]
         if not found:
             raise SystemExit(f"no recorded result of this shape in bench/results/{pattern}")
         path = max(found, key=os.path.getmtime)
