@@ -113,3 +113,12 @@ def test_only_takes_labels_and_prefixes() -> None:
     assert not selected("8b qlora loradeck +packing", "8b qlora bare,8b qlora loradeck")
     assert selected("1b lora loradeck +packing", "1b lora loradeck*")
     assert not selected("1b qlora loradeck", "1b lora loradeck*")
+
+
+def test_a_configuration_not_started_for_the_budget_is_a_skipped_row() -> None:
+    from bench.gpu.run import OVER_BUDGET, summarize
+
+    config = Config("1b lora trl", "1b", "lora", "trl")
+    info = {"warmup": 5, "rows": {"mean": 450.0}}
+    assert summarize(config, [], [OVER_BUDGET, OVER_BUDGET], info, "NVIDIA H200")["skipped"] == OVER_BUDGET
+    assert summarize(config, [], [OVER_BUDGET, "CUDA out of memory"], info, None)["error"] == "CUDA out of memory"

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -56,6 +57,8 @@ WARMUP = 5  # logged steps left out of tokens/s (CUDA's first kernels, cuBLAS's 
 DRY_STEPS, DRY_WARMUP = 3, 1
 SEQ = 512
 SHAPES = {"1b": MODEL_1B, "8b": MODEL_8B, "cpu": MODEL_CPU}
+GRACE_S = 60  # past --time-budget by this much, the runs left are not started (the device stops a call at 600 s)
+OVER_BUDGET = "not run: the --time-budget was spent"
 MICRO_8B = 8  # the 8B shape's per-device batch; gradient accumulation makes up the tokens per step
 # What the engine and the bare script import beyond what a CUDA PyTorch image usually holds.
 NEEDED = ("transformers", "peft", "accelerate", "bitsandbytes", "sqlalchemy", "alembic", "pydantic_settings", "redis")
@@ -174,7 +177,10 @@ def summarize(
     if config.skip:
         return row | {"skipped": config.skip}
     if not runs:
-        return row | {"error": errors[0][-1500:] if errors else "no run"}
+        if errors and all(e == OVER_BUDGET for e in errors):
+            return row | {"skipped": OVER_BUDGET}
+        return row | {"error": next((e for e in errors if e != OVER_BUDGET), "no run")[-1500:]}
+    errors = [e for e in errors if e != OVER_BUDGET]
     warmup = shape_info["warmup"]
     speeds = [steady_tokens_per_s(r["points"], warmup) for r in runs]
     speed = statistics.median(speeds)
@@ -334,6 +340,10 @@ def main() -> None:
         for attempt in range(repeats):
             for c in runnable if attempt % 2 == 0 else runnable[::-1]:
                 info = models[c.shape]
+                if not dry and time.monotonic() - started > args.time_budget + GRACE_S:
+                    errors[c.label].append(OVER_BUDGET)  # stop in time to write what was measured
+                    print(f"{c.label} #{attempt + 1}: {OVER_BUDGET}", flush=True)
+                    continue
                 spec = spec_for(c, info["path"], rows, steps, info["batch"], info["accumulation"])
                 work = scratch.root / "runs" / f"{re.sub(r'[^a-z0-9]+', '-', c.label)}-{attempt}"
                 try:
@@ -348,15 +358,18 @@ def main() -> None:
 
                 speed = steady_tokens_per_s(figures["points"], warmup)
                 peak = (figures.get("peak_gpu_bytes") or 0) / 2**30
-                print(f"{c.label} #{attempt + 1}: {speed:.0f} tokens/s, peak {peak:.2f} GiB, "
-                      f"loss {figures['final_loss']:.4f} ({time.monotonic() - started:.0f} s)", flush=True)  # fmt: skip
+                share = mfu(speed, SHAPES[c.shape], SEQ if c.changes.get("packing") else lengths["mean"], gpu)
+                utilisation = "–" if share is None else f"{share:.1%}"
+                print(f"{c.label} #{attempt + 1}: {speed:.0f} tokens/s, MFU {utilisation}, "
+                      f"peak {peak:.2f} GiB, loss {figures['final_loss']:.4f} ({time.monotonic() - started:.0f} s)",
+                      flush=True)  # fmt: skip
         table_rows = [summarize(c, runs.get(c.label, []), errors.get(c.label, []), models[c.shape], gpu) for c in plan]
         live = scratch.live_feed
     finally:
         scratch.close()
 
     name = f"gpu-{gpu_slug(gpu)}" + ("-dry-run-quick" if dry else "")
-    command = "python bench/gpu/run.py " + " ".join(sys.argv[1:])
+    command = "python bench/gpu/run.py " + shlex.join(sys.argv[1:])
     figures = {
         "name": name,
         "command": command.strip(),
