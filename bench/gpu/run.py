@@ -363,7 +363,9 @@ def main() -> None:
                 print(f"{c.label} #{attempt + 1}: {speed:.0f} tokens/s, MFU {utilisation}, "
                       f"peak {peak:.2f} GiB, loss {figures['final_loss']:.4f} ({time.monotonic() - started:.0f} s)",
                       flush=True)  # fmt: skip
-        table_rows = [summarize(c, runs.get(c.label, []), errors.get(c.label, []), models[c.shape], gpu) for c in plan]
+        table_rows = [
+            summarize(c, runs.get(c.label, []), errors.get(c.label, []), models.get(c.shape, {}), gpu) for c in plan
+        ]  # a skipped configuration's shape may not have been built
         live = scratch.live_feed
     finally:
         scratch.close()
