@@ -73,3 +73,26 @@ def test_grpo_speed_ratio_is_the_ratio_of_the_recorded_medians() -> None:
     ratio = statistics.median(speed["loradeck_tokens_per_s"]) / statistics.median(speed["stock_tokens_per_s"])
     assert speed["ratio"] == pytest.approx(ratio, rel=1e-3)
     assert speed["met"] == (speed["ratio"] >= speed["target"])
+
+
+def test_gpu_rows_mfu_follows_from_their_tokens_per_s() -> None:
+    """A GPU record of bench/gpu/run.py's shape: each measured row's MFU is its tokens/s times plan.py's FLOPs
+    per token over the recorded GPU's peak (blank where the GPU is not in the table)."""
+    from bench.gpu.plan import flops_per_token, peak_flops
+
+    for path in sorted(RESULTS_DIR.glob("gpu-*.json")):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        rows = record.get("rows")
+        if not isinstance(rows, list):
+            continue  # an older record: its "rows" are the row lengths
+        for row in rows:
+            if "tokens_per_s" not in row:
+                assert row.get("skipped") or row.get("error"), row["label"]
+                continue
+            shapes = record["models"][row["shape"]]["shapes"]
+            assert row["flops_per_token"] == pytest.approx(flops_per_token(shapes, row["attention_seq_len"]))
+            peak = peak_flops(record["gpu"])
+            if peak is None:
+                assert row["mfu"] is None
+            else:
+                assert row["mfu"] == pytest.approx(row["tokens_per_s"] * row["flops_per_token"] / peak)

@@ -1,0 +1,210 @@
+"""The GPU benchmark's arithmetic, apart from any training: model shapes, FLOPs per token, the GPUs' peak
+bf16 FLOPS, MFU, which configurations one invocation runs and how long they take. Imports nothing heavy, so
+tests/test_gpu_bench_plan.py checks it without torch.
+
+FLOPs per trained token, LoRA (frozen base; "model FLOPs", so recomputation by gradient checkpointing and
+QLoRA's dequantization are not counted, as MFU is defined):
+
+    4 * N            the base's matmuls: forward 2N, backward for the activations' gradients 2N (no weight
+                     gradients: the base is frozen; full fine-tuning would be 6N)
+  + 6 * N_lora       the adapters: forward, activation and weight gradients (N_lora is ~0.1-0.5% of N)
+  + 12 * L * d * T   attention scores and their weighted sum (QK^T and AV, 2 * 2 * d * T a layer forward,
+                     twice that backward), d = heads * head_dim, T the sequence's tokens; PaLM's convention
+                     (no discount for the causal mask), T the mean trained row length without packing, the
+                     packed sequence length with it
+
+N counts the linear layers' weights (q, k, v, o, gate, up, down in every layer, and lm_head), not the
+embedding (a lookup) nor the norms.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+# Peak dense bf16 tensor FLOPS (FP32 accumulate, no sparsity), from the vendors' datasheets: H100 SXM5 and
+# H200 989.4 TFLOPS (the datasheets' 1,979 is with 2:4 sparsity), H100 PCIe 756, H100 NVL 835, A100 312,
+# L40S 362.05 (733 with sparsity), RTX 4090 165.2 (with FP32 accumulate; 330 with FP16 accumulate).
+# Checked in order: the first name fragment found in torch.cuda.get_device_name() wins. Unknown: no MFU.
+PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),  # "NVIDIA H100 80GB HBM3": the SXM part
+    ("H200", 989e12),
+    ("GH200", 989e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("RTX 4090", 165e12),
+)
+
+# Llama shapes of ~0.85B parameters (a TinyLlama-like body; the 32000-row vocabulary is never all used,
+# the tokenizer being the tiny model's) and of ~8B (Llama-3-8B's body, vocabulary cut to 32000).
+MODEL_1B: dict[str, Any] = {
+    "vocab_size": 32000,
+    "hidden_size": 2048,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "intermediate_size": 5632,
+    "max_position_embeddings": 2048,
+    "tie_word_embeddings": False,
+}
+MODEL_8B: dict[str, Any] = MODEL_1B | {
+    "hidden_size": 4096,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "intermediate_size": 14336,
+}
+MODEL_CPU: dict[str, Any] = MODEL_1B | {  # --dry-run-cpu: same architecture, toy sizes
+    "vocab_size": 3008,
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 128,
+}
+
+# loradeck's fast paths, one line each: (RunSpec field, the value that turns it on, what it is for). A field
+# RunSpec lacks is skipped with that reason in its row; when one is added to RunSpec, its rows appear.
+FAST_PATHS: tuple[tuple[str, Any, str], ...] = (
+    ("packing", True, "speed"),
+    ("gradient_checkpointing", True, "memory"),
+    ("use_liger_kernel", True, "speed"),
+    ("torch_compile", True, "speed"),
+    ("auto_micro_batch", True, "speed"),
+)
+
+SIDES = ("bare", "trl", "unsloth", "loradeck")
+TOKENS_PER_STEP = 16384  # issue 28: batches that fill the GPU, not batch 8
+
+
+def linear_params(shapes: dict[str, Any]) -> int:
+    """Weights of the linear layers of a Llama of these shapes (lm_head included, embedding excluded)."""
+    d, layers, ffn = shapes["hidden_size"], shapes["num_hidden_layers"], shapes["intermediate_size"]
+    head_dim = shapes.get("head_dim") or d // shapes["num_attention_heads"]
+    q = shapes["num_attention_heads"] * head_dim
+    kv = shapes["num_key_value_heads"] * head_dim
+    attention = d * q + 2 * d * kv + q * d
+    mlp = 3 * d * ffn
+    return layers * (attention + mlp) + d * shapes["vocab_size"]
+
+
+def lora_params(shapes: dict[str, Any], r: int) -> int:
+    """LoRA's A and B for every linear layer of every block (all-linear: lm_head is left out, as peft does)."""
+    d, ffn = shapes["hidden_size"], shapes["intermediate_size"]
+    head_dim = shapes.get("head_dim") or d // shapes["num_attention_heads"]
+    q = shapes["num_attention_heads"] * head_dim
+    kv = shapes["num_key_value_heads"] * head_dim
+    pairs = [(d, q), (d, kv), (d, kv), (q, d), (d, ffn), (d, ffn), (ffn, d)]
+    return shapes["num_hidden_layers"] * sum(r * (i + o) for i, o in pairs)
+
+
+def flops_per_token(shapes: dict[str, Any], seq_len: float, r: int = 8) -> float:
+    """Model FLOPs per trained token for LoRA (see the module's docstring for the formula)."""
+    head_dim = shapes.get("head_dim") or shapes["hidden_size"] // shapes["num_attention_heads"]
+    attention = 12 * shapes["num_hidden_layers"] * shapes["num_attention_heads"] * head_dim * seq_len
+    return 4 * linear_params(shapes) + 6 * lora_params(shapes, r) + attention
+
+
+def peak_flops(gpu: str | None) -> float | None:
+    """The GPU's peak dense bf16 FLOPS from PEAK_BF16_FLOPS; None for a GPU not in it (and the CPU)."""
+    if not gpu:
+        return None
+    for fragment, flops in PEAK_BF16_FLOPS:
+        if fragment.lower() in gpu.lower():
+            return flops
+    return None
+
+
+def mfu(tokens_per_s: float, shapes: dict[str, Any], seq_len: float, gpu: str | None, r: int = 8) -> float | None:
+    """Model FLOPs utilisation: FLOPs per token x tokens/s over the GPU's peak; None where the peak is unknown."""
+    peak = peak_flops(gpu)
+    if peak is None:
+        return None
+    return tokens_per_s * flops_per_token(shapes, seq_len, r) / peak
+
+
+def batch_for(mean_row_tokens: float, tokens_per_step: int = TOKENS_PER_STEP, multiple: int = 4) -> int:
+    """The smallest batch (a multiple of `multiple`) whose non-padding tokens reach tokens_per_step."""
+    rows = math.ceil(tokens_per_step / mean_row_tokens)
+    return multiple * math.ceil(rows / multiple)
+
+
+@dataclass
+class Config:
+    """One measured configuration: a side (bare, trl, unsloth, loradeck) of a method on a model shape, with the
+    RunSpec fields it changes. `skip` says why it does not run (a field RunSpec lacks, a package not installed)."""
+
+    label: str
+    shape: str  # "1b", "8b" or "cpu"
+    method: str  # "lora" or "qlora"
+    side: str
+    changes: dict[str, Any] = field(default_factory=dict)
+    skip: str = ""
+
+
+def configs(
+    shapes: list[str],
+    methods: list[str],
+    spec_fields: set[str],
+    installed: dict[str, str],
+    unsloth: bool = True,
+) -> list[Config]:
+    """Every configuration of one invocation, skipped ones included (so the table says why they are absent).
+
+    `spec_fields`: RunSpec's fields; `installed`: side -> "" when its package imports, else the reason."""
+    out: list[Config] = []
+    for shape in shapes:
+        for method in methods:
+            if shape == "8b" and method == "lora":
+                continue  # the 8B shape is measured in 4-bit only (bf16 weights alone are 16 GB)
+            base = f"{shape} {method}"
+            out.append(Config(f"{base} bare", shape, method, "bare"))
+            out.append(Config(f"{base} trl", shape, method, "trl", skip=installed.get("trl", "")))
+            if unsloth:
+                out.append(Config(f"{base} unsloth", shape, method, "unsloth", skip=installed.get("unsloth", "")))
+            out.append(Config(f"{base} loradeck", shape, method, "loradeck"))
+            speed = []
+            for name, value, purpose in FAST_PATHS:
+                lacking = "" if name in spec_fields else f"RunSpec has no field {name!r}"
+                out.append(Config(f"{base} loradeck +{name}", shape, method, "loradeck", {name: value}, lacking))
+                if not lacking and purpose == "speed":
+                    speed.append((name, value))
+            if len(speed) > 1:
+                out.append(Config(f"{base} loradeck +all speed", shape, method, "loradeck", dict(speed)))
+    return out
+
+
+# Seconds a child process spends besides its steps (Python, torch, transformers and peft imports, loading the
+# saved model, a 4-bit quantization, the engine's database), and the steady tokens/s assumed for the plan
+# (bare script, H200, 2026-12-04, batch 8; a larger batch is faster, so these err long), per shape and method.
+OVERHEAD_S = {"1b": 25.0, "8b": 60.0, "cpu": 8.0}
+ASSUMED_TOKENS_PER_S = {("1b", "lora"): 15000.0, ("1b", "qlora"): 10000.0, ("8b", "qlora"): 2500.0}
+BUILD_S = {"1b": 20.0, "8b": 120.0, "cpu": 5.0}  # building and saving the random model
+
+
+def estimate_s(runnable: list[Config], steps: int, repeats: int, tokens_per_step: float) -> float:
+    """Seconds the whole invocation takes by the figures above (an estimate, printed before anything runs)."""
+    seconds = sum(BUILD_S[s] for s in {c.shape for c in runnable})
+    for c in runnable:
+        speed = ASSUMED_TOKENS_PER_S.get((c.shape, c.method), 1.0e9 if c.shape == "cpu" else 2500.0)
+        seconds += repeats * (OVERHEAD_S[c.shape] + steps * tokens_per_step / speed)
+    return seconds
+
+
+def fit(
+    runnable: list[Config], steps: int, repeats: int, tokens_per_step: float, budget_s: float, min_steps: int
+) -> tuple[int, int, float]:
+    """(steps, repeats, estimate): fewer repeats first, then fewer steps (not below min_steps), until the
+    estimate is within budget_s; the last try's figures when nothing fits (the caller says so)."""
+    for r in range(repeats, 0, -1):
+        seconds = estimate_s(runnable, steps, r, tokens_per_step)
+        if seconds <= budget_s:
+            return steps, r, seconds
+    for s in range(steps, min_steps - 1, -1):
+        seconds = estimate_s(runnable, s, 1, tokens_per_step)
+        if seconds <= budget_s:
+            return s, 1, seconds
+    return min_steps, 1, estimate_s(runnable, min_steps, 1, tokens_per_step)
