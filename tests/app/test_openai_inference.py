@@ -20,6 +20,8 @@ from app.processes import free_port
 from tests.conftest import QUICK_RUN, Stack, stack_env, wait_for
 from tests.processes import Processes
 
+pytestmark = pytest.mark.slow  # trains jobs of the tiny model
+
 ASK = [{"role": "user", "content": "解析地址：臺北市大安區復興南路一段390號2樓"}]
 
 

@@ -18,6 +18,8 @@ from openai.types.fine_tuning import FineTuningJob
 from app.config import SAMPLE_DATASET_DIR
 from tests.conftest import Stack, wait_for
 
+pytestmark = pytest.mark.slow  # trains jobs of the tiny model
+
 ROWS = [json.loads(line) for line in (SAMPLE_DATASET_DIR / "train.jsonl").read_text().splitlines()[:24]]
 HELD_OUT = [json.loads(line) for line in (SAMPLE_DATASET_DIR / "eval.jsonl").read_text().splitlines()[:8]]
 ENDED = ("succeeded", "failed", "cancelled")

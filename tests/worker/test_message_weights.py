@@ -172,6 +172,7 @@ def two_exchange_rows(count: int, *weights: int | None) -> list[dict[str, Any]]:
     return rows
 
 
+@pytest.mark.slow
 def test_a_run_on_weight_0_turns_trains_on_fewer_tokens(
     loradeck_env: dict[str, str], tmp_path: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:
