@@ -74,8 +74,9 @@ def test_the_launch_command_asks_accelerate_for_one_process_per_gpu(loradeck_env
 
 
 @pytest.mark.slow
-def test_a_two_process_run_reports_from_one_rank_and_saves_one_adapter(loradeck_env: dict[str, str]) -> None:
-    run_id = create_run(TWO_PROCESSES)
+def test_a_two_process_qlora_run_reports_from_one_rank_and_saves_one_adapter(loradeck_env: dict[str, str]) -> None:
+    # QLoRA, the harder case (4-bit layers on every rank); the module's other runs are LoRA.
+    run_id = create_run(TWO_PROCESSES, method="qlora")
 
     started = time.monotonic()
     run_training(run_id)
@@ -121,19 +122,6 @@ def test_cancel_stops_every_rank_of_a_two_process_run(loradeck_env: dict[str, st
     assert _ranks(run_id) == []
     with get_sessionmaker()() as session:
         assert runs.list_artifacts(session=session, run_id=run_id) == []
-
-
-@pytest.mark.slow
-def test_a_qlora_run_trains_on_two_processes(loradeck_env: dict[str, str]) -> None:
-    run_id = create_run(TWO_PROCESSES, method="qlora", max_steps=3)
-
-    run_training(run_id)
-
-    run = read_run(run_id)
-    assert run.status == RunStatus.succeeded, run.error
-    with get_sessionmaker()() as session:
-        assert [point.step for point in runs.list_metrics(session=session, run_id=run_id)] == [1, 2, 3]
-        assert len(runs.list_artifacts(session=session, run_id=run_id)) == 1
 
 
 @pytest.mark.slow
