@@ -153,3 +153,12 @@ def test_a_packed_run_trains_with_the_padded_runs_losses(loradeck_env: dict[str,
         losses[packing] = [p.loss for p in points]
     # The same batches and loss tokens, so the same losses step by step (float sums in another order).
     assert losses[True] == pytest.approx(losses[False], abs=1e-4)
+
+
+def test_a_batch_with_nothing_to_pack_is_the_padded_batch() -> None:
+    # No two of these fit in a row of the longest one's length: packing would only change the mask path.
+    examples = [{"input_ids": [5 + i] * length, "labels": [7] * length} for i, length in enumerate((9, 6, 8))]
+    packed = PackedRowsCollator(pad_token_id=0)(examples)
+    padded = PadCollator(pad_token_id=0)(examples)
+    assert packed.keys() == padded.keys() == {"input_ids", "labels", "attention_mask"}
+    assert all(torch.equal(packed[key], padded[key]) for key in padded)

@@ -306,7 +306,8 @@ class PackedRowsCollator:
     (`masking_utils.find_packed_sequence_indices`, per row of a 2-D batch) and lets each token attend only to
     the earlier tokens of its own example. Attention costs the sum over rows of row length², never more than the
     padded batch's, and the linear layers run on few pad tokens. The loss tokens are those of the padded batch,
-    and Trainer's count of them (`labels[..., 1:] != IGNORE_INDEX`) is the same, so the loss is too.
+    and Trainer's count of them (`labels[..., 1:] != IGNORE_INDEX`) is the same, so the loss is too. A batch in
+    which no two examples fit one row is returned padded (PadCollator's layout): the same shapes, a cheaper mask.
     """
 
     pad_token_id: int
@@ -325,6 +326,10 @@ class PackedRowsCollator:
             else:
                 rows.append([index])
                 room.append(bound - lengths[index])
+        if len(rows) == len(features):
+            # Nothing shares a row (uniformly long examples): the padded batch, the same shape, takes sdpa's
+            # plain padding-mask path, measured faster than the packed one (0.85x) on the CPU benchmark's long rows.
+            return PadCollator(self.pad_token_id)(features)
         width = bound - min(room)
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
