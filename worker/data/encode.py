@@ -368,10 +368,10 @@ def make_collator(
       attend per example, so attention costs the sum of each example's length², and there is no padding at all.
     - anything else (sdpa, the engine's default on CPU and GPU; eager): PackedRowsCollator's bounded rows.
       These implementations keep packed examples apart with a dense mask over the whole row, so one row of the
-      whole batch costs (sum of the lengths)² in attention: measured on the CPU benchmark (bench/packing.py,
-      tiny model, batch 8), one row was 0.62x the padded batch's useful tokens/s on long rows (175-199 tokens)
-      while bounded rows are never worse than padding there and keep the gain on mixed lengths (see
-      bench/README.md's packing section for the figures).
+      whole batch costs (sum of the lengths)² in attention. On the CPU benchmark (bench/packing.py, tiny model,
+      LoRA, batch 8, useful tokens/s against the padded batch's): one row was 1.61x on mixed lengths and 0.62x
+      on uniformly long rows (2026-11-27); bounded rows 2.13x and 1.02x (2026-12-08; the long rows' batches go
+      padded, as nothing shares a row there). See bench/README.md's packing section.
     """
     if spec.packing:
         if spec.method == "prompt_tuning":
