@@ -13,7 +13,6 @@ from pydantic import ValidationError
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    DataCollatorWithFlattening,
     EarlyStoppingCallback,
     TrainerCallback,
 )
@@ -22,7 +21,7 @@ from app.config import TINY_MODEL_DIR, get_settings
 from app.models import RunStatus
 from app.rundir import RunDir
 from tests.worker.conftest import TRAIN, run_spec, train_points, train_run
-from worker.data.encode import PadCollator, make_collator
+from worker.data.encode import PackedRowsCollator, PadCollator, make_collator
 from worker.engine.configs import peft_config, quantization_config, training_arguments, training_callbacks
 from worker.engine.steps import TrainingSetup, apply_adapter, build_trainer, load_model
 from worker.errors import RunError
@@ -246,7 +245,8 @@ def test_the_trainer_gets_the_collator_and_the_callbacks(tmp_path: Path, loradec
     args = training_arguments(spec, tmp_path)
     setup = TrainingSetup(args=args, tokenizer=tokenizer, train_data=[], eval_data=[], model=model)
     trainer = build_trainer(setup, spec, TrainerCallback())
-    assert isinstance(trainer.data_collator, DataCollatorWithFlattening)
+    # sdpa here (the engine's default): bounded rows; one flattened row only under flash attention.
+    assert isinstance(trainer.data_collator, PackedRowsCollator)
     (early,) = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, EarlyStoppingCallback)]
     assert early.early_stopping_patience == 2
 

@@ -22,6 +22,7 @@ import torch
 from jinja2.exceptions import TemplateError
 from torch.utils.data import Dataset
 from transformers import DataCollatorWithFlattening, PreTrainedTokenizerBase
+from transformers.utils.generic import is_flash_attention_requested
 
 from app.schemas import RunSpec
 from worker.data.chat import (
@@ -294,18 +295,91 @@ class PadCollator:
         return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
-def make_collator(spec: RunSpec, tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
-    """Padding, or with spec.packing a padding-free batch: the examples joined into one row whose
-    position_ids restart at 0 for each, and labels IGNORE_INDEX on each example's first token.
+@dataclass
+class PackedRowsCollator:
+    """Padding-free packing in bounded rows: the batch's examples placed best-fit decreasing into rows of at most
+    the longest example's length, each example's position_ids restarting at 0 and its first label IGNORE_INDEX
+    (the token before it must not learn to predict it), each row's tail filled with pad ids whose labels are
+    IGNORE_INDEX and whose position_ids restart at 0 too, so the padding is a "sequence" of its own.
 
-    transformers sees the restarts in position_ids and keeps each example's attention to itself
-    (sdpa, eager and flash attention alike), but only without an attention_mask and without a KV
-    cache: the model must run with `config.use_cache = False`, as training does anyway.
+    No attention_mask: transformers reads the restarts in each row's position_ids
+    (`masking_utils.find_packed_sequence_indices`, per row of a 2-D batch) and lets each token attend only to
+    the earlier tokens of its own example. Attention costs the sum over rows of row length², never more than the
+    padded batch's, and the linear layers run on few pad tokens. The loss tokens are those of the padded batch,
+    and Trainer's count of them (`labels[..., 1:] != IGNORE_INDEX`) is the same, so the loss is too. A batch in
+    which no two examples fit one row is returned padded (PadCollator's layout): the same shapes, a cheaper mask.
+    """
+
+    pad_token_id: int
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        lengths = [len(feature["input_ids"]) for feature in features]
+        bound = max(lengths)
+        rows: list[list[int]] = []
+        room: list[int] = []
+        for index in sorted(range(len(features)), key=lambda i: -lengths[i]):
+            fits = [r for r, free in enumerate(room) if free >= lengths[index]]
+            if fits:
+                best = min(fits, key=room.__getitem__)
+                rows[best].append(index)
+                room[best] -= lengths[index]
+            else:
+                rows.append([index])
+                room.append(bound - lengths[index])
+        if len(rows) == len(features):
+            # Nothing shares a row (uniformly long examples): the padded batch, the same shape, takes sdpa's
+            # plain padding-mask path, measured faster than the packed one (0.85x) on the CPU benchmark's long rows.
+            return PadCollator(self.pad_token_id)(features)
+        width = bound - min(room)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+        counting = torch.arange(width, dtype=torch.long)
+        for r, members in enumerate(rows):
+            at = 0
+            for index in sorted(members):
+                length, feature = lengths[index], features[index]
+                input_ids[r, at : at + length] = torch.tensor(feature["input_ids"], dtype=torch.long)
+                labels[r, at + 1 : at + length] = torch.tensor(feature["labels"][1:], dtype=torch.long)
+                position_ids[r, at : at + length] = counting[:length]
+                at += length
+            position_ids[r, at:] = counting[: width - at]
+        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+
+
+def uses_varlen_attention(attn_implementation: str | None) -> bool:
+    """Whether the model's attention takes packed sequences as variable-length runs (flash-attention's varlen
+    kernels, from the flash-attn package or the kernels hub) rather than through a mask."""
+    return bool(is_flash_attention_requested(requested_attention_implementation=attn_implementation))
+
+
+def make_collator(
+    spec: RunSpec, tokenizer: PreTrainedTokenizerBase, attn_implementation: str | None = None
+) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
+    """Padding, or with spec.packing a padding-free batch of examples whose position_ids restart at 0 for each,
+    labels IGNORE_INDEX on each example's first token and no attention_mask.
+
+    transformers sees the restarts in position_ids and keeps each example's attention to itself (sdpa, eager
+    and flash attention alike), but only without an attention_mask and without a KV cache: the model must run
+    with `config.use_cache = False`, as training does anyway. Which packed layout depends on the attention
+    (`attn_implementation`, the model's `config._attn_implementation`):
+
+    - flash attention (varlen kernels): the whole batch in one row (DataCollatorWithFlattening); the kernels
+      attend per example, so attention costs the sum of each example's length², and there is no padding at all.
+    - anything else (sdpa, the engine's default on CPU and GPU; eager): PackedRowsCollator's bounded rows.
+      These implementations keep packed examples apart with a dense mask over the whole row, so one row of the
+      whole batch costs (sum of the lengths)² in attention. On the CPU benchmark (bench/packing.py, tiny model,
+      LoRA, batch 8, useful tokens/s against the padded batch's): one row was 1.61x on mixed lengths and 0.62x
+      on uniformly long rows (2026-11-27); bounded rows 2.13x and 1.02x (2026-12-08; the long rows' batches go
+      padded, as nothing shares a row there). See bench/README.md's packing section.
     """
     if spec.packing:
         if spec.method == "prompt_tuning":
             # PEFT drops position_ids for prompt tuning, and the packed examples would then see each other.
             raise ValueError("packing: not with method prompt_tuning; turn packing off")
-        return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)  # type: ignore[no-any-return]
+        if uses_varlen_attention(attn_implementation):
+            return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)  # type: ignore[no-any-return]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if spec.packing:
+        return PackedRowsCollator(pad_token_id=int(pad_id or 0))
     return PadCollator(pad_token_id=int(pad_id or 0))
