@@ -30,7 +30,7 @@ def build_trainer(setup: TrainingSetup, spec: RunSpec, *callbacks: TrainerCallba
         args=setup.args,
         train_dataset=setup.train_data,
         eval_dataset=setup.eval_data,
-        data_collator=make_collator(spec, setup.tokenizer),
+        data_collator=make_collator(spec, setup.tokenizer, setup.model.config._attn_implementation),
         processing_class=setup.tokenizer,
         callbacks=[BaseNamedPublicly(spec.base_model), *callbacks, *training_callbacks(spec)],
         # Token accuracy beside the eval loss, from the same forward pass.
