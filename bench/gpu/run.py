@@ -39,6 +39,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import spawn_child  # noqa: E402
 from bench.gpu.plan import (  # noqa: E402
     MODEL_1B,
     MODEL_8B,
@@ -126,22 +127,7 @@ def spawn(config: Config, spec: dict[str, Any], env: dict[str, str], work: Path)
 
     if config.side in ("bare", "loradeck"):
         return spawn_engine_or_bare(config.side, spec, env, work)
-    work.mkdir(parents=True, exist_ok=True)
-    spec_path, result = work / "spec.json", work / "result.json"
-    spec_path.write_text(json.dumps(spec))
-    script = str(REPO / "bench" / "gpu" / "stock.py")
-    with (work / "output.log").open("wb") as output:
-        code = subprocess.run(
-            [sys.executable, script, config.side, str(spec_path), "--result", str(result)],
-            env=env,
-            cwd=REPO,
-            stdout=output,
-            stderr=output,
-        ).returncode
-    if code:
-        raise RuntimeError(f"the {config.side} run exited with {code}:\n{(work / 'output.log').read_text()[-3000:]}")
-    figures: dict[str, Any] = json.loads(result.read_text())
-    return figures
+    return spawn_child(str(REPO / "bench" / "gpu" / "stock.py"), config.side, spec, env, work)
 
 
 def spec_for(config: Config, model: Path, rows: Path, steps: int, batch: int, accumulation: int) -> dict[str, Any]:

@@ -166,9 +166,10 @@ def train(side: str, spec: dict[str, Any], output_dir: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("side", choices=("trl", "unsloth"))
+    # bench.common.spawn_child's convention: `--child SIDE SPEC RESULT`.
+    parser.add_argument("--child", dest="side", required=True, choices=("trl", "unsloth"))
     parser.add_argument("spec", type=Path, help="a RunSpec as JSON (RunSpec.model_dump(mode='json'))")
-    parser.add_argument("--result", type=Path, required=True, help="where to write the figures as JSON")
+    parser.add_argument("result", type=Path, help="where to write the figures as JSON")
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     spec = json.loads(args.spec.read_text())
