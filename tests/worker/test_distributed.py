@@ -127,7 +127,7 @@ def test_cancel_stops_every_rank_of_a_two_process_run(loradeck_env: dict[str, st
 @pytest.mark.slow
 def test_a_two_process_run_handed_back_on_shutdown_resumes_from_its_checkpoint(loradeck_env: dict[str, str]) -> None:
     # No checkpoint of its own before max_steps: only the hand-back one. Steps enough to outlast the hand-back.
-    run_id = create_run(TWO_PROCESSES, max_steps=30, save_steps=100)
+    run_id = create_run(TWO_PROCESSES, max_steps=60, save_steps=100)
     worker = train_in_thread(run_id, until_step=2, timeout=180)
     try:
         WORKER_STOPPING.set()  # what a warm shutdown of the Celery worker does
@@ -138,7 +138,7 @@ def test_a_two_process_run_handed_back_on_shutdown_resumes_from_its_checkpoint(l
     run = read_run(run_id)
     assert run.status == RunStatus.interrupted and run.error == HANDED_BACK
     stopped_at = RunDir.of(run_id).resume_step()
-    assert 2 <= stopped_at < 30 and _ranks(run_id) == []
+    assert 2 <= stopped_at < 60 and _ranks(run_id) == []
 
     run_training(run_id)
 
@@ -146,7 +146,7 @@ def test_a_two_process_run_handed_back_on_shutdown_resumes_from_its_checkpoint(l
     assert run.status == RunStatus.succeeded, run.error
     with get_sessionmaker()() as session:
         points = runs.list_metrics(session=session, run_id=run_id)
-    assert [point.step for point in points] == list(range(1, 31))
+    assert [point.step for point in points] == list(range(1, 61))
     resumed = ("log", {"lines": [f"resumed from the checkpoint at step {stopped_at}"], "step": stopped_at})
     assert resumed in read_events(run_id)
 

@@ -41,8 +41,10 @@ log = logging.getLogger(__name__)
 # so the most a cancel or stop waits beyond the step in progress.
 CONTROL_EVERY_S = 0.5
 # How often the control thread writes the metric points logged since its last write (one transaction, ~1 ms).
-# The live chart has them at once from Redis; the database (history, the runs list's step) lags by this much.
-FLUSH_EVERY_S = 5.0
+# The live chart has them from Redis within LIVE_LINGER_S; the database (history, the runs list's and the API's
+# step) lags by this much. 5 s cut the thread's CPU a little, but a run's step read from the API then trailed a
+# fast run by tens of steps (a two-process hand-back test overshot its 30 steps): each second, as before.
+FLUSH_EVERY_S = 1.0
 # Written into each checkpoint next to Trainer's files: what a resumed run continues its clock from.
 RESUME_STATE_FILE = "loradeck_state.json"
 
