@@ -79,6 +79,10 @@ class Run(Base):
     # After training: task metrics on eval rows and the regression prompts' answers, base beside adapter
     # (app/contracts/evaluation.py has the shape).
     evaluation: Mapped[dict | None] = mapped_column(JSON)
+    # What it trained on, for MFU: {"device", "peak_flops" (None: not in the table), "flops_per_token"}.
+    hardware: Mapped[dict | None] = mapped_column(JSON)
+    # Each throughput switch as the worker resolved it: [{"name", "asked", "chosen", "reason"}, ...].
+    fast_paths: Mapped[list | None] = mapped_column(JSON)
 
     metrics: Mapped[list[Metric]] = relationship(back_populates="run", cascade="all, delete-orphan")
     artifacts: Mapped[list[Artifact]] = relationship(back_populates="run", cascade="all, delete-orphan")
@@ -121,6 +125,11 @@ class Metric(Base):
     # The objective's own named values at this point (TRL's names: rewards/margins, logps/chosen, ...), as
     # app.objectives declares them; eval points carry them without the eval_ prefix.
     values: Mapped[dict | None] = mapped_column(JSON)
+    # Train points on a GPU: model FLOPs utilisation over the logging interval (None where the GPU's peak is
+    # unknown, or on the CPU), and torch's allocated / peak-allocated bytes at the log.
+    mfu: Mapped[float | None] = mapped_column(Float)
+    gpu_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    gpu_peak_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
     run: Mapped[Run] = relationship(back_populates="metrics")
 
