@@ -5,7 +5,7 @@ Functions take the session and keyword-only arguments, so the web and the worker
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from app.archive import archive_name, describe_tree
 from app.contracts.evaluation import evaluation_of
 from app.errors import Conflict, NotFound
-from app.models import Artifact, ArtifactKind, ArtifactStatus, Metric, Run, RunStatus, utcnow
+from app.models import Artifact, ArtifactKind, ArtifactStatus, Base, Metric, Run, RunStatus, utcnow
 from app.rundir import RunDir
 from app.schemas import RunSpec
 
@@ -24,9 +24,13 @@ METRIC_FIELDS = (
 )  # fmt: skip
 
 
-def create_run(*, session: Session, spec: RunSpec) -> Run:
+def create_run(*, session: Session, spec: RunSpec, beside: Callable[[Run], Iterable[Base]] = lambda run: ()) -> Run:
+    """Store a queued run; `beside` gives rows that belong to it (an OpenAI job's request), committed with it in
+    one transaction, so no reader ever sees the run without them."""
     run = Run(name=spec.name, spec=spec.model_dump(mode="json"), status=RunStatus.queued, max_steps=spec.max_steps)
     session.add(run)
+    session.flush()  # the run's id, for the rows beside it
+    session.add_all(beside(run))
     session.commit()
     return run
 
