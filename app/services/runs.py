@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from app import metrics, runs
 from app.config import Settings
 from app.errors import InvalidInput, Unavailable
-from app.events import senders_key, stream_key
+from app.events import nudge, senders_key, stream_key
 from app.models import Artifact, ArtifactStatus, Base, Run, RunStatus, utcnow
 from app.objectives import REGISTRY, Objective
 from app.preflight import spec_setting_aside, validate_spec
@@ -241,13 +241,24 @@ def removal_summary(*, settings: Settings, run_id: str) -> dict[str, object]:
 
 # --- changing a run
 def cancel_run(*, session: Session, run_id: str) -> Run:
-    """A queued run is cancelled at once, a running one at its next step."""
-    return runs.request_cancel(session=session, run_id=run_id)
+    """A queued run is cancelled at once, a running one at its next step (its control thread is told at once)."""
+    run = runs.request_cancel(session=session, run_id=run_id)
+    _nudge(run)
+    return run
 
 
 def stop_run(*, session: Session, run_id: str) -> Run:
     """Stop and keep what it learned: a checkpoint and the adapter at the next step; it ends `stopped`."""
-    return runs.request_stop(session=session, run_id=run_id)
+    run = runs.request_stop(session=session, run_id=run_id)
+    _nudge(run)
+    return run
+
+
+def _nudge(run: Run) -> None:
+    from app.config import get_settings
+
+    if run.status == RunStatus.running and not nudge(get_settings().redis_url, run.id):
+        log.warning("run %s: Redis did not take the nudge; its worker reads the flag from the database", run.id)
 
 
 def set_archived(*, session: Session, run_id: str, archived: bool) -> Run:
