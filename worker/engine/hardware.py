@@ -1,0 +1,115 @@
+"""What a run trains on and how well it uses it: the device, its peak FLOPS and the model's FLOPs per token,
+recorded once as training begins (Run.hardware), then MFU and GPU memory beside each metric point.
+
+The arithmetic is worker.engine.flops's (torch-free, shared with the GPU benchmark); this module reads what it
+needs from torch and the trainer: the device's name, the model's config and trainable parameters, the training
+rows' mean length, and the CUDA allocator's counters.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sized
+from typing import Any
+
+import torch
+
+from worker.engine import flops
+
+log = logging.getLogger(__name__)
+
+# Rows read for the mean row length: evenly spread, so a sorted dataset is measured whole; ~1 ms for 512
+# TokenizedDataset rows (a list lookup each), next to seconds of model loading.
+SAMPLED_ROWS = 512
+
+
+def row_tokens(row: Any) -> float | None:
+    """Tokens one training row puts through the model: input_ids for SFT; a preference pair's prompt and the
+    mean of its two answers (each answer is its own row, prompt included); None for a row of another shape."""
+    if not isinstance(row, dict):
+        return None
+    if "input_ids" in row:
+        return float(len(row["input_ids"]))
+    if "chosen_input_ids" in row and "rejected_input_ids" in row:
+        prompt = len(row.get("prompt_input_ids") or [])
+        return prompt + (len(row["chosen_input_ids"]) + len(row["rejected_input_ids"])) / 2
+    if "completion_input_ids" in row:  # KTO: one answer a row
+        return float(len(row.get("prompt_input_ids") or []) + len(row["completion_input_ids"]))
+    return None
+
+
+def mean_row_tokens(dataset: Any, limit: int = SAMPLED_ROWS) -> float | None:
+    """The training rows' mean length in tokens, from at most `limit` rows spread over the dataset; None where
+    the dataset cannot be indexed (a stream) or its rows are of a shape row_tokens does not know."""
+    if dataset is None or not isinstance(dataset, Sized) or not hasattr(dataset, "__getitem__"):
+        return None
+    count = len(dataset)
+    if count == 0:
+        return None
+    picks = sorted({i * count // min(count, limit) for i in range(min(count, limit))})
+    lengths: list[float] = []
+    for index in picks:
+        length = row_tokens(dataset[index])
+        if length is None:
+            return None
+        lengths.append(length)
+    return sum(lengths) / len(lengths)
+
+
+def device_name(model: Any) -> str:
+    """The GPU's marketing name (torch.cuda.get_device_name: "NVIDIA H100 80GB HBM3"), or the device type
+    ("cpu", "mps") the model's weights are on."""
+    parameter = next(iter(model.parameters()), None) if model is not None else None
+    where = parameter.device if parameter is not None else torch.device("cpu")
+    if where.type == "cuda":
+        return str(torch.cuda.get_device_name(where))
+    return str(where.type)
+
+
+class Throughput:
+    """The run's hardware, figured once at train begin, and each metric point's MFU and GPU memory from it."""
+
+    def __init__(self) -> None:
+        self.flops_per_token: float | None = None
+        self.peak: float | None = None
+        self.gpus = 1
+        self.cuda = False
+
+    def begin(self, model: Any, dataset: Any, world_size: int) -> dict[str, Any]:
+        """Run.hardware: {"device", "peak_flops", "flops_per_token", "gpus", "mean_row_tokens"}. A figure that
+        cannot be had is None (and MFU with it); nothing here stops training."""
+        device = device_name(model)
+        self.cuda = device not in ("cpu", "mps")
+        self.gpus = max(1, int(world_size)) if self.cuda else 1
+        self.peak = flops.peak_flops(device) if self.cuda else None
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()  # the peak of this training, not of earlier runs in the process
+        config = getattr(model, "config", None)
+        shapes = flops.dense_shapes(config.to_dict()) if config is not None else None
+        tokens = mean_row_tokens(dataset)
+        self.flops_per_token = None
+        if shapes is not None and tokens is not None:
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            self.flops_per_token = flops.flops_per_token(shapes, tokens, trainable=trainable)
+        else:
+            log.info("no MFU: %s", "the model's shape has no FLOPs formula" if shapes is None else "rows unmeasured")
+        return {
+            "device": device,
+            "peak_flops": self.peak,
+            "flops_per_token": self.flops_per_token,
+            "gpus": self.gpus,
+            "mean_row_tokens": round(tokens, 1) if tokens is not None else None,
+        }
+
+    def figures(self, tokens_per_sec: float | None) -> dict[str, Any]:
+        """A point's MFU (train points, from their tokens/s) and the GPU memory allocated now and at most since
+        training began (torch.cuda.memory_allocated / max_memory_allocated: host-side counters, no sync)."""
+        share = flops.mfu(tokens_per_sec, self.flops_per_token, self.peak, self.gpus)
+        share = round(share, 5) if share is not None else None  # 0.001 of a percent: more is noise
+        if not self.cuda:
+            return {"mfu": share, "gpu_memory_bytes": None, "gpu_peak_bytes": None}
+        return {
+            "mfu": share,
+            "gpu_memory_bytes": int(torch.cuda.memory_allocated()),
+            "gpu_peak_bytes": int(torch.cuda.max_memory_allocated()),
+        }
