@@ -14,10 +14,6 @@
 
   const $ = (id) => document.getElementById(id);
   const fmt = (v, digits) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
-  // What the run trains on (Run.hardware), null until training begins: then fetched once from the API.
-  let hardware = JSON.parse($("run-hardware").textContent);
-  let hardwareAsked = false;
-  const GIB = 1024 ** 3;
 
   // --- chart data -------------------------------------------------------------------------------
   function xOf(p) {
@@ -102,6 +98,8 @@
 
   // The objective's own charts (run_panels.js): rewards and the like, drawn from each point's named values.
   const objective = window.loradeck.objectivePanels(points, xOf, xLabel, tick);
+  // MFU and GPU memory in the throughput line, the GPU-memory chart (run_use.js).
+  const use = window.loradeck.hardwareUse(runId, points, xOf, xLabel, tick, () => FINISHED.includes(root.dataset.status));
 
   const PANELS = [
     ["lr-chart", "learning_rate", "learning rate", "#7c3aed"],
@@ -109,42 +107,11 @@
     ["tps-chart", "tokens_per_sec", "tokens/s", "#d97706"],
   ];
 
-  function gpuData() {
-    // GPU memory, used and peak, in GiB (the axis' unit); only points that carry it (train points on a GPU).
-    const usable = points.train.filter((p) => p.gpu_memory_bytes !== null && p.gpu_memory_bytes !== undefined && xOf(p) !== null);
-    return [usable.map(xOf), usable.map((p) => p.gpu_memory_bytes / GIB), usable.map((p) => p.gpu_peak_bytes / GIB)];
-  }
-
-  function drawGpu() {
-    // Shown only where a point carries GPU memory: a CPU run has none to chart.
-    const el = $("gpu-chart");
-    const data = gpuData();
-    el.dataset.points = String(data[0].length);
-    if (!data[0].length) return;
-    el.closest("section").hidden = false;
-    if (charts.gpu) { charts.gpu.setData(data); return; }
-    charts.gpu = new uPlot(
-      {
-        width: Math.max(240, el.clientWidth || 300),
-        height: 160,
-        scales: { x: { time: false } },
-        legend: { show: false },
-        axes: [{}, { size: 64, label: "GiB", values: (u, vals) => vals.map(tick) }],
-        series: [
-          { label: xLabel() },
-          { label: "used", stroke: "#0891b2", width: 1.5, spanGaps: true },
-          { label: "peak", stroke: "#be123c", width: 1.5, dash: [4, 3], spanGaps: true },
-        ],
-      },
-      data,
-      el
-    );
-  }
-
   function rebuild() {
     // Axis mode or scale changes rebuild the charts; new points only replace their data.
     for (const key of Object.keys(charts)) { charts[key].destroy(); delete charts[key]; }
     objective.destroy();
+    use.destroy();
     redraw();
   }
 
@@ -158,7 +125,7 @@
       for (const [id, field] of PANELS) charts[id].setData(panelData(field));
     }
     objective.draw();
-    drawGpu();
+    use.draw();
     const data = charts.loss.data;
     $("loss-chart").dataset.points = String(points.train.length + points.eval.length);
     // Where the eval series has a point, for a reader of the page (and its tests).
@@ -218,9 +185,9 @@
   window.addEventListener("resize", () => {
     if (charts.loss) charts.loss.setSize({ width: Math.max(320, $("loss-chart").clientWidth), height: 320 });
     for (const [id] of PANELS) if (charts[id]) charts[id].setSize({ width: Math.max(240, $(id).clientWidth), height: 160 });
-    if (charts.gpu) charts.gpu.setSize({ width: Math.max(240, $("gpu-chart").clientWidth), height: 160 });
     if (charts.evalPanel) charts.evalPanel.setSize({ width: Math.max(240, $("eval-chart").clientWidth), height: 160 });
     objective.resize();
+    use.resize();
   });
 
   // --- live state -------------------------------------------------------------------------------
@@ -240,58 +207,11 @@
         $("run-step").textContent = p.step;
         if (p.loss !== null) $("run-loss").textContent = fmt(p.loss, 4);
         if (p.tokens_per_sec) $("run-throughput").textContent = fmt(p.tokens_per_sec, 0);
-        showUse(p);
+        use.show(p);
         updateEta(p);
       }
     }
     queueRedraw();
-  }
-
-  // Binary units with one decimal, as app/formatting.py's human_bytes writes sizes on the server's pages.
-  function bytes(n) {
-    const units = ["B", "KiB", "MiB", "GiB"];
-    for (const unit of units) {
-      if (Math.abs(n) < 1024) return unit === "B" ? `${n.toFixed(0)} ${unit}` : `${n.toFixed(1)} ${unit}`;
-      n /= 1024;
-    }
-    return `${n.toFixed(1)} TiB`;
-  }
-
-  function mfuText(p) {
-    // Why there is no MFU is the run's hardware to say: the CPU or a GPU not in the table has no peak FLOPS,
-    // a model shape without a FLOPs formula (experts, an unknown config) no FLOPs per token.
-    if (p && p.mfu !== null && p.mfu !== undefined) return `MFU ${(100 * p.mfu).toFixed(1)}%`;
-    if (!hardware) return "MFU –";
-    if (hardware.peak_flops === null || hardware.peak_flops === undefined) return "MFU: needs a known GPU";
-    if (hardware.flops_per_token === null || hardware.flops_per_token === undefined) return "MFU: needs a dense model's shape";
-    return "MFU –";
-  }
-
-  let newestTrain = null;
-
-  function showUse(p) {
-    // The throughput line: MFU of the newest train point, and the GPU memory used (and at most) at it.
-    newestTrain = p;
-    const mfu = $("run-mfu");
-    mfu.textContent = mfuText(p);
-    if (hardware) mfu.dataset.device = hardware.device;
-    if (p.gpu_memory_bytes !== null && p.gpu_memory_bytes !== undefined) {
-      $("run-gpu-used").textContent = bytes(p.gpu_memory_bytes);
-      $("run-gpu-peak").textContent = bytes(p.gpu_peak_bytes);
-      $("run-gpu-memory").hidden = false;
-    }
-    if (!hardware && !hardwareAsked) askHardware();
-  }
-
-  async function askHardware() {
-    // Recorded as training begins, after this page was rendered: once, from the run's API record.
-    hardwareAsked = true;
-    const response = await fetch(`/api/v1/runs/${runId}`);
-    if (!response.ok) return;
-    hardware = (await response.json()).hardware;
-    if (hardware) showUse(newestTrain);
-    // Not recorded (a run trained before loradeck recorded it): asked again at a live point, not for history.
-    else hardwareAsked = FINISHED.includes(root.dataset.status);
   }
 
   function updateEta(p) {
@@ -409,7 +329,7 @@
     // Long histories come bucketed for drawing; the live tail then adds every new point.
     const response = await fetch(`/api/v1/runs/${runId}/metrics?max_points=2000`);
     if (response.ok) (await response.json()).forEach(addPoint);
-    if (!newestTrain) $("run-mfu").textContent = mfuText(null);
+    if (!points.train.length) use.show(null); // why there is no MFU, before any point
     redraw();
     if (!FINISHED.includes(root.dataset.status) || busy(document)) follow();
   }
