@@ -52,7 +52,8 @@ class RunOut(BaseModel):
         description="What it trained on, recorded as training began: `device` (the GPU's name, or cpu), `peak_flops` "
         "(the GPU's dense bf16 peak; null for the CPU or a GPU not in loradeck's table: no MFU), `flops_per_token` "
         "(model FLOPs a trained token costs, from the model's shape and `mean_row_tokens`; null for a shape "
-        "without a formula), `gpus`.",
+        'without a formula), `gpus`, `mean_row_tokens`, and `no_mfu`: what MFU needs that the run lacks ("needs a '
+        'known GPU"), null when it has MFU.',
     )
 
 

@@ -47,10 +47,11 @@ def test_a_cpu_run_shows_tokens_per_second_and_that_mfu_needs_a_known_gpu(web_ur
         expect(page.locator("#loss-chart")).to_have_attribute("data-points", str(len(points)))
 
 
-def _gpu_run(device: str, peak: float | None) -> str:
+def _gpu_run(device: str, peak: float | None, fpt: float | None = 3_352_690_688.0) -> str:
     """A finished run as a GPU worker records it: its hardware, and points with MFU and GPU memory."""
+    from worker.engine.hardware import no_mfu
+
     run_id = create_run(method="lora", quantization="none", max_steps=3)
-    fpt = 3_352_690_688.0
     points = [
         {
             "step": step,
@@ -58,7 +59,7 @@ def _gpu_run(device: str, peak: float | None) -> str:
             "loss": 2.0 - step / 10,
             "tokens_per_sec": 120_000.0,
             "tokens_seen": step * 16384,
-            "mfu": round(120_000 * fpt / peak, 5) if peak else None,
+            "mfu": round(120_000 * fpt / peak, 5) if peak and fpt else None,
             "gpu_memory_bytes": (10 + step) * GIB,
             "gpu_peak_bytes": int((20 + step / 2) * GIB),
         }
@@ -69,7 +70,13 @@ def _gpu_run(device: str, peak: float | None) -> str:
         runs.record_hardware(
             session=session,
             run_id=run_id,
-            hardware={"device": device, "peak_flops": peak, "flops_per_token": fpt, "gpus": 1},
+            hardware={
+                "device": device,
+                "peak_flops": peak,
+                "flops_per_token": fpt,
+                "gpus": 1,
+                "no_mfu": no_mfu(peak, {} if fpt else None, 450.0),
+            },
         )
         runs.add_metrics(session=session, run_id=run_id, points=points)
         runs.finish_run(session=session, run_id=run_id, status=RunStatus.succeeded)
@@ -98,3 +105,9 @@ def test_a_gpu_run_shows_its_mfu_and_gpu_memory_used_and_at_peak(web_url: str, p
     expect(page.locator("#run-mfu")).to_have_attribute("data-device", "Tesla T4")
     expect(page.locator("#run-throughput")).to_have_text("120000")
     expect(page.locator("#run-gpu-used")).to_have_text("13.0 GiB")
+
+    # A known GPU, a model without a FLOPs formula (experts): what MFU needs, in the worker's words.
+    experts = _gpu_run("NVIDIA H200", 989e12, fpt=None)
+    page.goto(f"{web_url}/runs/{experts}")
+    expect(page.locator("#run-mfu")).to_have_text("MFU: needs a dense model's shape")
+    expect(page.locator("#gpu-chart")).to_have_attribute("data-points", "3")

@@ -117,6 +117,7 @@ def test_a_cpu_run_records_its_hardware_and_tokens_per_second_without_mfu(lorade
 
     hardware: dict[str, Any] = run.hardware or {}
     assert hardware["device"] == "cpu" and hardware["peak_flops"] is None and hardware["gpus"] == 1
+    assert hardware["no_mfu"] == "needs a known GPU"
     rows = hardware["mean_row_tokens"]
     assert 1 < rows <= run.spec["max_seq_length"]
     assert run.params_trainable == TINY_LORA_R8  # all-linear LoRA of rank 8: the formula's adapter, by hand
@@ -139,6 +140,39 @@ def test_a_cpu_run_records_its_hardware_and_tokens_per_second_without_mfu(lorade
     train = [m for m in metrics if m["kind"] == "train"]
     assert [m["tokens_per_sec"] for m in train] == [p.tokens_per_sec for p in points]
     assert all(m["mfu"] is None and m["gpu_peak_bytes"] is None for m in train)
+
+
+def _model(config: dict[str, Any], trainable: int) -> Any:
+    """A stand-in for the trainer's model: its config, one frozen weight and `trainable` trained values."""
+    import torch
+
+    frozen, adapter = (
+        torch.nn.Parameter(torch.zeros(10), requires_grad=False),
+        torch.nn.Parameter(torch.zeros(trainable)),
+    )
+    return SimpleNamespace(config=SimpleNamespace(to_dict=lambda: config), parameters=lambda: iter([frozen, adapter]))
+
+
+def test_the_hardware_says_what_mfu_needs_that_a_run_lacks() -> None:
+    rows = [{"input_ids": [1] * 50}, {"input_ids": [1] * 150}]
+    hardware = Throughput().begin(_model(TINY, 1000), rows, world_size=1)
+    assert hardware == {
+        "device": "cpu",
+        "peak_flops": None,
+        "flops_per_token": flops_per_token(dense_shapes(TINY) or {}, 100, trainable=1000),
+        "gpus": 1,  # on the CPU, whatever the world size
+        "mean_row_tokens": 100.0,
+        "no_mfu": "needs a known GPU",
+    }
+    # Where a GPU's peak is known, what else MFU needs: a dense model's shape, rows with token counts.
+    from worker.engine.hardware import no_mfu
+
+    assert no_mfu(989e12, dense_shapes(TINY), 100.0) is None
+    experts = Throughput().begin(_model(TINY | {"num_local_experts": 8}, 1000), rows, world_size=1)
+    assert experts["flops_per_token"] is None and no_mfu(989e12, None, 100.0) == "needs a dense model's shape"
+    prompts = Throughput().begin(_model(TINY, 1000), [{"prompt": "GRPO writes the rest"}], world_size=1)
+    assert prompts["flops_per_token"] is None and prompts["mean_row_tokens"] is None
+    assert no_mfu(989e12, dense_shapes(TINY), None) == "needs tokenized training rows"
 
 
 def test_throughput_on_the_cpu_has_no_gpu_figures() -> None:

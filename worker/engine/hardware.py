@@ -66,6 +66,17 @@ def device_name(model: Any) -> str:
     return str(where.type)
 
 
+def no_mfu(peak: float | None, shapes: dict[str, Any] | None, tokens: float | None) -> str | None:
+    """What MFU needs that this run lacks, in the run page's words ("MFU: needs a known GPU"); None: it has MFU."""
+    if peak is None:
+        return "needs a known GPU"  # the CPU, or a GPU not in worker.engine.flops.PEAK_BF16_FLOPS
+    if shapes is None:
+        return "needs a dense model's shape"  # experts, or a config without Llama-style names
+    if tokens is None:
+        return "needs tokenized training rows"  # rows generated while training (GRPO), or a streamed dataset
+    return None
+
+
 class Throughput:
     """The run's hardware, figured once at train begin, and each metric point's MFU and GPU memory from it."""
 
@@ -76,8 +87,9 @@ class Throughput:
         self.cuda = False
 
     def begin(self, model: Any, dataset: Any, world_size: int) -> dict[str, Any]:
-        """Run.hardware: {"device", "peak_flops", "flops_per_token", "gpus", "mean_row_tokens"}. A figure that
-        cannot be had is None (and MFU with it); nothing here stops training."""
+        """Run.hardware: {"device", "peak_flops", "flops_per_token", "gpus", "mean_row_tokens", "no_mfu"}. A figure
+        that cannot be had is None, and `no_mfu` says what MFU needs then (the run page shows it); nothing here
+        stops training."""
         device = device_name(model)
         self.cuda = device not in ("cpu", "mps")
         self.gpus = max(1, int(world_size)) if self.cuda else 1
@@ -91,14 +103,13 @@ class Throughput:
         if shapes is not None and tokens is not None:
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             self.flops_per_token = flops.flops_per_token(shapes, tokens, trainable=trainable)
-        else:
-            log.info("no MFU: %s", "the model's shape has no FLOPs formula" if shapes is None else "rows unmeasured")
         return {
             "device": device,
             "peak_flops": self.peak,
             "flops_per_token": self.flops_per_token,
             "gpus": self.gpus,
             "mean_row_tokens": round(tokens, 1) if tokens is not None else None,
+            "no_mfu": no_mfu(self.peak, shapes, tokens),
         }
 
     def figures(self, tokens_per_sec: float | None) -> dict[str, Any]:

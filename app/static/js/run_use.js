@@ -27,12 +27,12 @@
     let chart = null;
 
     function mfuText(p) {
-      // Why there is no MFU is the run's hardware to say: the CPU or a GPU not in the table has no peak FLOPS,
-      // a model shape without a FLOPs formula (experts, an unknown config) no FLOPs per token.
+      // Why there is no MFU is the worker's to say (worker.engine.hardware.no_mfu): the CPU or a GPU not in the
+      // table has no peak FLOPS, a model shape without a FLOPs formula no FLOPs per token.
       if (p && known(p.mfu)) return `MFU ${(100 * p.mfu).toFixed(1)}%`;
       if (!hardware) return "MFU –";
+      if (hardware.no_mfu) return `MFU: ${hardware.no_mfu}`;
       if (!known(hardware.peak_flops)) return "MFU: needs a known GPU";
-      if (!known(hardware.flops_per_token)) return "MFU: needs a dense model's shape";
       return "MFU –";
     }
 
