@@ -86,8 +86,11 @@ def test_mfu_is_tokens_times_flops_over_the_peak() -> None:
 def test_the_mean_row_length_reads_each_objectives_rows() -> None:
     sft = [{"input_ids": [1] * n, "labels": [1] * n} for n in (10, 20, 60)]
     assert mean_row_tokens(sft) == 30
-    pairs = [{"prompt_input_ids": [1] * 4, "chosen_input_ids": [1] * 6, "rejected_input_ids": [1] * 10}]
+    pairs = [{"prompt_ids": [1] * 4, "chosen_ids": [1] * 6, "rejected_ids": [1] * 10}]  # TRL's DPO
     assert mean_row_tokens(pairs) == 4 + 8  # the prompt, and each answer in turn after it
+    orpo = [{"prompt_input_ids": [1] * 4, "chosen_input_ids": [1] * 6, "rejected_input_ids": [1] * 10}]
+    assert mean_row_tokens(orpo) == 4 + 8  # TRL's older trainers name the columns so
+    assert mean_row_tokens([{"prompt_ids": [1] * 4, "completion_ids": [1] * 6, "label": True}]) == 10  # KTO
     assert mean_row_tokens([{"prompt": "text, not tokens"}]) is None
     assert mean_row_tokens([]) is None and mean_row_tokens(iter(sft)) is None  # a stream has no length
     # Long datasets are sampled evenly, so rows sorted by length are measured whole.

@@ -23,18 +23,25 @@ log = logging.getLogger(__name__)
 SAMPLED_ROWS = 512
 
 
+def _ids(row: dict[str, Any], name: str) -> list[int] | None:
+    # TRL names a tokenized column `<name>_ids` (DPO, KTO) or, in its older trainers (ORPO), `<name>_input_ids`.
+    found = row.get(f"{name}_ids", row.get(f"{name}_input_ids"))
+    return found if isinstance(found, list) else None
+
+
 def row_tokens(row: Any) -> float | None:
     """Tokens one training row puts through the model: input_ids for SFT; a preference pair's prompt and the
-    mean of its two answers (each answer is its own row, prompt included); None for a row of another shape."""
+    mean of its two answers (each answer is its own row, prompt included); a KTO row's prompt and completion;
+    None for a row of another shape (GRPO's prompts are text: it writes the rest while training)."""
     if not isinstance(row, dict):
         return None
     if "input_ids" in row:
         return float(len(row["input_ids"]))
-    if "chosen_input_ids" in row and "rejected_input_ids" in row:
-        prompt = len(row.get("prompt_input_ids") or [])
-        return prompt + (len(row["chosen_input_ids"]) + len(row["rejected_input_ids"])) / 2
-    if "completion_input_ids" in row:  # KTO: one answer a row
-        return float(len(row.get("prompt_input_ids") or []) + len(row["completion_input_ids"]))
+    prompt, chosen, rejected, completion = (_ids(row, name) for name in ("prompt", "chosen", "rejected", "completion"))
+    if chosen is not None and rejected is not None:
+        return len(prompt or []) + (len(chosen) + len(rejected)) / 2
+    if completion is not None:
+        return float(len(prompt or []) + len(completion))
     return None
 
 
