@@ -181,3 +181,22 @@ def test_the_hardware_says_what_mfu_needs_that_a_run_lacks() -> None:
 def test_throughput_on_the_cpu_has_no_gpu_figures() -> None:
     throughput = Throughput()
     assert throughput.figures(1000.0) == {"mfu": None, "gpu_memory_bytes": None, "gpu_peak_bytes": None}
+
+
+def test_on_a_gpu_a_point_reads_the_allocator_of_the_gpu_trained_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No GPU here: torch's allocator counters stand in, asked of the device the run trains on (cuda:1 here).
+    import torch
+
+    asked: list[Any] = []
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: asked.append(device) or 12 * 1024**3)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: asked.append(device) or 20 * 1024**3)
+    throughput = Throughput()
+    throughput.cuda, throughput.peak, throughput.flops_per_token = torch.device("cuda:1"), 989e12, 3e9
+    assert throughput.figures(100_000.0) == {
+        "mfu": round(100_000 * 3e9 / 989e12, 5),
+        "gpu_memory_bytes": 12 * 1024**3,
+        "gpu_peak_bytes": 20 * 1024**3,
+    }
+    assert asked == [torch.device("cuda:1")] * 2
+    throughput.gpus = 2  # a two-GPU run: its tokens/s are both GPUs' tokens
+    assert throughput.figures(100_000.0)["mfu"] == round(100_000 * 3e9 / (2 * 989e12), 5)

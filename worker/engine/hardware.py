@@ -63,14 +63,16 @@ def mean_row_tokens(dataset: Any, limit: int = SAMPLED_ROWS) -> float | None:
     return sum(lengths) / len(lengths)
 
 
-def device_name(model: Any) -> str:
-    """The GPU's marketing name (torch.cuda.get_device_name: "NVIDIA H100 80GB HBM3"), or the device type
-    ("cpu", "mps") the model's weights are on."""
+def model_device(model: Any) -> torch.device:
+    """Where the model's weights are (its first parameter's device; the CPU for no model)."""
     parameter = next(iter(model.parameters()), None) if model is not None else None
-    where = parameter.device if parameter is not None else torch.device("cpu")
-    if where.type == "cuda":
-        return str(torch.cuda.get_device_name(where))
-    return str(where.type)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def device_name(where: torch.device) -> str:
+    """The GPU's marketing name (torch.cuda.get_device_name: "NVIDIA H100 80GB HBM3"), or the device type
+    ("cpu", "mps")."""
+    return str(torch.cuda.get_device_name(where)) if where.type == "cuda" else str(where.type)
 
 
 def no_mfu(peak: float | None, shapes: dict[str, Any] | None, tokens: float | None) -> str | None:
@@ -91,18 +93,19 @@ class Throughput:
         self.flops_per_token: float | None = None
         self.peak: float | None = None
         self.gpus = 1
-        self.cuda = False
+        self.cuda: torch.device | None = None  # the GPU trained on (rank 0's in a multi-GPU run)
 
     def begin(self, model: Any, dataset: Any, world_size: int) -> dict[str, Any]:
         """Run.hardware: {"device", "peak_flops", "flops_per_token", "gpus", "mean_row_tokens", "no_mfu"}. A figure
         that cannot be had is None, and `no_mfu` says what MFU needs then (the run page shows it); nothing here
         stops training."""
-        device = device_name(model)
-        self.cuda = device not in ("cpu", "mps")
+        where = model_device(model)
+        device = device_name(where)
+        self.cuda = where if where.type == "cuda" else None
         self.gpus = max(1, int(world_size)) if self.cuda else 1
         self.peak = flops.peak_flops(device) if self.cuda else None
         if self.cuda:
-            torch.cuda.reset_peak_memory_stats()  # the peak of this training, not of earlier runs in the process
+            torch.cuda.reset_peak_memory_stats(self.cuda)  # this training's peak, not earlier runs' in the process
         config = getattr(model, "config", None)
         shapes = flops.dense_shapes(config.to_dict()) if config is not None else None
         tokens = mean_row_tokens(dataset)
@@ -124,10 +127,10 @@ class Throughput:
         training began (torch.cuda.memory_allocated / max_memory_allocated: host-side counters, no sync)."""
         share = flops.mfu(tokens_per_sec, self.flops_per_token, self.peak, self.gpus)
         share = round(share, 5) if share is not None else None  # 0.001 of a percent: more is noise
-        if not self.cuda:
+        if self.cuda is None:
             return {"mfu": share, "gpu_memory_bytes": None, "gpu_peak_bytes": None}
         return {
             "mfu": share,
-            "gpu_memory_bytes": int(torch.cuda.memory_allocated()),
-            "gpu_peak_bytes": int(torch.cuda.max_memory_allocated()),
+            "gpu_memory_bytes": int(torch.cuda.memory_allocated(self.cuda)),
+            "gpu_peak_bytes": int(torch.cuda.max_memory_allocated(self.cuda)),
         }
