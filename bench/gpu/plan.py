@@ -42,11 +42,12 @@ MODEL_CPU: dict[str, Any] = MODEL_1B | {  # --dry-run-cpu: same architecture, to
 }
 
 # loradeck's fast paths, one line each: (RunSpec field, the value that turns it on, what it is for). A field
-# RunSpec lacks is skipped with that reason in its row; when one is added to RunSpec, its rows appear.
+# RunSpec lacks is skipped with that reason in its row; when one is added to RunSpec, its rows appear. True: the
+# fields' "auto"/"on"/"off" (issue 28) take a bool as "on", so the rows run before and after that change.
 FAST_PATHS: tuple[tuple[str, Any, str], ...] = (
     ("packing", True, "speed"),
     ("gradient_checkpointing", True, "memory"),
-    ("use_liger_kernel", True, "speed"),
+    ("liger_kernel", True, "speed"),  # RunSpec's name for TrainingArguments.use_liger_kernel
     ("torch_compile", True, "speed"),
     ("auto_micro_batch", True, "speed"),
 )
