@@ -21,6 +21,7 @@ from app.schemas import RunSpec
 
 METRIC_FIELDS = (
     "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_sec", "tokens_seen", "token_accuracy", "values",
+    "mfu", "gpu_memory_bytes", "gpu_peak_bytes",
 )  # fmt: skip
 
 
@@ -441,3 +442,11 @@ def adapter_artifact(run_dir: RunDir, details: dict[str, Any]) -> Artifact:
         files=tree["files"],
         details=details,
     )
+
+
+def record_hardware(*, session: Session, run_id: str, hardware: dict[str, Any]) -> None:
+    """What the run trains on, as the worker found it at train begin: {"device", "peak_flops" (None: not in the
+    GPU table, or the CPU), "flops_per_token" (None: no formula for the model's shape, or rows not tokenized),
+    "gpus", "mean_row_tokens", "no_mfu" (what MFU needs that the run lacks, as the run page words it)}."""
+    session.execute(update(Run).where(Run.id == run_id).values(hardware=hardware))
+    session.commit()

@@ -34,6 +34,7 @@ from app.contracts.events import CheckpointEvent, LogEvent, MetricEvent
 from app.models import Metric
 from app.rundir import checkpoint_name
 from worker.data.hub import name_the_base
+from worker.engine.hardware import Throughput
 from worker.runtime.lease import WORKER_STOPPING, Lease
 from worker.runtime.nudges import Nudges
 from worker.runtime.publisher import EventPublisher, EventSink
@@ -105,6 +106,7 @@ class MetricsCallback(TrainerCallback):
         self._last_flush = 0.0
         self._last_log_time = self._started
         self._last_log_tokens = 0
+        self.throughput = Throughput()  # MFU and GPU memory beside each point, from the hardware found at begin
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -115,6 +117,7 @@ class MetricsCallback(TrainerCallback):
         self._last_log_time = time.monotonic()
         self._started = self._last_log_time - elapsed
         self._last_log_tokens = state.num_input_tokens_seen
+        self.record_hardware(args, kwargs.get("model"), kwargs.get("train_dataloader"))
         self.start_control()
         self.publisher.publish(
             LogEvent(
@@ -123,6 +126,14 @@ class MetricsCallback(TrainerCallback):
                 max_steps=state.max_steps,
             )
         )
+
+    def record_hardware(self, args: TrainingArguments, model: Any, loader: Any) -> None:
+        """Run.hardware, once per start (a resumed run may train on another GPU than its first attempt)."""
+        hardware = self.throughput.begin(model, getattr(loader, "dataset", None), args.world_size)
+        with self.sessions() as session:
+            runs.record_hardware(session=session, run_id=self.run_id, hardware=hardware)
+        figures = (hardware["device"], hardware["peak_flops"], hardware["flops_per_token"])
+        log.info("training on %s: peak %s FLOPS, %s FLOPs a token", *figures)
 
     def _elapsed_at(self, checkpoints: Path, step: int) -> float:
         """Training seconds up to `step`: from the checkpoint's own record, else from the last metric point."""
@@ -212,7 +223,9 @@ class MetricsCallback(TrainerCallback):
             if tokens_seen and elapsed > 0:
                 point["tokens_per_sec"] = round((tokens_seen - self._last_log_tokens) / elapsed, 1)
             self._last_log_time, self._last_log_tokens = now, tokens_seen
-        return point
+        # MFU over the same interval as tokens/s (train points); GPU memory at every point.
+        figures = self.throughput.figures(point["tokens_per_sec"] if kind == "train" else None)
+        return point | figures
 
     def flush(self, connection: Connection | None = None) -> None:
         """Write the points logged since the last flush in one transaction (from the control thread, on its own
