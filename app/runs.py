@@ -403,7 +403,9 @@ def update_run_if(
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def add_owned_metrics(*, session: Session | Connection, run_id: str, worker: str, points: Sequence[dict[str, Any]]) -> bool:
+def add_owned_metrics(
+    *, session: Session | Connection, run_id: str, worker: str, points: Sequence[dict[str, Any]]
+) -> bool:
     """`add_metrics`, only while `worker` holds the run; False (nothing written) once the run was taken away.
 
     The progress UPDATE goes first and is conditional: it takes the run's row (the write lock on SQLite), so
