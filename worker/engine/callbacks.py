@@ -48,11 +48,11 @@ CONTROL_EVERY_S = 0.5
 # With Redis listening, the flags are read when a nudge comes, and this often besides (a nudge lost in a Redis
 # restart delays a cancel by this much at most). Reading them every beat was 0.13% of a CPU run's time.
 FLAGS_FALLBACK_S = 5.0
-# How often the control thread writes the metric points logged since its last write (one transaction, ~1 ms).
-# The live chart has them from Redis within LIVE_LINGER_S; the database (history, the runs list's and the API's
-# step) lags by this much. 5 s cut the thread's CPU a little, but a run's step read from the API then trailed a
-# fast run by tens of steps (a two-process hand-back test overshot its 30 steps): each second, as before.
-FLUSH_EVERY_S = 1.0
+# How often the control thread writes the metric points logged since its last write (one transaction: ~1.1 ms of
+# CPU in situ on its own connection). The live chart has them from Redis within LIVE_LINGER_S; the database
+# (history, the runs list's and the API's step) lags by this much. Each second it was 0.13% of a CPU run's time;
+# 5 s let a fast run's API step trail by tens of steps (a two-process hand-back test overshot its 30 steps).
+FLUSH_EVERY_S = 2.0
 # Written into each checkpoint next to Trainer's files: what a resumed run continues its clock from.
 RESUME_STATE_FILE = "loradeck_state.json"
 
