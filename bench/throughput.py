@@ -372,13 +372,22 @@ def report(command: str, results: dict[str, Any], labels: dict[str, str], params
         "(next column) stays under 2%.",
         "- *loradeck's own work*: timed inside loradeck's runs, the wall time in its metric callback's hooks "
         "plus the CPU time of its threads (live events, sent together every 1 s; the run's control thread, "
-        "reading the cancel/stop flags every 0.5 s and writing the metric points every 5 s; the lease, renewed "
-        "every 5 s), over `trainer.train()`'s wall time: what loradeck adds to a step, whatever the noise. "
-        "Per step: "
+        "writing the metric points every 2 s and reading the cancel/stop flags when the web nudges it through "
+        "Redis and every 5 s besides; the lease, renewed every 5 s), over `trainer.train()`'s wall time: what "
+        "loradeck adds to a step, whatever the noise. Per step: "
         + "; ".join(
             f"{labels[n]} {m['on_step_end']:.3f} ms on_step_end (flags read in memory), {m['on_log']:.2f} ms "
             f"on_log (point, train.log line, event and row queued), {m['threads']:.2f} ms threads"
             for n, m in ms.items()
+        )
+        + ". Each thread's CPU as a share of training time: "
+        + "; ".join(
+            f"{labels[n]} "
+            + ", ".join(
+                f"{kind.removeprefix('loradeck-')} {share:.3%}"
+                for kind, share in r.get("loradeck_threads_share", {}).items()
+            )  # fmt: skip
+            for n, r in results.items()
         )
         + ".",
         "- Whole `trainer.train()` (warm-up, start and end included), loradeck / bare: "
