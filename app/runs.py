@@ -437,3 +437,10 @@ def adapter_artifact(run_dir: RunDir, details: dict[str, Any]) -> Artifact:
         files=tree["files"],
         details=details,
     )
+
+
+def record_fast_paths(*, session: Session, run_id: str, fast_paths: list[dict[str, str]]) -> None:
+    """The throughput switches as the worker resolved them ({name, asked, chosen, reason} each, from
+    worker.engine.fastpaths.FastPath.record), written before training starts; a resumed run writes its own."""
+    session.execute(update(Run).where(Run.id == run_id).values(fast_paths=fast_paths))
+    session.commit()

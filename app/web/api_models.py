@@ -13,6 +13,15 @@ from app.models import Artifact, ArtifactStatus
 from app.schemas import GgufType
 
 
+class FastPathOut(BaseModel):
+    """One throughput switch of a run, as the worker resolved it (worker.engine.fastpaths)."""
+
+    name: str = Field(description="The RunSpec field: packing, gradient_checkpointing, liger_kernel, torch_compile.")
+    asked: str = Field(description="The value in the spec: auto, on or off.")
+    chosen: str = Field(description="What the run used: on or off.")
+    reason: str = Field(description="Why, in one sentence.")
+
+
 class RunOut(BaseModel):
     """A run as the API returns it."""
 
@@ -46,6 +55,12 @@ class RunOut(BaseModel):
         description="After training: task metrics (exact match, JSON fields right) and regression prompts' "
         "answers, each for the base and the adapter; `base` names that base (label, dtype, quantization): for "
         "a run trained on a quantized copy, the full-precision base the merged download uses.",
+    )
+    fast_paths: list[FastPathOut] | None = Field(
+        default=None,
+        description="The throughput switches (packing, gradient_checkpointing, liger_kernel, torch_compile) as "
+        "the worker resolved them when training started: what the spec asked, what the run used, and why. "
+        "None until a worker has started it.",
     )
 
 
