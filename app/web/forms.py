@@ -205,6 +205,8 @@ def build_fields(values: dict[str, Any], errors: dict[str, str] | None = None) -
         else:
             widget = "text"
         value = values.get(name, defaults.get(name))
+        if name in FAST_PATH_FIELDS and isinstance(value, bool):  # a run stored before the switches had auto
+            value = "on" if value else "off"
         fields.append(
             FormField(
                 name=name,

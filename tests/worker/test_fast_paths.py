@@ -17,6 +17,7 @@ from app.models import RunStatus
 from app.rundir import RunDir
 from app.schemas import SAMPLE_PAIRS, RunSpec
 from app.web.api_models import RunOut
+from app.web.forms import build_fields
 from tests.worker.conftest import create_run, read_run, run_spec, train_points
 from tests.worker.families import FAMILIES, SIZES
 from worker.data.encode import PackedRowsCollator, PadCollator, make_collator
@@ -58,6 +59,12 @@ def test_specs_that_sent_a_bool_still_read() -> None:
     # A stored DPO spec held packing false; sft alone packs, but "off" asks for nothing and still reads.
     stored = run_spec(objective="dpo", method="lora", dataset=str(SAMPLE_PAIRS), packing=False).model_dump(mode="json")
     assert RunSpec.model_validate(stored).packing == "off"
+    # "Duplicate" of such a run: the form shows what it asked, not the first choice (auto).
+    shown = {
+        f.name: f.value
+        for f in build_fields(stored | {"objective": "sft", "packing": False, "gradient_checkpointing": True})
+    }
+    assert (shown["packing"], shown["gradient_checkpointing"], shown["liger_kernel"]) == ("off", "on", "auto")
     with pytest.raises(ValueError, match="packing: only for objective sft"):
         run_spec(objective="dpo", method="lora", dataset=str(SAMPLE_PAIRS), packing="on")
     with pytest.raises(ValueError, match="packing: not with method prompt_tuning"):

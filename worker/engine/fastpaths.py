@@ -124,7 +124,7 @@ def _base_config(spec: RunSpec) -> PretrainedConfig:
         return AutoConfig.from_pretrained(  # type: ignore[no-any-return]
             model_source(spec.base_model), trust_remote_code=get_settings().allow_trust_remote_code
         )
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # whatever it is, loading the base meets it next and explains it
         log.info("fast paths resolved without the base's config (%s)", exc)
         return PretrainedConfig()
 
