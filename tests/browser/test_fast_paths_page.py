@@ -14,14 +14,25 @@ pytestmark = pytest.mark.slow
 
 
 def test_the_run_page_says_what_each_switch_became_and_why(stack: Stack, page: Page) -> None:
-    run = stack.start_run(name="fast paths", method="lora", quantization="none", max_steps=2)
-    done = stack.wait_run(run["id"])
-    assert done["status"] == "succeeded", done["error"]
-    api = {p["name"]: p for p in done["fast_paths"]}
-
-    page.goto(f"{stack.url}/runs/{run['id']}")
+    # The stack's one trainer is busy with another run, so this one's page opens before a worker has chosen
+    # anything; once that run is cancelled, this one starts and its card fills in live, without a reload.
+    busy = stack.start_run(name="keeps the trainer busy", method="lora", quantization="none", max_steps=100_000)
+    stack.wait_run(busy["id"], until=lambda run: run["status"] == "running")
+    page.goto(stack.url + "/runs/new")
+    page.select_option("#f-method", "lora")
+    page.select_option("#f-quantization", "none")
+    page.fill("#f-max_steps", "2")
+    page.click("#start-run")
+    page.wait_for_url("**/runs/*")
+    expect(page.locator("#run-status")).to_have_text("queued")
+    expect(page.locator("#fast-paths-pending")).to_be_visible()
+    assert httpx.post(f"{stack.url}/api/v1/runs/{busy['id']}/cancel", timeout=30).status_code == 200
     panel = page.locator("#fast-paths-card")
-    expect(panel.locator("tbody tr")).to_have_count(4)
+    expect(panel.locator("tbody tr")).to_have_count(4, timeout=120_000)
+    expect(page.locator("#run-status")).to_have_text("succeeded", timeout=240_000)
+    run_id = page.locator("#run").get_attribute("data-run-id")
+    done = httpx.get(f"{stack.url}/api/v1/runs/{run_id}", timeout=30).json()
+    api = {p["name"]: p for p in done["fast_paths"]}
     packing = panel.locator('tr[data-fast-path="packing"]')
     expect(packing.locator(".fast-asked")).to_have_text("auto")
     expect(packing.locator(".fast-chosen")).to_have_text("on")
