@@ -89,6 +89,12 @@ def test_liger_auto_falls_back_with_the_reason(llama: PretrainedConfig) -> None:
     gpt2 = AutoConfig.for_model("gpt2")
     assert liger(GPU_WITH_LIGER, gpt2) == ("off", "liger-kernel does not cover the architecture gpt2")
     assert liger(GPU_WITH_LIGER) == ("on", "CUDA, Triton and liger-kernel cover llama")
+    dpo = run_spec(objective="dpo", method="lora", dataset=str(SAMPLE_PAIRS))
+    assert _chosen(resolve(dpo, llama, GPU_WITH_LIGER))["liger_kernel"][0] == "off"  # TRL swaps DPO's loss
+    assert _chosen(resolve(dpo.model_copy(update={"liger_kernel": "on"}), llama, GPU_WITH_LIGER))["liger_kernel"] == (
+        "on",
+        "set on in the spec",
+    )
 
 
 def test_liger_on_where_it_cannot_apply_fails_naming_the_field(llama: PretrainedConfig) -> None:

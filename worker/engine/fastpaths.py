@@ -200,6 +200,12 @@ def _liger_kernel(spec: RunSpec, model_type: str, facts: DeviceFacts) -> FastPat
         raise RunError(f"liger_kernel: on, but {problem}; set liger_kernel to auto or off")
     if problem:
         return FastPath("liger_kernel", asked, "off", problem)
+    if asked == "auto" and spec.objective != "sft":
+        # TRL's preference and GRPO trainers swap their whole loss for Liger's fused one under use_liger_kernel
+        # (with its own refusals by loss type); that path has no loss-equality check here yet.
+        return FastPath(
+            "liger_kernel", asked, "off", f"TRL's {spec.objective} trainer swaps its loss for Liger's; set on to use it"
+        )
     reason = "set on in the spec" if asked == "on" else f"CUDA, Triton and liger-kernel cover {model_type}"
     return FastPath("liger_kernel", asked, "on", reason)
 
