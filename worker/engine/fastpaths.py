@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 GIB = 1024**3
 # Of the GPU's free memory, the share the estimate may fill before auto turns gradient checkpointing on: the
-# estimate leaves out the CUDA context (~0.5 GiB) and the allocator's fragmentation (its own notes).
+# estimate leaves out the CUDA context (~0.5 GiB) and the allocator's fragmentation (its own notes). A margin
+# chosen, not yet measured: no GPU run has compared the estimate with a measured peak (issue 28's GPU rows).
 MEMORY_HEADROOM = 0.85
 LIGER_INSTALL = "pip install 'loradeck[fast]' (or pip install liger-kernel)"
 # Architectures on which a packed batch was checked loss-equal to the padded one (tests/worker/test_fast_paths.py
