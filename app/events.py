@@ -29,6 +29,24 @@ def stream_key(run_id: str) -> str:
     return f"loradeck:run:{run_id}:events"
 
 
+def control_channel(run_id: str) -> str:
+    """The pub/sub channel that tells a training run's control thread its cancel or stop flag just changed."""
+    return f"loradeck:run:{run_id}:control"
+
+
+def nudge(redis_url: str, run_id: str) -> bool:
+    """Tell the run's control thread to read its flags now (worker.engine.callbacks); False if Redis did not take
+    it, which only delays the cancel or stop to the thread's next read of the database (FLAGS_FALLBACK_S)."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        client.publish(control_channel(run_id), "flags")
+        return True
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
 def senders_key(run_id: str) -> str:
     """The hash of the run stream's senders: the number of the last event each one appended."""
     return f"loradeck:run:{run_id}:events:senders"

@@ -15,7 +15,11 @@ from sqlalchemy.orm import Session
 
 from app.models import Metric
 
-FIELDS = ("time", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_sec", "tokens_seen", "token_accuracy")
+FIELDS = (
+    "time", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_sec", "tokens_seen", "token_accuracy",
+    "mfu", "gpu_memory_bytes", "gpu_peak_bytes",
+)  # fmt: skip
+COUNTS = ("tokens_seen", "gpu_memory_bytes", "gpu_peak_bytes")  # whole numbers, as JSON integers
 # Beside the columns: the objective's named values (app.objectives), a JSON object per point.
 KINDS = ("train", "eval")
 COLUMNS = [Metric.step, Metric.kind, *(getattr(Metric, name) for name in FIELDS), Metric.values]
@@ -26,8 +30,9 @@ def _row(step: int, kind: str, *values: Any) -> dict[str, Any]:
     *columns, named = values
     point.update({name: (float(v) if v is not None else None) for name, v in zip(FIELDS, columns, strict=True)})
     point["values"] = named or {}
-    if point["tokens_seen"] is not None:
-        point["tokens_seen"] = int(point["tokens_seen"])
+    for name in COUNTS:
+        if point[name] is not None:
+            point[name] = int(point[name])
     return point
 
 

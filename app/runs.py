@@ -5,7 +5,7 @@ Functions take the session and keyword-only arguments, so the web and the worker
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,18 +15,23 @@ from sqlalchemy.orm import Session
 from app.archive import archive_name, describe_tree
 from app.contracts.evaluation import evaluation_of
 from app.errors import Conflict, NotFound
-from app.models import Artifact, ArtifactKind, ArtifactStatus, Metric, Run, RunStatus, utcnow
+from app.models import Artifact, ArtifactKind, ArtifactStatus, Base, Metric, Run, RunStatus, utcnow
 from app.rundir import RunDir
 from app.schemas import RunSpec
 
 METRIC_FIELDS = (
     "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_sec", "tokens_seen", "token_accuracy", "values",
+    "mfu", "gpu_memory_bytes", "gpu_peak_bytes",
 )  # fmt: skip
 
 
-def create_run(*, session: Session, spec: RunSpec) -> Run:
+def create_run(*, session: Session, spec: RunSpec, beside: Callable[[Run], Iterable[Base]] = lambda run: ()) -> Run:
+    """Store a queued run; `beside` gives rows that belong to it (an OpenAI job's request), committed with it in
+    one transaction, so no reader ever sees the run without them."""
     run = Run(name=spec.name, spec=spec.model_dump(mode="json"), status=RunStatus.queued, max_steps=spec.max_steps)
     session.add(run)
+    session.flush()  # the run's id, for the rows beside it
+    session.add_all(beside(run))
     session.commit()
     return run
 
@@ -187,7 +192,7 @@ def _metric_rows(run_id: str, points: Sequence[dict[str, Any]]) -> list[dict[str
     ]
 
 
-def add_metrics(*, session: Session, run_id: str, points: Sequence[dict[str, Any]]) -> None:
+def add_metrics(*, session: Session | Connection, run_id: str, points: Sequence[dict[str, Any]]) -> None:
     """Insert a batch of metric points and move the run's progress to the newest one."""
     if not points:
         return
@@ -398,7 +403,9 @@ def update_run_if(
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def add_owned_metrics(*, session: Session, run_id: str, worker: str, points: Sequence[dict[str, Any]]) -> bool:
+def add_owned_metrics(
+    *, session: Session | Connection, run_id: str, worker: str, points: Sequence[dict[str, Any]]
+) -> bool:
     """`add_metrics`, only while `worker` holds the run; False (nothing written) once the run was taken away.
 
     The progress UPDATE goes first and is conditional: it takes the run's row (the write lock on SQLite), so
@@ -437,6 +444,14 @@ def adapter_artifact(run_dir: RunDir, details: dict[str, Any]) -> Artifact:
         files=tree["files"],
         details=details,
     )
+
+
+def record_hardware(*, session: Session, run_id: str, hardware: dict[str, Any]) -> None:
+    """What the run trains on, as the worker found it at train begin: {"device", "peak_flops" (None: not in the
+    GPU table, or the CPU), "flops_per_token" (None: no formula for the model's shape, or rows not tokenized),
+    "gpus", "mean_row_tokens", "no_mfu" (what MFU needs that the run lacks, as the run page words it)}."""
+    session.execute(update(Run).where(Run.id == run_id).values(hardware=hardware))
+    session.commit()
 
 
 def record_fast_paths(*, session: Session, run_id: str, fast_paths: list[dict[str, str]]) -> None:

@@ -147,13 +147,15 @@ class Scratch:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _thread_cpu_s(prefix: str) -> float:
-    """CPU seconds used so far by this process's live threads whose names start with `prefix`."""
-    return sum(
-        time.clock_gettime(time.pthread_getcpuclockid(t.ident))
-        for t in threading.enumerate()
-        if t.name.startswith(prefix) and t.ident is not None and t.is_alive()
-    )
+def _thread_cpu_s(prefix: str) -> dict[str, float]:
+    """CPU seconds used so far by this process's live threads whose names start with `prefix`, by kind (the
+    name up to its run id: loradeck-control, loradeck-events, loradeck-lease)."""
+    spent: dict[str, float] = {}
+    for thread in threading.enumerate():
+        if thread.name.startswith(prefix) and thread.ident is not None and thread.is_alive():
+            kind = "-".join(thread.name.split("-")[:2])
+            spent[kind] = spent.get(kind, 0.0) + time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+    return spent
 
 
 def _time_hooks(cls: type, spent: dict[str, float]) -> None:
@@ -188,6 +190,7 @@ def engine_run(spec: dict[str, Any]) -> dict[str, Any]:
     from worker.engine.train import run_training
 
     timing: dict[str, float] = {}
+    threads: dict[str, dict[str, float]] = {}
     hooks: dict[str, float] = {}
     _time_hooks(MetricsCallback, hooks)
     original = transformers.Trainer.train
@@ -202,7 +205,10 @@ def engine_run(spec: dict[str, Any]) -> dict[str, Any]:
         finally:
             timing["train_s"] = time.perf_counter() - started
             timing["train_cpu_s"] = time.process_time() - cpu_started
-            timing["threads_cpu_s"] = _thread_cpu_s("loradeck-") - threads_cpu
+            spent = _thread_cpu_s("loradeck-")
+            by_kind = {kind: cpu - threads_cpu.get(kind, 0.0) for kind, cpu in spent.items()}
+            timing["threads_cpu_s"] = sum(by_kind.values())
+            threads["by_kind"] = by_kind
 
     transformers.Trainer.train = timed_train  # type: ignore[method-assign]
     with get_sessionmaker()() as session:
@@ -225,6 +231,7 @@ def engine_run(spec: dict[str, Any]) -> dict[str, Any]:
         "steps": finished.step,
         "tokens_per_s": tokens / timing["train_s"],
         "callback_s": hooks,  # inside train(); on_train_end's flush and all
+        "threads_cpu_by_kind_s": threads.get("by_kind", {}),
         "final_loss": points[-1]["loss"] if points else None,
         "points": points,
         "peak_gpu_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
@@ -303,6 +310,11 @@ def summarize(case: Case) -> dict[str, Any]:
         hook: statistics.median(r["callback_s"].get(hook, 0.0) / r["steps"] for r in case.runs["loradeck"]) * 1000
         for hook in ("on_step_end", "on_log")
     } | {"threads": statistics.median(r["threads_cpu_s"] / r["steps"] for r in case.runs["loradeck"]) * 1000}
+    kinds = sorted({kind for r in case.runs["loradeck"] for kind in r.get("threads_cpu_by_kind_s", {})})
+    per_second = {  # each thread's CPU per second of training: the share it takes, whatever the step's length
+        kind: statistics.median(r["threads_cpu_by_kind_s"].get(kind, 0.0) / r["train_s"] for r in case.runs["loradeck"])
+        for kind in kinds
+    }
     return {
         "spec": case.spec,
         "model": case.model,
@@ -315,6 +327,7 @@ def summarize(case: Case) -> dict[str, Any]:
         "train_cpu_ratio": ours["train_cpu_tokens_per_s"] / bare["train_cpu_tokens_per_s"],
         "loradeck_own_share": share,
         "loradeck_own_ms_per_step": per_step,
+        "loradeck_threads_share": per_second,
         "final_loss_diff": abs(ours["final_loss"] - bare["final_loss"]),
         "max_step_loss_diff": max(
             abs(a["loss"] - b["loss"])

@@ -1,5 +1,6 @@
-"""bench/gpu/plan.py's arithmetic, without training: the model's FLOPs per token, MFU, the GPU table, the batch
-that fills a step, the configurations one invocation runs and the cut to the time budget."""
+"""bench/gpu/plan.py's arithmetic, without training: a benchmark row's MFU (the formula and the GPU table are
+worker/engine/flops.py's, tested in tests/worker/test_mfu.py), the batch that fills a step, the configurations
+one invocation runs and the cut to the time budget."""
 
 from __future__ import annotations
 
@@ -8,18 +9,14 @@ import pytest
 from bench.gpu.plan import (
     FAST_PATHS,
     MODEL_1B,
-    MODEL_8B,
     Config,
     batch_for,
     configs,
     estimate_s,
     fit,
-    flops_per_token,
-    linear_params,
-    lora_params,
     mfu,
-    peak_flops,
 )
+from worker.engine.flops import linear_params, lora_params
 
 
 def test_the_1b_shape_counts_the_parameters_the_h200_run_recorded() -> None:
@@ -31,41 +28,13 @@ def test_the_1b_shape_counts_the_parameters_the_h200_run_recorded() -> None:
     assert lora_params(MODEL_1B, 8) == 16 * 8 * (4096 + 2 * 2560 + 4096 + 2 * 7680 + 7680) == 4_653_056
 
 
-def test_flops_per_token_is_4n_plus_adapters_plus_attention() -> None:
-    n, adapters = 786_956_288, 4_653_056
-    attention = 12 * 16 * 2048 * 450  # layers x (heads x head_dim) x sequence length
-    assert flops_per_token(MODEL_1B, 450) == 4 * n + 6 * adapters + attention == 3_352_690_688
-    # the 8B body (Llama-3-8B's, vocabulary 32000): 6.98B in its blocks + 0.13B lm_head, ~29 GFLOPs a token
-    assert linear_params(MODEL_8B) == 32 * (2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336) + 4096 * 32000
-    assert flops_per_token(MODEL_8B, 512) == pytest.approx(4 * linear_params(MODEL_8B), rel=0.05)
-
-
 def test_mfu_of_a_known_speed() -> None:
     # the H200 record's loradeck LoRA speed, 15,192 tokens/s at ~450-token rows: about 5% of 989 TFLOPS
     assert mfu(15_192, MODEL_1B, 450, "NVIDIA H200") == pytest.approx(15_192 * 3_352_690_688 / 989e12)
     assert mfu(15_192, MODEL_1B, 450, "NVIDIA H200") == pytest.approx(0.0515, abs=5e-4)
     # issue 28's goal, 35% MFU, is ~103k tokens/s on the same shape
     assert mfu(103_250, MODEL_1B, 450, "NVIDIA H100 80GB HBM3") == pytest.approx(0.35, abs=1e-3)
-
-
-@pytest.mark.parametrize(
-    ("name", "peak"),
-    [
-        ("NVIDIA H100 80GB HBM3", 989e12),
-        ("NVIDIA H100 PCIe", 756e12),
-        ("NVIDIA H100 NVL", 835e12),
-        ("NVIDIA H200", 989e12),
-        ("NVIDIA A100-SXM4-80GB", 312e12),
-        ("NVIDIA L40S", 362e12),
-        ("NVIDIA GeForce RTX 4090", 165e12),
-        ("Tesla T4", None),
-        (None, None),
-    ],
-)
-def test_peak_flops_by_gpu_name(name: str | None, peak: float | None) -> None:
-    assert peak_flops(name) == peak
-    if peak is None:
-        assert mfu(10_000, MODEL_1B, 450, name) is None  # unknown GPU: tokens/s only
+    assert mfu(10_000, MODEL_1B, 450, "Tesla T4") is None  # unknown GPU: tokens/s only
 
 
 def test_batch_fills_16k_tokens_a_step() -> None:
@@ -88,7 +57,7 @@ def test_configurations_skip_what_runspec_or_the_machine_lacks() -> None:
     full = {c.label: c for c in configs(["1b", "8b"], ["lora", "qlora"], fields, {})}
     assert not any(c.skip for c in full.values())
     assert full["1b qlora loradeck +all speed"].changes == {
-        "packing": True, "use_liger_kernel": True, "torch_compile": True, "auto_micro_batch": True
+        "packing": True, "liger_kernel": True, "torch_compile": True, "auto_micro_batch": True
     }  # fmt: skip
     assert "8b lora bare" not in full and "8b qlora bare" in full  # 8B in 4-bit only
 

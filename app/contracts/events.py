@@ -51,6 +51,12 @@ class MetricEvent(LiveEvent):
     token_accuracy: float | None = None
     # The objective's named values (app.objectives: rewards/margins, ...); empty for SFT.
     values: dict[str, float | None] = {}
+    # Train points: model FLOPs utilisation over the interval tokens_per_sec covers (0..1; None on the CPU, a GPU
+    # not in worker/engine/flops.py's table, or a model shape without a FLOPs formula).
+    mfu: float | None = None
+    # On a GPU: torch's allocated bytes at the log, and the most allocated since training began; None on the CPU.
+    gpu_memory_bytes: int | None = None
+    gpu_peak_bytes: int | None = None
 
 
 class SampledCompletion(BaseModel):

@@ -96,14 +96,16 @@ def create_job(*, session: Session, settings: Settings, body: Any) -> Run:
     if request.seed is not None:
         spec["seed"] = request.seed
     try:
-        run = runs_service.create_run(session=session, settings=settings, body=spec)
+        return runs_service.create_run(
+            session=session,
+            settings=settings,
+            body=spec,
+            beside=lambda run: [_job_row(run, request, recipe.hyperparameters())],
+        )
     except JobRefused:
         raise
     except InvalidInput as exc:
         raise _refusal(exc) from None
-    session.add(_job_row(run, request, recipe.hyperparameters()))
-    session.commit()
-    return run
 
 
 def _job_row(run: Run, request: JobRequest, hyperparameters: dict[str, Any]) -> OpenAIJob:

@@ -6,7 +6,7 @@ The API, the pages and the CLI call these; each raises domain errors (app.errors
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 from app import metrics, runs
 from app.config import Settings
 from app.errors import InvalidInput, Unavailable
-from app.events import senders_key, stream_key
-from app.models import Artifact, ArtifactStatus, Run, RunStatus, utcnow
+from app.events import nudge, senders_key, stream_key
+from app.models import Artifact, ArtifactStatus, Base, Run, RunStatus, utcnow
 from app.objectives import REGISTRY, Objective
 from app.preflight import spec_setting_aside, validate_spec
 from app.queue import (
@@ -40,9 +40,11 @@ MAX_CONTINUED = 50  # runs listed as "continued by" on a run page, oldest first
 
 
 # --- submitting
-def create_run(*, session: Session, settings: Settings, body: Any) -> Run:
+def create_run(
+    *, session: Session, settings: Settings, body: Any, beside: Callable[[Run], Iterable[Base]] = lambda run: ()
+) -> Run:
     """A run from a RunSpec as a client sends it (every problem in one 422), scored on its dataset's eval
-    data when it says nothing of evaluation; stored and queued."""
+    data when it says nothing of evaluation; stored with the rows `beside` gives for it, then queued."""
     try:
         spec = with_default_eval(validate_spec(body, settings))
     except InvalidInput as exc:
@@ -51,7 +53,7 @@ def create_run(*, session: Session, settings: Settings, body: Any) -> Run:
         if not modules:
             raise
         raise InvalidInput(errors=exc.errors + InvalidInput.fields(modules).errors) from None
-    return submit_run(session=session, spec=spec)
+    return submit_run(session=session, spec=spec, beside=beside)
 
 
 def module_problems_beside(values: Mapping[str, Any], failed: set[str]) -> dict[str, str]:
@@ -64,13 +66,14 @@ def module_problems_beside(values: Mapping[str, Any], failed: set[str]) -> dict[
     return {name: message for name, message in problems.items() if name not in failed}
 
 
-def submit_run(*, session: Session, spec: RunSpec) -> Run:
-    """Store a checked spec's run and queue it. Module names the model lacks are refused first (asked of an
-    inspect worker); if the queue is unreachable, nothing is kept and the caller is told."""
+def submit_run(*, session: Session, spec: RunSpec, beside: Callable[[Run], Iterable[Base]] = lambda run: ()) -> Run:
+    """Store a checked spec's run, with the rows `beside` gives for it in the same transaction, and queue it: a
+    worker that picks it up finds them. Module names the model lacks are refused first (asked of an inspect
+    worker); if the queue is unreachable, nothing is kept (the rows beside go with the run) and the caller is told."""
     problems = module_name_problems(spec)
     if problems:
         raise InvalidInput.fields(problems)
-    run = runs.create_run(session=session, spec=spec)
+    run = runs.create_run(session=session, spec=spec, beside=beside)
     enqueue_or_undo(session, run, lambda: enqueue_train(run.id, spec.worker), "the run was not created")
     return run
 
@@ -238,13 +241,24 @@ def removal_summary(*, settings: Settings, run_id: str) -> dict[str, object]:
 
 # --- changing a run
 def cancel_run(*, session: Session, run_id: str) -> Run:
-    """A queued run is cancelled at once, a running one at its next step."""
-    return runs.request_cancel(session=session, run_id=run_id)
+    """A queued run is cancelled at once, a running one at its next step (its control thread is told at once)."""
+    run = runs.request_cancel(session=session, run_id=run_id)
+    _nudge(run)
+    return run
 
 
 def stop_run(*, session: Session, run_id: str) -> Run:
     """Stop and keep what it learned: a checkpoint and the adapter at the next step; it ends `stopped`."""
-    return runs.request_stop(session=session, run_id=run_id)
+    run = runs.request_stop(session=session, run_id=run_id)
+    _nudge(run)
+    return run
+
+
+def _nudge(run: Run) -> None:
+    from app.config import get_settings
+
+    if run.status == RunStatus.running and not nudge(get_settings().redis_url, run.id):
+        log.warning("run %s: Redis did not take the nudge; its worker reads the flag from the database", run.id)
 
 
 def set_archived(*, session: Session, run_id: str, archived: bool) -> Run:

@@ -56,6 +56,14 @@ class RunOut(BaseModel):
         "answers, each for the base and the adapter; `base` names that base (label, dtype, quantization): for "
         "a run trained on a quantized copy, the full-precision base the merged download uses.",
     )
+    hardware: dict[str, Any] | None = Field(
+        default=None,
+        description="What it trained on, recorded as training began: `device` (the GPU's name, or cpu), `peak_flops` "
+        "(the GPU's dense bf16 peak; null for the CPU or a GPU not in loradeck's table: no MFU), `flops_per_token` "
+        "(model FLOPs a trained token costs, from the model's shape and `mean_row_tokens`; null for a shape "
+        'without a formula), `gpus`, `mean_row_tokens`, and `no_mfu`: what MFU needs that the run lacks ("needs a '
+        'known GPU"), null when it has MFU.',
+    )
     fast_paths: list[FastPathOut] | None = Field(
         default=None,
         description="The throughput switches (packing, gradient_checkpointing, liger_kernel, torch_compile) as "
@@ -84,6 +92,17 @@ class MetricOut(BaseModel):
         default_factory=dict,
         description="The objective's own named values at this point, as TRL logs them (e.g. rewards/margins, "
         "rewards/accuracies for dpo); empty for sft.",
+    )
+    mfu: float | None = Field(
+        default=None,
+        description="Train points: model FLOPs utilisation (0..1) over the interval tokens_per_sec covers: "
+        "tokens_per_sec x the run's hardware.flops_per_token / (peak_flops x gpus); null without a known GPU.",
+    )
+    gpu_memory_bytes: int | None = Field(
+        default=None, description="GPU memory allocated by torch at this point; null on the CPU."
+    )
+    gpu_peak_bytes: int | None = Field(
+        default=None, description="The most GPU memory torch allocated since training began; null on the CPU."
     )
 
 

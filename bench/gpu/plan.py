@@ -1,20 +1,7 @@
-"""The GPU benchmark's arithmetic, apart from any training: model shapes, FLOPs per token, the GPUs' peak
-bf16 FLOPS, MFU, which configurations one invocation runs and how long they take. Imports nothing heavy, so
+"""The GPU benchmark's plan, apart from any training: model shapes, which configurations one invocation runs and
+how long they take. The arithmetic (FLOPs per token, the GPUs' peak bf16 FLOPS, MFU) is the training engine's own,
+worker/engine/flops.py, so a run page's MFU and a benchmark row's are one formula. Imports nothing heavy, so
 tests/test_gpu_bench_plan.py checks it without torch.
-
-FLOPs per trained token, LoRA (frozen base; "model FLOPs", so recomputation by gradient checkpointing and
-QLoRA's dequantization are not counted, as MFU is defined):
-
-    4 * N            the base's matmuls: forward 2N, backward for the activations' gradients 2N (no weight
-                     gradients: the base is frozen; full fine-tuning would be 6N)
-  + 6 * N_lora       the adapters: forward, activation and weight gradients (N_lora is ~0.1-0.5% of N)
-  + 12 * L * d * T   attention scores and their weighted sum (QK^T and AV, 2 * 2 * d * T a layer forward,
-                     twice that backward), d = heads * head_dim, T the sequence's tokens; PaLM's convention
-                     (no discount for the causal mask), T the mean trained row length without packing, the
-                     packed sequence length with it
-
-N counts the linear layers' weights (q, k, v, o, gate, up, down in every layer, and lm_head), not the
-embedding (a lookup) nor the norms.
 """
 
 from __future__ import annotations
@@ -23,20 +10,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-# Peak dense bf16 tensor FLOPS (FP32 accumulate, no sparsity), from the vendors' datasheets: H100 SXM5 and
-# H200 989.4 TFLOPS (the datasheets' 1,979 is with 2:4 sparsity), H100 PCIe 756, H100 NVL 835, A100 312,
-# L40S 362.05 (733 with sparsity), RTX 4090 165.2 (with FP32 accumulate; 330 with FP16 accumulate).
-# Checked in order: the first name fragment found in torch.cuda.get_device_name() wins. Unknown: no MFU.
-PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
-    ("H100 PCIe", 756e12),
-    ("H100 NVL", 835e12),
-    ("H100", 989e12),  # "NVIDIA H100 80GB HBM3": the SXM part
-    ("H200", 989e12),
-    ("GH200", 989e12),
-    ("A100", 312e12),
-    ("L40S", 362e12),
-    ("RTX 4090", 165e12),
-)
+from worker.engine import flops
+from worker.engine.flops import flops_per_token, peak_flops  # bench/gpu/run.py takes them from here
 
 # Llama shapes of ~0.85B parameters (a TinyLlama-like body; the 32000-row vocabulary is never all used,
 # the tokenizer being the tiny model's) and of ~8B (Llama-3-8B's body, vocabulary cut to 32000).
@@ -67,11 +42,12 @@ MODEL_CPU: dict[str, Any] = MODEL_1B | {  # --dry-run-cpu: same architecture, to
 }
 
 # loradeck's fast paths, one line each: (RunSpec field, the value that turns it on, what it is for). A field
-# RunSpec lacks is skipped with that reason in its row; when one is added to RunSpec, its rows appear.
+# RunSpec lacks is skipped with that reason in its row; when one is added to RunSpec, its rows appear. True: the
+# fields' "auto"/"on"/"off" (issue 28) take a bool as "on", so the rows run before and after that change.
 FAST_PATHS: tuple[tuple[str, Any, str], ...] = (
     ("packing", True, "speed"),
     ("gradient_checkpointing", True, "memory"),
-    ("use_liger_kernel", True, "speed"),
+    ("liger_kernel", True, "speed"),  # RunSpec's name for TrainingArguments.use_liger_kernel
     ("torch_compile", True, "speed"),
     ("auto_micro_batch", True, "speed"),
 )
@@ -80,50 +56,9 @@ SIDES = ("bare", "trl", "unsloth", "loradeck")
 TOKENS_PER_STEP = 16384  # issue 28: batches that fill the GPU, not batch 8
 
 
-def linear_params(shapes: dict[str, Any]) -> int:
-    """Weights of the linear layers of a Llama of these shapes (lm_head included, embedding excluded)."""
-    d, layers, ffn = shapes["hidden_size"], shapes["num_hidden_layers"], shapes["intermediate_size"]
-    head_dim = shapes.get("head_dim") or d // shapes["num_attention_heads"]
-    q = shapes["num_attention_heads"] * head_dim
-    kv = shapes["num_key_value_heads"] * head_dim
-    attention = d * q + 2 * d * kv + q * d
-    mlp = 3 * d * ffn
-    return layers * (attention + mlp) + d * shapes["vocab_size"]
-
-
-def lora_params(shapes: dict[str, Any], r: int) -> int:
-    """LoRA's A and B for every linear layer of every block (all-linear: lm_head is left out, as peft does)."""
-    d, ffn = shapes["hidden_size"], shapes["intermediate_size"]
-    head_dim = shapes.get("head_dim") or d // shapes["num_attention_heads"]
-    q = shapes["num_attention_heads"] * head_dim
-    kv = shapes["num_key_value_heads"] * head_dim
-    pairs = [(d, q), (d, kv), (d, kv), (q, d), (d, ffn), (d, ffn), (ffn, d)]
-    return shapes["num_hidden_layers"] * sum(r * (i + o) for i, o in pairs)
-
-
-def flops_per_token(shapes: dict[str, Any], seq_len: float, r: int = 8) -> float:
-    """Model FLOPs per trained token for LoRA (see the module's docstring for the formula)."""
-    head_dim = shapes.get("head_dim") or shapes["hidden_size"] // shapes["num_attention_heads"]
-    attention = 12 * shapes["num_hidden_layers"] * shapes["num_attention_heads"] * head_dim * seq_len
-    return 4 * linear_params(shapes) + 6 * lora_params(shapes, r) + attention
-
-
-def peak_flops(gpu: str | None) -> float | None:
-    """The GPU's peak dense bf16 FLOPS from PEAK_BF16_FLOPS; None for a GPU not in it (and the CPU)."""
-    if not gpu:
-        return None
-    for fragment, flops in PEAK_BF16_FLOPS:
-        if fragment.lower() in gpu.lower():
-            return flops
-    return None
-
-
 def mfu(tokens_per_s: float, shapes: dict[str, Any], seq_len: float, gpu: str | None, r: int = 8) -> float | None:
-    """Model FLOPs utilisation: FLOPs per token x tokens/s over the GPU's peak; None where the peak is unknown."""
-    peak = peak_flops(gpu)
-    if peak is None:
-        return None
-    return tokens_per_s * flops_per_token(shapes, seq_len, r) / peak
+    """A benchmark row's MFU, by shape and GPU name (worker.engine.flops.mfu over its FLOPs per token and peak)."""
+    return flops.mfu(tokens_per_s, flops_per_token(shapes, seq_len, r), peak_flops(gpu))
 
 
 def batch_for(mean_row_tokens: float, tokens_per_step: int = TOKENS_PER_STEP, multiple: int = 4) -> int:

@@ -6,16 +6,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from fastapi.testclient import TestClient
-from sqlalchemy import inspect
+from sqlalchemy import func, inspect, select
+from sqlalchemy.exc import IntegrityError
 
 from app import runs
 from app.config import get_settings
 from app.db import alembic_config, get_engine, get_sessionmaker
-from app.models import Base, RunStatus
+from app.models import Base, OpenAIJob, Run, RunStatus
 from app.schemas import RunSpec
 from tests.conftest import TEST_DATABASE_URL
 
@@ -79,3 +81,20 @@ def test_the_schema_check_names_what_to_run(loradeck_env: dict[str, str]) -> Non
         connection.execute(text("UPDATE alembic_version SET version_num = 'from_the_future'"))
     newer = schema_problem()
     assert newer is not None and "newer loradeck" in newer and "from_the_future" in newer
+
+
+def test_a_run_and_the_rows_beside_it_are_stored_together_or_not_at_all(loradeck_env: dict[str, str]) -> None:
+    """An OpenAI job's request row is committed with its run, before the run is queued: a worker or a reader
+    never meets the run without it, and a row that cannot be stored leaves no run behind."""
+
+    def job(run: Run, training_file: str | None) -> list[OpenAIJob]:
+        return [OpenAIJob(run_id=run.id, model="tiny-llama", training_file=training_file, hyperparameters={})]
+
+    with get_sessionmaker()() as session:
+        run_id = runs.create_run(session=session, spec=RunSpec(max_steps=2), beside=lambda run: job(run, "file-1")).id
+    with get_sessionmaker()() as session:
+        assert session.get(OpenAIJob, run_id).training_file == "file-1"  # type: ignore[union-attr]
+        with pytest.raises(IntegrityError):  # training_file is required
+            runs.create_run(session=session, spec=RunSpec(max_steps=2), beside=lambda run: job(run, None))
+        session.rollback()
+        assert session.scalar(select(func.count()).select_from(Run)) == 1

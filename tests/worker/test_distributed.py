@@ -17,6 +17,7 @@ from app.db import get_sessionmaker
 from app.models import RunStatus
 from app.rundir import RunDir
 from app.schemas import RunSpec
+from app.services import runs as runs_service
 from tests.worker.conftest import (
     TRAIN,
     adapter_logit_change,
@@ -112,7 +113,7 @@ def test_cancel_stops_every_rank_of_a_two_process_run(loradeck_env: dict[str, st
     assert len(_ranks(run_id)) == 2
 
     with get_sessionmaker()() as session:
-        runs.request_cancel(session=session, run_id=run_id)
+        runs_service.cancel_run(session=session, run_id=run_id)
     worker.join(timeout=90)
 
     run = read_run(run_id)

@@ -23,6 +23,7 @@ from app.config import TINY_MODEL_DIR, get_settings
 from app.db import get_sessionmaker
 from app.models import Run, RunStatus
 from app.schemas import RunSpec
+from app.services import runs as runs_service
 from tests.worker.conftest import TRAIN, create_run, read_events, read_run, train_in_thread, train_points
 from worker.engine.train import run_training
 from worker.runtime.lease import Lease
@@ -285,7 +286,7 @@ def test_a_cancelled_run_lets_go_of_its_model(loradeck_env: dict[str, str], monk
     run_id = create_run(QUICK, max_steps=10_000)
     worker = train_in_thread(run_id, until_step=2)
     with get_sessionmaker()() as session:
-        runs.request_cancel(session=session, run_id=run_id)
+        runs_service.cancel_run(session=session, run_id=run_id)
     worker.join(timeout=60)
 
     assert read_run(run_id).status == RunStatus.cancelled

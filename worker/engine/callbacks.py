@@ -5,9 +5,11 @@ The database is the source of truth, so Redis trouble is logged and skipped, nev
 the training loop (worker/runtime/publisher.py sends the events from a thread of its own).
 
 The training thread touches no database while it steps: a thread of the callback's own (`loradeck-control-*`)
-reads the run's cancel and stop flags every CONTROL_EVERY_S and writes the metric points queued since its last
-write every FLUSH_EVERY_S; each step's end only looks at what it found. A cancel or stop therefore lands at the
-first step to end after the next read: at most CONTROL_EVERY_S (0.5 s) later than a per-step read would stop.
+writes the metric points queued since its last write every FLUSH_EVERY_S and reads the run's cancel and stop
+flags when told to; each step's end only looks at what it found. The web tells it through Redis
+(app.events.nudge, on the run's control channel) right after setting a flag, so a cancel or stop lands at the end
+of the step in progress; the thread also reads the flags every FLAGS_FALLBACK_S in case a nudge was lost, and
+every CONTROL_EVERY_S while it cannot listen to Redis.
 """
 
 from __future__ import annotations
@@ -32,19 +34,25 @@ from app.contracts.events import CheckpointEvent, LogEvent, MetricEvent
 from app.models import Metric
 from app.rundir import checkpoint_name
 from worker.data.hub import name_the_base
+from worker.engine.hardware import Throughput
 from worker.runtime.lease import WORKER_STOPPING, Lease
+from worker.runtime.nudges import Nudges
 from worker.runtime.publisher import EventPublisher, EventSink
 
 log = logging.getLogger(__name__)
 
-# The control thread's beat: how often it reads the cancel/stop flags (one primary-key read, 0.1-0.4 ms of CPU),
-# so the most a cancel or stop waits beyond the step in progress.
+# The control thread's beat: how often it wakes to see whether a write is due, and how often it reads the
+# cancel/stop flags while Redis cannot tell it (a primary-key read: 0.08 ms in a loop, 0.5-0.7 ms of CPU
+# between two training steps that have evicted its code from the caches).
 CONTROL_EVERY_S = 0.5
-# How often the control thread writes the metric points logged since its last write (one transaction, ~1 ms).
-# The live chart has them from Redis within LIVE_LINGER_S; the database (history, the runs list's and the API's
-# step) lags by this much. 5 s cut the thread's CPU a little, but a run's step read from the API then trailed a
-# fast run by tens of steps (a two-process hand-back test overshot its 30 steps): each second, as before.
-FLUSH_EVERY_S = 1.0
+# With Redis listening, the flags are read when a nudge comes, and this often besides (a nudge lost in a Redis
+# restart delays a cancel by this much at most). Reading them every beat was 0.13% of a CPU run's time.
+FLAGS_FALLBACK_S = 5.0
+# How often the control thread writes the metric points logged since its last write (one transaction: ~1.1 ms of
+# CPU in situ on its own connection). The live chart has them from Redis within LIVE_LINGER_S; the database
+# (history, the runs list's and the API's step) lags by this much. Each second it was 0.13% of a CPU run's time;
+# 5 s let a fast run's API step trail by tens of steps (a two-process hand-back test overshot its 30 steps).
+FLUSH_EVERY_S = 2.0
 # Written into each checkpoint next to Trainer's files: what a resumed run continues its clock from.
 RESUME_STATE_FILE = "loradeck_state.json"
 
@@ -93,10 +101,12 @@ class MetricsCallback(TrainerCallback):
         self._stop_requested = threading.Event()
         self._closed = threading.Event()
         self._control: threading.Thread | None = None
+        self._nudges: Nudges | None = None
         self._started = time.monotonic()
         self._last_flush = 0.0
         self._last_log_time = self._started
         self._last_log_tokens = 0
+        self.throughput = Throughput()  # MFU and GPU memory beside each point, from the hardware found at begin
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -107,6 +117,7 @@ class MetricsCallback(TrainerCallback):
         self._last_log_time = time.monotonic()
         self._started = self._last_log_time - elapsed
         self._last_log_tokens = state.num_input_tokens_seen
+        self.record_hardware(args, kwargs.get("model"), kwargs.get("train_dataloader"))
         self.start_control()
         self.publisher.publish(
             LogEvent(
@@ -115,6 +126,14 @@ class MetricsCallback(TrainerCallback):
                 max_steps=state.max_steps,
             )
         )
+
+    def record_hardware(self, args: TrainingArguments, model: Any, loader: Any) -> None:
+        """Run.hardware, once per start (a resumed run may train on another GPU than its first attempt)."""
+        hardware = self.throughput.begin(model, getattr(loader, "dataset", None), args.world_size)
+        with self.sessions() as session:
+            runs.record_hardware(session=session, run_id=self.run_id, hardware=hardware)
+        figures = (hardware["device"], hardware["peak_flops"], hardware["flops_per_token"])
+        log.info("training on %s: peak %s FLOPS, %s FLOPs a token", *figures)
 
     def _elapsed_at(self, checkpoints: Path, step: int) -> float:
         """Training seconds up to `step`: from the checkpoint's own record, else from the last metric point."""
@@ -204,11 +223,14 @@ class MetricsCallback(TrainerCallback):
             if tokens_seen and elapsed > 0:
                 point["tokens_per_sec"] = round((tokens_seen - self._last_log_tokens) / elapsed, 1)
             self._last_log_time, self._last_log_tokens = now, tokens_seen
-        return point
+        # MFU over the same interval as tokens/s (train points); GPU memory at every point.
+        figures = self.throughput.figures(point["tokens_per_sec"] if kind == "train" else None)
+        return point | figures
 
-    def flush(self) -> None:
-        """Write the points logged since the last flush in one transaction (from the control thread, and at a
-        checkpoint, a divergence and the end on the training thread; a failed write raises, its points kept)."""
+    def flush(self, connection: Connection | None = None) -> None:
+        """Write the points logged since the last flush in one transaction (from the control thread, on its own
+        connection, and at a checkpoint, a divergence and the end on the training thread, in a session of its
+        own; a failed write raises, its points kept)."""
         with self._writing:
             self._last_flush = time.monotonic()
             with self._queued:
@@ -216,20 +238,30 @@ class MetricsCallback(TrainerCallback):
             if not points:
                 return
             try:
-                self._write(points)
+                self._write(points, connection)
             except BaseException:
                 with self._queued:
                     self._pending[:0] = points  # written with the next flush, still in order
                 raise
 
-    def _write(self, points: list[dict[str, Any]]) -> None:
-        with self.sessions() as session:
-            if self.lease is None:
-                runs.add_metrics(session=session, run_id=self.run_id, points=points)
-                return
-            owner = self.lease.worker
-            if not runs.add_owned_metrics(session=session, run_id=self.run_id, worker=owner, points=points):
-                self.lease.lost = True  # taken away between two renewals: stop at the next step, write nothing
+    def _write(self, points: list[dict[str, Any]], connection: Connection | None) -> None:
+        if connection is None:
+            with self.sessions() as session:
+                self._write_on(session, points)
+        else:
+            try:
+                self._write_on(connection, points)
+            except BaseException:
+                connection.rollback()
+                raise
+
+    def _write_on(self, session: Session | Connection, points: list[dict[str, Any]]) -> None:
+        if self.lease is None:
+            runs.add_metrics(session=session, run_id=self.run_id, points=points)
+            return
+        owner = self.lease.worker
+        if not runs.add_owned_metrics(session=session, run_id=self.run_id, worker=owner, points=points):
+            self.lease.lost = True  # taken away between two renewals: stop at the next step, write nothing
 
     def start_control(self) -> None:
         """Start the control thread (once): it reads the flags at once, then every CONTROL_EVERY_S."""
@@ -240,8 +272,11 @@ class MetricsCallback(TrainerCallback):
         self._control.start()
 
     def close(self) -> None:
-        """Stop the control thread (the end of training, or a failure); the caller flushes what is left."""
+        """Stop the control thread (the end of training, or a failure); the caller flushes what is left. The
+        thread, waiting for a nudge, is woken."""
         self._closed.set()
+        if self._nudges is not None:
+            self._nudges.wake()
         control, self._control = self._control, None
         if control is not None and control is not threading.current_thread():
             control.join(timeout=30)
@@ -255,27 +290,44 @@ class MetricsCallback(TrainerCallback):
             self._stop_requested.set()
 
     def _control_loop(self) -> None:
-        # One connection for the thread's life: a beat costs one primary-key read, not a session and a checkout.
+        # Connections for the thread's life: a read costs one primary-key query and a write one transaction, not
+        # a session and a checkout (PostgreSQL's pool pings each checkout). In situ, between two training steps
+        # that evicted its code from the caches, a write through a fresh session took ~2 ms of CPU: 0.23% of a
+        # CPU run's time at one a second.
         engine = self.sessions.kw["bind"]
         connection: Connection | None = None
-        while True:
-            try:
-                # Autocommit: each read is its own transaction, none is held between two beats (SQLite's WAL
-                # snapshot, PostgreSQL's idle in transaction), and no BEGIN or ROLLBACK goes with it.
-                connection = connection or engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-                self.read_flags(connection)
-                if time.monotonic() - self._last_flush >= FLUSH_EVERY_S:
-                    self.flush()
-            except SQLAlchemyError as exc:  # the database may be back at the next beat; training goes on
-                log.warning("run %s: the database did not answer the control thread: %s", self.run_id, exc)
-                if connection is not None:
+        writer: Connection | None = None
+        nudges = self._nudges = Nudges(self.run_id, self._closed)
+        next_read = 0.0  # subscribed first, then read: a flag set before the subscription is found by this read
+        try:
+            while True:
+                try:
+                    # Autocommit: each read is its own transaction, none is held between two beats (SQLite's WAL
+                    # snapshot, PostgreSQL's idle in transaction), and no BEGIN or ROLLBACK goes with it.
+                    if time.monotonic() >= next_read:
+                        connection = connection or engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+                        self.read_flags(connection)
+                        next_read = time.monotonic() + (FLAGS_FALLBACK_S if nudges.listening else CONTROL_EVERY_S)
+                    if time.monotonic() - self._last_flush >= FLUSH_EVERY_S:
+                        writer = writer or engine.connect()
+                        self.flush(writer)
+                except SQLAlchemyError as exc:  # the database may be back at the next beat; training goes on
+                    log.warning("run %s: the database did not answer the control thread: %s", self.run_id, exc)
+                    for broken in (connection, writer):
+                        if broken is not None:
+                            with contextlib.suppress(SQLAlchemyError):
+                                broken.close()
+                    connection = writer = None
+                if nudges.wait(CONTROL_EVERY_S):
+                    next_read = 0.0  # told: read the flags now
+                if self._closed.is_set():
+                    return
+        finally:
+            nudges.close()
+            for held in (connection, writer):
+                if held is not None:
                     with contextlib.suppress(SQLAlchemyError):
-                        connection.close()
-                    connection = None
-            if self._closed.wait(CONTROL_EVERY_S):
-                if connection is not None:
-                    connection.close()
-                return
+                        held.close()
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self.lease is not None and self.lease.lost:

@@ -98,6 +98,8 @@
 
   // The objective's own charts (run_panels.js): rewards and the like, drawn from each point's named values.
   const objective = window.loradeck.objectivePanels(points, xOf, xLabel, tick);
+  // MFU and GPU memory in the throughput line, the GPU-memory chart (run_use.js).
+  const use = window.loradeck.hardwareUse(runId, points, xOf, xLabel, tick, () => FINISHED.includes(root.dataset.status));
 
   const PANELS = [
     ["lr-chart", "learning_rate", "learning rate", "#7c3aed"],
@@ -109,6 +111,7 @@
     // Axis mode or scale changes rebuild the charts; new points only replace their data.
     for (const key of Object.keys(charts)) { charts[key].destroy(); delete charts[key]; }
     objective.destroy();
+    use.destroy();
     redraw();
   }
 
@@ -122,6 +125,7 @@
       for (const [id, field] of PANELS) charts[id].setData(panelData(field));
     }
     objective.draw();
+    use.draw();
     const data = charts.loss.data;
     $("loss-chart").dataset.points = String(points.train.length + points.eval.length);
     // Where the eval series has a point, for a reader of the page (and its tests).
@@ -183,6 +187,7 @@
     for (const [id] of PANELS) if (charts[id]) charts[id].setSize({ width: Math.max(240, $(id).clientWidth), height: 160 });
     if (charts.evalPanel) charts.evalPanel.setSize({ width: Math.max(240, $("eval-chart").clientWidth), height: 160 });
     objective.resize();
+    use.resize();
   });
 
   // --- live state -------------------------------------------------------------------------------
@@ -202,6 +207,7 @@
         $("run-step").textContent = p.step;
         if (p.loss !== null) $("run-loss").textContent = fmt(p.loss, 4);
         if (p.tokens_per_sec) $("run-throughput").textContent = fmt(p.tokens_per_sec, 0);
+        use.show(p);
         updateEta(p);
       }
     }
@@ -323,6 +329,7 @@
     // Long histories come bucketed for drawing; the live tail then adds every new point.
     const response = await fetch(`/api/v1/runs/${runId}/metrics?max_points=2000`);
     if (response.ok) (await response.json()).forEach(addPoint);
+    if (!points.train.length) use.show(null); // why there is no MFU, before any point
     redraw();
     if (!FINISHED.includes(root.dataset.status) || busy(document)) follow();
   }
