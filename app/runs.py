@@ -452,3 +452,10 @@ def record_hardware(*, session: Session, run_id: str, hardware: dict[str, Any]) 
     "gpus", "mean_row_tokens", "no_mfu" (what MFU needs that the run lacks, as the run page words it)}."""
     session.execute(update(Run).where(Run.id == run_id).values(hardware=hardware))
     session.commit()
+
+
+def record_fast_paths(*, session: Session, run_id: str, fast_paths: list[dict[str, str]]) -> None:
+    """The throughput switches as the worker resolved them ({name, asked, chosen, reason} each, from
+    worker.engine.fastpaths.FastPath.record), written before training starts; a resumed run writes its own."""
+    session.execute(update(Run).where(Run.id == run_id).values(fast_paths=fast_paths))
+    session.commit()

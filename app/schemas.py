@@ -34,6 +34,9 @@ MIN_SEQ_LENGTH, MAX_SEQ_LENGTH = 8, 1_048_576  # max_seq_length's bounds, wherev
 # What a GGUF export can write (worker.export): 16-bit, 8-bit and llama.cpp's 4-bit k-quants.
 GgufType = Literal["f16", "bf16", "q8_0", "q4_k_m"]
 GGUF_TYPES: tuple[str, ...] = typing.get_args(GgufType)
+# A throughput switch (worker.engine.fastpaths resolves auto on the worker, with the reason, into on or off).
+Switch = Literal["auto", "on", "off"]
+FAST_PATH_FIELDS = ("packing", "gradient_checkpointing", "liger_kernel", "torch_compile")
 AUTO_EVALUATIONS = 5  # evaluations over a run whose eval_steps is auto: enough for a curve, few enough to stay cheap
 
 
@@ -240,14 +243,29 @@ class RunSpec(ObjectiveFields):
     max_grad_norm: float = Field(
         default=1.0, ge=0.0, le=1e6, description="Gradients are clipped to this norm; 0: no clipping."
     )
-    gradient_checkpointing: bool = Field(
-        default=False, description="Recompute activations in the backward pass: less memory, ~30% slower."
+    gradient_checkpointing: Switch = Field(
+        default="auto",
+        description="Recompute activations in the backward pass: less memory, ~30% slower. auto: on only where "
+        "the memory estimate does not fit the GPU's free memory.",
+    )
+    liger_kernel: Switch = Field(
+        default="auto",
+        description="Liger Kernel's fused Triton kernels (RMSNorm, SwiGLU, RoPE, fused linear cross-entropy), "
+        "through transformers' use_liger_kernel. auto: on with a CUDA GPU, Triton, the liger-kernel package "
+        "(pip install 'loradeck[fast]') and an architecture Liger covers.",
+    )
+    torch_compile: Switch = Field(
+        default="auto",
+        description="Compile the model with torch.compile (transformers' torch_compile). auto: off until it is "
+        "measured faster on this hardware; on: compiled as asked.",
     )
     max_seq_length: int = Field(
         default=256, ge=MIN_SEQ_LENGTH, le=MAX_SEQ_LENGTH, description="Examples are cut to this many tokens."
     )
-    packing: bool = Field(
-        default=False, description="Pack several short examples into each sequence, without cross-attention."
+    packing: Switch = Field(
+        default="auto",
+        description="Pack several short examples into each sequence, without cross-attention (no padding, the "
+        "same loss). auto: on wherever it is loss-equal (not with prompt tuning; an architecture it is checked on).",
     )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         default="auto", description="Mixed precision for training; auto: bf16 on a GPU that has it, else fp32."
@@ -336,6 +354,17 @@ class RunSpec(ObjectiveFields):
             f"eval_steps: {shown} is not a number of steps; give a whole number (0: only at the end) or auto"
         )
 
+    @field_validator(*FAST_PATH_FIELDS, mode="before")
+    @classmethod
+    def _switch(cls, value: Any) -> Any:
+        # Specs stored before these fields had auto, and API clients of that time, send a bool (the form's
+        # checkbox sent "true"/"false"): true is on, false is off.
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return "on" if value.strip().lower() == "true" else "off"
+        return value
+
     @field_validator("regression_prompts", mode="before")
     @classmethod
     def _split_lines(cls, value: Any) -> Any:
@@ -419,10 +448,13 @@ class RunSpec(ObjectiveFields):
         defaults = type(self).model_fields
         for name in self.model_fields_set:
             used_by = objectives_using(name)
+            value = getattr(self, name)
+            # A throughput switch set off asks for nothing, as its default (auto) does for another objective.
             if (
                 used_by
                 and self.objective not in used_by
-                and getattr(self, name) != defaults[name].get_default(call_default_factory=True)
+                and value != defaults[name].get_default(call_default_factory=True)
+                and not (name in FAST_PATH_FIELDS and value == "off")
             ):
                 plural = "s" if len(used_by) > 1 else ""
                 raise ValueError(f"{name}: only for objective{plural} {', '.join(used_by)}, not {chosen.name}")
@@ -513,7 +545,7 @@ class RunSpec(ObjectiveFields):
     @model_validator(mode="after")
     def _packing_needs_positions(self) -> RunSpec:
         # Packed rows are kept apart by their position ids, which prompt tuning's virtual tokens discard.
-        if self.packing and self.method == Method.prompt_tuning:
+        if self.packing == "on" and self.method == Method.prompt_tuning:
             raise ValueError("packing: not with method prompt_tuning (its virtual tokens drop position ids)")
         return self
 

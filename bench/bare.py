@@ -91,7 +91,7 @@ def _adapt(model: Any, spec: dict[str, Any]) -> Any:
     if getattr(model, "is_quantized", False):
         model = prepare_model_for_kbit_training(
             model,
-            use_gradient_checkpointing=spec["gradient_checkpointing"],
+            use_gradient_checkpointing=spec["gradient_checkpointing"] == "on",
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     targets = spec["target_modules"]
@@ -157,7 +157,7 @@ def training_arguments(spec: dict[str, Any], output_dir: Path) -> Any:
     precision = _precision(spec)
     max_steps = spec["max_steps"]
     warmup = math.ceil(max_steps * spec["warmup_ratio"]) if max_steps > 0 else min(spec["warmup_ratio"], 1 - 1e-9)
-    checkpointing = spec["gradient_checkpointing"]
+    checkpointing = spec["gradient_checkpointing"] == "on"
     return TrainingArguments(
         output_dir=str(output_dir),
         learning_rate=spec["learning_rate"],
@@ -223,7 +223,7 @@ def train(spec: dict[str, Any], output_dir: Path) -> dict[str, Any]:
         tokenizer.pad_token = tokenizer.eos_token
     rows = tokenize_rows(spec["dataset"], tokenizer, spec["max_seq_length"])
     model = _adapt(_load_model(spec), spec)
-    if spec["packing"]:
+    if spec["packing"] == "on":
         collator: Any = DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
     else:
         collator = pad_collator(int(tokenizer.pad_token_id))

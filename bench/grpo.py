@@ -283,7 +283,7 @@ def stock_grpo(spec: dict[str, Any]) -> dict[str, Any]:
         use_cpu=True,
         seed=spec["seed"],
         data_seed=spec["seed"],
-        gradient_checkpointing=spec["gradient_checkpointing"],  # TRL's configs turn it on unless told
+        gradient_checkpointing=spec["gradient_checkpointing"] == "on",  # TRL's configs turn it on unless told
         disable_tqdm=True,
         beta=spec["beta"],
         loss_type=spec["loss_type"],

@@ -109,7 +109,7 @@ def stock_dpo(spec: dict[str, Any]) -> dict[str, Any]:
         beta=spec["beta"],
         loss_type=[spec["loss_type"]],
         max_length=spec["max_seq_length"],
-        gradient_checkpointing=spec["gradient_checkpointing"],  # TRL's configs turn it on unless told
+        gradient_checkpointing=spec["gradient_checkpointing"] == "on",  # TRL's configs turn it on unless told
     )
     peft_config = LoraConfig(
         r=spec["r"],

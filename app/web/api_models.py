@@ -13,6 +13,15 @@ from app.models import Artifact, ArtifactStatus
 from app.schemas import GgufType
 
 
+class FastPathOut(BaseModel):
+    """One throughput switch of a run, as the worker resolved it (worker.engine.fastpaths)."""
+
+    name: str = Field(description="The RunSpec field: packing, gradient_checkpointing, liger_kernel, torch_compile.")
+    asked: str = Field(description="The value in the spec: auto, on or off.")
+    chosen: str = Field(description="What the run used: on or off.")
+    reason: str = Field(description="Why, in one sentence.")
+
+
 class RunOut(BaseModel):
     """A run as the API returns it."""
 
@@ -54,6 +63,12 @@ class RunOut(BaseModel):
         "(model FLOPs a trained token costs, from the model's shape and `mean_row_tokens`; null for a shape "
         'without a formula), `gpus`, `mean_row_tokens`, and `no_mfu`: what MFU needs that the run lacks ("needs a '
         'known GPU"), null when it has MFU.',
+    )
+    fast_paths: list[FastPathOut] | None = Field(
+        default=None,
+        description="The throughput switches (packing, gradient_checkpointing, liger_kernel, torch_compile) as "
+        "the worker resolved them when training started: what the spec asked, what the run used, and why. "
+        "None until a worker has started it.",
     )
 
 

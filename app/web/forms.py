@@ -17,7 +17,7 @@ from app.config import Settings
 from app.objective_inputs import objective_problems, shape_problems_beside
 from app.objectives import objectives, objectives_using
 from app.preflight import INPUT_FIELDS, datasets_outside_roots, input_problems, rule_problems
-from app.schemas import Method, RunSpec
+from app.schemas import FAST_PATH_FIELDS, Method, RunSpec
 from app.web.form_presets import (
     JSON_FIELDS,
     LINE_FIELDS,
@@ -57,8 +57,11 @@ _REST: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("schedule", "Schedule", (
         "learning_rate", "lr_scheduler_type", "warmup_ratio", "max_steps", "num_train_epochs",
         "per_device_train_batch_size", "gradient_accumulation_steps", "optim", "weight_decay", "max_grad_norm",
-        "gradient_checkpointing", "precision", "logging_steps", "seed",
+        "precision", "logging_steps", "seed",
     )),
+    # The throughput switches (packing sits with the data it packs): auto is resolved on the worker, and the run
+    # page says what each became and why (worker.engine.fastpaths).
+    ("speed", "Speed", ("gradient_checkpointing", "liger_kernel", "torch_compile")),
     ("evaluation", "Evaluation", (
         "eval_dataset", "eval_split", "eval_steps", "early_stopping_patience", "task_eval_rows",
         "regression_prompts", "eval_max_new_tokens",
@@ -87,6 +90,7 @@ LABELS: dict[str, str] = {
     "max_steps": "Max steps", "num_train_epochs": "Epochs", "per_device_train_batch_size": "Batch size per device",
     "gradient_accumulation_steps": "Gradient accumulation", "optim": "Optimizer", "weight_decay": "Weight decay",
     "max_grad_norm": "Gradient clipping", "gradient_checkpointing": "Gradient checkpointing",
+    "liger_kernel": "Liger fused kernels", "torch_compile": "torch.compile",
     "precision": "Precision", "logging_steps": "Log every", "seed": "Seed", "eval_dataset": "Eval data",
     "eval_split": "Held-out share", "eval_steps": "Evaluate every", "early_stopping_patience": "Early-stop patience",
     "task_eval_rows": "Eval rows answered", "regression_prompts": "Regression prompts",
@@ -201,6 +205,8 @@ def build_fields(values: dict[str, Any], errors: dict[str, str] | None = None) -
         else:
             widget = "text"
         value = values.get(name, defaults.get(name))
+        if name in FAST_PATH_FIELDS and isinstance(value, bool):  # a run stored before the switches had auto
+            value = "on" if value else "off"
         fields.append(
             FormField(
                 name=name,
@@ -227,6 +233,8 @@ def _choice_details(name: str) -> dict[str, Any]:
         return {"choice_labels": {o.name: f"{o.label}: {o.summary}" for o in objectives()}}
     if name == "method":
         return {"choice_objectives": {m: tuple(o.name for o in objectives() if m in o.methods) for m in Method}}
+    if name in FAST_PATH_FIELDS:
+        return {"choice_labels": {"auto": "auto (the worker decides; the run page says why)"}}
     if name == "loss_type":  # each objective's own losses (Objective.losses): DPO's pair losses, GRPO's
         losses = {loss for o in objectives() for loss in o.losses}
         return {"choice_objectives": {loss: tuple(o.name for o in objectives() if loss in o.losses) for loss in losses}}

@@ -144,6 +144,8 @@ def spec_for(config: Config, model: Path, rows: Path, steps: int, batch: int, ac
         "max_seq_length": SEQ,
         "save_steps": 0,
         "eval_steps": 0,
+        # Each switch off unless the row turns it on: auto would choose for the "off" rows (worker.engine.fastpaths).
+        **dict.fromkeys(("packing", "gradient_checkpointing", "liger_kernel", "torch_compile"), "off"),
     } | config.changes
     return RunSpec.model_validate(values).model_dump(mode="json")
 

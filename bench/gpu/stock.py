@@ -46,7 +46,7 @@ def _sft_config(spec: dict[str, Any], output_dir: Path) -> Any:
     from bench.bare import _precision
 
     precision = _precision(spec)
-    steps, checkpointing = spec["max_steps"], spec["gradient_checkpointing"]
+    steps, checkpointing = spec["max_steps"], spec["gradient_checkpointing"] == "on"
     return SFTConfig(
         output_dir=str(output_dir),
         max_steps=steps,
@@ -63,7 +63,7 @@ def _sft_config(spec: dict[str, Any], output_dir: Path) -> Any:
         activation_checkpointing=checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         max_length=spec["max_seq_length"],
-        packing=spec["packing"],
+        packing=spec["packing"] == "on",
         logging_steps=spec["logging_steps"],
         seed=spec["seed"],
         data_seed=spec["seed"],
@@ -126,7 +126,7 @@ def train(side: str, spec: dict[str, Any], output_dir: Path) -> dict[str, Any]:
             lora_dropout=spec["lora_dropout"],
             target_modules=LINEAR if targets == ["all-linear"] else list(targets),
             bias=spec["bias"],
-            use_gradient_checkpointing="unsloth" if spec["gradient_checkpointing"] else False,
+            use_gradient_checkpointing="unsloth" if spec["gradient_checkpointing"] == "on" else False,
             random_state=spec["seed"],
         )
     else:

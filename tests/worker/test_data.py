@@ -256,7 +256,7 @@ def test_packing_is_refused_for_prompt_tuning(tokenizer: PreTrainedTokenizerBase
     # RunSpec refuses it, and the collator too, for a spec that got past validation some other way.
     with pytest.raises(ValueError, match="packing: not with method prompt_tuning"):
         _spec(packing=True, method="prompt_tuning", quantization="none")
-    spec = _spec(method="prompt_tuning", quantization="none").model_copy(update={"packing": True})
+    spec = _spec(method="prompt_tuning", quantization="none").model_copy(update={"packing": "on"})
     with pytest.raises(ValueError, match="packing: not with method prompt_tuning"):
         make_collator(spec, tokenizer)
 

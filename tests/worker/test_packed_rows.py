@@ -143,16 +143,18 @@ def test_a_packed_run_trains_with_the_padded_runs_losses(loradeck_env: dict[str,
     # No LoRA dropout: its random masks are drawn over the batch's shape, which packing changes.
     spec = {"method": "lora", "max_steps": 4, "per_device_train_batch_size": 8, "save_steps": 0, "lora_dropout": 0.0}
     losses = {}
-    for packing in (True, False):
+    for packing in ("auto", "off"):  # auto packs the tiny Llama (worker.engine.fastpaths)
         run_id = create_run(spec, packing=packing)
         run_training(run_id)
         run = read_run(run_id)
         assert run.status == RunStatus.succeeded, run.error
+        chosen = {path["name"]: path["chosen"] for path in run.fast_paths or []}
+        assert chosen["packing"] == ("on" if packing == "auto" else "off")
         points = train_points(run_id)
         assert [p.step for p in points] == [1, 2, 3, 4]
         losses[packing] = [p.loss for p in points]
     # The same batches and loss tokens, so the same losses step by step (float sums in another order).
-    assert losses[True] == pytest.approx(losses[False], abs=1e-4)
+    assert losses["auto"] == pytest.approx(losses["off"], abs=1e-4)
 
 
 def test_a_batch_with_nothing_to_pack_is_the_padded_batch() -> None:

@@ -356,7 +356,7 @@ def uses_varlen_attention(attn_implementation: str | None) -> bool:
 def make_collator(
     spec: RunSpec, tokenizer: PreTrainedTokenizerBase, attn_implementation: str | None = None
 ) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
-    """Padding, or with spec.packing a padding-free batch of examples whose position_ids restart at 0 for each,
+    """Padding, or with spec.packing "on" a padding-free batch of examples whose position_ids restart at 0 for each,
     labels IGNORE_INDEX on each example's first token and no attention_mask.
 
     transformers sees the restarts in position_ids and keeps each example's attention to itself (sdpa, eager
@@ -373,13 +373,14 @@ def make_collator(
       on uniformly long rows (2026-11-27); bounded rows 2.13x and 1.02x (2026-12-08; the long rows' batches go
       padded, as nothing shares a row there). See bench/README.md's packing section.
     """
-    if spec.packing:
+    packing = spec.packing == "on"  # resolved by worker.engine.fastpaths; an unresolved auto pads
+    if packing:
         if spec.method == "prompt_tuning":
             # PEFT drops position_ids for prompt tuning, and the packed examples would then see each other.
             raise ValueError("packing: not with method prompt_tuning; turn packing off")
         if uses_varlen_attention(attn_implementation):
             return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)  # type: ignore[no-any-return]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if spec.packing:
+    if packing:
         return PackedRowsCollator(pad_token_id=int(pad_id or 0))
     return PadCollator(pad_token_id=int(pad_id or 0))

@@ -233,6 +233,7 @@ def training_kwargs(spec: RunSpec, checkpoints_dir: Path) -> dict[str, Any]:
     every: float = auto_share or spec.eval_every()
     evaluating = has_eval and every > 0
     early_stopping = spec.early_stopping_patience > 0
+    checkpointing = spec.gradient_checkpointing == "on"
     return dict(
         output_dir=str(checkpoints_dir),
         learning_rate=spec.learning_rate,
@@ -248,8 +249,11 @@ def training_kwargs(spec: RunSpec, checkpoints_dir: Path) -> dict[str, Any]:
         max_grad_norm=spec.max_grad_norm,
         # transformers 5 renamed gradient_checkpointing to activation_checkpointing (the old name warns).
         # Non-reentrant checkpointing works with a frozen base whose inputs need no grad (PEFT's case).
-        activation_checkpointing=spec.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if spec.gradient_checkpointing else None,
+        # The switches arrive resolved (worker.engine.fastpaths): "on" is on; an unresolved auto stays off.
+        activation_checkpointing=checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
+        use_liger_kernel=spec.liger_kernel == "on",
+        torch_compile=spec.torch_compile == "on",
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         seed=spec.seed,

@@ -44,6 +44,7 @@ from app.models import RunStatus
 from app.processes import free_port
 from app.rundir import RunDir
 from app.schemas import RunSpec
+from worker.engine import fastpaths
 from worker.engine.callbacks import MetricsCallback
 from worker.engine.configs import read_spec
 from worker.engine.failures import explain, explained
@@ -273,10 +274,13 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = RunDir.of(options.run_id)
     result = run_dir.rank_result(rank)
     with get_sessionmaker()() as session:
-        raw_spec = runs.get_run(session=session, run_id=options.run_id).spec
+        run = runs.get_run(session=session, run_id=options.run_id)
+        raw_spec, chosen = run.spec, run.fast_paths or []
     try:
-        # Its inputs were checked by the worker that claimed the run, a moment ago.
-        status = train_rank(read_spec(raw_spec), options.run_id, options.worker, options.resume_from)
+        # Its inputs were checked, and its fast paths chosen (worker.engine.fastpaths), by the worker that claimed
+        # the run a moment ago: every rank trains with the choices recorded on the run.
+        spec = fastpaths.applied(read_spec(raw_spec), chosen)
+        status = train_rank(spec, options.run_id, options.worker, options.resume_from)
     except Exception as exc:
         error = explain(exc, raw_spec, run_dir.root)
         log.error("rank %d failed: %s", rank, error, exc_info=not explained(exc, run_dir.root))

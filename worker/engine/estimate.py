@@ -287,7 +287,7 @@ def activation_bytes(
     mlp_factor = 3 if _gated_mlp(model, layers, i) else 2
     per_layer = 2 * h * residual + (4 * a * d + mlp_factor * i) * e + 4 * a
     adapters = _adapter_activation_bytes(model, spec, e)  # per token, all layers together
-    if spec.gradient_checkpointing:
+    if spec.gradient_checkpointing == "on":  # auto is estimated without (what auto weighs)
         layer_bytes = layers * h * residual + per_layer + adapters / max(layers, 1)
     else:
         layer_bytes = layers * per_layer + adapters

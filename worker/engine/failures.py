@@ -68,8 +68,8 @@ def out_of_memory(exc: BaseException, spec: dict[str, Any]) -> str:
         "to keep the effective batch",
         f"lower max_seq_length (now {length})",
     ]
-    if not spec.get("gradient_checkpointing"):
-        tips.append("turn on gradient_checkpointing")
+    if spec.get("gradient_checkpointing") not in (True, "on"):  # auto turns it on only by the estimate
+        tips.append("set gradient_checkpointing to on")
     if spec.get("method") == "lora" and spec.get("quantization", "auto") in ("auto", "none"):
         tips.append("load the base in 4-bit (method qlora)")
     return f"out of {where}: " + ", or ".join(tips)

@@ -195,14 +195,14 @@ def apply_adapter(model: PreTrainedModel, spec: RunSpec) -> PeftModel:
     if spec.init_from_run:
         return continue_adapter(model, spec, quantized=quantized)
     config = peft_config(spec, model_type=model.config.model_type)
-    return adapt(model, config, quantized=quantized, gradient_checkpointing=spec.gradient_checkpointing)
+    return adapt(model, config, quantized=quantized, gradient_checkpointing=spec.gradient_checkpointing == "on")
 
 
 def continue_adapter(model: PreTrainedModel, spec: RunSpec, *, quantized: bool) -> PeftModel:
     """The adapter of the run this one continues, loaded trainable onto the base (QLoRA's 4-bit one too). Its
     own config (r, alpha, target modules) comes with it: the spec's adapter fields do not reshape it."""
     adapter_dir = starting_adapter_dir(spec.init_from_run)
-    model = _prepared(model, quantized=quantized, gradient_checkpointing=spec.gradient_checkpointing)
+    model = _prepared(model, quantized=quantized, gradient_checkpointing=spec.gradient_checkpointing == "on")
     peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
     # The saved config names the base publicly (name_the_base); PEFT looks that name up when saving, so it names
     # the local base again until save_adapter names it publicly once more.

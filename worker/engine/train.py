@@ -26,6 +26,7 @@ from app.db import get_sessionmaker
 from app.models import RunStatus
 from app.queue import enqueue_train
 from app.rundir import RunDir
+from worker.engine import fastpaths
 from worker.engine.callbacks import MetricsCallback, run_log, tail_lines
 from worker.engine.configs import claimed_spec
 from worker.engine.distributed import train_distributed
@@ -119,6 +120,7 @@ def _train(
     run_id = run_dir.run_id
     check_base_model(raw_spec)  # a deleted model directory says so, before the pre-flight calls it "no hub id"
     spec = claimed_spec(raw_spec, enforce_roots=enforce_roots)
+    spec = fastpaths.choose(spec, run_id, sessions, publisher)  # auto -> on/off, recorded before training starts
     if spec.gpus > 1:
         return train_distributed(spec, run_dir=run_dir, sessions=sessions, publisher=publisher, lease=lease)
     setup = prepare_training(spec, run_dir)
