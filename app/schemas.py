@@ -231,10 +231,21 @@ class RunSpec(ObjectiveFields):
         default=60, ge=-1, le=10_000_000, description="Optimizer steps to train for; -1: num_train_epochs decides."
     )
     per_device_train_batch_size: int = Field(
-        default=8, ge=1, le=4096, description="Examples per device in each forward/backward pass."
+        default=8,
+        ge=1,
+        le=4096,
+        description="Examples per device in each forward/backward pass; times gradient_accumulation_steps, the "
+        "examples of one optimizer step (micro_batch_size may split them into other passes).",
     )
     gradient_accumulation_steps: int = Field(
         default=1, ge=1, le=4096, description="Passes whose gradients add up into one optimizer step."
+    )
+    micro_batch_size: Annotated[int, Field(ge=1, le=1_048_576)] | Literal["auto"] = Field(
+        default="auto",
+        description="Examples in one forward/backward pass, the optimizer step keeping per_device_train_batch_size "
+        "x gradient_accumulation_steps examples (same batches, same losses). auto: on a GPU the largest that fits "
+        "its free memory by the pre-flight estimate, and a pass that runs out of memory is redone in halves, the "
+        "run going on; on the CPU the batch as set. A number: passes of that many (a divisor of the step's examples).",
     )
     optim: Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd"] = Field(
         default="adamw_torch", description="Optimizer; the 8-bit and paged AdamW variants save GPU memory."
@@ -484,6 +495,18 @@ class RunSpec(ObjectiveFields):
     def _beta_fits_objective(self) -> RunSpec:
         if self.beta == 0 and REGISTRY[self.objective].beta_above_zero:
             raise ValueError(f"beta: objective {self.objective} needs beta above 0 (0.1 is usual)")
+        return self
+
+    @model_validator(mode="after")
+    def _micro_batch_divides_the_step(self) -> RunSpec:
+        step = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        if self.micro_batch_size != "auto" and step % self.micro_batch_size:
+            fits = [n for n in (1, 2, 4, 8, 16, 32, 64) if step % n == 0 and n <= step][-2:]
+            raise ValueError(
+                f"micro_batch_size: {self.micro_batch_size} does not divide the {step} examples of an optimizer step "
+                f"(per_device_train_batch_size {self.per_device_train_batch_size} x gradient_accumulation_steps "
+                f"{self.gradient_accumulation_steps}); give a divisor such as {' or '.join(map(str, fits))}, or auto"
+            )
         return self
 
     @model_validator(mode="after")

@@ -68,7 +68,10 @@ def cases(quick: bool) -> list[Case]:
     tiny_steps, big_steps = (12, 6) if quick else (60, 24)
     # Every throughput switch off on both sides: this measures loradeck's own work around the same steps, and
     # packing's auto would pack the tiny Llama's rows where the bare script pads them.
-    switches = dict.fromkeys(("packing", "gradient_checkpointing", "liger_kernel", "torch_compile"), "off")
+    switches: dict[str, Any] = dict.fromkeys(
+        ("packing", "gradient_checkpointing", "liger_kernel", "torch_compile"), "off"
+    )
+    switches["micro_batch_size"] = 8  # passes as the bare script's (auto keeps them so on the CPU anyway)
     common = {"save_steps": 0, "logging_steps": 1, "per_device_train_batch_size": 8} | switches
     return [
         Case("tiny-lora", "tiny", common | {"method": "lora", "max_steps": tiny_steps}, 5, "tiny (2.9M), LoRA"),

@@ -57,7 +57,7 @@ def test_configurations_skip_what_runspec_or_the_machine_lacks() -> None:
     full = {c.label: c for c in configs(["1b", "8b"], ["lora", "qlora"], fields, {})}
     assert not any(c.skip for c in full.values())
     assert full["1b qlora loradeck +all speed"].changes == {
-        "packing": True, "liger_kernel": True, "torch_compile": True, "auto_micro_batch": True
+        "packing": True, "liger_kernel": True, "torch_compile": True, "micro_batch_size": "auto"
     }  # fmt: skip
     assert "8b lora bare" not in full and "8b qlora bare" in full  # 8B in 4-bit only
 

@@ -61,7 +61,7 @@ _REST: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     )),
     # The throughput switches (packing sits with the data it packs): auto is resolved on the worker, and the run
     # page says what each became and why (worker.engine.fastpaths).
-    ("speed", "Speed", ("gradient_checkpointing", "liger_kernel", "torch_compile")),
+    ("speed", "Speed", ("micro_batch_size", "gradient_checkpointing", "liger_kernel", "torch_compile")),
     ("evaluation", "Evaluation", (
         "eval_dataset", "eval_split", "eval_steps", "early_stopping_patience", "task_eval_rows",
         "regression_prompts", "eval_max_new_tokens",
@@ -88,7 +88,8 @@ LABELS: dict[str, str] = {
     "bnb_4bit_use_double_quant": "Double quantization", "bnb_4bit_compute_dtype": "4-bit compute dtype",
     "learning_rate": "Learning rate", "lr_scheduler_type": "LR schedule", "warmup_ratio": "Warmup share",
     "max_steps": "Max steps", "num_train_epochs": "Epochs", "per_device_train_batch_size": "Batch size per device",
-    "gradient_accumulation_steps": "Gradient accumulation", "optim": "Optimizer", "weight_decay": "Weight decay",
+    "gradient_accumulation_steps": "Gradient accumulation",
+    "micro_batch_size": "Examples a pass", "optim": "Optimizer", "weight_decay": "Weight decay",
     "max_grad_norm": "Gradient clipping", "gradient_checkpointing": "Gradient checkpointing",
     "liger_kernel": "Liger fused kernels", "torch_compile": "torch.compile",
     "precision": "Precision", "logging_steps": "Log every", "seed": "Seed", "eval_dataset": "Eval data",

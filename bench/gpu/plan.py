@@ -49,7 +49,7 @@ FAST_PATHS: tuple[tuple[str, Any, str], ...] = (
     ("gradient_checkpointing", True, "memory"),
     ("liger_kernel", True, "speed"),  # RunSpec's name for TrainingArguments.use_liger_kernel
     ("torch_compile", True, "speed"),
-    ("auto_micro_batch", True, "speed"),
+    ("micro_batch_size", "auto", "speed"),  # the largest pass that fits, accumulation making up the step
 )
 
 SIDES = ("bare", "trl", "unsloth", "loradeck")

@@ -146,6 +146,7 @@ def spec_for(config: Config, model: Path, rows: Path, steps: int, batch: int, ac
         "eval_steps": 0,
         # Each switch off unless the row turns it on: auto would choose for the "off" rows (worker.engine.fastpaths).
         **dict.fromkeys(("packing", "gradient_checkpointing", "liger_kernel", "torch_compile"), "off"),
+        "micro_batch_size": batch,  # passes as the bare script's
     } | config.changes
     return RunSpec.model_validate(values).model_dump(mode="json")
 

@@ -28,7 +28,7 @@ def test_the_run_page_says_what_each_switch_became_and_why(stack: Stack, page: P
     expect(page.locator("#fast-paths-pending")).to_be_visible()
     assert httpx.post(f"{stack.url}/api/v1/runs/{busy['id']}/cancel", timeout=30).status_code == 200
     panel = page.locator("#fast-paths-card")
-    expect(panel.locator("tbody tr")).to_have_count(4, timeout=120_000)
+    expect(panel.locator("tbody tr")).to_have_count(5, timeout=120_000)
     expect(page.locator("#run-status")).to_have_text("succeeded", timeout=240_000)
     run_id = page.locator("#run").get_attribute("data-run-id")
     done = httpx.get(f"{stack.url}/api/v1/runs/{run_id}", timeout=30).json()
@@ -44,6 +44,9 @@ def test_the_run_page_says_what_each_switch_became_and_why(stack: Stack, page: P
     expect(liger.locator(".fast-chosen")).to_have_text("off")
     expect(liger.locator(".fast-reason")).to_contain_text("no CUDA GPU")
     expect(panel.locator('tr[data-fast-path="torch_compile"] .fast-reason')).to_contain_text("set on to try it")
+    micro = panel.locator('tr[data-fast-path="micro_batch_size"]')
+    expect(micro.locator(".fast-asked")).to_have_text("auto")
+    expect(micro.locator(".fast-reason")).to_contain_text("on the CPU: the batch as set")
     shot(page, "run-fast-paths")
 
 

@@ -115,18 +115,48 @@ def test_gradient_checkpointing_auto_follows_the_estimate_against_free_memory(ll
 
         return estimate
 
-    fits = _chosen(resolve(run_spec(), llama, gpu, needs(6 * GIB)))["gradient_checkpointing"]
+    passes = run_spec(micro_batch_size=8)  # passes as set: weighed at the batch as set
+    fits = _chosen(resolve(passes, llama, gpu, needs(6 * GIB)))["gradient_checkpointing"]
     assert fits == ("off", "the estimate (6.0 GiB) fits the GPU's 10.0 GiB free without it")
-    short = _chosen(resolve(run_spec(), llama, gpu, needs(9 * GIB)))["gradient_checkpointing"]
+    short = _chosen(resolve(passes, llama, gpu, needs(9 * GIB)))["gradient_checkpointing"]
     assert short == ("on", "the estimate without it (9.0 GiB) exceeds 85% of the GPU's 10.0 GiB free")
     assert {s.gradient_checkpointing for s in weighed} == {"off"}  # the estimate weighed is the one without it
     # An explicit choice is honoured without estimating.
     weighed.clear()
     assert _chosen(resolve(run_spec(gradient_checkpointing="on"), llama, CPU))["gradient_checkpointing"][0] == "on"
-    assert _chosen(resolve(run_spec(gradient_checkpointing="off"), llama, gpu, needs(99 * GIB)))[
+    assert _chosen(resolve(run_spec(gradient_checkpointing="off", micro_batch_size=8), llama, gpu, needs(99 * GIB)))[
         "gradient_checkpointing"
     ] == ("off", "set off in the spec")
     assert not weighed
+
+
+def test_micro_batch_auto_fits_the_passes_to_the_gpu_and_checkpoints_only_if_one_example_overflows(
+    llama: PretrainedConfig,
+) -> None:
+    gpu = DeviceFacts(cuda=True, free_memory_bytes=10 * GIB)  # 8.5 GiB of it for the estimate
+
+    def needs(fixed: float, per_example: float) -> Any:
+        def estimate(spec: RunSpec) -> int:  # activations a quarter with checkpointing
+            share = 0.25 if spec.gradient_checkpointing == "on" else 1.0
+            return int((fixed + spec.per_device_train_batch_size * per_example * share) * GIB)
+
+        return estimate
+
+    step = run_spec(per_device_train_batch_size=8, gradient_accumulation_steps=2)  # 16 examples a step
+    roomy = _chosen(resolve(step, llama, gpu, needs(2, 1)))
+    assert roomy["gradient_checkpointing"][0] == "off"  # one example a pass fits without it
+    assert roomy["micro_batch_size"] == ("4", "the largest pass that fits the GPU: 4 of 16 examples (4 passes a step)")
+    trains = applied(step, resolve(step, llama, gpu, needs(2, 1)))
+    assert (trains.per_device_train_batch_size, trains.gradient_accumulation_steps) == (4, 4)
+    tight = _chosen(resolve(step, llama, gpu, needs(2, 7)))  # one example: 9 GiB without checkpointing
+    assert tight["gradient_checkpointing"][0] == "on"
+    assert tight["micro_batch_size"][0] == "2"  # 2 + 1.75 x 2 fits, 4 passes of 4 would not
+    # The CPU keeps the batch as set; a number is used as it is; GRPO generates a batch as set at a time.
+    assert _chosen(resolve(step, llama, CPU))["micro_batch_size"] == ("8", "on the CPU: the batch as set (8 x 2)")
+    explicit = run_spec(per_device_train_batch_size=8, gradient_accumulation_steps=2, micro_batch_size=16)
+    assert applied(explicit, resolve(explicit, llama, gpu, needs(2, 1))).gradient_accumulation_steps == 1
+    with pytest.raises(ValueError, match="micro_batch_size: 3 does not divide the 16 examples"):
+        run_spec(per_device_train_batch_size=8, gradient_accumulation_steps=2, micro_batch_size=3)
 
 
 def test_packing_auto_stays_off_where_it_is_not_loss_equal(llama: PretrainedConfig) -> None:
@@ -194,7 +224,8 @@ def test_a_run_records_its_fast_paths_and_trains_with_them(loradeck_env: dict[st
     assert run.status == RunStatus.succeeded, run.error
     assert [p.step for p in train_points(run_id)] == [1, 2]
     recorded = {p["name"]: p for p in run.fast_paths or []}
-    assert list(recorded) == ["packing", "gradient_checkpointing", "liger_kernel", "torch_compile"]
+    assert list(recorded) == ["packing", "micro_batch_size", "gradient_checkpointing", "liger_kernel", "torch_compile"]
+    assert recorded["micro_batch_size"]["chosen"] == "4"  # the CPU: the batch as set
     assert recorded["packing"] | {"reason": ""} == {"name": "packing", "asked": "auto", "chosen": "on", "reason": ""}
     assert recorded["gradient_checkpointing"]["reason"] == "no GPU memory to save on the CPU"
     assert recorded["liger_kernel"]["chosen"] == "off" and "no CUDA GPU" in recorded["liger_kernel"]["reason"]

@@ -22,9 +22,10 @@ from transformers import AutoConfig, PretrainedConfig
 from app import runs
 from app.config import get_settings
 from app.contracts.events import LogEvent
-from app.objectives import objectives_using
+from app.objectives import REGISTRY, objectives_using
 from app.schemas import FAST_PATH_FIELDS, RunSpec
 from worker.data.hub import model_source
+from worker.engine import micro_batch
 from worker.errors import RunError
 from worker.runtime.publisher import EventPublisher
 
@@ -97,9 +98,11 @@ def resolve(
     """Each switch resolved. `memory_needed`: the pre-flight estimate's total bytes for a spec (called only on
     a GPU with gradient_checkpointing auto; default worker.engine.estimate's)."""
     model_type = str(getattr(config, "model_type", "") or "")
+    checkpointing = _gradient_checkpointing(spec, facts, memory_needed)
     return [
         _packing(spec, model_type),
-        _gradient_checkpointing(spec, facts, memory_needed),
+        _micro_batch(spec, facts, memory_needed, checkpointing.chosen),
+        checkpointing,
         _liger_kernel(spec, model_type, facts),
         _torch_compile(spec),
     ]
@@ -132,11 +135,15 @@ def _base_config(spec: RunSpec) -> PretrainedConfig:
 
 def applied(spec: RunSpec, paths: list[FastPath] | list[dict[str, Any]]) -> RunSpec:
     """The spec with each switch set to its chosen value (FastPath or its recorded dict)."""
-    chosen: dict[str, str] = {}
+    chosen: dict[str, Any] = {}
     for path in paths:
         name, value = (path.name, path.chosen) if isinstance(path, FastPath) else (path["name"], path["chosen"])
         if name in FAST_PATH_FIELDS:
             chosen[str(name)] = str(value)
+        elif name == "micro_batch_size":  # the passes, the optimizer step's examples as they were
+            step = spec.per_device_train_batch_size * spec.gradient_accumulation_steps
+            size = int(value)
+            chosen |= {"per_device_train_batch_size": size, "gradient_accumulation_steps": step // size}
     return spec.model_copy(update=chosen)
 
 
@@ -170,8 +177,11 @@ def _gradient_checkpointing(
         return FastPath("gradient_checkpointing", asked, asked, f"set {asked} in the spec")
     if not facts.cuda or facts.free_memory_bytes is None:
         return FastPath("gradient_checkpointing", asked, "off", "no GPU memory to save on the CPU")
+    probe: dict[str, Any] = {"gradient_checkpointing": "off"}
+    if _micro_batch_fits(spec):  # smaller passes come before recomputation: needed only if one example overflows
+        probe |= {"per_device_train_batch_size": _least_pass(spec), "gradient_accumulation_steps": 1}
     try:
-        need = (memory_needed or _estimated_bytes)(spec.model_copy(update={"gradient_checkpointing": "off"}))
+        need = (memory_needed or _estimated_bytes)(spec.model_copy(update=probe))
     except ValueError as exc:  # EstimateError: the estimate names what it could not read
         return FastPath("gradient_checkpointing", asked, "off", f"no memory estimate to weigh ({exc})")
     room = facts.free_memory_bytes * MEMORY_HEADROOM
@@ -184,6 +194,43 @@ def _gradient_checkpointing(
         "gradient_checkpointing", asked, "on",
         f"the estimate without it ({needed}) exceeds {MEMORY_HEADROOM:.0%} of the GPU's {free} free",
     )  # fmt: skip
+
+
+def _micro_batch_fits(spec: RunSpec) -> bool:
+    """Whether micro_batch_size auto fits the passes to the GPU's memory for this objective."""
+    return spec.micro_batch_size == "auto" and not REGISTRY[spec.objective].generates
+
+
+def _least_pass(spec: RunSpec) -> int:
+    return max(1, REGISTRY[spec.objective].min_batch_size)
+
+
+def _micro_batch(
+    spec: RunSpec, facts: DeviceFacts, memory_needed: Callable[[RunSpec], int] | None, checkpointing: str
+) -> FastPath:
+    """Examples a forward/backward pass (worker.engine.micro_batch): on a GPU with auto, the largest divisor of the
+    optimizer step's examples whose estimate, with gradient checkpointing as chosen, fits the free memory."""
+    asked = spec.micro_batch_size
+    batch, accumulation = spec.per_device_train_batch_size, spec.gradient_accumulation_steps
+    if asked == "auto" and REGISTRY[spec.objective].generates:
+        return FastPath("micro_batch_size", "auto", str(batch),
+                        f"{spec.objective} generates its completions a batch as set at a time")  # fmt: skip
+    fits, where = None, "on the CPU"
+    if asked == "auto" and facts.cuda and facts.free_memory_bytes is not None:
+        need = memory_needed or _estimated_bytes
+        at = {"gradient_checkpointing": checkpointing, "gradient_accumulation_steps": 1}
+        try:  # activations grow with the pass's examples, the rest does not: two estimates give both
+            one = need(spec.model_copy(update=at | {"per_device_train_batch_size": 1}))
+            two = need(spec.model_copy(update=at | {"per_device_train_batch_size": 2}))
+        except ValueError as exc:  # EstimateError: the estimate names what it could not read
+            where = f"no memory estimate ({exc})"
+        else:
+            room = int(facts.free_memory_bytes * MEMORY_HEADROOM)
+            fits = micro_batch.fits_by_estimate(one - (two - one), two - one, room)
+    chosen = micro_batch.choose(
+        batch=batch, accumulation=accumulation, asked=asked, fits=fits, where=where, least=_least_pass(spec)
+    )
+    return FastPath("micro_batch_size", str(asked), str(chosen.size), chosen.reason)
 
 
 def _estimated_bytes(spec: RunSpec) -> int:

@@ -42,11 +42,12 @@ def divisors_down(n: int) -> list[int]:
 
 
 def choose(
-    *, batch: int, accumulation: int, asked: int | str, fits: Callable[[int], bool] | None, where: str
+    *, batch: int, accumulation: int, asked: int | str, fits: Callable[[int], bool] | None, where: str, least: int = 1
 ) -> MicroBatch:
     """The micro-batch for an optimizer step of `batch x accumulation` examples. `asked`: the spec's
     micro_batch_size (a number, used as it is; or "auto"). `fits(n)`: whether passes of n examples fit the
-    device's memory; None where nothing is to be fitted (`where` says why, e.g. on the CPU)."""
+    device's memory; None where nothing is to be fitted (`where` says why, e.g. on the CPU). `least`: the fewest
+    examples a pass of the objective may take (KTO's KL term pairs rows of one pass)."""
     step = batch * accumulation
     if asked != "auto":
         size = int(asked)
@@ -54,12 +55,14 @@ def choose(
     if fits is None:
         return MicroBatch(batch, accumulation, f"{where}: the batch as set ({batch} x {accumulation})")
     for size in divisors_down(step):
-        if fits(size):
+        if size >= least and fits(size):
             passes = step // size
             return MicroBatch(size, passes, f"the largest pass that fits the GPU: {size} of {step} examples "
                               f"({passes} pass{'es' if passes > 1 else ''} a step)")  # fmt: skip
-    return MicroBatch(1, step, f"even 1 example a pass exceeds the GPU's free memory by the estimate; trying "
-                      f"1 ({step} passes a step): turn on gradient_checkpointing or quantize if it fails")  # fmt: skip
+    size = min(d for d in divisors_down(step) if d >= least) if step >= least else step
+    return MicroBatch(size, step // size, f"even {size} example{'s' if size > 1 else ''} a pass exceed the GPU's "
+                      f"free memory by the estimate; trying {size} ({step // size} passes a step): turn on "
+                      "gradient_checkpointing or quantize if it fails")  # fmt: skip
 
 
 def gpu_budget_bytes() -> int | None:
