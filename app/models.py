@@ -79,7 +79,8 @@ class Run(Base):
     # After training: task metrics on eval rows and the regression prompts' answers, base beside adapter
     # (app/contracts/evaluation.py has the shape).
     evaluation: Mapped[dict | None] = mapped_column(JSON)
-    # What it trained on, for MFU: {"device", "peak_flops" (None: not in the table), "flops_per_token"}.
+    # What it trained on, for MFU (worker.engine.hardware): {"device", "peak_flops" (None: not in the table),
+    # "flops_per_token", "gpus", "mean_row_tokens", "no_mfu" (what MFU needs that the run lacks)}.
     hardware: Mapped[dict | None] = mapped_column(JSON)
     # Each throughput switch as the worker resolved it: [{"name", "asked", "chosen", "reason"}, ...].
     fast_paths: Mapped[list | None] = mapped_column(JSON)

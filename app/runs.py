@@ -243,7 +243,7 @@ def request_stop(*, session: Session, run_id: str) -> Run:
 
 def stop_flags(*, session: Session | Connection, run_id: str) -> tuple[bool, bool]:
     """(cancel_requested, stop_requested) in one query: what a training run's control thread reads on its
-    connection every beat (worker.engine.callbacks.CONTROL_EVERY_S)."""
+    connection when the web nudges it, and every few seconds besides (worker.engine.callbacks)."""
     row = session.execute(select(Run.cancel_requested, Run.stop_requested).where(Run.id == run_id)).first()
     return (bool(row[0]), bool(row[1])) if row else (False, False)
 

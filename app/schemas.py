@@ -262,8 +262,9 @@ class RunSpec(ObjectiveFields):
     liger_kernel: Switch = Field(
         default="auto",
         description="Liger Kernel's fused Triton kernels (RMSNorm, SwiGLU, RoPE, fused linear cross-entropy), "
-        "through transformers' use_liger_kernel. auto: on with a CUDA GPU, Triton, the liger-kernel package "
-        "(pip install 'loradeck[fast]') and an architecture Liger covers.",
+        "through transformers' use_liger_kernel (needs a CUDA GPU, Triton, the liger-kernel package: pip install "
+        "'loradeck[fast]', and an architecture Liger covers). auto: off, saying why, until its losses are checked "
+        "against the plain path on a GPU; on: used.",
     )
     torch_compile: Switch = Field(
         default="auto",
@@ -363,6 +364,21 @@ class RunSpec(ObjectiveFields):
         shown = repr(value.strip()[:40]) if isinstance(value, str) else repr(value)
         raise ValueError(
             f"eval_steps: {shown} is not a number of steps; give a whole number (0: only at the end) or auto"
+        )
+
+    @field_validator("micro_batch_size", mode="before")
+    @classmethod
+    def _micro_batch_size(cls, value: Any) -> Any:
+        # The form sends text: empty means auto, as leaving the field out of an API request does.
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
+            return "auto"
+        if isinstance(value, str) and re.fullmatch(r"[0-9]{1,7}", value.strip()):
+            value = int(value.strip())
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        shown = repr(value.strip()[:40]) if isinstance(value, str) else repr(value)
+        raise ValueError(
+            f"micro_batch_size: {shown} is not a number of examples; give a whole number (1 or more) or auto"
         )
 
     @field_validator(*FAST_PATH_FIELDS, mode="before")
@@ -500,6 +516,14 @@ class RunSpec(ObjectiveFields):
     @model_validator(mode="after")
     def _micro_batch_divides_the_step(self) -> RunSpec:
         step = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        objective = REGISTRY[self.objective]
+        pairs = objective.min_batch_size > 1  # KTO's KL term pairs the rows of a pass: another size, another loss
+        if self.micro_batch_size not in ("auto", self.per_device_train_batch_size) and (objective.generates or pairs):
+            why = "generates its completions" if objective.generates else "pairs the rows of a pass in its KL term"
+            raise ValueError(
+                f"micro_batch_size: objective {self.objective} {why}, so its passes are the batch as set; leave "
+                f"micro_batch_size auto (or {self.per_device_train_batch_size})"
+            )
         if self.micro_batch_size != "auto" and step % self.micro_batch_size:
             fits = [n for n in (1, 2, 4, 8, 16, 32, 64) if step % n == 0 and n <= step][-2:]
             raise ValueError(

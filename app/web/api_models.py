@@ -16,9 +16,11 @@ from app.schemas import GgufType
 class FastPathOut(BaseModel):
     """One throughput switch of a run, as the worker resolved it (worker.engine.fastpaths)."""
 
-    name: str = Field(description="The RunSpec field: packing, gradient_checkpointing, liger_kernel, torch_compile.")
-    asked: str = Field(description="The value in the spec: auto, on or off.")
-    chosen: str = Field(description="What the run used: on or off.")
+    name: str = Field(
+        description="The RunSpec field: packing, micro_batch_size, gradient_checkpointing, liger_kernel, torch_compile."
+    )
+    asked: str = Field(description="The value in the spec: auto, on or off (micro_batch_size: auto or a number).")
+    chosen: str = Field(description="What the run used: on or off (micro_batch_size: examples a pass).")
     reason: str = Field(description="Why, in one sentence.")
 
 
@@ -66,7 +68,8 @@ class RunOut(BaseModel):
     )
     fast_paths: list[FastPathOut] | None = Field(
         default=None,
-        description="The throughput switches (packing, gradient_checkpointing, liger_kernel, torch_compile) as "
+        description="The throughput switches (packing, micro_batch_size, gradient_checkpointing, liger_kernel, "
+        "torch_compile) as "
         "the worker resolved them when training started: what the spec asked, what the run used, and why. "
         "None until a worker has started it.",
     )

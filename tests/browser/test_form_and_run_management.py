@@ -61,6 +61,7 @@ def test_sections_and_fields_per_method(stack: Stack, sized: Page) -> None:
             "LoRA",
             "Quantization",
             "Schedule",
+            "Speed",
             "Evaluation",
             "Checkpoints and placement",
         ]

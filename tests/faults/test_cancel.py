@@ -1,5 +1,6 @@
-"""Cancel from the web mid-run: training stops within the control thread's beat (CONTROL_EVERY_S) and one
-optimizer step, the run is `cancelled`, and its last checkpoint stays on disk."""
+"""Cancel from the web mid-run: the web nudges the run's control thread through Redis, training stops at the end
+of the step in progress (a step or two more on a loaded machine), the run is `cancelled`, and its last checkpoint
+stays on disk."""
 
 from __future__ import annotations
 
@@ -37,9 +38,9 @@ def test_cancel_stops_training_within_one_step_and_keeps_the_checkpoint(fault_st
     points = train_points(run_id)
     last = points[-1].step
     step_s = statistics.median(b.time - a.time for a, b in itertools.pairwise(points[-10:]))
-    # Step seen+1 was in progress at the click and ends; the control thread reads the flag within
-    # CONTROL_EVERY_S of the click (its read may also have come just before it), and the step in progress at
-    # that read ends: seen + 2 + the steps of one beat at the most (about 10 of these ~50 ms steps).
+    # Step seen+1 was in progress at the click and ends; the nudge makes the control thread read the flag at
+    # once, and the step in progress at that read ends. A half-second's steps of slack for the page's own latency
+    # and a loaded machine (before the nudge, the read came on the thread's 0.5 s beat).
     allowed = 2 + math.ceil(CONTROL_EVERY_S / step_s)
     assert seen < last <= seen + allowed, (seen, last, allowed)
     assert final.step == last

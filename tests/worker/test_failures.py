@@ -110,7 +110,7 @@ def test_out_of_memory_says_what_to_try(loradeck_env: dict[str, str], monkeypatc
     run_training(run_id)
 
     run = _assert_failed_and_explained(run_id, starts_with="out of GPU memory: ")
-    for tip in ("per_device_train_batch_size (now 2)", "max_seq_length (now 64)", "gradient_checkpointing", "qlora"):
+    for tip in ("micro_batch_size to fewer", "max_seq_length (now 64)", "gradient_checkpointing", "qlora"):
         assert tip in run.error
     assert [point.step for point in train_points(run_id)] == [1, 2]
 

@@ -15,7 +15,6 @@ from peft import PeftModel
 from app.config import get_settings
 from app.rundir import RunDir
 from tests.worker.conftest import run_spec
-from worker.engine import micro_batch
 from worker.engine.micro_batch import MicroBatch, OomSplitter, choose, fits_by_estimate, split
 from worker.engine.steps import build_trainer, prepare_training
 
@@ -35,8 +34,6 @@ def test_without_a_gpu_auto_keeps_the_batch_as_set_and_a_number_is_used_as_it_is
     cpu = choose(batch=4, accumulation=3, asked="auto", fits=None, where="on the CPU")
     assert cpu == MicroBatch(4, 3, "on the CPU: the batch as set (4 x 3)")
     assert (choose(batch=4, accumulation=3, asked=2, fits=None, where="").accumulation) == 6
-    if not torch.cuda.is_available():
-        assert micro_batch.gpu_budget_bytes() is None
 
 
 def test_a_split_batch_keeps_every_row_once() -> None:

@@ -264,7 +264,7 @@ class MetricsCallback(TrainerCallback):
             self.lease.lost = True  # taken away between two renewals: stop at the next step, write nothing
 
     def start_control(self) -> None:
-        """Start the control thread (once): it reads the flags at once, then every CONTROL_EVERY_S."""
+        """Start the control thread (once): it reads the flags at once, then when nudged (module docstring)."""
         if self._control is not None:
             return
         self._closed.clear()
@@ -297,10 +297,12 @@ class MetricsCallback(TrainerCallback):
         engine = self.sessions.kw["bind"]
         connection: Connection | None = None
         writer: Connection | None = None
-        nudges = self._nudges = Nudges(self.run_id, self._closed)
+        nudges = self._nudges = Nudges(self.run_id, self._closed)  # never raises: not listening at worst
         next_read = 0.0  # subscribed first, then read: a flag set before the subscription is found by this read
         try:
             while True:
+                if not nudges.listening:  # lost Redis: the beat's reads until it listens again
+                    next_read = min(next_read, time.monotonic() + CONTROL_EVERY_S)
                 try:
                     # Autocommit: each read is its own transaction, none is held between two beats (SQLite's WAL
                     # snapshot, PostgreSQL's idle in transaction), and no BEGIN or ROLLBACK goes with it.
@@ -318,6 +320,8 @@ class MetricsCallback(TrainerCallback):
                             with contextlib.suppress(SQLAlchemyError):
                                 broken.close()
                     connection = writer = None
+                except Exception:  # a defect must not end the thread: cancel, stop and the points depend on it
+                    log.exception("run %s: the control thread's beat failed; it goes on", self.run_id)
                 if nudges.wait(CONTROL_EVERY_S):
                     next_read = 0.0  # told: read the flags now
                 if self._closed.is_set():

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from app.objectives import REGISTRY
 from worker.engine.callbacks import TrainingDiverged
 from worker.errors import RunError
 
@@ -63,9 +64,18 @@ def _out_of_memory(exc: BaseException) -> bool:
 def out_of_memory(exc: BaseException, spec: dict[str, Any]) -> str:
     where = "host memory (RAM)" if isinstance(exc, MemoryError) else "GPU memory"
     batch, length = spec.get("per_device_train_batch_size"), spec.get("max_seq_length")
+    micro = spec.get("micro_batch_size", "auto")
+    if micro == "auto":  # auto works from the step's examples: fewer a pass is the number to set
+        passes = "set micro_batch_size to fewer examples a pass than auto chose (the run page's Fast paths card says)"
+    else:
+        passes = f"lower micro_batch_size (now {micro}; the step keeps its examples)"
+    objective = REGISTRY.get(str(spec.get("objective", "sft")))
+    fixed = objective is not None and (objective.generates or objective.min_batch_size > 1)  # passes as set
     tips = [
-        f"lower per_device_train_batch_size (now {batch}) and raise gradient_accumulation_steps "
-        "to keep the effective batch",
+        f"lower per_device_train_batch_size (now {batch}) and raise gradient_accumulation_steps to keep the "
+        "effective batch"
+        if fixed
+        else passes,
         f"lower max_seq_length (now {length})",
     ]
     if spec.get("gradient_checkpointing") not in (True, "on"):  # auto turns it on only by the estimate

@@ -21,12 +21,6 @@ from transformers import Trainer
 
 log = logging.getLogger(__name__)
 
-GIB = 1024**3
-# Held back from the free memory the estimate may fill: the estimate leaves out the CUDA context's workspace
-# (cuBLAS, ~0.5 GiB) and the caching allocator's fragmentation (estimate.py's notes).
-RESERVED_BYTES = GIB // 2
-FILL = 0.9
-
 
 @dataclass(frozen=True)
 class MicroBatch:
@@ -65,14 +59,6 @@ def choose(
                       "gradient_checkpointing or quantize if it fails")  # fmt: skip
 
 
-def gpu_budget_bytes() -> int | None:
-    """Bytes the estimate may fill on this process's GPU; None without one."""
-    if not torch.cuda.is_available():
-        return None
-    free, _total = torch.cuda.mem_get_info()
-    return max(0, int(free * FILL) - RESERVED_BYTES)
-
-
 def fits_by_estimate(fixed_bytes: int, bytes_per_example: float, budget: int) -> Callable[[int], bool]:
     """`fits(n)` from an estimate: what does not grow with the batch (weights, adapter, its gradients and
     optimizer states) plus n examples' activations, against the budget."""
@@ -101,48 +87,60 @@ def split(inputs: dict[str, Any], parts: int) -> list[dict[str, Any]]:
 
 class OomSplitter:
     """Trainer.training_step that survives running out of GPU memory: the pass is redone in halves (then
-    quarters, ...) and the run keeps the smaller pass from then on. The gradients of the optimizer step's earlier
-    passes are kept aside before each pass and put back before a redo, so nothing is counted twice.
+    quarters, ...; never below `least` examples a part) and the run keeps the smaller parts from then on. The
+    gradients of the optimizer step's earlier passes are kept aside before each pass and put back before a redo, so
+    nothing is counted twice.
 
     A loss normalised by the step's item count (`num_items_in_batch`: transformers' token-summed causal LM loss)
-    adds up over the parts as it is; a loss averaged over its own rows (TRL's preference losses) is divided by
-    the parts as well, which is the same mean for parts of equal rows."""
+    adds up over the parts as it is; a loss averaged over its own rows (TRL's preference losses) is weighted by
+    each part's share of the rows, which gives the whole pass's mean. One-GPU runs only: a rank that redid a pass
+    alone would leave the others waiting in their all-reduce (worker.engine.steps installs it so)."""
 
-    def __init__(self, trainer: Trainer, on_split: Callable[[int, int], None] = lambda rows, parts: None) -> None:
+    def __init__(
+        self, trainer: Trainer, on_split: Callable[[int, int], None] = lambda rows, parts: None, least: int = 1
+    ) -> None:
         self.trainer = trainer
         self.step = trainer.training_step
         self.parts = 1
+        self.least = least
         self.on_split = on_split
         trainer.training_step = self  # type: ignore[method-assign]
 
-    def __call__(self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+    def __call__(self, model: torch.nn.Module, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
+        rows = batch_rows(inputs) if isinstance(inputs, dict) else 0
+        if rows == 0:  # nothing to split along (a list of prompts, one flattened packed row): as it is
+            return self.step(model, inputs, num_items_in_batch)  # type: ignore[no-any-return]
         while True:
             kept = self._gradients()
             try:
                 return self._passes(model, inputs, num_items_in_batch)
             except torch.OutOfMemoryError:
-                rows = batch_rows(inputs)
-                if self.parts * 2 > rows:
-                    raise  # one example a pass already: nothing left to halve
-                self._restore(kept)
-                self.parts *= 2
-                gc.collect()
-                torch.cuda.empty_cache()
-                log.warning("out of GPU memory on a pass of %d examples: each pass now takes %d of them",
-                            rows, -(-rows // self.parts))  # fmt: skip
-                self.on_split(rows, self.parts)
+                parts = min(self.parts * 2, rows // self.least)
+                if parts <= self.parts:
+                    raise  # the fewest examples a pass may take already: nothing left to split
+            # Out of the except: its traceback held the failed pass's activations, which are free to go now.
+            self._restore(kept)
+            self.parts = parts
+            gc.collect()
+            torch.cuda.empty_cache()
+            log.warning("out of GPU memory on a pass of %d examples: each pass now takes %d of them",
+                        rows, -(-rows // self.parts))  # fmt: skip
+            self.on_split(rows, self.parts)
 
     def _passes(self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any) -> torch.Tensor:
         if self.parts == 1:
             return self.step(model, inputs, num_items_in_batch)  # type: ignore[no-any-return]
-        chunks = split(inputs, self.parts)
+        rows = batch_rows(inputs)
         scaled = self._scaled_by_items(num_items_in_batch)
         trainer = self.trainer
         accumulation = trainer.current_gradient_accumulation_steps
-        if not scaled:
-            trainer.current_gradient_accumulation_steps = accumulation * len(chunks)
+        losses = []
         try:
-            losses = [self.step(model, chunk, num_items_in_batch) for chunk in chunks]
+            for chunk in split(inputs, self.parts):
+                if not scaled:  # Trainer divides the part's mean by this: the part's share of the pass's mean
+                    share = accumulation * rows / batch_rows(chunk)  # a float: Trainer only divides by it
+                    trainer.current_gradient_accumulation_steps = share  # type: ignore[assignment]
+                losses.append(self.step(model, chunk, num_items_in_batch))
         finally:
             trainer.current_gradient_accumulation_steps = accumulation
         return torch.stack(losses).sum()  # each part's loss is already its share of the pass's
@@ -155,13 +153,16 @@ class OomSplitter:
             trainer.compute_loss_func is not None
         )
 
-    def _gradients(self) -> list[tuple[torch.nn.Parameter, torch.Tensor | None]]:
+    def _gradients(self) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
+        """The gradients the step's earlier passes left (none on its first pass: Trainer sets them to None)."""
         model = self.trainer.model
         assert model is not None
-        params = (p for p in model.parameters() if p.requires_grad)
-        return [(p, None if p.grad is None else p.grad.detach().clone()) for p in params]
+        return [(p, p.grad.detach().clone()) for p in model.parameters() if p.requires_grad and p.grad is not None]
 
-    @staticmethod
-    def _restore(kept: list[tuple[torch.nn.Parameter, torch.Tensor | None]]) -> None:
+    def _restore(self, kept: list[tuple[torch.nn.Parameter, torch.Tensor]]) -> None:
+        model = self.trainer.model
+        assert model is not None
+        for param in model.parameters():
+            param.grad = None
         for param, grad in kept:
             param.grad = grad

@@ -48,6 +48,7 @@ from worker.engine.configs import (
 )
 from worker.engine.evaluate import evaluate_after_training
 from worker.engine.failures import model_not_found
+from worker.engine.fastpaths import micro_batch_auto
 from worker.engine.micro_batch import OomSplitter
 from worker.engine.objectives import TrainingSetup, engine
 from worker.engine.objectives.base import starting_adapter_dir
@@ -244,8 +245,10 @@ def build_trainer(setup: TrainingSetup, spec: RunSpec, *callbacks: TrainerCallba
     """The objective's trainer (transformers' Trainer for SFT, TRL's for the preference objectives)."""
     trainer = engine(spec).build_trainer(setup, spec, *callbacks)
     trainer.evaluate = keeping_random_state(trainer.evaluate)  # type: ignore[method-assign]
-    if spec.micro_batch_size == "auto" and torch.cuda.is_available():
-        OomSplitter(trainer)  # a pass that runs out of GPU memory is redone in halves; the run goes on
+    if micro_batch_auto(spec) and torch.cuda.is_available() and trainer.args.world_size == 1:
+        # A pass that runs out of GPU memory is redone in halves; the run goes on. One GPU only: a rank redoing
+        # a pass alone would leave the others waiting in their all-reduce.
+        OomSplitter(trainer)
     return trainer
 
 

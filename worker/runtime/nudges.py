@@ -30,7 +30,11 @@ class Nudges:
     def __init__(self, run_id: str, closed: threading.Event) -> None:
         self.channel = control_channel(run_id)
         self.closed = closed
-        self._client = redis.Redis.from_url(get_settings().redis_url, socket_connect_timeout=2, socket_timeout=5)
+        self._client: redis.Redis | None = None
+        try:
+            self._client = redis.Redis.from_url(get_settings().redis_url, socket_connect_timeout=2, socket_timeout=5)
+        except ValueError as exc:  # a REDIS_URL it cannot read: never listening, the flags read each beat
+            log.warning("control channel %s: no Redis client (%s); reading the flags each beat", self.channel, exc)
         self._pubsub: PubSub | None = None
         self._retry_at = 0.0
         # `wake` runs on the thread that ends training, `close` on the control thread: one at a time, so the
@@ -45,6 +49,8 @@ class Nudges:
 
     def _subscribe(self) -> None:
         self._retry_at = time.monotonic() + RESUBSCRIBE_EVERY_S
+        if self._client is None:
+            return
         try:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             pubsub.subscribe(self.channel)
@@ -78,7 +84,7 @@ class Nudges:
     def wake(self) -> None:
         """Let a thread waiting in `wait` see that it is closed now, rather than at the end of its wait."""
         with self._client_lock:
-            if self._pubsub is None or self._client_closed:
+            if self._pubsub is None or self._client is None or self._client_closed:
                 return
             with contextlib.suppress(redis.RedisError):  # else it sees the closed event at the end of its wait
                 self._client.publish(self.channel, "closed")
@@ -93,4 +99,5 @@ class Nudges:
         with self._client_lock:
             self._client_closed = True
             self._drop()
-            self._client.close()
+            if self._client is not None:
+                self._client.close()
