@@ -117,6 +117,19 @@ LORA_METHODS = (Method.lora.value, Method.qlora.value)
 RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 
+def _auto_or_whole(value: Any, *, least: int, refusal: str) -> Any:
+    """A field that is "auto" or a whole number of at least `least`, as the form sends it (text: empty means auto,
+    as leaving the field out of an API request does) or as JSON; `refusal` names the field, {} the value."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
+        return "auto"
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,12}", value.strip()) and int(value.strip()) >= least:
+        return int(value.strip())
+    number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if number and value >= least and value == int(value):
+        return int(value)
+    raise ValueError(refusal.format(repr(value.strip()[:40]) if isinstance(value, str) else repr(value)))
+
+
 class RunSpec(ObjectiveFields):
     """A fine-tuning run: base model, data, objective, PEFT method, quantization, training and checkpoints.
     Each objective's own fields (beta, loss_type, ...) come from app.objectives."""
@@ -353,33 +366,14 @@ class RunSpec(ObjectiveFields):
     @field_validator("eval_steps", mode="before")
     @classmethod
     def _eval_steps(cls, value: Any) -> Any:
-        # The form sends text: empty means auto, as leaving the field out of an API request does.
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
-            return "auto"
-        if isinstance(value, str) and re.fullmatch(r"[0-9]{1,12}", value.strip()):
-            return int(value.strip())
-        number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        if number and value >= 0 and value == int(value):
-            return int(value)
-        shown = repr(value.strip()[:40]) if isinstance(value, str) else repr(value)
-        raise ValueError(
-            f"eval_steps: {shown} is not a number of steps; give a whole number (0: only at the end) or auto"
-        )
+        return _auto_or_whole(value, least=0, refusal="eval_steps: {} is not a number of steps; give a whole "
+                              "number (0: only at the end) or auto")  # fmt: skip
 
     @field_validator("micro_batch_size", mode="before")
     @classmethod
     def _micro_batch_size(cls, value: Any) -> Any:
-        # The form sends text: empty means auto, as leaving the field out of an API request does.
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
-            return "auto"
-        if isinstance(value, str) and re.fullmatch(r"[0-9]{1,7}", value.strip()):
-            value = int(value.strip())
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-            return value
-        shown = repr(value.strip()[:40]) if isinstance(value, str) else repr(value)
-        raise ValueError(
-            f"micro_batch_size: {shown} is not a number of examples; give a whole number (1 or more) or auto"
-        )
+        return _auto_or_whole(value, least=1, refusal="micro_batch_size: {} is not a number of examples; give a "
+                              "whole number (1 or more) or auto")  # fmt: skip
 
     @field_validator(*FAST_PATH_FIELDS, mode="before")
     @classmethod
